@@ -1,0 +1,131 @@
+"""The HTTP API: /v1 admin and CRM API, /webhooks, /oauth, /healthz, /readyz, /metrics, /codec."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from temporalio.api.common.v1 import Payloads
+
+from hub import problems
+from hub.deps import AdminKey, HubDep
+from hub.problems import problem_response
+from hub.runtime import Hub, TemporalUnavailable
+from hub.settings import get_settings
+from hub.vault import EncryptionCodec
+from routes import ROUTERS
+
+log = logging.getLogger("hub.api")
+
+
+class BodySizeLimit:
+    """ASGI middleware: answer 413 for a request body over ``limit`` bytes, declared or streamed."""
+
+    def __init__(self, app, limit: int) -> None:  # noqa: ANN001
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = problem_response(413, f"request body exceeds {self.limit} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await too_big(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():  # noqa: ANN202
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await too_big(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(hub: Hub | None = None) -> FastAPI:
+    """Build the app around a runtime (built from settings and migrated at startup if not given)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = hub is None
+        app.state.hub = hub or Hub.from_settings(get_settings())
+        if owned:
+            await app.state.hub.db.migrate()
+        yield
+        if owned:
+            await app.state.hub.close()
+
+    settings = hub.settings if hub else get_settings()
+    app = FastAPI(
+        title="FulQrun Hub",
+        version="1",
+        description="Integration hub and workflow-automation engine of the FulQrun CRM.",
+        lifespan=lifespan,
+    )
+    if hub is not None:
+        app.state.hub = hub
+    problems.install(app)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    for router in ROUTERS:
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(hub: HubDep) -> JSONResponse:
+        """Readiness: the database and Temporal both answer (503 otherwise)."""
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(hub.db.ping(), timeout=3)
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            client = await hub.temporal()
+            await asyncio.wait_for(client.service_client.check_health(), timeout=3)
+            checks["temporal"] = "ok"
+        except (TemporalUnavailable, Exception) as exc:  # noqa: BLE001
+            checks["temporal"] = f"error: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/codec/{op}", tags=["ops"], include_in_schema=False)
+    async def codec(op: str, request: Request, hub: HubDep, _: AdminKey) -> JSONResponse:
+        """Temporal UI codec server: decode (or encode) payloads for an admin."""
+        if op not in ("encode", "decode"):
+            return problem_response(404, f"unknown codec operation {op!r}")
+        payloads = json_format.Parse(await request.body(), Payloads())
+        codec = EncryptionCodec(hub.vault)
+        result = await (codec.decode if op == "decode" else codec.encode)(payloads.payloads)
+        return JSONResponse(json_format.MessageToDict(Payloads(payloads=result)))
+
+    return app
+
+
+def app() -> FastAPI:
+    """Factory for ``uvicorn api:app --factory``."""
+    return create_app()

@@ -1,0 +1,201 @@
+"""The ``fulqrun-hub`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import typer
+from pydantic import ValidationError
+
+from hub.settings import Settings, get_settings
+
+app = typer.Typer(help="FulQrun Hub: integration hub and workflow automation for FulQrun.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+secrets_app = typer.Typer(help="Secrets at rest.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(secrets_app, name="secrets")
+
+ADMIN_KEY_FILE = "admin-api-key"
+
+
+def load_settings() -> Settings:
+    """Settings, or a clear one-line error and exit 2."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        typer.echo(f"error: invalid configuration: {msgs}", err=True)
+        raise typer.Exit(2) from None
+
+
+def fail(message: str) -> None:
+    """Print ``error: message`` and exit 1."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _write_key_file(path, key: str) -> None:  # noqa: ANN001
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+
+
+@app.command()
+def run(
+    host: str = typer.Option(None, help="API bind address (default 127.0.0.1)"),
+    port: int = typer.Option(None, help="API port (default 8000)"),
+    temporal: str = typer.Option(None, help="use an existing Temporal at HOST:PORT instead of the embedded one"),
+) -> None:
+    """Everything in one process group: Temporal dev server, worker and API, on the embedded defaults."""
+    from hub import demo
+    from hub.runner import StartupError, ensure_port_free, serve, start_temporal_dev_server, wait_for_temporal
+    from hub.runtime import Hub
+
+    settings = load_settings()
+    host = host or settings.api_host
+    port = port or settings.api_port
+    proc = None
+    try:
+        ensure_port_free(host, port, "API")
+        address = temporal or settings.temporal_address
+        if not temporal:
+            proc = start_temporal_dev_server(settings, int(address.rsplit(":", 1)[1]))
+
+        async def main() -> None:
+            await wait_for_temporal(address, settings.temporal_namespace)
+            hub = Hub.from_settings(settings, temporal_address=address)
+            await hub.db.migrate()
+            key = await demo.bootstrap(hub)
+            if key:
+                _write_key_file(settings.data_dir / ADMIN_KEY_FILE, key)
+            shown = (settings.data_dir / ADMIN_KEY_FILE).resolve()
+            base = f"http://{host}:{port}"
+
+            def banner() -> None:
+                typer.echo(
+                    f"FulQrun Hub is running (data in {settings.data_dir.resolve()})\n"
+                    f"  API docs:    {base}/docs\n"
+                    f"  Temporal UI: http://127.0.0.1:{settings.temporal_ui_port}\n"
+                    f"  admin key:   {shown}\n"
+                    f"  try:  curl -H \"Authorization: Bearer $(cat {shown})\" {base}/v1/pipelines\n"
+                    "Ctrl-C stops everything."
+                )
+
+            try:
+                await serve(hub, api=True, worker=True, host=host, port=port, on_ready=banner)
+            finally:
+                await hub.close()
+
+        asyncio.run(main())
+    except StartupError as exc:
+        fail(str(exc))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except Exception:  # noqa: BLE001
+                proc.kill()
+    typer.echo("stopped.")
+
+
+def _serve_part(api: bool, worker: bool, host: str | None, port: int | None) -> None:
+    from hub.runner import StartupError, serve
+    from hub.runtime import Hub
+
+    settings = load_settings()
+
+    async def main() -> None:
+        hub = Hub.from_settings(settings)
+        await hub.db.migrate()
+        try:
+            await serve(hub, api=api, worker=worker, host=host or settings.api_host, port=port or settings.api_port)
+        finally:
+            await hub.close()
+
+    try:
+        asyncio.run(main())
+    except StartupError as exc:
+        fail(str(exc))
+
+
+@app.command("api")
+def api_cmd(host: str = typer.Option(None), port: int = typer.Option(None)) -> None:
+    """Run the HTTP API alone (production)."""
+    _serve_part(api=True, worker=False, host=host, port=port)
+
+
+@app.command("worker")
+def worker_cmd() -> None:
+    """Run the Temporal worker alone (production; scale out by running more)."""
+    _serve_part(api=False, worker=True, host=None, port=None)
+
+
+@app.command("migrate")
+def migrate_cmd() -> None:
+    """Bring the database schema to the newest version."""
+    from hub.store import Database
+
+    settings = load_settings()
+
+    async def main() -> None:
+        db = Database(settings.resolved_database_url)
+        await db.migrate()
+        await db.dispose()
+
+    asyncio.run(main())
+    typer.echo("schema up to date")
+
+
+@keys_app.command("create")
+def keys_create(
+    org: str = typer.Option(..., help="org id"),
+    role: str = typer.Option(..., help="admin | crm | viewer"),
+    name: str = typer.Option("", help="a label for the key"),
+) -> None:
+    """Create an API key and print it (it is shown only this once)."""
+    from hub.auth import create_key
+    from hub.store import Database
+
+    settings = load_settings()
+
+    async def main() -> str:
+        db = Database(settings.resolved_database_url)
+        await db.migrate()
+        try:
+            async with db.session() as session:
+                return await create_key(session, org, role, name)
+        finally:
+            await db.dispose()
+
+    try:
+        typer.echo(asyncio.run(main()))
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(
+    new_key: bool = typer.Option(False, "--new-key", help="development only: add a new newest key first"),
+) -> None:
+    """Re-encrypt every stored secret under the newest vault key, online."""
+    from hub.store import Database
+    from hub.store.secrets import rotate_secrets
+    from hub.vault import Vault, add_dev_key
+
+    settings = load_settings()
+    if new_key:
+        if settings.vault_keys is not None:
+            fail("--new-key manages the development key file; with HUB_VAULT_KEYS, append the key there")
+        typer.echo(f"added key {add_dev_key(settings.data_dir)}")
+    vault = Vault.from_settings(settings)
+
+    async def main() -> int:
+        db = Database(settings.resolved_database_url)
+        try:
+            return await rotate_secrets(db.sessions, vault)
+        finally:
+            await db.dispose()
+
+    typer.echo(f"re-encrypted {asyncio.run(main())} secrets under key {vault.current_key_id}")

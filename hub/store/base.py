@@ -1,0 +1,32 @@
+"""Declarative base and column helpers shared by every table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, DateTime, MetaData
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+UtcDateTime = DateTime(timezone=True)
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now (UTC)."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Base class of every hub table."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict: JsonType, list: JsonType, datetime: UtcDateTime}

@@ -1,0 +1,67 @@
+"""Orgs, API keys, the audit log and idempotency records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from hub.store.base import Base, utcnow
+
+
+class Org(Base):
+    """A customer organisation; every other row belongs to one."""
+
+    __tablename__ = "orgs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    crm_callback_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    flags: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key, stored only as a SHA-256 hash of its secret part."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditEntry(Base):
+    """Who changed what, when: one row per admin action."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    target: Mapped[str] = mapped_column(String(300))
+    detail: Mapped[dict] = mapped_column(default=dict)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyRecord(Base):
+    """The first answer to a write sent with an ``Idempotency-Key``, replayed on retries."""
+
+    __tablename__ = "idempotency_keys"
+    org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+async def record_audit(
+    session: AsyncSession, org_id: str, actor: str, action: str, target: str, detail: dict | None = None
+) -> None:
+    """Append one entry to the audit log (inside the caller's transaction)."""
+    session.add(AuditEntry(org_id=org_id, actor=actor, action=action, target=target, detail=detail or {}))

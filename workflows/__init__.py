@@ -1,0 +1,3 @@
+"""Deterministic Temporal workflows. ``WORKFLOWS`` is what the worker registers."""
+
+WORKFLOWS: list[type] = []

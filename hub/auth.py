@@ -8,7 +8,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.store.orgs import ApiKey, Org, record_audit

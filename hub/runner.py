@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
-import os
 import shutil
 import signal
 import socket
@@ -46,10 +46,8 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
 
 def _die_with_parent() -> None:
     """In the child: receive SIGTERM if the hub process dies, so no temporal server is orphaned."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def start_temporal_dev_server(settings: Settings, port: int) -> subprocess.Popen:
@@ -108,7 +106,7 @@ async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_r
     if on_ready:
         on_ready()
     stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     if server:
         server.should_exit = True
     await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)

@@ -32,7 +32,7 @@ class Hub:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings, temporal_address: str | None = None) -> "Hub":
+    def from_settings(cls, settings: Settings, temporal_address: str | None = None) -> Hub:
         """Build the runtime; nothing is connected yet."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return cls(

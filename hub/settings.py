@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     openai_enabled_default: bool = False
 
     @model_validator(mode="after")
-    def _production_needs_real_keys(self) -> "Settings":
+    def _production_needs_real_keys(self) -> Settings:
         if self.env != "production":
             return self
         if self.vault_keys is None or not self.vault_keys.get_secret_value().strip():

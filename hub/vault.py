@@ -106,7 +106,7 @@ class Vault:
         return token.split(".", 2)[1]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Vault":
+    def from_settings(cls, settings: Settings) -> Vault:
         """Keys from ``HUB_VAULT_KEYS``; in development, from (or into) ``$HUB_DATA_DIR/vault-keys``."""
         if settings.vault_keys is not None and settings.vault_keys.get_secret_value().strip():
             return cls(parse_keys(settings.vault_keys.get_secret_value()))

@@ -17,7 +17,7 @@ from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store import Database
 from hub.temporal import data_converter
-from hub.vault import Vault, parse_keys, new_key_line
+from hub.vault import Vault, new_key_line, parse_keys
 
 POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL")
 SHARED_DATA = Path(os.environ.get("HUB_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))

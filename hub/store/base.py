@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import ClassVar
 
 from sqlalchemy import JSON, DateTime, MetaData
 from sqlalchemy.dialects.postgresql import JSONB
@@ -29,4 +30,4 @@ class Base(DeclarativeBase):
     """Base class of every hub table."""
 
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict: JsonType, list: JsonType, datetime: UtcDateTime}
+    type_annotation_map: ClassVar[dict] = {dict: JsonType, list: JsonType, datetime: UtcDateTime}

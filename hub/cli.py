@@ -8,6 +8,7 @@ import os
 import typer
 from pydantic import ValidationError
 
+from hub.logs import configure_logging
 from hub.settings import Settings, get_settings
 
 app = typer.Typer(help="FulQrun Hub: integration hub and workflow automation for FulQrun.", no_args_is_help=True)
@@ -20,9 +21,11 @@ ADMIN_KEY_FILE = "admin-api-key"
 
 
 def load_settings() -> Settings:
-    """Settings, or a clear one-line error and exit 2."""
+    """Settings (and JSON logging at their level), or a clear one-line error and exit 2."""
     try:
-        return get_settings()
+        settings = get_settings()
+        configure_logging(settings.log_level)
+        return settings
     except ValidationError as exc:
         msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         typer.echo(f"error: invalid configuration: {msgs}", err=True)

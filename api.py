@@ -18,6 +18,7 @@ from hub.deps import AdminKey, HubDep
 from hub.problems import problem_response
 from hub.runtime import Hub, TemporalUnavailable
 from hub.settings import get_settings
+from hub.telemetry import RequestTelemetry
 from hub.vault import EncryptionCodec
 from routes import ROUTERS
 
@@ -82,6 +83,7 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         app.state.hub = hub
     problems.install(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestTelemetry)
     for router in ROUTERS:
         app.include_router(router)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import typer
 from pydantic import ValidationError
@@ -138,17 +139,49 @@ def worker_cmd() -> None:
 @app.command("migrate")
 def migrate_cmd() -> None:
     """Bring the database schema to the newest version."""
+    async def nothing(_db) -> None:  # noqa: ANN001
+        return None
+
+    _with_db(nothing)
+    typer.echo("schema up to date")
+
+
+def _with_db(fn):  # noqa: ANN001, ANN202
+    """Run ``await fn(db)`` on the configured database and dispose of it."""
     from hub.store import Database
 
     settings = load_settings()
 
-    async def main() -> None:
+    async def main():  # noqa: ANN202
         db = Database(settings.resolved_database_url)
-        await db.migrate()
-        await db.dispose()
+        try:
+            await db.migrate()
+            return await fn(db)
+        finally:
+            await db.dispose()
 
-    asyncio.run(main())
-    typer.echo("schema up to date")
+    return asyncio.run(main())
+
+
+@app.command("backup")
+def backup_cmd(out: Path = typer.Option(..., "--out", help="file to write (JSON lines)")) -> None:
+    """Back up the hub's own data (secrets stay encrypted; keep the vault keys separately)."""
+    from hub.backup import backup
+
+    counts = _with_db(lambda db: backup(db, out))
+    typer.echo(f"wrote {sum(counts.values())} rows from {len(counts)} tables to {out}")
+
+
+@app.command("restore")
+def restore_cmd(src: Path = typer.Argument(..., exists=True, dir_okay=False, help="a backup file")) -> None:
+    """Restore a backup into an empty database (all or nothing)."""
+    from hub.backup import RestoreError, restore
+
+    try:
+        counts = _with_db(lambda db: restore(db, src))
+    except RestoreError as exc:
+        fail(str(exc))
+    typer.echo(f"restored {sum(counts.values())} rows into {len(counts)} tables")
 
 
 @keys_app.command("create")
@@ -159,21 +192,13 @@ def keys_create(
 ) -> None:
     """Create an API key and print it (it is shown only this once)."""
     from hub.auth import create_key
-    from hub.store import Database
 
-    settings = load_settings()
-
-    async def main() -> str:
-        db = Database(settings.resolved_database_url)
-        await db.migrate()
-        try:
-            async with db.session() as session:
-                return await create_key(session, org, role, name)
-        finally:
-            await db.dispose()
+    async def make(db) -> str:  # noqa: ANN001
+        async with db.session() as session:
+            return await create_key(session, org, role, name)
 
     try:
-        typer.echo(asyncio.run(main()))
+        typer.echo(_with_db(make))
     except ValueError as exc:
         fail(str(exc))
 
@@ -183,7 +208,6 @@ def secrets_rotate(
     new_key: bool = typer.Option(False, "--new-key", help="development only: add a new newest key first"),
 ) -> None:
     """Re-encrypt every stored secret under the newest vault key, online."""
-    from hub.store import Database
     from hub.store.secrets import rotate_secrets
     from hub.vault import Vault, add_dev_key
 
@@ -193,12 +217,5 @@ def secrets_rotate(
             fail("--new-key manages the development key file; with HUB_VAULT_KEYS, append the key there")
         typer.echo(f"added key {add_dev_key(settings.data_dir)}")
     vault = Vault.from_settings(settings)
-
-    async def main() -> int:
-        db = Database(settings.resolved_database_url)
-        try:
-            return await rotate_secrets(db.sessions, vault)
-        finally:
-            await db.dispose()
-
-    typer.echo(f"re-encrypted {asyncio.run(main())} secrets under key {vault.current_key_id}")
+    done = _with_db(lambda db: rotate_secrets(db.sessions, vault))
+    typer.echo(f"re-encrypted {done} secrets under key {vault.current_key_id}")

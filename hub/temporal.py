@@ -8,6 +8,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from hub.settings import Settings
+from hub.telemetry import temporal_interceptor
 from hub.vault import EncryptionCodec, Vault
 
 
@@ -27,4 +28,5 @@ async def connect(settings: Settings, vault: Vault, address: str | None = None) 
         address or settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(vault),
+        interceptors=[temporal_interceptor()],
     )

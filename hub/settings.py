@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         description="comma-separated 'key_id:base64url-32-bytes' entries, newest last",
     )
     max_body_bytes: int = 1_048_576
+    webhook_relay: bool = Field(default=True, description="run the webhook inbox relay inside the API process")
+    webhook_max_attempts: int = Field(default=5, description="failed processing attempts before dead-letter")
+    http_allowlist: list[str] = Field(
+        default_factory=list, description="hosts or CIDRs the http.post action may reach although private"
+    )
     shared_data: Path = Path("../shared/data")
     log_level: str = "INFO"
     openai_enabled_default: bool = False

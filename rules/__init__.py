@@ -1,0 +1,1 @@
+"""Pipelines and automation rules: schemas, YAML loading with positions, CEL, templates, dry-run engine."""

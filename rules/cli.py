@@ -1,0 +1,284 @@
+"""``fulqrun-hub rules …``: validate, apply, dry-run, list, export pipelines and rules; write JSON Schemas.
+
+``validate`` and ``test`` work offline on files; ``apply``, ``list`` and ``export`` use the hub's
+database (``HUB_DATABASE_URL``, or SQLite under ``HUB_DATA_DIR``). Errors are printed as
+``file:line:col: field: message`` and make the command exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from rules.loader import LoadResult, ResourceError, load_path
+from rules.model import KINDS
+
+app = typer.Typer(help="Pipelines and automation rules (YAML, versioned).", no_args_is_help=True)
+
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _files(paths: Iterable[Path]) -> list[Path]:
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+        else:
+            out.append(path)
+    return out
+
+
+def _print_errors(errors: Iterable[ResourceError]) -> int:
+    count = 0
+    for error in errors:
+        typer.echo(str(error), err=True)
+        count += 1
+    return count
+
+
+def _load_all(paths: list[Path]) -> list[LoadResult]:
+    files = _files(paths)
+    if not files:
+        typer.echo("error: no .yaml, .yml or .json file found", err=True)
+        raise typer.Exit(1)
+    return [load_path(f) for f in files]
+
+
+@app.command()
+def validate(paths: list[Path] = typer.Argument(..., help="files or directories")) -> None:
+    """Check every document of every file; print every error as file:line:col: message."""
+    results = _load_all(paths)
+    errors = _print_errors(e for r in results for e in r.errors)
+    documents = sum(len(r.documents) for r in results)
+    if errors:
+        typer.echo(
+            f"{errors} error(s) in {sum(not r.ok for r in results)} of {len(results)} file(s)", err=True
+        )
+        raise typer.Exit(1)
+    typer.echo(f"ok: {documents} resource(s) in {len(results)} file(s)")
+
+
+@app.command()
+def apply(
+    paths: list[Path] = typer.Argument(..., help="files or directories"),
+    org: str = typer.Option(None, help="org to apply to (default: metadata.org of each document)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show what would change; write nothing"),
+) -> None:
+    """Apply resources, all-or-nothing per file; print created / changed / unchanged for each."""
+    results = _load_all(paths)
+    failed = 0
+    for result in results:
+        if not result.ok:
+            _print_errors(result.errors)
+            typer.echo(f"{result.file}: not applied", err=True)
+            failed += 1
+    good = [r for r in results if r.ok]
+    if good:
+        failed += asyncio.run(_apply_files(good, org, dry_run))
+    if failed:
+        raise typer.Exit(1)
+
+
+async def _apply_files(results: list[LoadResult], org: str | None, dry_run: bool) -> int:
+    from hub.auth import ensure_org
+    from hub.cli import load_settings
+    from hub.store import Database
+    from hub.store.resources import apply_resource
+    from rules.validate import ResourceInvalid, format_path
+
+    db = Database(load_settings().resolved_database_url)
+    failed = 0
+    try:
+        await db.migrate()
+        for result in results:
+            targets = [org or (d.data.get("metadata") or {}).get("org") for d in result.documents]
+            missing = [d for d, t in zip(result.documents, targets, strict=True) if not t]
+            for doc in missing:
+                line, col = doc.positions.get(("metadata",), (1, 1))
+                typer.echo(
+                    f"{result.file}:{line}:{col}: metadata.org: no org; pass --org or set metadata.org",
+                    err=True,
+                )
+            if missing:
+                typer.echo(f"{result.file}: not applied", err=True)
+                failed += 1
+                continue
+            lines: list[str] = []
+            doc = result.documents[0]
+            try:
+                async with db.session() as session:
+                    for doc, target in zip(result.documents, targets, strict=True):
+                        if not dry_run:
+                            await ensure_org(session, target)
+                        outcome, row = await apply_resource(session, target, doc.data, "cli", dry_run=dry_run)
+                        lines.append(f"{outcome} {row.kind}/{row.name} v{row.version} (org {target})")
+            except ResourceInvalid as exc:
+                for issue in exc.issues:
+                    line, col = doc.positions.get(issue.path, doc.positions.get((), (1, 1)))
+                    typer.echo(
+                        f"{result.file}:{line}:{col}: {format_path(issue.path)}: {issue.message}", err=True
+                    )
+                typer.echo(f"{result.file}: not applied", err=True)
+                failed += 1
+                continue
+            prefix = "(dry run) " if dry_run else ""
+            for line in lines:
+                typer.echo(f"{prefix}{line}")
+    finally:
+        await db.dispose()
+    return failed
+
+
+def _read_event(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        typer.echo(f"error: {path}: cannot read the event: {exc}", err=True)
+        raise typer.Exit(1) from None
+    event = data.get("event", data) if isinstance(data, dict) else None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        typer.echo(
+            f"error: {path}: the event must be a JSON object with a 'type' (or {{\"event\": {{...}}}})",
+            err=True,
+        )
+        raise typer.Exit(1)
+    return event
+
+
+@app.command()
+def test(
+    paths: list[Path] = typer.Argument(..., help="rule files or directories"),
+    event: Path = typer.Option(..., "--event", help='JSON file: the event, or {"event": {...}}'),
+    as_json: bool = typer.Option(False, "--json", help="print the outcomes as JSON"),
+) -> None:
+    """Dry-run: which rules fire for the event, which do not and why, and the rendered actions."""
+    from rules.engine import compile_rules
+
+    payload = _read_event(event)
+    results = _load_all(paths)
+    errors = _print_errors(e for r in results for e in r.errors)
+    docs = [
+        {**d.data, "version": 0}
+        for r in results
+        for d in r.documents
+        if d.resource is not None and d.data.get("kind") == "Rule"
+    ]
+    outcomes = compile_rules(docs).evaluate(payload)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "rule": o.rule,
+                        "fired": o.fired,
+                        "reason": o.reason,
+                        "actions": [{"name": a.name, "params": a.params} for a in o.actions],
+                    }
+                    for o in outcomes
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for o in outcomes:
+            typer.echo(f"{'FIRES' if o.fired else 'skips'} {o.rule}: {o.reason}")
+            for action in o.actions:
+                typer.echo(f"    {action.name} {json.dumps(action.params, ensure_ascii=False)}")
+        typer.echo(f"{sum(o.fired for o in outcomes)} of {len(outcomes)} rule(s) fire for {payload['type']}")
+    if errors:
+        raise typer.Exit(1)
+
+
+def _kinds(kind: str | None) -> list[str]:
+    if kind is None:
+        return list(KINDS)
+    canonical = {k.lower(): k for k in KINDS}.get(kind.lower())
+    if canonical is None:
+        typer.echo(f"error: unknown kind {kind!r}; one of: {', '.join(KINDS)}", err=True)
+        raise typer.Exit(1)
+    return [canonical]
+
+
+async def _current(org: str, kinds: list[str]) -> list[Any]:
+    from hub.cli import load_settings
+    from hub.store import Database
+    from hub.store.resources import list_resources
+
+    db = Database(load_settings().resolved_database_url)
+    rows: list[Any] = []
+    try:
+        await db.migrate()
+        async with db.session() as session:
+            for kind in kinds:
+                cursor = None
+                while True:
+                    page, cursor = await list_resources(session, org, kind, 200, cursor)
+                    rows += page
+                    if cursor is None:
+                        break
+    finally:
+        await db.dispose()
+    return rows
+
+
+@app.command("list")
+def list_(
+    org: str = typer.Option(..., help="org id"),
+    kind: str = typer.Option(None, help="Pipeline or Rule (default: both)"),
+) -> None:
+    """The current version of every pipeline and rule of an org."""
+    rows = asyncio.run(_current(org, _kinds(kind)))
+    for row in rows:
+        state = "enabled" if row.enabled else "disabled"
+        scope = f"branches={','.join(row.branches)} roles={','.join(row.roles)}"
+        typer.echo(
+            f"{row.kind:<8} {row.name:<32} v{row.version:<4} {state:<8} {scope} {row.content_hash[:12]}"
+        )
+    if not rows:
+        typer.echo(f"no resources for org {org!r}", err=True)
+
+
+@app.command()
+def export(
+    org: str = typer.Option(..., help="org id"),
+    kind: str = typer.Option(None, help="Pipeline or Rule (default: both)"),
+    out: Path = typer.Option(None, help="directory: one file per resource (default: all to stdout)"),
+) -> None:
+    """Print (or write) the current resources as YAML that `rules apply` accepts back unchanged."""
+    rows = asyncio.run(_current(org, _kinds(kind)))
+    if out is None:
+        typer.echo(yaml.safe_dump_all([r.spec for r in rows], sort_keys=False, allow_unicode=True), nl=False)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        path = out / f"{row.kind.lower()}-{row.name}.yaml"
+        path.write_text(yaml.safe_dump(row.spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        typer.echo(str(path))
+
+
+@app.command()
+def schema(
+    kind: str = typer.Option(None, help="Pipeline or Rule (default: both; needs --out)"),
+    out: Path = typer.Option(None, help="directory for pipeline.schema.json and rule.schema.json"),
+) -> None:
+    """Write the JSON Schemas for editors (YAML language server: `# yaml-language-server: $schema=…`)."""
+    from rules.schema import json_schema
+
+    kinds = _kinds(kind)
+    if out is None:
+        if len(kinds) != 1:
+            typer.echo("error: pass --kind to print one schema, or --out DIR to write both", err=True)
+            raise typer.Exit(1)
+        typer.echo(json.dumps(json_schema(kinds[0]), indent=2))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for k in kinds:
+        path = out / f"{k.lower()}.schema.json"
+        path.write_text(json.dumps(json_schema(k), indent=2) + "\n", encoding="utf-8")
+        typer.echo(str(path))

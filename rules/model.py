@@ -1,0 +1,180 @@
+"""Schemas of the two resource kinds, ``Pipeline`` and ``Rule`` (``apiVersion: fulqrun.io/v1``).
+
+These models check shape and types only (unknown fields and wrong types are errors); the
+meaning (stage keys unique, transitions to defined stages, CEL, templates, known actions) is
+checked by ``rules.validate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+API_VERSION = "fulqrun.io/v1"
+KINDS = ("Pipeline", "Rule")
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+SCOPE_PATTERN = r"^(\*|[A-Za-z0-9][-A-Za-z0-9_.]{0,63})$"
+
+#: Events a rule may be triggered by: opportunity lifecycle, leads, domain events mapped from
+#: webhooks (see ``connectors.events``), and ``schedule`` (cron, in ``spec.schedule``).
+TRIGGERS = (
+    "opportunity.created",
+    "opportunity.updated",
+    "stage.entered",
+    "stage.exited",
+    "lead.created",
+    "payment.received",
+    "payment.failed",
+    "contract.sent",
+    "contract.signed",
+    "contract.declined",
+    "call.recorded",
+    "slack.action",
+    "document.changed",
+    "schedule",
+)
+STAGE_TRIGGERS = ("stage.entered", "stage.exited")
+
+ScopeItem = Annotated[str, Field(pattern=SCOPE_PATTERN)]
+StageKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+ItemKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="identifier usable in CEL")]
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors; values are not coerced across types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class Metadata(_Strict):
+    """Identity and scope of a resource."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="lowercase letters, digits and '-', at most 63")
+    org: str | None = Field(default=None, description="the org; filled in from the API key when applying")
+    branches: list[ScopeItem] = Field(default_factory=lambda: ["*"], min_length=1)
+    roles: list[ScopeItem] = Field(default_factory=lambda: ["*"], min_length=1)
+    description: str | None = Field(default=None, max_length=2000)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Template(_Strict):
+    """A document template copied into the stage's folders when an opportunity enters the stage."""
+
+    source: str = Field(
+        min_length=1, max_length=1000, description="path of the template in the template library"
+    )
+    target: str = Field(min_length=1, max_length=1000, description="destination path; may use {{ opp.* }}")
+
+
+class Stage(_Strict):
+    """One stage of a pipeline."""
+
+    key: StageKey
+    name: str = Field(min_length=1, max_length=100)
+    color: str = Field(pattern=r"^#([0-9A-Fa-f]{6}|[0-9A-Fa-f]{3})$", description="hex color, e.g. #2563EB")
+    probability: float = Field(ge=0.0, le=1.0, description="win probability in [0, 1]")
+    order: int | None = Field(default=None, ge=0, description="display order; default: position in the list")
+    description: str | None = Field(default=None, max_length=2000)
+    checklist: list[ItemKey] = Field(default_factory=list)
+    documents: list[ItemKey] = Field(
+        default_factory=list, description="documents required to leave the stage"
+    )
+    folders: list[Annotated[str, Field(min_length=1, max_length=400)]] = Field(
+        default_factory=list, description="SharePoint folders provisioned on entering the stage"
+    )
+    templates: list[Template] = Field(default_factory=list)
+
+
+class Transition(_Strict):
+    """An allowed move between two stages and what it requires."""
+
+    from_: str = Field(alias="from", description="stage key, or '*' for any stage")
+    to: str
+    when: str | None = Field(
+        default=None, description="CEL entry criteria over opp, checklist, documents, actor"
+    )
+    message: str | None = Field(default=None, max_length=500, description="shown when `when` is false")
+    roles: list[ScopeItem] = Field(
+        default_factory=lambda: ["*"], min_length=1, description="actor roles allowed"
+    )
+    require_checklist: bool = Field(
+        default=True, description="every checklist item of the stage left is done"
+    )
+    require_documents: bool = Field(default=True, description="every document of the stage left is present")
+
+
+class PipelineSpec(_Strict):
+    """Stages and transitions."""
+
+    initial: str | None = Field(default=None, description="stage of a new opportunity; default: first stage")
+    stages: list[Stage] = Field(min_length=1, max_length=50)
+    transitions: list[Transition] = Field(default_factory=list, max_length=500)
+
+
+Params = dict[str, Any]
+
+
+class RuleSpec(_Strict):
+    """When something happens and a condition holds, do these actions."""
+
+    on: str = Field(description="trigger: " + ", ".join(TRIGGERS))
+    stage: str | None = Field(default=None, description="for stage.entered / stage.exited: the stage key")
+    schedule: str | None = Field(default=None, description="for on: schedule, a 5-field cron expression")
+    when: str | None = Field(
+        default=None, description="CEL condition over opp, event, stage, org, branch, role"
+    )
+    do: list[dict[str, Params | None]] = Field(
+        min_length=1, max_length=50, description="actions, each a one-key map `provider.action: {params}`"
+    )
+    enabled: bool = True
+    description: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("do")
+    @classmethod
+    def _one_key_each(cls, value: list[dict[str, Params | None]]) -> list[dict[str, Params | None]]:
+        for i, item in enumerate(value):
+            if len(item) != 1:
+                raise ValueError(
+                    f"do[{i}] must be a map with exactly one key `provider.action: {{params}}`, got {len(item)} keys"
+                )
+        return value
+
+    def actions(self) -> list[tuple[str, Params]]:
+        """The actions as (name, params) pairs, params ``{}`` when absent."""
+        return [(name, params or {}) for item in self.do for name, params in item.items()]
+
+
+class Pipeline(_Strict):
+    """A pipeline resource."""
+
+    api_version: Literal["fulqrun.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["Pipeline"]
+    metadata: Metadata
+    spec: PipelineSpec
+
+
+class Rule(_Strict):
+    """An automation rule resource."""
+
+    api_version: Literal["fulqrun.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["Rule"]
+    metadata: Metadata
+    spec: RuleSpec
+
+
+Resource = Pipeline | Rule
+MODELS: dict[str, type[Pipeline] | type[Rule]] = {"Pipeline": Pipeline, "Rule": Rule}
+
+
+def dump(resource: Resource) -> dict:
+    """The canonical document of a resource (aliases, no unset optionals), as stored and hashed."""
+    return resource.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def content_hash(document: dict) -> str:
+    """SHA-256 of the canonical JSON of a document (sorted keys, no whitespace)."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -59,7 +59,7 @@ def test_examples_fire_on_stage_entered(example_rules: list[dict]) -> None:
             "slack.post_message",
             {"channel": "#deals", "text": "Globex renewal entered Acquire (80000.0 EUR)"},
         ),
-        PlannedAction("docusign.send_envelope", {"template": "msa", "signer": "cfo@globex.example"}),
+        PlannedAction("docusign.send_envelope", {"template": "msa", "signer": "cfo@globex.example", "opportunity_id": "o1"}),
         PlannedAction("ai.next_action", {}),
     ]
     assert outcomes["emea-won-to-erp"].reason.startswith("stage mismatch")

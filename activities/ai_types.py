@@ -1,0 +1,64 @@
+"""Names and payload types of the AI activities (pure pydantic: safe inside the workflow sandbox)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NEXT_ACTION = "ai.next_action"
+DEAL_RISK = "ai.deal_risk"
+SCORE_LEAD = "ai.score_lead"
+
+
+class OpportunityInsightInput(BaseModel):
+    """An opportunity as the workflow knows it: document, stage, checklist marks and recent events.
+
+    ``events`` are ``{"type", "data", "at"}`` records (``at`` ISO 8601). ``as_of`` pins "now" (replays,
+    tests); None means the activity's clock."""
+
+    org_id: str
+    opportunity_id: str
+    opp: dict
+    stage: str
+    checklist: dict = Field(default_factory=dict)
+    events: list[dict] = Field(default_factory=list)
+    as_of: datetime | None = None
+
+
+class Insight(BaseModel):
+    """Risk 0–100 with its factors, ranked next actions, and where they came from.
+
+    ``source`` is ``model`` (the org's trained deal model) or ``prior``; each next action carries its
+    own source (``rule``, ``model`` or ``llm``); ``provenance`` records the engine, versions, inputs and
+    output (and, with OpenAI, the prompt version, model and any fallback reason)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    risk_score: float
+    risk_factors: list[dict] = Field(default_factory=list)
+    next_actions: list[dict] = Field(default_factory=list)
+    model_version: str
+    source: str
+    provenance: dict = Field(default_factory=dict)
+    win_probability: float | None = None
+
+
+class ScoreLeadInput(BaseModel):
+    """Score a lead; ``lead`` None rescores the stored lead."""
+
+    org_id: str
+    lead_id: str
+    lead: dict | None = None
+
+
+class LeadScoreResult(BaseModel):
+    """A lead's score (0–100), 90% interval, factors, model version and source."""
+
+    lead_id: str
+    score: float
+    low: float
+    high: float
+    factors: list[dict] = Field(default_factory=list)
+    model_version: str
+    source: str

@@ -1,0 +1,125 @@
+"""Lead model: leakage columns never used, placeholders missing, scores/intervals/factors, the prior."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from ai.leads import LEAKAGE_COLUMNS, LeadMapping, LeadModel, LeadPrior, is_leakage, train_leads
+from ai.tabular import DataError, read_csv
+from tests.ai.synthetic import lead_rows
+from tests.conftest import shared_data
+
+MAPPING = LeadMapping()
+
+
+@pytest.fixture(scope="module")
+def model() -> LeadModel:
+    return train_leads(lead_rows(400, seed=1))
+
+
+def test_leakage_columns_are_never_features(model: LeadModel) -> None:
+    assert {"Tags", "Lead Quality", "Lead Profile", "Asymmetrique Activity Score"}.isdisjoint(model.features)
+    assert "Lead Number" not in model.features and "Prospect ID" not in model.features
+    assert {"Lead Source", "Occupation", "Total Time Spent on Website"} <= set(model.features)
+    assert all(is_leakage(c) for c in ("tags", "Asymmetrique Profile Index", "LEAD QUALITY"))
+    assert LEAKAGE_COLUMNS == ("Tags", "Lead Quality", "Lead Profile", "Asymmetrique*")
+
+
+def test_leakage_columns_do_not_change_a_score(model: LeadModel) -> None:
+    lead = lead_rows(1, seed=9)[0]
+    flipped = {**lead, "Tags": "Will revert after reading the email", "Lead Quality": "Worst",
+               "Lead Profile": "Lateral Student", "Asymmetrique Activity Score": "5"}
+    assert model.score_records([lead])[0].score == model.score_records([flipped])[0].score
+
+
+def test_a_mapping_naming_a_leakage_column_is_refused() -> None:
+    mapping = LeadMapping(features=["Lead Source", "Tags"])
+    with pytest.raises(DataError, match="leakage columns can never be features: Tags"):
+        train_leads(lead_rows(200), mapping)
+    with pytest.raises(DataError, match="not in the data: Nope"):
+        train_leads(lead_rows(200), LeadMapping(features=["Nope"]))
+
+
+def test_select_is_a_missing_value(model: LeadModel) -> None:
+    lead = {**lead_rows(1, seed=5)[0]}
+    scores = {model.score_records([{**lead, "Specialization": v}])[0].score for v in ("Select", "", " select ")}
+    without = {k: v for k, v in lead.items() if k != "Specialization"}
+    scores.add(model.score_records([without])[0].score)
+    assert len(scores) == 1
+
+
+def test_scores_intervals_and_factors(model: LeadModel) -> None:
+    rows = lead_rows(50, seed=3)
+    scored = model.score_records(rows)
+    assert [s.id for s in scored] == [r["Prospect ID"] for r in rows]
+    for s in scored:
+        assert 0 <= s.low <= s.score <= s.high <= 100
+        assert s.model_version == model.version and s.source == "model"
+        assert s.factors and all(f.text.startswith(f.feature) and " point" in f.text for f in s.factors)
+        assert all(abs(a.effect) >= abs(b.effect) for a, b in zip(s.factors, s.factors[1:], strict=False))
+    keen = {**rows[0], "Lead Source": "Reference", "Occupation": "Working Professional",
+            "Total Time Spent on Website": "1800"}
+    cold = {**rows[0], "Lead Source": "Olark Chat", "Occupation": "", "Total Time Spent on Website": "0"}
+    k, c = model.score_records([keen, cold])
+    assert k.score > c.score + 30
+    assert any(f.feature == "Total Time Spent on Website" and f.effect > 0 for f in k.factors)
+    assert any(f.text.startswith("Occupation is 'Working Professional': raises the score by") for f in k.factors)
+
+
+def test_the_model_learns_the_signal_out_of_sample() -> None:
+    rows = lead_rows(900, seed=4)
+    y = [int(r["Converted"]) for r in rows]
+    train, test = train_test_split(rows, test_size=0.3, random_state=0, stratify=y)
+    scores, low, high = train_leads(train).predict(test)
+    assert roc_auc_score([int(r["Converted"]) for r in test], scores) > 0.75
+    assert np.all(low <= scores) and np.all(scores <= high)
+
+
+def test_versions_are_content_hashes() -> None:
+    rows = lead_rows(120, seed=6)
+    assert train_leads(rows).version == train_leads(list(rows)).version
+    changed = [dict(r) for r in rows]
+    changed[0]["Lead Source"] = "Facebook"
+    assert train_leads(changed).version != train_leads(rows).version
+
+
+def test_too_little_history_is_refused() -> None:
+    with pytest.raises(DataError, match="at least 50 labelled leads"):
+        train_leads(lead_rows(30))
+    with pytest.raises(DataError, match="outcome column 'Converted' not in the data"):
+        train_leads([{"a": "1"}])
+
+
+def test_the_prior_says_it_is_the_prior() -> None:
+    prior = LeadPrior()
+    warm, cold = prior.score_records(
+        [{"source": "Referral", "Total Time Spent on Website": "900", "company": "Acme"},
+         {"Lead Source": "Olark Chat", "Do Not Email": "Yes", "Total Time Spent on Website": "0"}],
+        ["a", "b"],
+    )
+    assert warm.source == cold.source == "prior" and warm.model_version == "leads-prior-1"
+    assert warm.score > 50 > 25 > cold.score
+    assert warm.high - warm.low == pytest.approx(50) and cold.low == 0
+    assert warm.factors[0].text == "source is 'Referral': raises the score by 24 points (prior scorecard)"
+
+
+def test_real_leads_holdout() -> None:
+    """X Education: train on 80%, check the held-out 20% (AUC, Brier, intervals by score quintile)."""
+    rows = read_csv(shared_data("lead_scoring_x_education", "Leads.csv"))
+    assert len(rows) == 9240 and "" not in rows[0]
+    y = [MAPPING.outcome(r) for r in rows]
+    train, test = train_test_split(rows, test_size=0.2, random_state=0, stratify=y)
+    model = train_leads(train)
+    assert model.metrics["oof_auc"] > 0.90
+    scores, low, high = model.predict(test)
+    yt = np.array([MAPPING.outcome(r) for r in test])
+    assert roc_auc_score(yt, scores) > 0.90
+    assert np.mean((scores / 100 - yt) ** 2) < 0.12
+    assert np.mean(high - low) <= 30
+    order = np.argsort(scores, kind="stable")
+    for part in np.array_split(order, 5):
+        observed = 100 * yt[part].mean()
+        assert low[part].mean() <= observed <= high[part].mean()

@@ -1,0 +1,87 @@
+"""``PUT/GET /v1/leads/{id}`` (stored and scored) and ``POST/GET /v1/ai/models`` (per-org training)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import httpx
+
+from hub.auth import create_key
+from hub.runtime import Hub
+from tests.ai.synthetic import LEAD_HEADER, lead_rows, to_csv
+from tests.conftest import bearer
+
+LEAD = {"email": "pat@initech.example", "company": "Initech", "source": "Reference",
+        "fields": {"Lead Source": "Reference", "Occupation": "Working Professional",
+                   "Total Time Spent on Website": 1500, "Tags": "Closed by Horizzon"}}
+
+
+async def key(hub: Hub, org: str, role: str) -> str:
+    async with hub.db.session() as session:
+        return await create_key(session, org, role)
+
+
+async def test_put_scores_with_the_prior_until_the_org_trains(api: httpx.AsyncClient, hub: Hub, admin_key: str) -> None:
+    crm = await key(hub, "acme", "crm")
+    put = await api.put("/v1/leads/L-1", json=LEAD, headers=bearer(crm))
+    assert put.status_code == 200, put.text
+    body = put.json()
+    assert body["id"] == "L-1" and body["data"]["fields"]["Lead Source"] == "Reference"
+    score = body["score"]
+    assert score["source"] == "prior" and score["model_version"] == "leads-prior-1"
+    assert 0 <= score["low"] <= score["score"] <= score["high"] <= 100 and score["factors"]
+    got = await api.get("/v1/leads/L-1", headers=bearer(await key(hub, "acme", "viewer")))
+    assert got.status_code == 200 and got.json() == body
+
+    upload = await api.post(
+        "/v1/ai/models", headers=bearer(admin_key), data={"kind": "leads"},
+        files={"file": ("leads.csv.gz", gzip.compress(to_csv(lead_rows(300), LEAD_HEADER)), "application/gzip")},
+    )
+    assert upload.status_code == 201, upload.text
+    model = upload.json()
+    assert model["kind"] == "leads" and model["active"] and model["version"].startswith("leads-")
+    assert model["metrics"]["rows"] == 300 and "Tags" not in json.dumps(model["metrics"])
+
+    again = (await api.put("/v1/leads/L-1", json=LEAD, headers=bearer(crm))).json()["score"]
+    assert again["source"] == "model" and again["model_version"] == model["version"]
+    changed = (await api.put("/v1/leads/L-1", json={**LEAD, "fields": {**LEAD["fields"], "Tags": "Ringing"}},
+                             headers=bearer(crm))).json()["score"]
+    assert changed["score"] == again["score"]
+    listed = await api.get("/v1/ai/models", headers=bearer(crm), params={"kind": "leads"})
+    assert [m["id"] for m in listed.json()] == [model["id"]]
+    assert (await api.get(f"/v1/ai/models/{model['id']}", headers=bearer(crm))).json()["version"] == model["version"]
+
+
+async def test_other_orgs_and_roles(api: httpx.AsyncClient, hub: Hub, admin_key: str) -> None:
+    await api.put("/v1/leads/L-2", json=LEAD, headers=bearer(admin_key))
+    other = await key(hub, "globex", "admin")
+    missing = await api.get("/v1/leads/L-2", headers=bearer(other))
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    viewer = await key(hub, "acme", "viewer")
+    assert (await api.put("/v1/leads/L-3", json=LEAD, headers=bearer(viewer))).status_code == 403
+    crm = await key(hub, "acme", "crm")
+    denied = await api.post("/v1/ai/models", headers=bearer(crm), data={"kind": "leads"},
+                            files={"file": ("l.csv", b"a,b\n", "text/csv")})
+    assert denied.status_code == 403
+    assert (await api.get("/v1/leads/L-2")).status_code == 401
+
+
+async def test_training_problems_are_422(api: httpx.AsyncClient, admin_key: str) -> None:
+    csv_bytes = to_csv(lead_rows(300), LEAD_HEADER)
+
+    async def post(mapping: str | None, data: bytes = csv_bytes, kind: str = "leads") -> httpx.Response:
+        form = {"kind": kind} | ({"mapping": mapping} if mapping is not None else {})
+        return await api.post("/v1/ai/models", headers=bearer(admin_key), data=form,
+                              files={"file": ("l.csv", data, "text/csv")})
+
+    leak = await post(json.dumps({"features": ["Lead Source", "Lead Quality"]}))
+    assert leak.status_code == 422
+    assert leak.json()["detail"] == "cannot train on this file: leakage columns can never be features: Lead Quality"
+    assert "not valid JSON" in (await post("{")).json()["detail"]
+    assert "invalid mapping: outcome_colum" in (await post('{"outcome_colum": "x"}')).json()["detail"]
+    few = await post(None, to_csv(lead_rows(20), LEAD_HEADER))
+    assert few.status_code == 422 and "at least 50 labelled leads" in few.json()["detail"]
+    deals = await post(None, kind="deals")
+    assert deals.status_code == 422 and "closed deals" in deals.json()["detail"]
+    assert (await post(None, kind="widgets")).status_code == 422

@@ -6,12 +6,15 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import build_activities
+from activities.connections import ConnectionActivities
+from activities.connector_types import provider_task_queue
+from connectors.catalogue import catalogue
 from hub.runtime import Hub
 from workflows import WORKFLOWS
 
 
 def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> list[Worker]:
-    """The workers this process runs: the main queue (workflows and core activities)."""
+    """The workers this process runs: the main queue (workflows and core activities) and one per provider."""
     queue = task_queue or hub.settings.task_queue
     return [
         Worker(
@@ -19,5 +22,22 @@ def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> li
             task_queue=queue,
             workflows=WORKFLOWS,
             activities=build_activities(hub),
+            disable_eager_activity_execution=True,  # eager activities would bypass task-queue rate limits
+        ),
+        *provider_workers(client, queue, ConnectionActivities(hub)),
+    ]
+
+
+def provider_workers(client: Client, main_queue: str, connectors: ConnectionActivities) -> list[Worker]:
+    """One worker per catalogue provider on its own task queue (``{main}-{action prefix}``), whose
+    ``connector.run_action`` tasks the server hands out at most at ~90% of the provider's published rate
+    (and which ``connectors`` paces to the same rate within this process, smoothing the server's bursts)."""
+    return [
+        Worker(
+            client,
+            task_queue=provider_task_queue(main_queue, entry.action_prefix),
+            activities=[connectors.run_action],
+            max_task_queue_activities_per_second=connectors.limit(entry).queue_per_second,
         )
+        for entry in catalogue().providers.values()
     ]

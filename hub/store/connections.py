@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets as _random
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hub.store.base import Base, utcnow
@@ -42,5 +42,8 @@ class Connection(Base):
     last_refresh_at: Mapped[datetime | None] = mapped_column(default=None)
     next_refresh_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # migration 0006 (connection lifecycle): bumped on every stored token; set while a refresh is in flight
+    token_version: Mapped[int] = mapped_column(Integer, default=0)
+    refresh_pending_since: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

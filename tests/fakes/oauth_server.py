@@ -103,6 +103,7 @@ class OAuthFake(FakeServer):
         self.codes: dict[str, _Code] = {}
         self.token_calls: list[str] = []
         self.api_times: list[float] = []
+        self.throttled = 0  # API requests answered 429 for exceeding limit_per_second
         self.arrivals: list[tuple[float, str]] = []  # (monotonic time, path) of every request, faults included
         self._refusals: deque[str] = deque()
         self._recent: deque[float] = deque()
@@ -272,6 +273,7 @@ class OAuthFake(FakeServer):
                 while self._recent and now - self._recent[0] >= 1.0:
                     self._recent.popleft()
                 if len(self._recent) >= self.limit_per_second:
+                    self.throttled += 1
                     return self.rate_limit_error(1)
                 self._recent.append(now)
             self.api_times.append(now)

@@ -1,0 +1,440 @@
+"""Connector and connection activities: run a provider action; load, refresh and fail a connection.
+
+``connector.run_action`` runs on the provider's rate-limited task queue; the ``connection.*``
+activities run on the main queue for the ConnectionWorkflow, which is the only caller of
+``connection.refresh`` — the one place a token endpoint is called after a connection is authorised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import httpx
+from prometheus_client import Counter
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from temporalio import activity
+from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.connector_types import (
+    CONNECTION_FAILED,
+    CONNECTION_FAILED_EVENT,
+    CONNECTION_REFRESH,
+    CONNECTION_STATE,
+    CONNECTION_WORKFLOW,
+    ERR_BAD_PARAMS,
+    ERR_CONNECTION,
+    ERR_GONE,
+    ERR_PROVIDER,
+    ERR_RATE_LIMITED,
+    ERR_REAUTH,
+    ERR_TOKEN_ENDPOINT,
+    ERR_TOKEN_REFUSED,
+    ERR_UNAUTHORIZED,
+    ERR_UNAVAILABLE,
+    FRESH_TOKEN_UPDATE,
+    RUN_ACTION,
+    ActionCall,
+    ActionResult,
+    ConnectionRef,
+    FailureInput,
+    RefreshInput,
+    TokenRequest,
+    TokenState,
+    connection_workflow_id,
+)
+from connectors.base import ACTIONS, ActionContext, ProviderError
+from connectors.catalogue import Provider, RateLimit, catalogue, import_action_modules
+from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, obtain_token
+from hub.runtime import Hub
+from hub.store.base import utcnow
+from hub.store.connections import Connection
+from hub.store.oauth import as_utc, load_secrets, store_tokens
+from hub.store.orgs import record_audit
+
+log = logging.getLogger("activities.connections")
+T = TypeVar("T")
+
+EXPIRY_SKEW = timedelta(seconds=30)
+STORE_ATTEMPTS = 5
+UPDATE_ATTEMPTS = 6
+
+CONNECTION_FAILURES = Counter(
+    "hub_connection_failures_total", "Connections marked needs_reauth", ["provider"]
+)
+
+
+def token_state(conn: Connection | None, provider: Provider | None = None) -> TokenState:
+    """What a workflow may know of a connection's tokens (no secrets)."""
+    if conn is None or conn.status == "disabled":
+        return TokenState(status="missing", exists=False, refreshes=False)
+    entry = provider or catalogue().get(conn.provider)
+    return TokenState(
+        status=conn.status, version=conn.token_version, expires_at=as_utc(conn.access_expires_at),
+        next_refresh_at=as_utc(conn.next_refresh_at), refreshes=entry.refreshes,
+    )
+
+
+def connection_failed_event(conn: Connection, reason: str) -> dict:
+    """The ``connection.failed`` domain event, in the shape rules evaluate (``event.*`` in CEL and templates)."""
+    return {
+        "type": CONNECTION_FAILED_EVENT,
+        "org": conn.org_id,
+        "opp": {},
+        "event": {
+            "connection_id": conn.id, "provider": conn.provider, "name": conn.name,
+            "status": "needs_reauth", "reason": reason, "at": utcnow().isoformat(),
+        },
+    }
+
+
+class _StoredTokens:
+    """The TokenSource of one action run: tokens from the store; renewal only through the ConnectionWorkflow."""
+
+    def __init__(self, owner: ConnectionActivities, conn: Connection, provider: Provider,
+                 secrets: dict[str, str]) -> None:
+        self._owner, self._conn, self._provider, self._secrets = owner, conn, provider, secrets
+        self.version = conn.token_version
+        self.expires_at = as_utc(conn.access_expires_at)
+        self.renewed = False
+
+    async def access_token(self) -> str:
+        mode = self._provider.auth_mode
+        if mode == "api_key":
+            return self._secrets["api_key"]
+        if mode == "basic":
+            raise RuntimeError("a basic-auth connection has no token: use ctx.auth_headers()")
+        expiring = self.expires_at is not None and self.expires_at <= utcnow() + EXPIRY_SKEW
+        if "access_token" not in self._secrets or expiring:
+            return await self.fresh_token()
+        return self._secrets["access_token"]
+
+    async def fresh_token(self) -> str:
+        if not self._provider.refreshes:
+            raise ApplicationError(f"{self._provider.key} credentials were rejected", type=ERR_UNAUTHORIZED,
+                                   non_retryable=True)
+        state = await self._owner.request_fresh_token(self._conn, self.version)
+        self._secrets = await self._owner.secrets_of(self._conn.id)
+        self.version, self.expires_at, self.renewed = state.version, state.expires_at, True
+        return self._secrets["access_token"]
+
+    def secret(self, name: str) -> str | None:
+        return self._secrets.get(name)
+
+
+class Pacer:
+    """Spaces calls at least ``1 / per_second`` apart within this process (no bursts).
+
+    Temporal's task-queue limit caps a provider queue's dispatch rate across all workers, but its token
+    bucket lets a burst as large as the rate through after an idle period. Spacing this worker's calls
+    evenly removes that burst, so the headroom between the queue's rate and the provider's published
+    limit is left to absorb the jitter with which requests reach the provider.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        """Return when this caller's slot has come (slots are handed out in call order)."""
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class ConnectionActivities:
+    """Activities bound to the hub runtime (database, vault, settings) and one shared HTTP client.
+
+    ``limits`` overrides providers' rate limits (by action prefix); the default is the catalogue's. A
+    provider's calls are paced at ``queue_per_second``, the figure the worker gives its task queue.
+    """
+
+    def __init__(self, hub: Hub, limits: dict[str, RateLimit] | None = None) -> None:
+        self.hub = hub
+        self._http: httpx.AsyncClient | None = None
+        self._limits = limits or {}
+        self._pacers: dict[str, Pacer] = {}
+        self._renewals: dict[tuple[str, int], asyncio.Future[TokenState]] = {}
+        import_action_modules()
+
+    def limit(self, provider: Provider) -> RateLimit:
+        """The rate limit this process applies to the provider."""
+        return self._limits.get(provider.action_prefix) or provider.rate_limit
+
+    def _pacer(self, provider: Provider) -> Pacer:
+        pacer = self._pacers.get(provider.key)
+        if pacer is None:
+            pacer = self._pacers[provider.key] = Pacer(self.limit(provider).queue_per_second)
+        return pacer
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The HTTP client handed to actions (created on first use, in the worker's event loop)."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30, connect=10))
+        return self._http
+
+    async def aclose(self) -> None:
+        """Close the shared HTTP client."""
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def lifecycle(self) -> list:
+        """The activities of the main task queue (the ConnectionWorkflow's)."""
+        return [self.state, self.refresh, self.mark_failed]
+
+    async def secrets_of(self, connection_id: str) -> dict[str, str]:
+        """A connection's secrets, decrypted."""
+        async with self.hub.db.session() as session:
+            return await load_secrets(session, self.hub.vault, connection_id)
+
+    # --- connector.run_action -------------------------------------------------------------------
+    @activity.defn(name=RUN_ACTION)
+    async def run_action(self, call: ActionCall) -> ActionResult:
+        """Run one provider action with its connection's credentials; map provider failures to retries."""
+        spec = ACTIONS.get(call.action)
+        if spec is None:
+            raise ApplicationError(f"unknown action {call.action!r}", type=ERR_BAD_PARAMS, non_retryable=True)
+        try:
+            params = spec.params.model_validate(call.params)
+        except ValidationError as exc:
+            raise ApplicationError(f"invalid params for {call.action}: {exc}", type=ERR_BAD_PARAMS,
+                                   non_retryable=True) from None
+        output, connection_id = await self.call_provider(
+            catalogue().for_action(call.action), call.org_id, call.connection_id, call.idempotency_key,
+            lambda ctx: spec.fn(ctx, params),
+        )
+        return ActionResult(ok=True, output=output, connection_id=connection_id)
+
+    async def call_provider(
+        self, provider: Provider, org_id: str, connection_id: str | None, idempotency_key: str,
+        fn: Callable[[ActionContext], Awaitable[T]],
+    ) -> tuple[T, str]:
+        """Run ``fn`` against a provider exactly as an action runs (from an activity): on the given (or the
+        org's single active) connection, paced to the provider's rate, re-run once after a 401 with a fresh
+        token from the ConnectionWorkflow, failures mapped by ``provider_failure``. Returns (result,
+        connection id). An empty ``idempotency_key`` is derived from the workflow and activity ids."""
+        async with self.hub.db.session() as session:
+            conn = await _usable_connection(session, org_id, provider.key, connection_id)
+            secrets = await load_secrets(session, self.hub.vault, conn.id)
+        tokens = _StoredTokens(self, conn, provider, secrets)
+        info = activity.info()
+        ctx = ActionContext(
+            connection_id=conn.id, org_id=conn.org_id, provider=provider.key, config=dict(conn.config),
+            base_url=provider.endpoints(conn.config).base_url,
+            idempotency_key=idempotency_key or f"{info.workflow_id or 'activity'}/{info.activity_id}",
+            http=self.http, tokens=tokens,
+        )
+        for attempt in (1, 2):
+            await self._pacer(provider).wait()
+            try:
+                return await fn(ctx), conn.id
+            except (ProviderError, httpx.HTTPStatusError) as exc:
+                err = exc if isinstance(exc, ProviderError) else ProviderError.from_response(exc.response)
+                if err.status == 401 and attempt == 1 and provider.refreshes and not tokens.renewed:
+                    await tokens.fresh_token()
+                    continue
+                raise provider_failure(provider, err) from None
+            except httpx.TransportError as exc:
+                raise ApplicationError(f"{provider.key} unreachable: {type(exc).__name__}",
+                                       type=ERR_UNAVAILABLE) from None
+        raise AssertionError("unreachable")
+
+    async def request_fresh_token(self, conn: Connection, seen_version: int) -> TokenState:
+        """A token state newer than ``seen_version``. Concurrent callers in this process share one request
+        to the connection's workflow, which serialises the requests of every process: one refresh."""
+        key = (conn.id, seen_version)
+        pending = self._renewals.get(key)
+        if pending is None:
+            pending = self._renewals[key] = asyncio.ensure_future(self._ask_workflow(conn, seen_version))
+            pending.add_done_callback(lambda _: self._renewals.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _ask_workflow(self, conn: Connection, seen_version: int) -> TokenState:
+        """Update ``fresh_token`` on the connection's workflow, starting the workflow if needed.
+
+        The server aborts or refuses updates when a workflow has too many in flight; those are retried
+        here, briefly, rather than by re-running the whole action."""
+        client = activity.client()
+        ref = ConnectionRef(org_id=conn.org_id, connection_id=conn.id)
+        for attempt in range(1, UPDATE_ATTEMPTS + 1):
+            try:
+                return await client.execute_update_with_start_workflow(
+                    FRESH_TOKEN_UPDATE,
+                    TokenRequest(seen_version=seen_version),
+                    start_workflow_operation=WithStartWorkflowOperation(
+                        CONNECTION_WORKFLOW, ref, id=connection_workflow_id(conn.org_id, conn.id),
+                        task_queue=self.hub.settings.task_queue,
+                        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    ),
+                    result_type=TokenState,
+                )
+            except WorkflowUpdateFailedError as exc:
+                cause = exc.cause
+                reason = getattr(cause, "message", None) or "token refresh failed"
+                if isinstance(cause, ApplicationError) and cause.type == ERR_REAUTH:
+                    raise ApplicationError(f"connection {conn.id} needs re-authorisation: {reason}",
+                                           type=ERR_CONNECTION, non_retryable=True) from None
+                raise ApplicationError(f"token refresh for {conn.id} failed: {reason}",
+                                       type=ERR_UNAVAILABLE) from None
+            except RPCError as exc:
+                transient = exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.RESOURCE_EXHAUSTED)
+                if not transient or attempt == UPDATE_ATTEMPTS:
+                    raise ApplicationError(f"Temporal refused the token refresh request: {exc.status.name}",
+                                           type=ERR_UNAVAILABLE) from None
+                activity.heartbeat()
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    # --- the ConnectionWorkflow's activities -----------------------------------------------------
+    @activity.defn(name=CONNECTION_STATE)
+    async def state(self, ref: ConnectionRef) -> TokenState:
+        """The connection's token state, or ``exists=False`` if it was deleted."""
+        async with self.hub.db.session() as session:
+            return token_state(await _connection(session, ref.org_id, ref.connection_id))
+
+    @activity.defn(name=CONNECTION_REFRESH)
+    async def refresh(self, inp: RefreshInput) -> TokenState:
+        """Obtain a new token for version ``from_version`` and store it before returning.
+
+        Idempotent: if the stored version is already newer (an earlier attempt stored it and then died
+        before reporting), nothing is called. The tokens exist only in this coroutine between the token
+        endpoint's answer and the database commit, and the commit is retried in place, so a failing
+        write never loses a rotated refresh token to an activity retry.
+        """
+        async with self.hub.db.session() as session:
+            conn = await _connection(session, inp.org_id, inp.connection_id)
+            if conn is None or conn.status == "disabled":
+                raise ApplicationError(f"connection {inp.connection_id} no longer exists", type=ERR_GONE,
+                                       non_retryable=True)
+            if conn.token_version > inp.from_version:
+                return token_state(conn)
+            interrupted = conn.refresh_pending_since is not None
+            conn.refresh_pending_since = conn.refresh_pending_since or utcnow()
+            secrets = await load_secrets(session, self.hub.vault, conn.id)
+        provider = catalogue().get(conn.provider)
+        try:
+            tokens = await obtain_token(provider, provider.endpoints(conn.config), ClientAuth.for_connection(conn.config, secrets))
+        except TokenEndpointError as exc:
+            message = str(exc)
+            if exc.reauth and interrupted:
+                message += " (an earlier refresh was interrupted after the provider may have rotated the token)"
+            await self._note_error(conn.id, message)
+            if exc.reauth:
+                raise ApplicationError(message, type=ERR_REAUTH, non_retryable=True) from None
+            raise ApplicationError(message, type=ERR_TOKEN_ENDPOINT if exc.retryable else ERR_TOKEN_REFUSED,
+                                   non_retryable=not exc.retryable) from None
+        due = next_refresh_at(provider, tokens.expires_at, utcnow(),
+                              bool(tokens.refresh_token or secrets.get("refresh_token")))
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                async with self.hub.db.session() as session:
+                    conn = await session.get(Connection, inp.connection_id)
+                    await store_tokens(
+                        session, self.hub.vault, conn, from_version=inp.from_version,
+                        access_token=tokens.access_token, refresh_token=tokens.refresh_token,
+                        expires_at=tokens.expires_at, next_refresh_at=due,
+                    )
+                    return token_state(conn, provider)
+            except SQLAlchemyError as exc:
+                if attempt == STORE_ATTEMPTS:
+                    raise ApplicationError(f"could not store refreshed tokens: {type(exc).__name__}",
+                                           type=ERR_TOKEN_ENDPOINT) from None
+                activity.heartbeat(attempt)
+                await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    @activity.defn(name=CONNECTION_FAILED)
+    async def mark_failed(self, inp: FailureInput) -> dict:
+        """Mark the connection ``needs_reauth``, audit it and return the ``connection.failed`` event."""
+        async with self.hub.db.session() as session:
+            conn = await _connection(session, inp.org_id, inp.connection_id)
+            if conn is None:
+                return {}
+            conn.status, conn.last_error, conn.next_refresh_at = "needs_reauth", inp.reason, None
+            conn.refresh_pending_since = None
+            event = connection_failed_event(conn, inp.reason)
+            await record_audit(session, conn.org_id, "connection-workflow", CONNECTION_FAILED_EVENT,
+                               f"connection/{conn.id}", event)
+        CONNECTION_FAILURES.labels(conn.provider).inc()
+        log.warning("connection %s (%s) needs re-authorisation: %s", conn.id, conn.provider, inp.reason)
+        return event
+
+    async def _note_error(self, connection_id: str, message: str) -> None:
+        async with self.hub.db.session() as session:
+            conn = await session.get(Connection, connection_id)
+            if conn is not None:
+                conn.last_error = message
+
+
+async def _connection(session, org_id: str, connection_id: str) -> Connection | None:  # noqa: ANN001
+    conn = await session.get(Connection, connection_id)
+    return conn if conn is not None and conn.org_id == org_id else None
+
+
+async def _usable_connection(session, org_id: str, provider: str, connection_id: str | None) -> Connection:  # noqa: ANN001
+    """The connection an action runs on: the given one, or the org's single active one of the provider."""
+    if connection_id:
+        conn = await _connection(session, org_id, connection_id)
+        if conn is None or conn.provider != provider or conn.status == "disabled":
+            raise ApplicationError(f"no {provider} connection {connection_id!r} in org {org_id}",
+                                   type=ERR_CONNECTION, non_retryable=True)
+    else:
+        found = (await session.scalars(
+            select(Connection).where(Connection.org_id == org_id, Connection.provider == provider,
+                                     Connection.status == "active").limit(2)
+        )).all()
+        if len(found) != 1:
+            what = "no active" if not found else "more than one active"
+            raise ApplicationError(f"{what} {provider} connection in org {org_id}; name one with connection_id",
+                                   type=ERR_CONNECTION, non_retryable=True)
+        conn = found[0]
+    if conn.status != "active":
+        raise ApplicationError(f"connection {conn.id} is {conn.status}", type=ERR_CONNECTION, non_retryable=True)
+    return conn
+
+
+def retry_delay(provider: Provider, headers: dict[str, str], now: datetime | None = None) -> timedelta | None:
+    """The wait the provider asked for, from its retry header (seconds, epoch seconds or an HTTP date)."""
+    raw = headers.get(provider.retry.header.lower())
+    if not raw:
+        return None
+    now = now or datetime.now(UTC)
+    try:
+        if provider.retry.format == "seconds":
+            seconds = float(raw)
+        elif provider.retry.format == "epoch":
+            seconds = float(raw) - now.timestamp()
+        else:
+            seconds = (email.utils.parsedate_to_datetime(raw) - now).total_seconds()
+    except (ValueError, TypeError):
+        return None
+    return timedelta(seconds=max(seconds, 0.0))
+
+
+def provider_failure(provider: Provider, err: ProviderError) -> ApplicationError:
+    """Temporal's view of a provider error: 429 → retry after the provider's delay; 401 → not retryable;
+    408 and 5xx → retried with backoff; other 4xx → not retryable, carrying the provider's message."""
+    what = f"{provider.key} answered {err.status}: {err.message}"
+    details = {"status": err.status, "code": err.code}
+    if err.status == 429 or err.status >= 500:
+        delay = retry_delay(provider, err.headers)
+        kind = ERR_RATE_LIMITED if err.status == 429 else ERR_UNAVAILABLE
+        return ApplicationError(what, details, type=kind, next_retry_delay=delay)
+    if err.status == 408:
+        return ApplicationError(what, details, type=ERR_UNAVAILABLE)
+    if err.status == 401:
+        return ApplicationError(what, details, type=ERR_UNAUTHORIZED, non_retryable=True)
+    return ApplicationError(what, details, type=ERR_PROVIDER, non_retryable=True)

@@ -1,0 +1,165 @@
+"""The connector interface: actions registered by name, the context they run in, provider errors.
+
+A provider module registers its actions with the decorator::
+
+    class PostMessage(BaseModel):
+        channel: str
+        text: str
+
+    @action("slack.post_message", PostMessage)
+    async def post_message(ctx: ActionContext, params: PostMessage) -> dict:
+        client = AsyncWebClient(token=await ctx.access_token(), base_url=ctx.base_url + "/")
+        ...
+
+The activity ``connector.run_action`` (activities/connections.py) finds the action, validates the
+params, builds the ``ActionContext`` and maps failures: an action raises ``ProviderError`` (or lets an
+``httpx.HTTPStatusError`` escape) and the activity turns 429 into a retry after the provider's
+retry header, other 4xx into a non-retryable failure carrying the provider's message, 5xx and
+network errors into retries with backoff, and a 401 into one ``fresh_token()`` and one re-run.
+Connectors never refresh tokens themselves and know nothing of workflows or HTTP routes.
+"""
+
+from __future__ import annotations
+
+import json
+from base64 import b64encode
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+P = TypeVar("P", bound=BaseModel)
+ActionFn = Callable[["ActionContext", Any], Awaitable[dict]]
+
+
+class TokenSource(Protocol):
+    """Where an action's credentials come from (implemented by the activity, backed by the store)."""
+
+    async def access_token(self) -> str:
+        """A currently valid access token (or API key)."""
+
+    async def fresh_token(self) -> str:
+        """A token newer than the one last handed out (asks the ConnectionWorkflow)."""
+
+    def secret(self, name: str) -> str | None:
+        """One of the connection's stored secrets, by name."""
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """A registered action: its name, its params model and the coroutine function."""
+
+    name: str
+    params: type[BaseModel]
+    fn: ActionFn
+
+    @property
+    def provider(self) -> str:
+        """The provider the action belongs to: the part of the name before the first dot."""
+        return self.name.split(".", 1)[0]
+
+
+ACTIONS: dict[str, ActionSpec] = {}
+
+
+def action(name: str, params: type[P]) -> Callable[[Callable[[ActionContext, P], Awaitable[dict]]], Any]:
+    """Register ``async def f(ctx: ActionContext, params: ParamsModel) -> dict`` as action ``name``."""
+    if "." not in name:
+        raise ValueError(f"action name {name!r} must be '<provider>.<action>'")
+
+    def register(fn: Callable[[ActionContext, P], Awaitable[dict]]) -> Callable[[ActionContext, P], Awaitable[dict]]:
+        existing = ACTIONS.get(name)
+        if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
+            raise ValueError(f"action {name!r} is registered twice ({existing.fn.__module__}, {fn.__module__})")
+        ACTIONS[name] = ActionSpec(name, params, fn)
+        return fn
+
+    return register
+
+
+@dataclass
+class ActionContext:
+    """What an action may use: its connection's identity, config, base URL, credentials and HTTP client."""
+
+    connection_id: str
+    org_id: str
+    provider: str
+    config: dict
+    base_url: str
+    idempotency_key: str
+    http: httpx.AsyncClient
+    tokens: TokenSource = field(repr=False)
+
+    async def access_token(self) -> str:
+        """A valid access token (OAuth2 modes) or the API key (api_key mode)."""
+        return await self.tokens.access_token()
+
+    async def fresh_token(self) -> str:
+        """After a 401: a newer token, from the ConnectionWorkflow's single refresh (never refresh yourself)."""
+        return await self.tokens.fresh_token()
+
+    def secret(self, name: str) -> str | None:
+        """A stored secret of the connection (``api_key``, ``username``, ``password``, ``private_key``...)."""
+        return self.tokens.secret(name)
+
+    async def auth_headers(self) -> dict[str, str]:
+        """``Authorization`` for plain HTTP calls: Basic for basic-auth connections, Bearer otherwise."""
+        username, password = self.secret("username"), self.secret("password")
+        if username is not None and password is not None:
+            return {"Authorization": "Basic " + b64encode(f"{username}:{password}".encode()).decode()}
+        return {"Authorization": f"Bearer {await self.access_token()}"}
+
+    def url(self, path: str) -> str:
+        """``base_url`` joined with a path."""
+        return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
+
+
+class ProviderError(Exception):
+    """A provider refused a call. ``status`` is the HTTP status; ``headers`` carry Retry-After & co."""
+
+    def __init__(
+        self, status: int, message: str, *, code: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ProviderError:
+        """Build from an error response, taking the provider's own message from its JSON envelope."""
+        code, message = _error_fields(response)
+        return cls(response.status_code, message, code=code, headers=dict(response.headers))
+
+
+def raise_for_status(response: httpx.Response) -> httpx.Response:
+    """Return the response if it is 2xx/3xx, else raise ``ProviderError`` with the provider's message."""
+    if response.status_code >= 400:
+        raise ProviderError.from_response(response)
+    return response
+
+
+def _error_fields(response: httpx.Response) -> tuple[str | None, str]:
+    """(code, message) from the common error envelopes; the start of the body otherwise."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            code = err.get("code") or err.get("type")
+            return (str(code) if code else None), str(err.get("message") or err.get("description") or code or err)
+        if isinstance(err, str):
+            return err, str(body.get("error_description") or body.get("message") or err)
+        for key in ("message", "errorMessage", "detail", "title"):
+            if body.get(key):
+                return body.get("errorCode") or body.get("code"), str(body[key])
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors:
+            return None, "; ".join(str(e) for e in errors[:5])
+    text = response.text.strip()[:500]
+    return None, text or response.reason_phrase or f"HTTP {response.status_code}"

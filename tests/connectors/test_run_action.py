@@ -1,0 +1,108 @@
+"""``connector.run_action`` on a provider task queue: 429 + Retry-After, 4xx, 5xx, the configured rate,
+idempotency keys stable across retries, and which connection an action runs on."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from temporalio.client import Client
+
+from activities.connector_types import ActionCall
+from connectors.catalogue import RateLimit
+from hub.runtime import Hub
+from hub.store.connections import Connection
+from tests.connectors.support import CLIENT_ID, CLIENT_SECRET, RunActions, connection_workers, seed_connection
+from tests.fakes.oauth_server import OAuthFake
+
+
+@pytest.fixture
+def idp() -> Iterator[OAuthFake]:
+    with OAuthFake() as fake:
+        fake.register_client(CLIENT_ID, CLIENT_SECRET)
+        yield fake
+
+
+async def _connection(hub: Hub, idp: OAuthFake, **kw) -> Connection:
+    access, refresh = idp.issue(CLIENT_ID)
+    return await seed_connection(hub, idp.url, access_token=access, refresh_token=refresh, **kw)
+
+
+def _call(conn: Connection | None, path: str = "/things", org: str = "acme", **params) -> ActionCall:
+    return ActionCall(org_id=org, action="generic_oauth2.request", params={"path": path, **params},
+                      connection_id=conn.id if conn else None)
+
+
+async def _run(client: Client, hub: Hub, calls: list[ActionCall]) -> list:
+    return await client.execute_workflow(
+        RunActions.run, calls, id=f"run-{uuid.uuid4()}", task_queue=hub.settings.task_queue
+    )
+
+
+async def test_429_with_retry_after_2_is_retried_no_sooner_than_2_seconds(
+    client: Client, hub: Hub, idp: OAuthFake
+) -> None:
+    conn = await _connection(hub, idp)
+    idp.rate_limit(2, path=r"^/api/")
+    async with connection_workers(client, hub):
+        [result] = await _run(client, hub, [_call(conn)])
+    assert not isinstance(result, str) and result.output["status"] == 200
+    (first, _), (second, _) = [a for a in idp.arrivals if a[1].startswith("/api/")]
+    assert second - first >= 2.0
+
+
+async def test_other_4xx_fail_at_once_with_the_providers_message_and_5xx_are_retried(
+    client: Client, hub: Hub, idp: OAuthFake
+) -> None:
+    conn = await _connection(hub, idp)
+    idp.fail(404, "not_found", "thing 7 does not exist", path=r"^/api/missing")
+    idp.fail(503, "unavailable", "try later", path=r"^/api/flaky", times=2)
+    async with connection_workers(client, hub):
+        missing, flaky = await _run(client, hub, [_call(conn, "/missing"), _call(conn, "/flaky")])
+    assert missing == "ProviderError: generic_oauth2 answered 404: thing 7 does not exist"
+    assert len(idp.calls(r"^/api/missing")) == 1
+    assert not isinstance(flaky, str) and flaky.ok
+    assert len(idp.calls(r"^/api/flaky")) == 3
+
+
+async def test_idempotency_key_is_derived_from_workflow_and_activity_and_stable_across_retries(
+    client: Client, hub: Hub, idp: OAuthFake
+) -> None:
+    conn = await _connection(hub, idp)
+    idp.fail(500, "boom", "internal", path=r"^/api/charges")
+    async with connection_workers(client, hub):
+        [result] = await _run(client, hub, [_call(conn, "/charges", method="POST", json={"a": 1}, idempotent=True)])
+    keys = [c.headers.get("idempotency-key") for c in idp.calls(r"^/api/charges")]
+    assert len(keys) == 2 and keys[0] == keys[1] and keys[0].startswith("run-") and keys[0].endswith("/1")
+    assert result.output["body"]["idempotency_key"] == keys[0]
+    assert result.output["body"]["received"] == {"a": 1}
+
+
+async def test_provider_queue_never_exceeds_its_configured_rate(client: Client, hub: Hub, idp: OAuthFake) -> None:
+    idp.limit_per_second = 5  # the provider answers 429 above 5 requests in any second
+    conn = await _connection(hub, idp)
+    async with connection_workers(client, hub, limit=RateLimit(per_second=5, headroom=0.6)):
+        results = await _run(client, hub, [_call(conn, f"/r/{i}") for i in range(15)])
+    assert all(not isinstance(r, str) for r in results)
+    times = sorted(t for t, path in idp.arrivals if path.startswith("/api/"))
+    assert len(times) == 15  # no request was refused (a 429 would show as an extra arrival)
+    busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+    assert busiest <= 5
+
+
+async def test_which_connection_an_action_runs_on(client: Client, hub: Hub, idp: OAuthFake) -> None:
+    only = await _connection(hub, idp, org_id="solo")
+    await _connection(hub, idp, org_id="duo")
+    await _connection(hub, idp, org_id="duo")
+    broken = await _connection(hub, idp, org_id="acme", status="needs_reauth")
+    async with connection_workers(client, hub):
+        default, ambiguous, needs, other_org, bad = await _run(client, hub, [
+            _call(None, org="solo"), _call(None, org="duo"), _call(broken), _call(only, org="acme"),
+            ActionCall(org_id="solo", action="generic_oauth2.request", params={"method": "BREW"}),
+        ])
+    assert not isinstance(default, str) and default.connection_id == only.id
+    assert ambiguous.startswith("ConnectionUnavailable: more than one active generic_oauth2 connection")
+    assert needs == f"ConnectionUnavailable: connection {broken.id} is needs_reauth"
+    assert other_org.startswith("ConnectionUnavailable: no generic_oauth2 connection")
+    assert bad.startswith("InvalidActionParams: invalid params for generic_oauth2.request")

@@ -34,6 +34,8 @@ TRIGGERS = (
     "call.recorded",
     "slack.action",
     "document.changed",
+    "subscription.canceled",
+    "connection.failed",
     "schedule",
 )
 STAGE_TRIGGERS = ("stage.entered", "stage.exited")

@@ -13,14 +13,17 @@ from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.api.common.v1 import Payloads
 
+from connectors.catalogue import import_action_modules
 from hub import problems
 from hub.deps import AdminKey, HubDep
+from hub.idempotency import IdempotencyMiddleware
 from hub.problems import problem_response
 from hub.runtime import Hub, TemporalUnavailable
 from hub.settings import get_settings
 from hub.telemetry import RequestTelemetry
 from hub.vault import EncryptionCodec
 from routes import ROUTERS
+from webhooks.relay import relay_running
 
 log = logging.getLogger("hub.api")
 
@@ -61,6 +64,7 @@ class _TooLarge(Exception):
 
 def create_app(hub: Hub | None = None) -> FastAPI:
     """Build the app around a runtime (built from settings and migrated at startup if not given)."""
+    import_action_modules()  # provider actions register their params for rule validation
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,7 +72,8 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         app.state.hub = hub or Hub.from_settings(get_settings())
         if owned:
             await app.state.hub.db.migrate()
-        yield
+        async with relay_running(app):
+            yield
         if owned:
             await app.state.hub.close()
 
@@ -82,6 +87,7 @@ def create_app(hub: Hub | None = None) -> FastAPI:
     if hub is not None:
         app.state.hub = hub
     problems.install(app)
+    app.add_middleware(IdempotencyMiddleware)  # inside the body-size limit
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTelemetry)
     for router in ROUTERS:

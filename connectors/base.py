@@ -30,6 +30,8 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from rules.actions import register_action
+
 P = TypeVar("P", bound=BaseModel)
 ActionFn = Callable[["ActionContext", Any], Awaitable[dict]]
 
@@ -74,6 +76,7 @@ def action(name: str, params: type[P]) -> Callable[[Callable[[ActionContext, P],
         if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
             raise ValueError(f"action {name!r} is registered twice ({existing.fn.__module__}, {fn.__module__})")
         ACTIONS[name] = ActionSpec(name, params, fn)
+        register_action(name, params)
         return fn
 
     return register

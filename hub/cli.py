@@ -9,14 +9,29 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
+from ai.cli import ai_app
 from hub.logs import configure_logging
 from hub.settings import Settings, get_settings
+from rules.cli import app as rules_app
+from webhooks.cli import app as webhooks_app
 
 app = typer.Typer(help="FulQrun Hub: integration hub and workflow automation for FulQrun.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Secrets at rest.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(secrets_app, name="secrets")
+
+
+def _load_provider_actions() -> None:
+    """Import the provider modules so rules check provider action params, as the API does."""
+    from connectors.catalogue import import_action_modules
+
+    import_action_modules()
+
+
+app.add_typer(rules_app, name="rules", callback=_load_provider_actions)
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(ai_app, name="ai")
 
 ADMIN_KEY_FILE = "admin-api-key"
 

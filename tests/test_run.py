@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,14 +42,12 @@ def start(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 60) -> str:
-    """Read the banner and poll /readyz until 200; returns what the process printed."""
+def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 90) -> str:
+    """Read the banner and poll /readyz until 200; returns what the process printed so far."""
     deadline = time.monotonic() + timeout
-    out = []
-    os.set_blocking(proc.stdout.fileno(), False)
+    out: list[str] = []
+    threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True).start()
     while time.monotonic() < deadline:
-        chunk = proc.stdout.read() or ""
-        out.append(chunk)
         if proc.poll() is not None:
             pytest.fail(f"hub exited early ({proc.returncode}): {''.join(out)}")
         try:

@@ -317,9 +317,15 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
                 info.params_model.model_validate(params)
             except ValidationError as exc:
                 for error in exc.errors():
+                    if _is_templated(error.get("input")):
+                        continue  # a template's value is only known once rendered; checked at run time
                     issue = _issue_from_pydantic(error)
                     issues.append(Issue((*base, *issue.path), issue.message, issue.at_key))
     return issues
+
+
+def _is_templated(value: object) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 def _check_condition(

@@ -22,3 +22,13 @@ def test_provider_action_params_are_checked() -> None:
     messages = [str(error) for error in result.errors]
     assert any("missing required field 'channel'" in m and "bad.yaml:8" in m for m in messages), messages
     assert any("unknown field 'chanel'" in m for m in messages), messages
+
+
+def test_templated_values_are_checked_once_rendered_not_at_apply_time() -> None:
+    import_action_modules()
+    text = BAD.replace('{chanel: "#deals", text: "hi"}', '{channel: "#deals", text: "hi"}').replace(
+        "slack.post_message", "docusign.send_envelope"
+    ).replace('channel: "#deals", text: "hi"', 'template: msa, signer: "{{ opp.primary_contact.email }}", opportunity_id: x')
+    assert load_text(text, "ok.yaml").errors == []
+    literal = text.replace('"{{ opp.primary_contact.email }}"', "not-an-email")
+    assert any("signer" in str(e) for e in load_text(literal, "bad.yaml").errors)

@@ -101,9 +101,15 @@ def run(
                     "Ctrl-C stops everything."
                 )
 
+            training = asyncio.create_task(demo.train_models(hub))
+            training.add_done_callback(
+                lambda t: t.cancelled() or typer.echo(f"demo AI models: {t.exception() or t.result()}")
+            )
             try:
                 await serve(hub, api=True, worker=True, host=host, port=port, on_ready=banner)
             finally:
+                training.cancel()
+                await asyncio.gather(training, return_exceptions=True)
                 await hub.close()
 
         asyncio.run(main())

@@ -4,17 +4,38 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from connectors.catalogue import catalogue
 from hub.auth import create_key
 from hub.runtime import Hub
+from hub.store.oauth import add_pending_connections
 from hub.store.orgs import ApiKey
+from hub.sync_schedules import ensure_org_schedules
+from rules.defaults import load_demo
 
 DEMO_ORG = "demo"
 
 
 async def bootstrap(hub: Hub) -> str | None:
-    """Create the demo org and an admin key on first start; returns the new key, or None if it exists."""
+    """Create the demo org and an admin key on first start; returns the new key, or None if it exists.
+
+    The default PEAK pipeline and the example rules are (re)applied every time; unchanged ones are no-ops.
+    """
     async with hub.db.session() as session:
         existing = await session.scalar(select(ApiKey.id).where(ApiKey.org_id == DEMO_ORG).limit(1))
-        if existing:
-            return None
-        return await create_key(session, DEMO_ORG, "admin", name="demo admin", actor="bootstrap")
+        key = None
+        if not existing:
+            key = await create_key(session, DEMO_ORG, "admin", name="demo admin", actor="bootstrap")
+    await load_demo(hub, DEMO_ORG)
+    async with hub.db.session() as session:
+        await add_pending_connections(
+            session, DEMO_ORG, [(p.key, p.display_name, p.auth_mode) for p in catalogue().providers.values()]
+        )
+    await ensure_org_schedules(hub, DEMO_ORG)
+    return key
+
+
+async def train_models(hub: Hub) -> dict[str, str]:
+    """Train (or load from cache) the demo org's AI models from the shared data; slow, so run in the background."""
+    from ai.service import train_demo  # scikit-learn loads here, not at CLI start
+
+    return await train_demo(hub, DEMO_ORG)

@@ -41,7 +41,6 @@ class Settings(BaseSettings):
     )
     shared_data: Path = Path("../shared/data")
     log_level: str = "INFO"
-    openai_enabled_default: bool = False
 
     @model_validator(mode="after")
     def _production_needs_real_keys(self) -> Settings:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from typing import Any
 
@@ -37,8 +36,6 @@ class CrmFake(FakeServer):
         self.events: list[dict[str, Any]] = []
         self.duplicates = 0
         self.rejected: list[str] = []
-        self.hold = threading.Event()  # cleared: requests wait until set (to stall deliveries)
-        self.hold.set()
 
     @property
     def callback_url(self) -> str:
@@ -70,8 +67,6 @@ class CrmFake(FakeServer):
         return None
 
     async def receive_event(self, request: Request) -> Response:
-        while not self.hold.is_set():
-            time.sleep(0.01)  # blocks only this fake's own thread
         body = await request.body()
         problem = self._check(body, request.headers.get("fulqrun-signature", ""))
         if problem:

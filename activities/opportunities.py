@@ -1,0 +1,141 @@
+"""Activities of the OpportunityWorkflow: keep the projection current, send signed CRM events."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+from sqlalchemy import func, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.opportunity_types import (
+    CrmDelivery,
+    CrmEventInput,
+    Preparation,
+    PrepareInput,
+    ProjectInput,
+)
+from activities.rule_runs import current_rules, plan_events
+from connectors.catalogue import catalogue
+from hub import crm_signing
+from hub.runtime import Hub
+from hub.store.connections import Connection
+from hub.store.opportunities import upsert_projection
+from hub.store.orgs import Org
+from hub.store.secrets import get_secret, put_secret
+
+PREPARE = "opportunity.prepare"
+PROJECT = "opportunity.project"
+SEND_CRM_EVENT = "opportunity.send_crm_event"
+CRM_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+async def crm_signing_secret(hub: Hub, org_id: str, rotate: bool = False) -> str:
+    """The org's CRM signing secret, created on first use (or replaced when ``rotate``)."""
+    owner = crm_signing.secret_owner(org_id)
+    async with hub.db.session() as session:
+        current = None if rotate else await get_secret(session, hub.vault, owner, crm_signing.SECRET_NAME)
+        if current is None:
+            current = crm_signing.new_secret()
+            await put_secret(session, hub.vault, org_id, owner, crm_signing.SECRET_NAME, current)
+    return current
+
+
+class OpportunityActivities:
+    """Side effects of the opportunity workflow; the runtime (database, vault) is injected."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """One pooled HTTP client for CRM callbacks."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=CRM_TIMEOUT, follow_redirects=False)
+        return self._http
+
+    @activity.defn(name=PREPARE)
+    async def prepare(self, input: PrepareInput) -> Preparation:
+        """One read for a transition's effects: the rule plan, a provider connection, the CRM callback URL."""
+        provider = catalogue().for_action(input.provider_action).key
+        async with self.hub.db.session() as session:
+            ruleset = await current_rules(session, input.org_id)
+            connected = await session.scalar(
+                select(func.count()).select_from(Connection).where(
+                    Connection.org_id == input.org_id, Connection.provider == provider, Connection.status == "active"
+                )
+            )
+            org = await session.get(Org, input.org_id)
+        return Preparation(
+            plan=plan_events(ruleset, input.events),
+            provider_connected=bool(connected),
+            crm_callback=bool(org and org.crm_callback_url),
+        )
+
+    @activity.defn(name=PROJECT)
+    async def project(self, input: ProjectInput) -> bool:
+        """Write the workflow's state into the projection tables (older revisions never overwrite newer)."""
+        state = input.state
+        row = {
+            "org_id": state.org_id,
+            "id": state.opportunity_id,
+            "workflow_id": input.workflow_id,
+            "pipeline_name": state.pipeline.name,
+            "pipeline_version": state.pipeline.version,
+            "stage": state.stage,
+            "body_hash": state.body_hash,
+            "revision": state.revision,
+            "state": state.model_dump(mode="json"),
+            "created_at": state.created_at,
+            "updated_at": state.updated_at,
+        }
+        visits = [
+            {
+                "idx": i,
+                "pipeline_name": state.pipeline.name,
+                "stage": v.stage,
+                "entered_at": v.entered_at,
+                "exited_at": v.exited_at,
+            }
+            for i, v in enumerate(state.visits)
+        ]
+        async with self.hub.db.session() as session:
+            return await upsert_projection(session, row, visits)
+
+    @activity.defn(name=SEND_CRM_EVENT)
+    async def send_crm_event(self, input: CrmEventInput) -> CrmDelivery:
+        """POST one signed event to the org's CRM callback URL; raise (and so retry) until it answers 2xx."""
+        async with self.hub.db.session() as session:
+            org = await session.get(Org, input.org_id)
+            url = org.crm_callback_url if org else None
+        if not url:
+            return CrmDelivery(delivered=False)
+        secret = await crm_signing_secret(self.hub, input.org_id)
+        body = json.dumps(
+            {
+                "id": input.event_id,
+                "type": input.type,
+                "org_id": input.org_id,
+                "occurred_at": input.occurred_at.isoformat(),
+                "data": input.data,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "FulQrun-Hub/1",
+            crm_signing.SIGNATURE_HEADER: crm_signing.sign(secret, body, int(time.time())),
+            crm_signing.EVENT_ID_HEADER: input.event_id,
+            crm_signing.EVENT_TYPE_HEADER: input.type,
+        }
+        try:
+            response = await self.http.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ApplicationError(f"CRM callback unreachable: {type(exc).__name__}", type="CrmUnreachable") from None
+        if not 200 <= response.status_code < 300:
+            raise ApplicationError(f"CRM callback answered {response.status_code}", type="CrmRejected")
+        return CrmDelivery(delivered=True, status=response.status_code, url=url)

@@ -1,0 +1,291 @@
+"""Types of the OpportunityWorkflow, its updates/signals and its activities, plus its pure view.
+
+Everything here is deterministic and free of I/O, so the workflow imports it through the sandbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from activities.rule_types import RulePlan, RuleRun
+
+# State lists are bounded so that continue-as-new carries a small payload.
+MAX_RULE_RUNS = 50
+MAX_EVENTS = 50
+MAX_SEEN_EVENTS = 500
+
+
+def workflow_id(org_id: str, opportunity_id: str) -> str:
+    """The one workflow id of an opportunity."""
+    return f"opportunity/{org_id}/{opportunity_id}"
+
+
+def body_hash(opp: dict) -> str:
+    """Content hash of an opportunity body (canonical JSON), to tell a changed PUT from a repeat."""
+    return hashlib.sha256(json.dumps(opp, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class Actor(BaseModel):
+    """Who asks for a change in the CRM: a user id and their sales role."""
+
+    id: str
+    role: str
+
+
+class PinnedPipeline(BaseModel):
+    """The pipeline version an opportunity is bound to: the full resource document."""
+
+    name: str
+    version: int
+    content_hash: str = ""
+    spec: dict
+
+
+def stages_of(pipeline: PinnedPipeline) -> list[dict]:
+    """The pipeline's stages in order."""
+    stages = list(pipeline.spec.get("spec", {}).get("stages", []))
+    return sorted(stages, key=lambda s: (s.get("order") is None, s.get("order") or 0, stages.index(s)))
+
+
+def stage_of(pipeline: PinnedPipeline, key: str) -> dict | None:
+    """One stage of the pipeline by key, or None."""
+    return next((s for s in stages_of(pipeline) if s.get("key") == key), None)
+
+
+class TransitionRecord(BaseModel):
+    """One accepted stage change."""
+
+    seq: int
+    from_stage: str | None
+    to_stage: str
+    actor: Actor | None = None
+    at: datetime
+    pipeline_version: int
+
+
+class StageVisit(BaseModel):
+    """A stay in a stage."""
+
+    stage: str
+    entered_at: datetime
+    exited_at: datetime | None = None
+
+
+class Effect(BaseModel):
+    """Durable work queued by a handler and done in order by the workflow's main loop."""
+
+    kind: Literal["transition", "updated", "event", "project"]
+    seq: int
+    data: dict = Field(default_factory=dict)
+
+
+class OpportunityState(BaseModel):
+    """Everything the workflow knows; carried across continue-as-new."""
+
+    org_id: str
+    opportunity_id: str
+    opp: dict
+    body_hash: str
+    pipeline: PinnedPipeline
+    stage: str
+    checklist: dict[str, bool] = Field(default_factory=dict)
+    documents: dict[str, bool] = Field(default_factory=dict)
+    approvals: dict[str, dict] = Field(default_factory=dict)
+    history: list[TransitionRecord] = Field(default_factory=list)
+    visits: list[StageVisit] = Field(default_factory=list)
+    insight: dict | None = None
+    rule_runs: list[RuleRun] = Field(default_factory=list)
+    events: list[dict] = Field(default_factory=list)
+    seen_events: list[str] = Field(default_factory=list)
+    failures: list[dict] = Field(default_factory=list)
+    seq: int = 0
+    revision: int = 0
+    pending: list[Effect] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+    runs: int = 1
+
+
+class OpportunityInput(BaseModel):
+    """Workflow input: the first body and the pinned pipeline, or the state carried by continue-as-new."""
+
+    org_id: str
+    opportunity_id: str
+    opp: dict
+    body_hash: str
+    pipeline: PinnedPipeline
+    state: OpportunityState | None = None
+    history_limit: int = 5000
+
+
+class UpsertRequest(BaseModel):
+    """A new body for the opportunity (PUT)."""
+
+    opp: dict
+    body_hash: str
+
+
+class TransitionRequest(BaseModel):
+    """Move to another stage."""
+
+    to: str
+    actor: Actor
+
+
+class ChecklistRequest(BaseModel):
+    """Mark checklist items done (True) or undone (False)."""
+
+    items: dict[str, bool]
+    actor: Actor | None = None
+
+
+class DomainSource(BaseModel):
+    """Where a domain event came from."""
+
+    provider: str
+    event_id: str
+
+
+class DomainEvent(BaseModel):
+    """A domain event signalled to the opportunity (webhooks, or the API for document marks)."""
+
+    type: str
+    data: dict = Field(default_factory=dict)
+    source: DomainSource
+
+
+class MigrateRequest(BaseModel):
+    """Re-pin the opportunity to another (newer) version of its pipeline."""
+
+    pipeline: PinnedPipeline
+
+
+class ProjectInput(BaseModel):
+    """The state to write into the projection tables."""
+
+    workflow_id: str
+    state: OpportunityState
+
+
+class PrepareInput(BaseModel):
+    """Before a transition's effects: the rule events to plan and the provider action about to be used."""
+
+    org_id: str
+    events: list[dict]
+    provider_action: str = "sharepoint.ensure_folders"
+
+
+class Preparation(BaseModel):
+    """The rule plan, and whether the org has a connection for the provider action and a CRM callback URL."""
+
+    plan: RulePlan
+    provider_connected: bool
+    crm_callback: bool
+
+
+class CrmEventInput(BaseModel):
+    """One signed event for the org's CRM callback URL."""
+
+    org_id: str
+    event_id: str
+    type: str
+    occurred_at: datetime
+    data: dict
+
+
+class CrmDelivery(BaseModel):
+    """Outcome of a CRM callback: delivered (status) or skipped (no callback URL)."""
+
+    delivered: bool
+    status: int | None = None
+    url: str | None = None
+
+
+class StageMetrics(BaseModel):
+    """Completion and time of one stage."""
+
+    stage: str
+    name: str
+    checklist: dict[str, bool]
+    documents: dict[str, bool]
+    checklist_pct: float
+    documents_pct: float
+    entered_at: datetime | None
+    time_spent_seconds: float
+    visits: int
+
+
+class OpportunityView(BaseModel):
+    """What ``GET /v1/opportunities/{id}`` answers."""
+
+    id: str
+    org_id: str
+    stage: str
+    stage_name: str
+    pipeline: dict[str, Any]
+    opportunity: dict
+    history: list[TransitionRecord]
+    stages: list[StageMetrics]
+    approvals: dict[str, dict]
+    insight: dict | None
+    rule_runs: list[RuleRun]
+    failures: list[dict]
+    pending_effects: int
+    revision: int
+    updated_at: datetime
+    source: Literal["workflow", "projection"] = "workflow"
+
+
+def _pct(values: dict[str, bool]) -> float:
+    return round(100.0 * sum(values.values()) / len(values), 1) if values else 100.0
+
+
+def build_view(state: OpportunityState, now: datetime, source: Literal["workflow", "projection"]) -> OpportunityView:
+    """The opportunity as the API shows it, with stage metrics computed at ``now``."""
+    metrics = []
+    for spec in stages_of(state.pipeline):
+        key = spec["key"]
+        visits = [v for v in state.visits if v.stage == key]
+        metrics.append(
+            StageMetrics(
+                stage=key,
+                name=spec.get("name", key),
+                checklist={i: state.checklist.get(i, False) for i in spec.get("checklist", [])},
+                documents={d: state.documents.get(d, False) for d in spec.get("documents", [])},
+                checklist_pct=_pct({i: state.checklist.get(i, False) for i in spec.get("checklist", [])}),
+                documents_pct=_pct({d: state.documents.get(d, False) for d in spec.get("documents", [])}),
+                entered_at=visits[-1].entered_at if visits else None,
+                time_spent_seconds=sum(
+                    max(0.0, ((v.exited_at or now) - v.entered_at).total_seconds()) for v in visits
+                ),
+                visits=len(visits),
+            )
+        )
+    current = stage_of(state.pipeline, state.stage) or {}
+    return OpportunityView(
+        id=state.opportunity_id,
+        org_id=state.org_id,
+        stage=state.stage,
+        stage_name=current.get("name", state.stage),
+        pipeline={
+            "name": state.pipeline.name,
+            "version": state.pipeline.version,
+            "content_hash": state.pipeline.content_hash,
+        },
+        opportunity=state.opp,
+        history=state.history,
+        stages=metrics,
+        approvals=state.approvals,
+        insight=state.insight,
+        rule_runs=state.rule_runs,
+        failures=state.failures,
+        pending_effects=len(state.pending),
+        revision=state.revision,
+        updated_at=state.updated_at,
+        source=source,
+    )

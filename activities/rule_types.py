@@ -1,0 +1,73 @@
+"""Inputs and outputs of the rule activities (``rules.plan``, ``rules.record_runs``) and rule-run records.
+
+Shared by every workflow that runs rules through ``workflows.rule_runner``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class RulePlanInput(BaseModel):
+    """Evaluate the org's current rules against each event (in order)."""
+
+    org_id: str
+    events: list[dict]
+
+
+class PlannedActionModel(BaseModel):
+    """One action a fired rule asks for, its params already rendered."""
+
+    name: str
+    params: dict = Field(default_factory=dict)
+
+
+class RuleOutcomeModel(BaseModel):
+    """What one rule version decided for one event (``event``: its index in the planned events)."""
+
+    event: int = 0
+    trigger: str
+    rule: str
+    version: int
+    fired: bool
+    reason: str = ""
+    actions: list[PlannedActionModel] = Field(default_factory=list)
+
+
+class RulePlan(BaseModel):
+    """Every outcome for the planned events, in event order then rule order."""
+
+    outcomes: list[RuleOutcomeModel] = Field(default_factory=list)
+
+
+class ActionOutcome(BaseModel):
+    """The result of one executed action."""
+
+    name: str
+    idempotency_key: str
+    ok: bool
+    error: str | None = None
+    output: dict = Field(default_factory=dict)
+
+
+class RuleRun(BaseModel):
+    """One rule's outcome for one event, with the result of each of its actions."""
+
+    key: str
+    trigger: str
+    rule: str
+    version: int
+    fired: bool
+    reason: str = ""
+    actions: list[ActionOutcome] = Field(default_factory=list)
+    at: datetime
+
+
+class RecordRunsInput(BaseModel):
+    """Rule runs to store for a subject (the workflow id that ran them)."""
+
+    org_id: str
+    subject: str
+    runs: list[RuleRun]

@@ -1,0 +1,310 @@
+"""Benchmark: stage transitions through the HTTP API against raw Temporal Updates, same dev server.
+
+N opportunities are registered (``PUT /v1/opportunities/{id}``), then each makes M transitions
+(``POST …/transitions``): the first as a warm-up, the second one opportunity at a time (the latency
+figure, DESIGN §8 target p50 <= 50 ms), the other M-2 for all opportunities at once (the throughput
+figure; one after the other per opportunity). All go through a
+hub process (API + worker, as ``fulqrun-hub run``) on a Temporal dev server started here
+(file-backed like ``make run``; ``--in-memory`` for the in-memory store). Each transition is the
+full path: HTTP, API key, Temporal Update with the pipeline check in its validator, and then the
+transition's effects in the workflow (rules plan, AI insight, projection, CRM event).
+
+The baseline, measured in the same run on the same server: N trivial workflows × M Updates (a
+counter, with a validator), sent straight with the Temporal client, its worker in its own process.
+
+    .venv/bin/python bench/transitions.py [--opps 20] [--transitions 5] [--in-memory]
+
+Prints p50/p99 and transitions/s of each, and finally ``ratio=<x>`` = hub transitions/s ÷ raw Updates/s
+(all-at-once phase).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from temporalio import workflow
+
+if not __package__ and not workflow.unsafe.in_sandbox():  # a script: the repository root comes first on sys.path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+with workflow.unsafe.imports_passed_through():  # the baseline workflow lives in this file
+    import httpx
+    from temporalio.client import Client
+    from temporalio.testing import WorkflowEnvironment
+    from temporalio.worker import Worker
+
+ORG = "bench"
+
+
+def pipeline(stages: int) -> dict:
+    """A linear pipeline s0 → s1 → … with a CEL entry criterion and a role check on every move."""
+    return {
+        "apiVersion": "fulqrun.io/v1", "kind": "Pipeline", "metadata": {"name": "bench"},
+        "spec": {
+            "stages": [{"key": f"s{i}", "name": f"Stage {i}", "color": "#2563EB", "probability": i / stages,
+                        "checklist": []} for i in range(stages)],
+            "transitions": [{"from": f"s{i}", "to": f"s{i + 1}", "when": "opp.amount > 0.0 && actor.role != ''",
+                             "roles": ["ae", "manager"]} for i in range(stages - 1)],
+        },
+    }  # fmt: skip
+
+
+@workflow.defn
+class Trivial:
+    """The baseline: a counter moved by an Update with a validator."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.done = False
+
+    @workflow.run
+    async def run(self) -> int:
+        await workflow.wait_condition(lambda: self.done)
+        return self.n
+
+    @workflow.update
+    async def bump(self, to: int) -> int:
+        self.n = to
+        return self.n
+
+    @bump.validator
+    def _check(self, to: int) -> None:
+        if to != self.n + 1:
+            raise ValueError(f"expected {self.n + 1}")
+
+    @workflow.signal
+    def stop(self) -> None:
+        self.done = True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# ------------------------------------------------------------------ child processes
+
+
+async def serve_hub() -> None:
+    """Child: the API and the worker in one process, configured by HUB_* variables (as ``fulqrun-hub run``)."""
+    import uvicorn
+
+    from activities import build_activities
+    from activities.connections import ConnectionActivities
+    from api import create_app
+    from hub.runtime import Hub
+    from hub.settings import Settings
+    from worker import provider_workers
+    from workflows import WORKFLOWS
+
+    hub = Hub.from_settings(Settings())
+    client = await hub.temporal()
+    workers = [
+        Worker(client, task_queue=hub.settings.task_queue, workflows=WORKFLOWS, activities=build_activities(hub),
+               disable_eager_activity_execution=True),
+        *provider_workers(client, hub.settings.task_queue, ConnectionActivities(hub)),
+    ]  # fmt: skip
+    server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=hub.settings.api_port,
+                                           log_level="warning", lifespan="on"))  # fmt: skip
+    await asyncio.gather(server.serve(), *(w.run() for w in workers))
+
+
+async def serve_trivial(address: str, queue: str) -> None:
+    """Child: the baseline worker."""
+    client = await Client.connect(address)
+    await Worker(client, task_queue=queue, workflows=[Trivial]).run()
+
+
+# ------------------------------------------------------------------ driver
+
+
+async def prepare(data_dir: Path, env: dict[str, str]) -> str:
+    """Schema, org, API key and the bench pipeline, written before the hub process starts."""
+    from hub.auth import create_key
+    from hub.runtime import Hub
+    from hub.settings import Settings
+    from hub.store.resources import apply_resource
+
+    settings = Settings(data_dir=data_dir, vault_keys=env["HUB_VAULT_KEYS"])
+    hub = Hub.from_settings(settings)
+    await hub.db.migrate()
+    async with hub.db.session() as session:
+        key = await create_key(session, ORG, "crm", name="bench")
+        await apply_resource(session, ORG, pipeline(ARGS.transitions + 1), actor="bench")
+    await hub.close()
+    return key
+
+
+async def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"hub process exited with {proc.returncode}")
+            try:
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("hub did not become ready")
+            await asyncio.sleep(0.2)
+
+
+async def run_hub(url: str, key: str) -> tuple[list[float], float, list[float], int]:
+    """Register N opportunities and move each to s1 (warm-up); then one transition at a time (N samples);
+    then the remaining M-1 transitions of all opportunities at once.
+
+    Returns (one-at-a-time latencies, concurrent seconds, concurrent latencies, failures)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"name": "Bench deal", "branch": "emea", "owner_role": "ae", "amount": 50000.0, "currency": "EUR"}
+    failures = 0
+    limits = httpx.Limits(max_connections=ARGS.opps + 4)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as http:
+
+        async def move(opp: str, step: int, into: list[float]) -> None:
+            nonlocal failures
+            began = time.perf_counter()
+            r = await http.post(f"/v1/opportunities/{opp}/transitions",
+                                json={"to": f"s{step}", "actor": {"id": "u1", "role": "ae"}})
+            into.append(time.perf_counter() - began)
+            if r.status_code != 200:
+                failures += 1
+                print(f"  {opp} -> s{step}: {r.status_code} {r.text[:200]}", file=sys.stderr)
+
+        async def journey(opp: str, into: list[float]) -> None:
+            for step in range(3, ARGS.transitions + 1):
+                await move(opp, step, into)
+
+        run = uuid.uuid4().hex[:6]
+        ids = [f"b{run}-{i}" for i in range(ARGS.opps)]
+        for r in await asyncio.gather(*(http.put(f"/v1/opportunities/{i}", json=body) for i in ids)):
+            r.raise_for_status()
+        await asyncio.gather(*(move(i, 1, []) for i in ids))
+        await asyncio.sleep(2)  # let the warm-up transitions' effects finish
+        single: list[float] = []
+        for opp in ids:
+            await move(opp, 2, single)
+        concurrent: list[float] = []
+        began = time.perf_counter()
+        await asyncio.gather(*(journey(i, concurrent) for i in ids))
+        return single, time.perf_counter() - began, concurrent, failures
+
+
+async def run_baseline(client: Client, queue: str) -> tuple[list[float], float, list[float]]:
+    """The same pattern on N trivial workflows with raw Updates."""
+    run = uuid.uuid4().hex[:6]
+    handles = await asyncio.gather(*(
+        client.start_workflow(Trivial.run, id=f"trivial-{run}-{i}", task_queue=queue) for i in range(ARGS.opps)))
+
+    async def bump(handle, step: int, into: list[float]) -> None:  # noqa: ANN001
+        began = time.perf_counter()
+        await handle.execute_update(Trivial.bump, step)
+        into.append(time.perf_counter() - began)
+
+    async def bumps(handle, into: list[float]) -> None:  # noqa: ANN001
+        for step in range(3, ARGS.transitions + 1):
+            await bump(handle, step, into)
+
+    await asyncio.gather(*(bump(h, 1, []) for h in handles))
+    single: list[float] = []
+    for h in handles:
+        await bump(h, 2, single)
+    concurrent: list[float] = []
+    began = time.perf_counter()
+    await asyncio.gather(*(bumps(h, concurrent) for h in handles))
+    elapsed = time.perf_counter() - began
+    for h in handles:
+        await h.signal(Trivial.stop)
+    return single, elapsed, concurrent
+
+
+def report(name: str, single: list[float], seconds: float, latencies: list[float]) -> float:
+    rate = len(latencies) / seconds
+    print(f"{name}: one at a time p50 {1000 * statistics.median(single):.1f} ms, "
+          f"p99 {1000 * percentile(single, 0.99):.1f} ms; all at once {len(latencies)} in {seconds:.2f}s "
+          f"= {rate:.1f}/s, p50 {1000 * statistics.median(latencies):.1f} ms, "
+          f"p99 {1000 * percentile(latencies, 0.99):.1f} ms")
+    return rate
+
+
+async def drive() -> None:
+    from hub.runner import temporal_cli
+    from hub.vault import new_key_line
+
+    with tempfile.TemporaryDirectory(prefix="bench-transitions-") as tmp:
+        data_dir = Path(tmp)
+        extra = ["--log-level", "error"]
+        env_kwargs = {} if ARGS.in_memory else {"dev_server_database_filename": str(data_dir / "temporal.db")}
+        temporal = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(),
+                                                         dev_server_extra_args=extra, **env_kwargs)  # fmt: skip
+        address = temporal.client.service_client.config.target_host
+        port = free_port()
+        env = {**os.environ, "HUB_DATA_DIR": str(data_dir), "HUB_VAULT_KEYS": new_key_line("bench"),
+               "HUB_TEMPORAL_ADDRESS": address, "HUB_API_PORT": str(port), "HUB_TASK_QUEUE": "bench",
+               "HUB_LOG_LEVEL": "WARNING"}  # fmt: skip
+        procs: list[subprocess.Popen] = []
+        try:
+            key = await prepare(data_dir, env)
+            procs.append(subprocess.Popen([sys.executable, __file__, "--serve-hub"], env=env))
+            url = f"http://127.0.0.1:{port}"
+            await wait_ready(url, procs[-1])
+            queue = f"trivial-{uuid.uuid4().hex[:6]}"
+            procs.append(subprocess.Popen([sys.executable, __file__, "--serve-trivial", address, queue]))
+            store = "in-memory" if ARGS.in_memory else "file-backed"
+            print(f"Temporal dev server ({store}) at {address}; {ARGS.opps} opportunities x {ARGS.transitions} "
+                  f"transitions: the 1st all at once (warm-up), the 2nd one at a time, the rest all at once")
+            single, seconds, latencies, failures = await run_hub(url, key)
+            hub_rate = report("hub transitions (HTTP API -> Update)", single, seconds, latencies)
+            base_single, base_seconds, base_latencies = await run_baseline(temporal.client, queue)
+            base_rate = report("raw Temporal Updates (trivial workflow)", base_single, base_seconds, base_latencies)
+            p50 = 1000 * statistics.median(single)
+            print(f"failures={failures}; one-at-a-time transition p50 {p50:.1f} ms vs target <= 50 ms: "
+                  f"{'met' if p50 <= 50 else 'NOT met'}")  # fmt: skip
+            print(f"ratio={hub_rate / base_rate:.2f}")
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            await temporal.shutdown()
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--opps", type=int, default=20, help="opportunities (N)")
+    parser.add_argument("--transitions", type=int, default=6, help="transitions per opportunity (M >= 3)")
+    parser.add_argument("--in-memory", action="store_true", help="in-memory dev server instead of file-backed")
+    parser.add_argument("--serve-hub", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-trivial", nargs=2, metavar=("ADDRESS", "QUEUE"), help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+ARGS = parse() if __name__ == "__main__" and not workflow.unsafe.in_sandbox() else None
+
+if ARGS is not None:
+    if ARGS.serve_hub:
+        asyncio.run(serve_hub())
+    elif ARGS.serve_trivial:
+        asyncio.run(serve_trivial(*ARGS.serve_trivial))
+    else:
+        asyncio.run(drive())

@@ -1,0 +1,176 @@
+"""The opportunity projection the OpportunityWorkflow keeps current, its stage visits and rule runs.
+
+The workflow is the source of truth; these rows are written by activities (``opportunity.project``,
+``rules.record_runs``) so that reads survive a stopped worker and pipelines can be aggregated in SQL.
+"""
+
+from __future__ import annotations
+
+import statistics
+from datetime import datetime
+
+from sqlalchemy import Boolean, Integer, String, UniqueConstraint, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from hub.store.base import Base, utcnow
+
+
+class OpportunityRecord(Base):
+    """The last projected state of one opportunity's workflow."""
+
+    __tablename__ = "opportunities"
+    org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(300))
+    pipeline_name: Mapped[str] = mapped_column(String(200), index=True)
+    pipeline_version: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(100))
+    body_hash: Mapped[str] = mapped_column(String(64))
+    revision: Mapped[int] = mapped_column(Integer)
+    state: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StageVisitRecord(Base):
+    """One stay of an opportunity in a stage (``exited_at`` is None while it is still there)."""
+
+    __tablename__ = "opportunity_stage_visits"
+    org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    opportunity_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pipeline_name: Mapped[str] = mapped_column(String(200), index=True)
+    stage: Mapped[str] = mapped_column(String(100))
+    entered_at: Mapped[datetime] = mapped_column()
+    exited_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class RuleRunRecord(Base):
+    """The outcome of one rule for one event: fired or not and why, and each action's result."""
+
+    __tablename__ = "rule_runs"
+    __table_args__ = (UniqueConstraint("key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(String(64), index=True)
+    key: Mapped[str] = mapped_column(String(400))
+    subject: Mapped[str] = mapped_column(String(300), index=True)
+    trigger: Mapped[str] = mapped_column(String(100))
+    rule: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    fired: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(String(2000))
+    actions: Mapped[list] = mapped_column(default=list)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def _insert(session: AsyncSession):  # noqa: ANN202 - dialect-specific insert construct
+    return pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+
+
+async def upsert_projection(session: AsyncSession, row: dict, visits: list[dict]) -> bool:
+    """Write an opportunity's projection unless a newer revision is already stored; True if written."""
+    insert = _insert(session)
+    stmt = insert(OpportunityRecord).values(**row)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["org_id", "id"],
+        set_={k: stmt.excluded[k] for k in row if k not in ("org_id", "id", "created_at")},
+        where=OpportunityRecord.revision < stmt.excluded.revision,
+    ).returning(OpportunityRecord.revision)
+    written = (await session.execute(stmt)).first() is not None
+    if written:
+        await session.execute(
+            delete(StageVisitRecord).where(
+                StageVisitRecord.org_id == row["org_id"], StageVisitRecord.opportunity_id == row["id"]
+            )
+        )
+        session.add_all(StageVisitRecord(org_id=row["org_id"], opportunity_id=row["id"], **v) for v in visits)
+    return written
+
+
+async def get_projection(session: AsyncSession, org_id: str, opportunity_id: str) -> OpportunityRecord | None:
+    """The projected opportunity, or None."""
+    return await session.get(OpportunityRecord, (org_id, opportunity_id))
+
+
+async def list_for_pipeline(
+    session: AsyncSession, org_id: str, pipeline_name: str, below_version: int | None = None
+) -> list[OpportunityRecord]:
+    """Projected opportunities on one pipeline (optionally only those pinned below a version)."""
+    query = select(OpportunityRecord).where(
+        OpportunityRecord.org_id == org_id, OpportunityRecord.pipeline_name == pipeline_name
+    )
+    if below_version is not None:
+        query = query.where(OpportunityRecord.pipeline_version < below_version)
+    return list((await session.scalars(query.order_by(OpportunityRecord.id))).all())
+
+
+async def record_rule_runs(session: AsyncSession, runs: list[dict]) -> int:
+    """Insert rule runs, skipping keys already recorded (activity retries); returns rows inserted."""
+    if not runs:
+        return 0
+    stmt = _insert(session)(RuleRunRecord).values(runs).on_conflict_do_nothing(index_elements=["key"])
+    return len((await session.execute(stmt.returning(RuleRunRecord.id))).all())
+
+
+async def rule_runs_for(session: AsyncSession, org_id: str, subject: str, limit: int = 100) -> list[RuleRunRecord]:
+    """The most recent rule runs of one subject (a workflow id), newest first."""
+    query = (
+        select(RuleRunRecord)
+        .where(RuleRunRecord.org_id == org_id, RuleRunRecord.subject == subject)
+        .order_by(RuleRunRecord.id.desc())
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def pipeline_metrics(session: AsyncSession, org_id: str, pipeline_name: str, stages: list[str]) -> dict:
+    """Per stage: opportunities now in it, conversion to the next stage, median days spent in it.
+
+    Conversion from stage *i* is the share of opportunities that ever entered stage *i* and later
+    entered stage *i+1* (in pipeline order); the median counts finished stays only.
+    """
+    counts = dict(
+        (
+            await session.execute(
+                select(OpportunityRecord.stage, func.count())
+                .where(OpportunityRecord.org_id == org_id, OpportunityRecord.pipeline_name == pipeline_name)
+                .group_by(OpportunityRecord.stage)
+            )
+        ).all()
+    )
+    visits = (
+        await session.execute(
+            select(
+                StageVisitRecord.opportunity_id,
+                StageVisitRecord.stage,
+                StageVisitRecord.entered_at,
+                StageVisitRecord.exited_at,
+            ).where(StageVisitRecord.org_id == org_id, StageVisitRecord.pipeline_name == pipeline_name)
+        )
+    ).all()
+    entered: dict[str, set[str]] = {s: set() for s in stages}
+    durations: dict[str, list[float]] = {s: [] for s in stages}
+    for opp_id, stage, entered_at, exited_at in visits:
+        entered.setdefault(stage, set()).add(opp_id)
+        if exited_at is not None:
+            durations.setdefault(stage, []).append((exited_at - entered_at).total_seconds())
+    out = []
+    for i, stage in enumerate(stages):
+        nxt = stages[i + 1] if i + 1 < len(stages) else None
+        base = entered[stage]
+        converted = len(base & entered[nxt]) if nxt else None
+        out.append(
+            {
+                "stage": stage,
+                "opportunities": counts.get(stage, 0),
+                "entered": len(base),
+                "next_stage": nxt,
+                "converted": converted,
+                "conversion": (converted / len(base)) if nxt and base else None,
+                "median_seconds_in_stage": statistics.median(durations[stage]) if durations[stage] else None,
+            }
+        )
+    return {"pipeline": pipeline_name, "total": sum(counts.values()), "stages": out}

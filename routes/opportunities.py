@@ -1,0 +1,353 @@
+"""``/v1/opportunities``: register opportunities, move them through their pipeline, read their state.
+
+Every write goes to the opportunity's workflow (Update or signal); reads come from a workflow query,
+or from the projection table when no worker answers. Pipeline metrics and bulk migration live here
+too (``/v1/pipelines/{name}/metrics``, ``/v1/pipelines/{name}/opportunities:migrate``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import date, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Header
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.opportunities import crm_signing_secret
+from activities.opportunity_types import (
+    Actor,
+    ChecklistRequest,
+    DomainEvent,
+    DomainSource,
+    MigrateRequest,
+    OpportunityInput,
+    OpportunityState,
+    OpportunityView,
+    PinnedPipeline,
+    TransitionRequest,
+    UpsertRequest,
+    body_hash,
+    build_view,
+    stages_of,
+    workflow_id,
+)
+from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep, TemporalDep, WriterKey
+from hub.problems import Problem
+from hub.store.base import utcnow
+from hub.store.opportunities import get_projection, list_for_pipeline, pipeline_metrics
+from hub.store.resources import ResourceVersion, get_version, select_pipeline
+from rules.pipeline import compile_pipeline
+from workflows.opportunity import INVALID, MIGRATION_REFUSED, REFUSED, UNCHANGED, OpportunityWorkflow
+
+router = APIRouter(tags=["opportunities"])
+
+UPDATE_TIMEOUT = timedelta(seconds=15)
+QUERY_TIMEOUT = timedelta(seconds=3)
+BULK_CONCURRENCY = 8
+
+
+class OpportunityIn(BaseModel):
+    """An opportunity as the CRM sends it; fields beyond these are kept and visible to rules."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=500)
+    org: str | None = Field(default=None, description="must be the API key's org when given")
+    branch: str = Field(default="*", max_length=64)
+    owner_role: str = Field(default="*", max_length=64)
+    amount: float = Field(default=0.0, ge=0)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    stage: str | None = Field(default=None, description="initial stage (new opportunities only)")
+    meddpicc: dict[str, float] = Field(default_factory=dict)
+    close_date: date | None = None
+    account: dict[str, Any] = Field(default_factory=dict)
+    contacts: list[dict[str, Any]] = Field(default_factory=list)
+    primary_contact: dict[str, Any] | None = None
+
+
+class TransitionIn(BaseModel):
+    """Move to another stage."""
+
+    to: str = Field(min_length=1, max_length=100)
+    actor: Actor
+
+
+class ChecklistIn(BaseModel):
+    """Checklist items to mark done (true) or undone (false)."""
+
+    items: dict[str, bool] = Field(min_length=1)
+    actor: Actor | None = None
+
+
+class DocumentsIn(BaseModel):
+    """Documents to mark present (true) or absent (false)."""
+
+    documents: dict[str, bool] = Field(min_length=1)
+
+
+class MigrationOutcome(BaseModel):
+    """What a pipeline migration did to one opportunity."""
+
+    id: str
+    status: str  # migrated | unchanged | refused | error
+    version: int | None = None
+    unmet: list[dict] = Field(default_factory=list)
+    detail: str | None = None
+
+
+def _pinned(row: ResourceVersion) -> PinnedPipeline:
+    return PinnedPipeline(name=row.name, version=row.version, content_hash=row.content_hash, spec=row.spec)
+
+
+def _handle(client: Client, org_id: str, opportunity_id: str):  # noqa: ANN202 - typed workflow handle
+    return client.get_workflow_handle_for(OpportunityWorkflow.run, workflow_id(org_id, opportunity_id))
+
+
+def _view(state: OpportunityState, source: str = "workflow") -> OpportunityView:
+    return build_view(state, utcnow(), source)  # type: ignore[arg-type]
+
+
+def _workflow_error(exc: BaseException, opportunity_id: str) -> ApplicationError:
+    """The workflow's own error behind a client error; 404/503 problems for a missing or silent workflow."""
+    if isinstance(exc, WorkflowUpdateFailedError) and isinstance(exc.cause, ApplicationError):
+        return exc.cause
+    if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
+        raise Problem(404, f"opportunity {opportunity_id!r} not found") from None
+    if isinstance(exc, WorkflowUpdateRPCTimeoutOrCancelledError):
+        raise Problem(503, "the opportunity's worker did not answer in time; retry", title="Worker unavailable") from None
+    raise exc
+
+
+def _unmet(error: ApplicationError) -> list[dict]:
+    return list(error.details[0]) if error.details else []
+
+
+async def _update(handle, update, arg, opportunity_id: str, update_id: str | None = None) -> OpportunityState:  # noqa: ANN001
+    """Run an Update; refusals become 409/422 problems listing every unmet requirement."""
+    try:
+        return await handle.execute_update(update, arg, id=update_id, rpc_timeout=UPDATE_TIMEOUT)
+    except (WorkflowUpdateFailedError, RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+        error = _workflow_error(exc, opportunity_id)
+        if error.type in (REFUSED, MIGRATION_REFUSED):
+            raise Problem(409, error.message, title="Refused", unmet=_unmet(error)) from None
+        if error.type == INVALID:
+            raise Problem(422, error.message, unmet=_unmet(error)) from None
+        raise
+
+
+async def _state(client: Client, hub, org_id: str, opportunity_id: str) -> OpportunityView:  # noqa: ANN001
+    """The opportunity from its workflow, else from the projection; 404 if neither knows it."""
+    try:
+        state = await _handle(client, org_id, opportunity_id).query(
+            OpportunityWorkflow.state, rpc_timeout=QUERY_TIMEOUT
+        )
+        return _view(state)
+    except (RPCError, WorkflowQueryFailedError):
+        pass
+    async with hub.db.session() as session:
+        row = await get_projection(session, org_id, opportunity_id)
+    if row is None:
+        raise Problem(404, f"opportunity {opportunity_id!r} not found")
+    return _view(OpportunityState.model_validate(row.state), "projection")
+
+
+@router.put("/v1/opportunities/{opportunity_id}")
+async def put_opportunity(
+    opportunity_id: str, body: OpportunityIn, hub: HubDep, client: TemporalDep, key: WriterKey
+) -> OpportunityView:
+    """Register an opportunity (starts its workflow, pinned to the most specific pipeline) or update it.
+
+    The same body again changes nothing; a changed body updates the fields and fires
+    ``opportunity.updated`` rules.
+    """
+    if body.org is not None and body.org != key.org_id:
+        raise Problem(422, "org must be the API key's org (or omitted)")
+    opp = body.model_dump(mode="json", exclude_none=True, exclude={"org"})
+    async with hub.db.session() as session:  # not held while waiting for the workflow
+        row = await select_pipeline(session, key.org_id, body.branch, body.owner_role)
+    if row is None:
+        raise Problem(
+            409, f"no pipeline applies to branch {body.branch!r} and role {body.owner_role!r}; apply one first"
+        )
+    pinned = _pinned(row)
+    if body.stage is not None and compile_pipeline(pinned.spec).stage(body.stage) is None:
+        raise Problem(422, f"stage {body.stage!r} does not exist in pipeline {pinned.name!r} v{pinned.version}")
+    digest = body_hash(opp)
+    start = WithStartWorkflowOperation(
+        OpportunityWorkflow.run,
+        OpportunityInput(
+            org_id=key.org_id, opportunity_id=opportunity_id, opp=opp, body_hash=digest, pipeline=pinned
+        ),
+        id=workflow_id(key.org_id, opportunity_id),
+        task_queue=hub.settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    try:
+        state = await client.execute_update_with_start_workflow(
+            OpportunityWorkflow.upsert,
+            UpsertRequest(opp=opp, body_hash=digest),
+            start_workflow_operation=start,
+            rpc_timeout=UPDATE_TIMEOUT,
+        )
+    except (WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+        if _workflow_error(exc, opportunity_id).type != UNCHANGED:
+            raise
+        return await _state(client, hub, key.org_id, opportunity_id)
+    return _view(state)
+
+
+@router.get("/v1/opportunities/{opportunity_id}")
+async def get_opportunity(opportunity_id: str, hub: HubDep, client: TemporalDep, key: ReaderKey) -> OpportunityView:
+    """Stage, pinned pipeline, history, checklist/documents and metrics per stage, AI insight, rule runs."""
+    return await _state(client, hub, key.org_id, opportunity_id)
+
+
+@router.post("/v1/opportunities/{opportunity_id}/transitions")
+async def transition(
+    opportunity_id: str,
+    body: TransitionIn,
+    client: TemporalDep,
+    key: WriterKey,
+    idempotency_key: str | None = Header(default=None),
+) -> OpportunityView:
+    """Move to another stage: 200 with the new state, or 409 listing every unmet requirement."""
+    update_id = f"transition/{idempotency_key}" if idempotency_key else None
+    state = await _update(
+        _handle(client, key.org_id, opportunity_id),
+        OpportunityWorkflow.transition,
+        TransitionRequest(to=body.to, actor=body.actor),
+        opportunity_id,
+        update_id,
+    )
+    return _view(state)
+
+
+@router.post("/v1/opportunities/{opportunity_id}/checklist")
+async def checklist(opportunity_id: str, body: ChecklistIn, client: TemporalDep, key: WriterKey) -> OpportunityView:
+    """Mark checklist items done or undone (422 naming unknown items)."""
+    state = await _update(
+        _handle(client, key.org_id, opportunity_id),
+        OpportunityWorkflow.set_checklist,
+        ChecklistRequest(items=body.items, actor=body.actor),
+        opportunity_id,
+    )
+    return _view(state)
+
+
+@router.post("/v1/opportunities/{opportunity_id}/documents", status_code=202)
+async def documents(
+    opportunity_id: str,
+    body: DocumentsIn,
+    hub: HubDep,
+    client: TemporalDep,
+    key: WriterKey,
+    idempotency_key: str | None = Header(default=None),
+) -> dict:
+    """Mark required documents present or absent (``document.changed`` events; applied asynchronously)."""
+    view = await _state(client, hub, key.org_id, opportunity_id)
+    known = {d for s in view.stages for d in s.documents}
+    unknown = sorted(set(body.documents) - known)
+    if unknown:
+        raise Problem(422, f"documents not required by this pipeline: {', '.join(unknown)}", unknown=unknown)
+    handle = _handle(client, key.org_id, opportunity_id)
+    batch = idempotency_key or uuid.uuid4().hex
+    for name, present in sorted(body.documents.items()):
+        await handle.signal(
+            OpportunityWorkflow.domain_event,
+            DomainEvent(
+                type="document.changed",
+                data={"document": name, "present": present},
+                source=DomainSource(provider="api", event_id=f"{batch}/{name}"),
+            ),
+        )
+    return {"accepted": sorted(body.documents)}
+
+
+async def _migrate_one(client: Client, hub, org_id: str, opportunity_id: str, name: str) -> MigrationOutcome:  # noqa: ANN001
+    async with hub.db.session() as session:
+        newest = await get_version(session, org_id, "Pipeline", name)
+    if newest is None or newest.deleted:
+        raise Problem(409, f"pipeline {name!r} no longer exists; nothing to migrate to")
+    try:
+        state = await _update(
+            _handle(client, org_id, opportunity_id),
+            OpportunityWorkflow.migrate_pipeline,
+            MigrateRequest(pipeline=_pinned(newest)),
+            opportunity_id,
+        )
+    except WorkflowUpdateFailedError as exc:
+        if isinstance(exc.cause, ApplicationError) and exc.cause.type == UNCHANGED:
+            return MigrationOutcome(id=opportunity_id, status="unchanged", version=newest.version)
+        raise
+    except Problem as problem:
+        if problem.status != 409:
+            raise
+        return MigrationOutcome(
+            id=opportunity_id, status="refused", unmet=problem.extra.get("unmet", []), detail=problem.detail
+        )
+    return MigrationOutcome(id=opportunity_id, status="migrated", version=state.pipeline.version)
+
+
+@router.post("/v1/opportunities/{opportunity_id}:migrate-pipeline")
+async def migrate_pipeline(
+    opportunity_id: str, hub: HubDep, client: TemporalDep, key: AdminKey
+) -> MigrationOutcome:
+    """Re-pin one opportunity to the newest version of its pipeline; 409 with reasons if its stage is gone."""
+    view = await _state(client, hub, key.org_id, opportunity_id)
+    outcome = await _migrate_one(client, hub, key.org_id, opportunity_id, view.pipeline["name"])
+    if outcome.status == "refused":
+        raise Problem(409, outcome.detail or "migration refused", title="Refused", unmet=outcome.unmet)
+    return outcome
+
+
+@router.post("/v1/pipelines/{name}/opportunities:migrate")
+async def migrate_pipeline_bulk(name: str, hub: HubDep, session: SessionDep, client: TemporalDep, key: AdminKey) -> dict:
+    """Re-pin every opportunity on an older version of pipeline ``name`` to its newest version."""
+    newest = await get_version(session, key.org_id, "Pipeline", name)
+    if newest is None or newest.deleted:
+        raise Problem(404, f"pipeline {name!r} not found")
+    rows = await list_for_pipeline(session, key.org_id, name, below_version=newest.version)
+    gate = asyncio.Semaphore(BULK_CONCURRENCY)
+
+    async def one(opportunity_id: str) -> MigrationOutcome:
+        async with gate:
+            try:
+                return await _migrate_one(client, hub, key.org_id, opportunity_id, name)
+            except Problem as problem:
+                return MigrationOutcome(id=opportunity_id, status="error", detail=problem.detail)
+
+    results = await asyncio.gather(*(one(r.id) for r in rows))
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return {"pipeline": name, "version": newest.version, "counts": counts, "results": [r.model_dump() for r in results]}
+
+
+@router.get("/v1/pipelines/{name}/metrics")
+async def metrics(name: str, session: SessionDep, key: ReaderKey) -> dict:
+    """Opportunities per stage, conversion to the next stage, median time in stage (all pinned versions)."""
+    newest = await get_version(session, key.org_id, "Pipeline", name)
+    if newest is None:
+        raise Problem(404, f"pipeline {name!r} not found")
+    stages = [s["key"] for s in stages_of(_pinned(newest))]
+    return await pipeline_metrics(session, key.org_id, name, stages)
+
+
+@router.post("/v1/orgs/{org_id}/crm-signing-secret", tags=["orgs"])
+async def rotate_crm_secret(org_id: str, hub: HubDep, key: AdminKey) -> dict:
+    """Create a new secret for signing CRM callbacks and show it once (the old one stops signing)."""
+    if org_id != key.org_id:
+        raise Problem(404, f"org {org_id!r} not found")
+    return {"secret": await crm_signing_secret(hub, org_id, rotate=True), "header": "FulQrun-Signature"}

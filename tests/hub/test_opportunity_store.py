@@ -1,0 +1,61 @@
+"""The opportunity projection tables: newer revisions win, rule runs are stored once, pipeline metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hub.store import Database
+from hub.store.opportunities import get_projection, pipeline_metrics, record_rule_runs, upsert_projection
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def row(opp: str, stage: str, revision: int) -> dict:
+    return {"org_id": "acme", "id": opp, "workflow_id": f"opportunity/acme/{opp}", "pipeline_name": "peak",
+            "pipeline_version": 1, "stage": stage, "body_hash": "h", "revision": revision, "state": {"r": revision},
+            "created_at": T0, "updated_at": T0}  # fmt: skip
+
+
+def visits(*stays: tuple[str, int, int | None]) -> list[dict]:
+    return [{"idx": i, "pipeline_name": "peak", "stage": s, "entered_at": T0 + timedelta(hours=a),
+             "exited_at": None if b is None else T0 + timedelta(hours=b)} for i, (s, a, b) in enumerate(stays)]
+
+
+async def test_projection_keeps_the_newest_revision(db: Database) -> None:
+    async with db.session() as s:
+        assert await upsert_projection(s, row("o1", "prospect", 2), visits(("prospect", 0, None)))
+    async with db.session() as s:
+        assert not await upsert_projection(s, row("o1", "engage", 1), visits(("engage", 0, None)))  # older: ignored
+        assert not await upsert_projection(s, row("o1", "engage", 2), [])  # same revision: ignored
+    async with db.session() as s:
+        stored = await get_projection(s, "acme", "o1")
+        assert (stored.stage, stored.revision, stored.state) == ("prospect", 2, {"r": 2})
+        assert await upsert_projection(s, row("o1", "engage", 3), visits(("prospect", 0, 5), ("engage", 5, None)))
+    async with db.session() as s:
+        assert (await get_projection(s, "acme", "o1")).stage == "engage"
+
+
+async def test_rule_runs_are_recorded_once_per_key(db: Database) -> None:
+    run = {"org_id": "acme", "key": "wf/1/0.stage.entered/r", "subject": "wf", "trigger": "stage.entered",
+           "rule": "r", "version": 1, "fired": True, "reason": "no condition", "actions": [], "at": T0}
+    async with db.session() as s:
+        assert await record_rule_runs(s, [run, {**run, "key": "wf/1/0.stage.entered/q", "rule": "q"}]) == 2
+    async with db.session() as s:
+        assert await record_rule_runs(s, [run]) == 0  # a retried activity inserts nothing
+
+
+async def test_pipeline_metrics_counts_conversion_and_median_time(db: Database) -> None:
+    async with db.session() as s:
+        await upsert_projection(s, row("a", "engage", 1), visits(("prospect", 0, 2), ("engage", 2, None)))
+        await upsert_projection(s, row("b", "prospect", 1), visits(("prospect", 0, None)))
+        await upsert_projection(s, row("c", "acquire", 1),
+                                visits(("prospect", 0, 4), ("engage", 4, 10), ("acquire", 10, None)))
+    async with db.session() as s:
+        m = await pipeline_metrics(s, "acme", "peak", ["prospect", "engage", "acquire", "keep"])
+    by = {x["stage"]: x for x in m["stages"]}
+    assert m["total"] == 3
+    assert [by[k]["opportunities"] for k in ("prospect", "engage", "acquire", "keep")] == [1, 1, 1, 0]
+    assert by["prospect"]["conversion"] == 2 / 3 and by["engage"]["conversion"] == 1 / 2
+    assert by["acquire"]["conversion"] == 0.0 and by["keep"]["conversion"] is None
+    assert by["prospect"]["median_seconds_in_stage"] == 3 * 3600  # finished stays of 2h and 4h
+    assert by["engage"]["median_seconds_in_stage"] == 6 * 3600

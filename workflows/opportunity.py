@@ -1,0 +1,488 @@
+"""OpportunityWorkflow: one long-lived workflow per opportunity (``opportunity/{org}/{id}``).
+
+Handlers change state synchronously and queue *effects*; the main loop performs the effects one
+at a time, in order, durably:
+
+- ``transition`` (Update): the validator evaluates the pinned pipeline's ``check_transition`` (pure,
+  no I/O) and refuses with every unmet requirement; nothing is recorded for a refused Update.
+  The handler re-checks under a lock, so of two concurrent requests validated against the same
+  state the second is judged against the state the first left. Accepted: the stage change is
+  recorded and the effects follow: ``stage.exited``/``stage.entered`` rules, the new stage's
+  SharePoint folders and templates, AI insights, the projection, the signed ``stage.changed``
+  CRM event (retried until the CRM accepts it).
+- ``upsert`` (Update, from PUT): a body with an unchanged hash is rejected by the validator (no
+  history event); a changed body updates fields and fires ``opportunity.updated`` rules.
+- ``set_checklist`` and ``migrate_pipeline`` (Updates), ``domain_event`` (signal: contract.signed,
+  payment.received, call.recorded, slack.action, document.changed — deduplicated by source event id).
+- ``state`` (query).
+
+Every side-effect key derives from the workflow id and the effect's sequence number, which is
+carried across continue-as-new, so replays, retries and restarted workers repeat nothing. The
+projection (``opportunity.project``, a revision-guarded upsert) runs as a local activity: idempotent,
+short, in the worker that runs the workflow, one server round trip fewer. The first effect of an
+accepted Update is a regular activity on purpose: a local activity there would hold the workflow
+task, and with it the Update's answer, until it finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.ai_types import NEXT_ACTION, Insight, OpportunityInsightInput
+    from activities.connector_types import ActionCall, execute_action
+    from activities.opportunity_types import (
+        MAX_EVENTS,
+        MAX_RULE_RUNS,
+        MAX_SEEN_EVENTS,
+        ChecklistRequest,
+        CrmEventInput,
+        DomainEvent,
+        Effect,
+        MigrateRequest,
+        OpportunityInput,
+        OpportunityState,
+        Preparation,
+        PrepareInput,
+        ProjectInput,
+        StageVisit,
+        TransitionRecord,
+        TransitionRequest,
+        UpsertRequest,
+        body_hash,
+        stage_of,
+    )
+    from activities.rule_types import PlannedActionModel
+    from rules.pipeline import CompiledPipeline, TransitionContext, Unmet, compile_pipeline
+    from rules.templating import TemplateProblem, compile_params
+    from workflows.rule_runner import RuleRunner, failure_message
+
+# ApplicationError types the API maps to HTTP answers.
+REFUSED = "TransitionRefused"  # 409, details[0] = list of Unmet
+UNCHANGED = "Unchanged"  # 200, nothing to do
+INVALID = "InvalidRequest"  # 422, details[0] = list of Unmet
+MIGRATION_REFUSED = "MigrationRefused"  # 409, details[0] = list of Unmet
+
+OPPORTUNITIES_ROOT = "Opportunities"
+MAX_FAILURES = 20
+STORE_TIMEOUT = timedelta(seconds=30)
+STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
+AI_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
+CRM_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=5))  # until the CRM accepts
+
+
+def _refusal(kind: str, message: str, unmet: list[Unmet]) -> ApplicationError:
+    return ApplicationError(message, [u.model_dump() for u in unmet], type=kind, non_retryable=True)
+
+
+def opportunity_folder(opportunity_id: str) -> str:
+    """The per-opportunity root folder in the org's SharePoint drive."""
+    safe = "".join("_" if c in '"*:<>?/\\|#%' else c for c in opportunity_id).strip(". ")
+    return f"{OPPORTUNITIES_ROOT}/{safe}"
+
+
+@workflow.defn
+class OpportunityWorkflow:
+    """The life of one opportunity through its pinned PEAK pipeline."""
+
+    @workflow.init
+    def __init__(self, input: OpportunityInput) -> None:
+        self._id = workflow.info().workflow_id
+        self._history_limit = input.history_limit
+        self._lock = asyncio.Lock()
+        pipeline = input.state.pipeline if input.state is not None else input.pipeline
+        self._compiled: CompiledPipeline = compile_pipeline(pipeline.spec)
+        if input.state is not None:
+            self._state = input.state
+            self._state.runs += 1
+        else:
+            self._state = self._new_state(input, self._compiled)
+        self._rules = RuleRunner(
+            self._state.org_id,
+            self._id,
+            local_actions={
+                "ai.next_action": self._ai_action,
+                "opportunity.set_field": self._set_field_action,
+                "opportunity.add_task": self._add_task_action,
+            },
+        )
+
+    @staticmethod
+    def _new_state(input: OpportunityInput, pipeline: CompiledPipeline) -> OpportunityState:
+        now = workflow.now()
+        wanted = input.opp.get("stage")
+        initial = wanted if isinstance(wanted, str) and pipeline.stage(wanted) else pipeline.initial_stage
+        return OpportunityState(
+            org_id=input.org_id,
+            opportunity_id=input.opportunity_id,
+            opp=input.opp,
+            body_hash=input.body_hash,
+            pipeline=input.pipeline,
+            stage=initial,
+            history=[
+                TransitionRecord(seq=1, from_stage=None, to_stage=initial, at=now, pipeline_version=input.pipeline.version)
+            ],
+            visits=[StageVisit(stage=initial, entered_at=now)],
+            seq=1,
+            revision=1,
+            pending=[Effect(kind="transition", seq=1, data={"from": None, "to": initial})],
+            created_at=now,
+            updated_at=now,
+        )
+
+    # ---------------------------------------------------------------- main loop: effects, continue-as-new
+
+    @workflow.run
+    async def run(self, input: OpportunityInput) -> None:
+        while True:
+            await workflow.wait_condition(lambda: bool(self._state.pending) or self._history_full())
+            if self._history_full():  # between effects; the queued ones travel in the state
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    OpportunityInput(
+                        org_id=self._state.org_id,
+                        opportunity_id=self._state.opportunity_id,
+                        opp=self._state.opp,
+                        body_hash=self._state.body_hash,
+                        pipeline=self._state.pipeline,
+                        state=self._state,
+                        history_limit=self._history_limit,
+                    )
+                )
+            await self._perform(self._state.pending[0])
+            self._state.pending.pop(0)
+
+    def _history_full(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._history_limit
+
+    async def _perform(self, effect: Effect) -> None:
+        prefix = f"{self._id}/{effect.seq}"
+        if effect.kind == "transition":
+            await self._transition_effects(effect, prefix)
+            return
+        if effect.kind == "updated":
+            await self._run_rules([self._rule_event("opportunity.updated", effect.data)], prefix)
+        elif effect.kind == "event":
+            await self._run_rules([self._rule_event(effect.data["type"], effect.data)], prefix)
+        elif len(self._state.pending) > 1:
+            return  # a plain "project" with more effects queued: the next one projects
+        await self._project()
+
+    async def _transition_effects(self, effect: Effect, prefix: str) -> None:
+        frm, to = effect.data["from"], effect.data["to"]
+        events = [self._rule_event("stage.exited", {}, stage=frm)] if frm else []
+        prep: Preparation = await workflow.execute_activity(
+            "opportunity.prepare",
+            PrepareInput(org_id=self._state.org_id, events=[*events, self._rule_event("stage.entered", {}, stage=to)]),
+            result_type=Preparation,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        runs = await self._rules.execute(prep.plan, prefix)
+        self._state.rule_runs = (self._state.rule_runs + runs)[-MAX_RULE_RUNS:]
+        self._touch()
+        stage = stage_of(self._state.pipeline, to) or {}
+        if prep.provider_connected:
+            await self._provision(stage, prefix)
+        await self._recompute_insight(f"transition to {to}")
+        await self._project()
+        if frm is None or not prep.crm_callback:
+            return  # just registered by the CRM (nothing to tell it), or no callback URL
+        insight = self._state.insight or {}
+        record = next(h for h in reversed(self._state.history) if h.seq == effect.seq)
+        await workflow.execute_activity(
+            "opportunity.send_crm_event",
+            CrmEventInput(
+                org_id=self._state.org_id,
+                event_id=f"evt_{self._id}/{effect.seq}",
+                type="stage.changed",
+                occurred_at=record.at,
+                data={
+                    "opportunity_id": self._state.opportunity_id,
+                    "from_stage": frm,
+                    "to_stage": to,
+                    "transition_seq": effect.seq,
+                    "actor": record.actor.model_dump() if record.actor else None,
+                    "pipeline": {"name": self._state.pipeline.name, "version": self._state.pipeline.version},
+                    "ai_risk_score": insight.get("risk_score"),
+                    "ai_next_action": (insight.get("next_actions") or [None])[0],
+                },
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=CRM_RETRY,
+        )
+
+    async def _provision(self, stage: dict, prefix: str) -> None:
+        """The stage's folders under the opportunity's root, then its templates (both idempotent)."""
+        root = opportunity_folder(self._state.opportunity_id)
+        if stage.get("folders"):
+            await self._sharepoint(
+                "sharepoint.ensure_folders", {"root": root, "folders": stage["folders"]}, f"{prefix}/folders"
+            )
+        for index, template in enumerate(stage.get("templates", [])):
+            key = f"{prefix}/templates/{index}"
+            try:
+                target = compile_params({"t": template["target"]}).render({"opp": self._rule_opp()})["t"]
+            except TemplateProblem as exc:
+                self._fail("sharepoint.copy_template", key, exc)
+                continue
+            await self._sharepoint(
+                "sharepoint.copy_template", {"source": template["source"], "target": target, "root": root}, key
+            )
+
+    # ---------------------------------------------------------------- effect helpers
+
+    def _rule_opp(self) -> dict:
+        s = self._state
+        return {**s.opp, "id": s.opportunity_id, "stage": s.stage, "insight": s.insight or {}}
+
+    def _rule_event(self, kind: str, data: dict, stage: str | None = None) -> dict:
+        s = self._state
+        return {
+            "type": kind,
+            "stage": stage,
+            "opp": self._rule_opp(),
+            "event": data,
+            "org": s.org_id,
+            "branch": s.opp.get("branch"),
+            "role": s.opp.get("owner_role"),
+        }
+
+    async def _run_rules(self, events: list[dict], prefix: str) -> None:
+        runs = await self._rules.run(events, prefix)
+        self._state.rule_runs = (self._state.rule_runs + runs)[-MAX_RULE_RUNS:]
+        self._touch()
+
+    async def _sharepoint(self, action: str, params: dict, key: str) -> None:
+        try:
+            await execute_action(ActionCall(org_id=self._state.org_id, action=action, params=params, idempotency_key=key))
+        except ActivityError as exc:
+            self._fail(action, key, exc)
+
+    async def _recompute_insight(self, reason: str) -> dict:
+        s = self._state
+        try:
+            insight: Insight = await workflow.execute_activity(
+                NEXT_ACTION,
+                OpportunityInsightInput(
+                    org_id=s.org_id,
+                    opportunity_id=s.opportunity_id,
+                    opp=self._rule_opp(),
+                    stage=s.stage,
+                    checklist=s.checklist,
+                    events=s.events,
+                    as_of=workflow.now(),
+                ),
+                result_type=Insight,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=AI_RETRY,
+            )
+        except ActivityError as exc:
+            self._fail(NEXT_ACTION, reason, exc)
+            return {}
+        s.insight = insight.model_dump(mode="json")
+        self._touch()
+        return s.insight
+
+    async def _project(self) -> None:
+        await workflow.execute_local_activity(
+            "opportunity.project",
+            ProjectInput(workflow_id=self._id, state=self._state),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+
+    def _fail(self, what: str, key: str, exc: BaseException) -> None:
+        entry = {"what": what, "key": key, "error": failure_message(exc), "at": workflow.now().isoformat()}
+        self._state.failures = (self._state.failures + [entry])[-MAX_FAILURES:]
+        self._touch()
+
+    def _touch(self) -> None:
+        self._state.revision += 1
+        self._state.updated_at = workflow.now()
+
+    def _queue(self, kind: str, data: dict | None = None) -> int:
+        self._state.seq += 1
+        self._state.pending.append(Effect(kind=kind, seq=self._state.seq, data=data or {}))
+        self._touch()
+        return self._state.seq
+
+    # built-in rule actions handled here (see rules.actions)
+
+    async def _ai_action(self, action: PlannedActionModel, key: str) -> dict:
+        insight = await self._recompute_insight(action.params.get("reason") or key)
+        if not insight:
+            raise ApplicationError("AI insight could not be computed", type="AiUnavailable")
+        return {"risk_score": insight.get("risk_score")}
+
+    async def _set_field_action(self, action: PlannedActionModel, key: str) -> dict:
+        *parents, leaf = action.params["field"].split(".")
+        node = self._state.opp
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = action.params.get("value")
+        self._touch()
+        return {"field": action.params["field"]}
+
+    async def _add_task_action(self, action: PlannedActionModel, key: str) -> dict:
+        tasks = self._state.opp.setdefault("tasks", [])
+        if not any(t.get("key") == key for t in tasks):
+            tasks.append({"key": key, **action.params, "created_at": workflow.now().isoformat()})
+            self._touch()
+        return {"task": key}
+
+    # ---------------------------------------------------------------- transition (Update)
+
+    def _unmet(self, req: TransitionRequest) -> list[Unmet]:
+        s = self._state
+        ctx = TransitionContext(
+            opp=self._rule_opp(),
+            stage=s.stage,
+            checklist=dict(s.checklist),
+            documents=dict(s.documents),
+            actor=req.actor.model_dump(),
+        )
+        return self._compiled.check_transition(ctx, req.to)
+
+    @workflow.update
+    async def transition(self, req: TransitionRequest) -> OpportunityState:
+        """Move to ``req.to``; answers the new state, or fails with every unmet requirement."""
+        async with self._lock:
+            unmet = self._unmet(req)  # re-checked: an earlier Update may have moved the stage since validation
+            if unmet:
+                raise _refusal(REFUSED, f"transition to {req.to!r} refused", unmet)
+            s = self._state
+            now = workflow.now()
+            seq = self._queue("transition", {"from": s.stage, "to": req.to})
+            s.history.append(
+                TransitionRecord(
+                    seq=seq, from_stage=s.stage, to_stage=req.to, actor=req.actor, at=now,
+                    pipeline_version=s.pipeline.version,
+                )
+            )  # fmt: skip
+            s.visits[-1].exited_at = now
+            s.visits.append(StageVisit(stage=req.to, entered_at=now))
+            s.stage = req.to
+            return s
+
+    @transition.validator
+    def _validate_transition(self, req: TransitionRequest) -> None:
+        unmet = self._unmet(req)
+        if unmet:
+            raise _refusal(REFUSED, f"transition to {req.to!r} refused", unmet)
+
+    # ---------------------------------------------------------------- other updates, signals, query
+
+    @workflow.update
+    async def upsert(self, req: UpsertRequest) -> OpportunityState:
+        """A changed body from the CRM: update the fields and fire ``opportunity.updated`` rules."""
+        async with self._lock:
+            s = self._state
+            if req.body_hash == s.body_hash:
+                raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
+            changed = sorted(k for k in set(s.opp) | set(req.opp) if s.opp.get(k) != req.opp.get(k))
+            keep = {k: s.opp[k] for k in ("tasks",) if k in s.opp}  # hub-owned fields survive a CRM update
+            s.opp, s.body_hash = {**req.opp, **keep}, req.body_hash
+            self._queue("updated", {"changed": changed})
+            return s
+
+    @upsert.validator
+    def _validate_upsert(self, req: UpsertRequest) -> None:
+        if req.body_hash == self._state.body_hash:
+            raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
+
+    def _unknown_items(self, req: ChecklistRequest) -> list[Unmet]:
+        known = {i for st in self._state.pipeline.spec.get("spec", {}).get("stages", []) for i in st.get("checklist", [])}
+        return [
+            Unmet(code="unknown_item", field=f"items.{i}", message=f"{i!r} is on no checklist of this pipeline")
+            for i in sorted(set(req.items) - known)
+        ]
+
+    @workflow.update
+    async def set_checklist(self, req: ChecklistRequest) -> OpportunityState:
+        """Mark checklist items done or undone."""
+        async with self._lock:
+            unknown = self._unknown_items(req)
+            if unknown:
+                raise _refusal(INVALID, "unknown checklist items", unknown)
+            s = self._state
+            if any(s.checklist.get(k) != v for k, v in req.items.items()):
+                s.checklist.update(req.items)
+                self._queue("project")
+            return s
+
+    @set_checklist.validator
+    def _validate_checklist(self, req: ChecklistRequest) -> None:
+        unknown = self._unknown_items(req)
+        if unknown:
+            raise _refusal(INVALID, "unknown checklist items", unknown)
+
+    def _migration_problems(self, req: MigrateRequest) -> tuple[str, list[Unmet]] | None:
+        s = self._state
+        if req.pipeline.name != s.pipeline.name or req.pipeline.version <= s.pipeline.version:
+            return UNCHANGED, []
+        keys = {st["key"] for st in req.pipeline.spec.get("spec", {}).get("stages", [])}
+        if s.stage not in keys:
+            return MIGRATION_REFUSED, [
+                Unmet(
+                    code="stage_missing",
+                    field="stage",
+                    message=f"stage {s.stage!r} does not exist in {req.pipeline.name} v{req.pipeline.version}",
+                )
+            ]
+        return None
+
+    @workflow.update
+    async def migrate_pipeline(self, req: MigrateRequest) -> OpportunityState:
+        """Re-pin to a newer version of the same pipeline (refused if the current stage is gone)."""
+        async with self._lock:
+            problem = self._migration_problems(req)
+            if problem:
+                raise _refusal(problem[0], "pipeline migration not done", problem[1])
+            self._state.pipeline = req.pipeline
+            self._compiled = compile_pipeline(req.pipeline.spec)
+            self._queue("project")
+            return self._state
+
+    @migrate_pipeline.validator
+    def _validate_migration(self, req: MigrateRequest) -> None:
+        problem = self._migration_problems(req)
+        if problem:
+            raise _refusal(problem[0], "pipeline migration not done", problem[1])
+
+    @workflow.signal
+    def domain_event(self, event: DomainEvent) -> None:
+        """A domain event about this opportunity (a redelivery of the same event is ignored)."""
+        s = self._state
+        # one delivery may carry several events (e.g. two Slack buttons): the content is part of the identity
+        source_id = f"{event.source.provider}:{event.source.event_id}:{event.type}:{body_hash(event.data)[:16]}"
+        if source_id in s.seen_events:
+            return
+        s.seen_events = (s.seen_events + [source_id])[-MAX_SEEN_EVENTS:]
+        now = workflow.now()
+        data = event.data
+        if event.type == "document.changed" and data.get("document"):
+            s.documents[data["document"]] = bool(data.get("present", True))
+        elif event.type == "contract.signed":
+            s.documents[data.get("document") or "signed_contract"] = True
+        elif event.type == "slack.action" and isinstance(data.get("approval"), dict):
+            approval = data["approval"]
+            s.approvals[str(approval.get("request") or data.get("action_id") or "approval")] = {
+                "decision": approval.get("decision"),
+                "by": approval.get("by"),
+                "at": now.isoformat(),
+            }
+        record = {"type": event.type, "data": data, "source": event.source.model_dump(), "at": now.isoformat()}
+        s.events = (s.events + [record])[-MAX_EVENTS:]
+        self._queue("event", record)
+
+    @workflow.query
+    def state(self) -> OpportunityState:
+        """The whole current state."""
+        return self._state

@@ -1,0 +1,137 @@
+"""Running rules from inside a workflow: plan, execute each planned action as an activity, record runs.
+
+The plan is an activity (``rules.plan``): it loads the org's *current* rule versions and evaluates
+them with ``rules.engine``. Evaluating in an activity rather than in the workflow means a rule saved
+now applies to every running opportunity at its next event, without signalling workflows or
+carrying rule specs in their inputs; the activity's result (rule name, version, rendered actions) is
+recorded in the history, so replays are deterministic and each run names the version it used.
+
+Each action becomes one activity: provider actions (``slack.post_message``, ...) run through
+``connector.run_action`` on the provider's task queue; ``http.post`` runs as the main-queue activity of
+``activities.http_action``; built-ins the calling workflow handles itself (``opportunity.set_field``,
+``ai.next_action``, ...) are passed in as ``local_actions``, other built-ins are recorded as unavailable.
+Every action gets a deterministic idempotency key ``{key_prefix}/{event}.{trigger}/{rule}/{index}``, so a
+retried or replayed run never repeats a side effect under a new key. A failing action is recorded
+and does not stop the other actions or rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.connector_types import ActionCall, execute_action
+    from activities.rule_types import (
+        ActionOutcome,
+        PlannedActionModel,
+        RecordRunsInput,
+        RulePlan,
+        RulePlanInput,
+        RuleRun,
+    )
+
+PLAN = "rules.plan"
+RECORD_RUNS = "rules.record_runs"
+HTTP_POST = "http.post"
+STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
+HTTP_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=60))
+#: Action namespaces of the hub itself (see ``rules.actions``): never sent to a provider queue.
+BUILTIN_NAMESPACES = frozenset({"opportunity", "ai", "http"})
+
+#: A built-in action handled by the calling workflow: (action, idempotency key) -> output.
+LocalAction = Callable[[PlannedActionModel, str], Awaitable[dict]]
+
+
+def failure_message(exc: BaseException) -> str:
+    """The innermost message of an activity failure (the provider's own error), for the run record."""
+    while isinstance(exc, ActivityError) and exc.cause is not None:
+        exc = exc.cause
+    if isinstance(exc, ApplicationError) and exc.type:
+        return f"{exc.type}: {exc.message}"
+    return str(exc)
+
+
+class RuleRunner:
+    """Plans and runs the rules of one org for events of one subject (the calling workflow's id)."""
+
+    def __init__(self, org_id: str, subject: str, local_actions: dict[str, LocalAction] | None = None) -> None:
+        self.org_id = org_id
+        self.subject = subject
+        self.local_actions = local_actions or {}
+
+    async def run(self, events: list[dict], key_prefix: str) -> list[RuleRun]:
+        """Evaluate the rules for ``events``, run the fired rules' actions in order, record every outcome."""
+        return await self.execute(await self.plan(events), key_prefix)
+
+    async def plan(self, events: list[dict]) -> RulePlan:
+        """What the org's current rules do with ``events`` (activity ``rules.plan``)."""
+        return await workflow.execute_activity(
+            PLAN,
+            RulePlanInput(org_id=self.org_id, events=events),
+            result_type=RulePlan,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=STORE_RETRY,
+        )
+
+    async def execute(self, plan: RulePlan, key_prefix: str) -> list[RuleRun]:
+        """Run a plan's fired actions in order under keys ``{key_prefix}/{event}.{trigger}/{rule}/{index}``;
+        record every outcome (activity ``rules.record_runs``)."""
+        runs: list[RuleRun] = []
+        for outcome in plan.outcomes:
+            key = f"{key_prefix}/{outcome.event}.{outcome.trigger}/{outcome.rule}"
+            actions = []
+            if outcome.fired:
+                for index, action in enumerate(outcome.actions):
+                    actions.append(await self.run_action(action, f"{key}/{index}"))
+            runs.append(
+                RuleRun(
+                    key=key,
+                    trigger=outcome.trigger,
+                    rule=outcome.rule,
+                    version=outcome.version,
+                    fired=outcome.fired,
+                    reason=outcome.reason,
+                    actions=actions,
+                    at=workflow.now(),
+                )
+            )
+        if runs:
+            await workflow.execute_activity(
+                RECORD_RUNS,
+                RecordRunsInput(org_id=self.org_id, subject=self.subject, runs=runs),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=STORE_RETRY,
+            )
+        return runs
+
+    async def run_action(self, action: PlannedActionModel, key: str) -> ActionOutcome:
+        """Run one action under ``key``; a failure is returned as an outcome, never raised."""
+        try:
+            local = self.local_actions.get(action.name)
+            if local is not None:
+                output = await local(action, key)
+            elif action.name == HTTP_POST:  # activities.http_action (main queue; params checked there)
+                output = await workflow.execute_activity(
+                    HTTP_POST,
+                    {"org_id": self.org_id, "params": action.params, "idempotency_key": key},
+                    result_type=dict,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=HTTP_RETRY,
+                )
+            elif action.name.split(".", 1)[0] in BUILTIN_NAMESPACES:
+                return ActionOutcome(
+                    name=action.name, idempotency_key=key, ok=False, error=f"{action.name} is not available here"
+                )
+            else:
+                result = await execute_action(
+                    ActionCall(org_id=self.org_id, action=action.name, params=action.params, idempotency_key=key)
+                )
+                output = result.output
+        except (ActivityError, ApplicationError) as exc:
+            return ActionOutcome(name=action.name, idempotency_key=key, ok=False, error=failure_message(exc))
+        return ActionOutcome(name=action.name, idempotency_key=key, ok=True, output=output)

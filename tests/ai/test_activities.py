@@ -15,7 +15,6 @@ from temporalio.worker import Worker
 
 from activities.ai import AiActivities
 from activities.ai_types import Insight, OpportunityInsightInput, ScoreLeadInput
-from activities.opportunity_types import InsightRequest, InsightResult
 from hub.auth import ensure_org
 from hub.runtime import Hub
 from hub.store.ai import AiInsight
@@ -118,11 +117,11 @@ async def test_deal_risk_and_score_lead(hub: Hub) -> None:
 
 @workflow.defn(sandboxed=False)
 class CallsNextAction:
-    """Calls ``ai.next_action`` the way the OpportunityWorkflow does (its own wire types)."""
+    """Calls ``ai.next_action`` by name, the way the OpportunityWorkflow does."""
 
     @workflow.run
-    async def run(self, req: InsightRequest) -> InsightResult:
-        return await workflow.execute_activity("ai.next_action", req, result_type=InsightResult,
+    async def run(self, req: OpportunityInsightInput) -> Insight:
+        return await workflow.execute_activity("ai.next_action", req, result_type=Insight,
                                                start_to_close_timeout=timedelta(seconds=30))
 
 
@@ -133,7 +132,7 @@ async def test_wire_compatible_with_the_opportunity_workflow(hub: Hub, client: C
                       activities=AiActivities(hub).all()):
         result = await client.execute_workflow(
             CallsNextAction.run,
-            InsightRequest(org_id="acme", opportunity_id="opp-2", opp=OPP, stage="engage", checklist={},
+            OpportunityInsightInput(org_id="acme", opportunity_id="opp-2", opp=OPP, stage="engage", checklist={},
                            events=EVENTS),
             id=f"ai-{uuid.uuid4().hex[:8]}", task_queue=task_queue,
         )

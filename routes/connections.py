@@ -56,6 +56,7 @@ from hub.store.oauth import (
 )
 from hub.store.orgs import record_audit
 from hub.store.secrets import Secret, delete_secrets, put_secret
+from hub.sync_schedules import connection_changed
 from workflows.connection import ConnectionWorkflow
 
 log = logging.getLogger("routes.connections")
@@ -221,7 +222,9 @@ async def create_connection(body: ConnectionCreate, hub: HubDep, key: AdminKey) 
     if client is not None:
         await _first_token(client, hub, conn)
     async with hub.db.session() as session:
-        return await _public(session, hub, await session.get(Connection, conn.id), auth_url)
+        created = await session.get(Connection, conn.id)
+        await connection_changed(hub, created)  # its sync schedules (first runs now if active)
+        return await _public(session, hub, created, auth_url)
 
 
 @router.get("")
@@ -278,6 +281,7 @@ async def delete_connection(connection_id: str, session: SessionDep, hub: HubDep
         await client.get_workflow_handle(connection_workflow_id(conn.org_id, conn.id)).signal(STOP_SIGNAL)
     except (TemporalUnavailable, RPCError):
         pass  # no workflow running (or Temporal away): its next activity finds the connection gone
+    await connection_changed(hub, conn)  # its sync schedules go
     return Response(status_code=204)
 
 
@@ -330,6 +334,7 @@ async def oauth_callback(
     if failure is not None:
         raise failure
     await _start_refreshing(hub, conn)
+    await connection_changed(hub, conn)  # its sync schedules run now
     async with hub.db.session() as session:
         return await _public(session, hub, await session.get(Connection, conn.id))
 

@@ -59,6 +59,7 @@ class Fault:
     times: int
     response: ASGIApp
     method: str | None = None
+    after: int = 0  # matching requests let through before the failure starts
 
 
 @dataclass
@@ -119,16 +120,18 @@ class FakeServer:
             response.headers[name] = value
         self.inject(response, path=path, method=method, times=times)
 
-    def rate_limit(self, retry_after: int, *, path: str | None = None, times: int = 1) -> None:
-        """Answer the next `times` matching requests with the provider's 429 and a Retry-After."""
-        self.inject(self.rate_limit_error(retry_after), path=path, times=times)
+    def rate_limit(self, retry_after: int, *, path: str | None = None, times: int = 1, after: int = 0) -> None:
+        """Answer the next `times` matching requests — after letting `after` through — with the provider's 429
+        and a Retry-After."""
+        self.inject(self.rate_limit_error(retry_after), path=path, times=times, after=after)
 
     def inject(self, response: ASGIApp, *, path: str | None = None, method: str | None = None,
-               times: int = 1) -> None:
-        """Answer the next `times` matching requests with `response` (a Response, or any ASGI callable, which
-        may change the fake's data first — e.g. to simulate a concurrent writer)."""
+               times: int = 1, after: int = 0) -> None:
+        """Answer the next `times` matching requests — after letting `after` through — with `response` (a
+        Response, or any ASGI callable, which may change the fake's data first — e.g. to simulate a concurrent
+        writer)."""
         with self._lock:
-            self.faults.append(Fault(re.compile(path) if path else None, times, response, method))
+            self.faults.append(Fault(re.compile(path) if path else None, times, response, method, after))
 
     def _take_fault(self, method: str, path: str) -> ASGIApp | None:
         with self._lock:
@@ -137,6 +140,9 @@ class FakeServer:
                     continue
                 if fault.method and fault.method != method:
                     continue
+                if fault.after > 0:
+                    fault.after -= 1
+                    return None
                 fault.times -= 1
                 if fault.times <= 0:
                     self.faults.remove(fault)

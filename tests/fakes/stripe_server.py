@@ -5,12 +5,15 @@ Wire format as Stripe's: form-encoded bodies with bracketed nesting (`metadata[k
 replayed with `Idempotent-Replayed: true`; same key + other parameters → 400 `idempotency_error`),
 `Request-Id` on every answer, errors as `{"error": {"type", "code", "message", "param"}}`, 429 with
 `Retry-After`. Lists are `{"object": "list", "data", "has_more", "url"}`, newest first, paginated with
-`limit`/`starting_after`/`ending_before` and filterable by `created[gte|gt|lte|lt]`.
+`limit`/`starting_after`/`ending_before` and filterable by `created[gte|gt|lte|lt]`. `GET /v1/events` lists
+the events recorded with `emit()` (filter `type`, `*` wildcards as Stripe's); `status=all` lists subscriptions
+of every status.
 Point stripe-python at it with `StripeClient(key, base_addresses={"api": fake.url})`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import secrets
@@ -59,7 +62,7 @@ class StripeFake(FakeServer):
     def __init__(self, tokens: tuple[str, ...] = ("sk_test_fake",)) -> None:
         super().__init__(tokens)
         self.objects: dict[str, dict[str, dict[str, Any]]] = {
-            "customers": {}, "invoices": {}, "invoiceitems": {}, "subscriptions": {}}
+            "customers": {}, "invoices": {}, "invoiceitems": {}, "subscriptions": {}, "events": {}}
         self.idempotency: dict[str, tuple[str, dict[str, Any], int, dict[str, Any]]] = {}
         self._clock = CREATED_BASE
 
@@ -95,6 +98,14 @@ class StripeFake(FakeServer):
             self.objects["subscriptions"][sub["id"]] = sub
             out.append(sub)
         return out
+
+    def emit(self, type_: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Record an event (as Stripe would on a change) carrying a snapshot of `obj`; returns it."""
+        event = {"id": self._id("evt"), "object": "event", "api_version": "2024-06-20", "created": self._created(),
+                 "livemode": False, "pending_webhooks": 0, "type": type_, "data": {"object": json.loads(json.dumps(obj))},
+                 "request": {"id": None, "idempotency_key": None}}
+        self.objects["events"][event["id"]] = event
+        return event
 
     def _add_customer(self, params: dict[str, Any]) -> dict[str, Any]:
         customer = {
@@ -162,6 +173,7 @@ class StripeFake(FakeServer):
             Route("/v1/invoices/{id}/send", self.send_invoice, methods=["POST"]),
             Route("/v1/invoiceitems", self.create_invoice_item, methods=["POST"]),
             Route("/v1/subscriptions", self.lister("subscriptions"), methods=["GET"]),
+            Route("/v1/events", self.lister("events"), methods=["GET"]),
         ]
 
     def _auth(self, request: Request) -> Response | None:
@@ -301,8 +313,10 @@ class StripeFake(FakeServer):
                 for op, bound in created.items():
                     items = [o for o in items if ops[op](o["created"], int(bound))]
             for field in ("customer", "status", "email"):
-                if field in q:
+                if field in q and not (field == "status" and q[field] == "all"):
                     items = [o for o in items if o.get(field) == q[field]]
+            if "type" in q:
+                items = [o for o in items if fnmatch.fnmatchcase(o.get("type", ""), q["type"])]
             ids = [o["id"] for o in items]
             if "starting_after" in q:
                 if q["starting_after"] not in ids:

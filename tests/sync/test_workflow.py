@@ -1,0 +1,167 @@
+"""SyncWorkflow against a stand-in pager under the real activity name, with the real store and Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy import select
+from temporalio.client import Client, WorkflowFailureError
+
+from activities.sync import stage
+from activities.sync_types import FetchInput, PageData, RecordData, StoreInput, SyncTarget
+from hub.runtime import Hub
+from hub.store.connections import Connection
+from hub.store.orgs import AuditEntry
+from tests.sync.support import (
+    PagerStandIn,
+    record_count,
+    run_sync,
+    seed_connection,
+    staged_pages,
+    state_of,
+    stored,
+    sync_workers,
+)
+from workflows.sync import SyncWorkflow
+
+MODEL = "stripe.customers"  # a declared model without change events: the pager decides what it holds
+
+
+def customers(n: int, start: int = 0) -> list[dict]:
+    return [{"id": f"cus_{i:04d}", "object": "customer", "name": f"Customer {i}"} for i in range(start, start + n)]
+
+
+def wid() -> str:
+    return f"sync-test-{uuid.uuid4().hex[:10]}"
+
+
+async def test_pages_through_several_pages_with_continue_as_new_then_runs_incrementally(
+    client: Client, hub: Hub
+) -> None:
+    conn = await seed_connection(hub, "stripe")
+    pager = PagerStandIn(hub, customers(23))
+    async with sync_workers(client, hub, "stripe", pager.fetch):
+        summary = await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=5, pages_per_execution=2)
+        assert (summary.pages, summary.records, summary.changed, summary.status) == (5, 23, 23, "completed")
+        # every page fetched exactly once, in order, across three executions (continue-as-new every 2 pages)
+        assert pager.calls == [None, "5", "10", "15", "20"]
+        assert len(await stored(hub, conn, MODEL)) == 23
+        state = await state_of(hub, conn, MODEL)
+        assert (state.state, state.cursor, state.run_pages, state.records_seen) == ("idle", "23", 5, 23)
+        assert state.last_success_at is not None and state.consecutive_failures == 0
+
+        pager.records += customers(3, start=23)
+        pager.records[0] = {**pager.records[0], "name": "renamed"}  # before the cursor: not re-read
+        pager.calls.clear()
+        summary = await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=5)
+        assert pager.calls == ["23"]
+        assert (summary.pages, summary.records, summary.changed) == (1, 3, 3)
+        state = await state_of(hub, conn, MODEL)
+        assert (state.cursor, state.records_seen, state.run_records) == ("26", 26, 3)
+        assert await record_count(hub, conn) == 26
+
+
+async def test_worker_stopped_after_page_2_is_stored_resumes_at_page_3_without_duplicates(
+    client: Client, hub: Hub
+) -> None:
+    conn = await seed_connection(hub, "stripe")
+    data = customers(20)
+    pager = PagerStandIn(hub, data, hold="10")  # page 3 starts at offset 10; it hangs until the worker dies
+    workflow_id = wid()
+    async with sync_workers(client, hub, "stripe", pager.fetch):
+        handle = await client.start_workflow(
+            SyncWorkflow.run, _input(conn, page_size=5), id=workflow_id, task_queue=hub.settings.task_queue)
+        await asyncio.wait_for(pager.holding.wait(), 30)
+        for _ in range(200):  # page 2 is stored (its store runs while page 3 is being fetched)
+            if (await state_of(hub, conn, MODEL)).run_pages == 2:
+                break
+            await asyncio.sleep(0.05)
+    # both workers are gone; the run stands at its stored cursor
+    state = await state_of(hub, conn, MODEL)
+    assert (state.state, state.run_pages, state.cursor, state.run_records) == ("running", 2, "10", 10)
+    assert await record_count(hub, conn) == 10
+
+    restarted = PagerStandIn(hub, data)
+    async with sync_workers(client, hub, "stripe", restarted.fetch):
+        summary = await handle.result()
+    assert restarted.calls == ["10", "15"]  # resumed at page 3; pages 1–2 were not fetched again
+    assert (summary.pages, summary.records, summary.changed) == (4, 20, 20)
+    state = await state_of(hub, conn, MODEL)
+    assert (state.state, state.cursor, state.records_seen, state.records_changed) == ("idle", "20", 20, 20)
+    assert sorted(await stored(hub, conn, MODEL)) == [c["id"] for c in data]
+    assert await staged_pages(hub, conn) == 0
+
+
+async def test_a_run_that_fails_for_good_leaves_the_cursor_for_the_next_run(client: Client, hub: Hub) -> None:
+    conn = await seed_connection(hub, "stripe")
+    data = customers(12)
+    pager = PagerStandIn(hub, data)
+    async with sync_workers(client, hub, "stripe", pager.fetch):
+        await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=5)
+        pager.records += customers(4, start=12)
+        pager.fail = "No such API key"
+        with pytest.raises(WorkflowFailureError):
+            await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=5)
+        state = await state_of(hub, conn, MODEL)
+        assert (state.state, state.cursor, state.consecutive_failures) == ("failing", "12", 1)
+        assert "No such API key" in state.last_error
+        assert await staged_pages(hub, conn) == 0
+        pager.fail = None
+        pager.calls.clear()
+        summary = await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=5)
+    assert pager.calls == ["12"] and summary.records == 4
+    state = await state_of(hub, conn, MODEL)
+    assert (state.state, state.consecutive_failures, state.records_seen) == ("idle", 0, 16)
+
+
+async def test_a_sync_failing_three_runs_in_a_row_marks_the_connection_failed_once(client: Client, hub: Hub) -> None:
+    conn = await seed_connection(hub, "stripe")
+    pager = PagerStandIn(hub, customers(3), fail="Invalid API Key provided: sk_test_****fake")
+    async with sync_workers(client, hub, "stripe", pager.fetch):
+        for _ in range(3):
+            with pytest.raises(WorkflowFailureError):
+                await run_sync(client, hub, conn, MODEL, workflow_id=wid())
+        later = await run_sync(client, hub, conn, MODEL, workflow_id=wid())  # waits for re-authorisation
+    assert (later.status, later.reason) == ("skipped", f"connection {conn.id} is needs_reauth")
+    async with hub.db.session() as session:
+        current = await session.get(Connection, conn.id)
+        failed = (await session.scalars(select(AuditEntry).where(AuditEntry.action == "connection.failed"))).all()
+    assert current.status == "needs_reauth"
+    assert "failed 3 times in a row" in current.last_error and "Invalid API Key" in current.last_error
+    assert len(failed) == 1 and failed[0].target == f"connection/{conn.id}"
+    state = await state_of(hub, conn, MODEL)
+    assert (state.state, state.consecutive_failures) == ("failing", 3)
+    assert len(pager.calls) == 3
+
+
+async def test_storing_a_page_twice_counts_once_and_a_page_off_the_cursor_is_refused(hub: Hub) -> None:
+    from temporalio.exceptions import ApplicationError
+
+    from activities.sync import SyncActivities
+    from activities.sync_types import BeginInput
+
+    conn = await seed_connection(hub, "stripe")
+    acts = SyncActivities(hub)
+    target = SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=MODEL)
+    await acts.begin(BeginInput(target=target, run_id="r1"))
+    fetched = FetchInput(target=target, run_id="r1", cursor=None, page_size=3)
+    page = await stage(hub, fetched, PageData(records=[RecordData(id=c["id"], payload=c) for c in customers(3)],
+                                              next_cursor="3", done=False))
+    first = await acts.store_page(StoreInput(target=target, run_id="r1", page_no=1, cursor=None, page=page))
+    again = await acts.store_page(StoreInput(target=target, run_id="r1", page_no=1, cursor=None, page=page))
+    assert (first.new, first.replayed, again.new, again.replayed) == (3, False, 0, True)
+    state = await state_of(hub, conn, MODEL)
+    assert (state.cursor, state.run_pages, state.records_seen) == ("3", 1, 3)
+    with pytest.raises(ApplicationError, match="does not follow the stored cursor"):
+        await acts.store_page(StoreInput(target=target, run_id="r1", page_no=2, cursor="999", page=page))
+    with pytest.raises(ApplicationError, match="is gone"):  # a staged page is stored once
+        await acts.store_page(StoreInput(target=target, run_id="r1", page_no=2, cursor="3", page=page))
+    assert (await state_of(hub, conn, MODEL)).cursor == "3"
+
+
+def _input(conn: Connection, page_size: int):  # noqa: ANN202
+    from activities.sync_types import SyncInput
+
+    return SyncInput(target=SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=MODEL), page_size=page_size)

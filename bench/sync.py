@@ -35,7 +35,7 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from bench.connectors import achieved, busiest_second  # noqa: E402
 from connectors.catalogue import RateLimit  # noqa: E402
-from hub.runner import temporal_cli  # noqa: E402
+from hub.runner import SINGLE_PARTITION, temporal_cli  # noqa: E402
 from hub.runtime import Hub  # noqa: E402
 from hub.settings import Settings  # noqa: E402
 from hub.store import Database  # noqa: E402
@@ -45,11 +45,6 @@ from tests.fakes.stripe_server import StripeFake  # noqa: E402
 from tests.sync.support import record_count, run_sync, seed_connection, sync_workers  # noqa: E402
 
 MODEL = "stripe.customers"
-# Temporal splits a task queue's max_task_queue_activities_per_second across its partitions (4 by default), so
-# a sequential stream of activities — a sync's page fetches — gets ~55% of the rate on a 4-partition queue.
-# Provider queues are meant to run with one partition (the deployment's dynamic config); so does this server.
-ONE_PARTITION = ["--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-                 "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1"]
 
 
 class LimitedStripe(StripeFake):
@@ -128,7 +123,7 @@ async def sync_through(url: str, tmp: Path, rate: float, page_size: int, headroo
     db = Database(f"sqlite+aiosqlite:///{tmp / 'hub.db'}")
     await db.migrate()
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(),
-                                                dev_server_extra_args=["--log-level", "error", *ONE_PARTITION])
+                                                dev_server_extra_args=["--log-level", "error", *SINGLE_PARTITION])
     try:
         client = await Client.connect(env.client.service_client.config.target_host,
                                       data_converter=data_converter(Vault(parse_keys(keys))))

@@ -19,6 +19,12 @@ from hub.runtime import Hub
 from hub.settings import Settings
 
 PR_SET_PDEATHSIG = 1
+# Temporal splits max_task_queue_activities_per_second across a queue's partitions; with one partition a
+# provider queue can use its whole rate budget (a sync makes one request at a time).
+SINGLE_PARTITION = [
+    "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+    "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
+]  # fmt: skip
 
 
 class StartupError(Exception):
@@ -61,6 +67,7 @@ def start_temporal_dev_server(settings: Settings, port: int) -> subprocess.Popen
         "--db-filename", str(settings.data_dir / "temporal.db"),
         "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(settings.temporal_ui_port),
         "--namespace", settings.temporal_namespace, "--log-level", "warn",
+        *SINGLE_PARTITION,
     ]  # fmt: skip
     return subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=_die_with_parent)  # noqa: PLW1509
 

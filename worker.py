@@ -8,6 +8,7 @@ from temporalio.worker import Worker
 from activities import build_activities
 from activities.connections import ConnectionActivities
 from activities.connector_types import provider_task_queue
+from activities.sync import SyncFetcher
 from connectors.catalogue import catalogue
 from hub.runtime import Hub
 from workflows import WORKFLOWS
@@ -30,13 +31,15 @@ def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> li
 
 def provider_workers(client: Client, main_queue: str, connectors: ConnectionActivities) -> list[Worker]:
     """One worker per catalogue provider on its own task queue (``{main}-{action prefix}``), whose
-    ``connector.run_action`` tasks the server hands out at most at ~90% of the provider's published rate
-    (and which ``connectors`` paces to the same rate within this process, smoothing the server's bursts)."""
+    ``connector.run_action`` and ``sync.fetch_page`` tasks the server hands out at most at ~90% of the
+    provider's published rate (and which ``connectors`` paces to the same rate within this process,
+    smoothing the server's bursts): actions and syncs share the provider's budget."""
+    fetcher = SyncFetcher(connectors)
     return [
         Worker(
             client,
             task_queue=provider_task_queue(main_queue, entry.action_prefix),
-            activities=[connectors.run_action],
+            activities=[connectors.run_action, fetcher.fetch_page],
             max_task_queue_activities_per_second=connectors.limit(entry).queue_per_second,
         )
         for entry in catalogue().providers.values()

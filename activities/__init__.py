@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from activities.ai import AiActivities
+from activities.connections import ConnectionActivities
+from activities.http_action import HttpActions
+from activities.opportunities import OpportunityActivities
+from activities.rule_runs import RuleActivities
+from activities.sync import SyncActivities
+from activities.webhooks import WebhookActivities
 from hub.runtime import Hub
 
 
 def build_activities(hub: Hub) -> list[Callable]:
     """The activities of the main task queue, bound to the runtime's dependencies."""
-    return []
+    opportunities, rules = OpportunityActivities(hub), RuleActivities(hub)
+    webhooks = WebhookActivities(hub)
+    return [opportunities.prepare, opportunities.project, opportunities.send_crm_event, rules.plan, rules.record_runs,
+            webhooks.complete_event, webhooks.fail_event, *ConnectionActivities(hub).lifecycle(),
+            HttpActions.from_hub(hub).post, *SyncActivities(hub).main_queue(), *AiActivities(hub).all()]

@@ -1,3 +1,8 @@
 """Deterministic Temporal workflows. ``WORKFLOWS`` is what the worker registers."""
 
-WORKFLOWS: list[type] = []
+from workflows.connection import ConnectionWorkflow
+from workflows.opportunity import OpportunityWorkflow
+from workflows.sync import SyncWorkflow
+from workflows.webhook_event import WebhookEventWorkflow
+
+WORKFLOWS: list[type] = [OpportunityWorkflow, WebhookEventWorkflow, ConnectionWorkflow, SyncWorkflow]

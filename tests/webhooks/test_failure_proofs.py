@@ -1,0 +1,229 @@
+"""Failure proofs: Temporal down during a burst, the API killed after acknowledging, concurrent duplicates,
+several relays at once. "Processed" is observed where it matters: the opportunity workflow's signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import func, select
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.rule_runs import RuleActivities
+from activities.webhooks import WebhookActivities
+from api import create_app
+from hub.runner import temporal_cli
+from hub.runtime import Hub
+from hub.store.inbox import WebhookEvent
+from hub.temporal import data_converter
+from tests.conftest import shared_data
+from tests.webhooks.conftest import (
+    ORG,
+    RUNNER,
+    inbox_rows,
+    make_connection,
+    post_signed,
+    wait_until,
+    webhook_worker,
+)
+from tests.webhooks.standins import OpportunityStandIn
+from webhooks.relay import Relay
+from workflows.webhook_event import WebhookEventWorkflow
+
+
+def _event(n: int, opportunity_id: str | None) -> bytes:
+    doc = json.loads(shared_data("webhooks", "stripe", "invoice.paid.json").read_bytes())
+    doc["id"] = f"evt_burst_{n:05d}"
+    doc["data"]["object"]["metadata"] = {"opportunity_id": opportunity_id} if opportunity_id else {}
+    return json.dumps(doc).encode()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _start_server(port: int) -> WorkflowEnvironment:
+    return await WorkflowEnvironment.start_local(
+        port=port, dev_server_existing_path=temporal_cli(), dev_server_extra_args=["--log-level", "error"]
+    )
+
+
+async def _all_received(client: Client, opps: list[str]) -> list[dict]:
+    out = []
+    for opp in opps:
+        out += await client.get_workflow_handle(f"opportunity/{ORG}/{opp}").query(OpportunityStandIn.received)
+    return out
+
+
+async def _done(hub: Hub, n: int) -> bool:
+    async with hub.db.session() as session:
+        done = await session.scalar(select(func.count()).where(WebhookEvent.status == "done"))
+    return done == n
+
+
+@asynccontextmanager
+async def _app(hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
+    """One API process (its own intake and group-commit writer), without its relay."""
+    app = create_app(hub)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub.test") as http:
+        yield http
+
+
+async def test_1000_events_posted_while_temporal_is_down_are_processed_exactly_once(
+    hub: Hub, task_queue: str
+) -> None:
+    port, opps = _free_port(), [f"{task_queue}-{i}" for i in range(10)]  # unique on the shared server
+    relay_hub = Hub(settings=hub.settings, db=hub.db, vault=hub.vault, temporal_address=f"127.0.0.1:{port}")
+    relay = Relay(relay_hub, task_queue=task_queue, batch=200, concurrency=32)
+    server = await _start_server(port)
+    await relay_hub.temporal()  # the relay knows Temporal, then Temporal goes away
+    await server.shutdown()
+
+    con = await make_connection(hub, "stripe")
+    started = time.monotonic()
+    async with _app(hub) as api:
+        for chunk in range(0, 1000, 50):
+            answers = await asyncio.gather(*(
+                post_signed(api, hub, "stripe", con, _event(n, opps[n % 10]), "application/json")
+                for n in range(chunk, chunk + 50)
+            ))  # fmt: skip
+            assert all(r.status_code == 200 and r.json()["accepted"] == 1 for r in answers)
+    assert time.monotonic() - started < 60  # acceptance never waited for Temporal
+    for _ in range(3):
+        await relay.run_once()  # Temporal is down: rows are released, none is lost
+        await asyncio.sleep(0.2)
+    rows = await inbox_rows(hub)
+    assert len(rows) == 1000 and {r.status for r in rows} == {"pending"}
+
+    server = await _start_server(port)  # Temporal is back, same address
+    try:
+        client = await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter(hub.vault))
+        async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,)):
+            for opp in opps:
+                await client.start_workflow(OpportunityStandIn.run, id=f"opportunity/{ORG}/{opp}", task_queue=task_queue)
+            relay._backoff = 0.0  # noqa: SLF001 - do not sit out the back-off the outage earned
+            runner = asyncio.create_task(relay.run())
+            await wait_until(lambda: _done(relay_hub, 1000), timeout=240, every=0.5)
+            relay.stop()
+            await runner
+            received = await _all_received(client, opps)
+    finally:
+        await server.shutdown()
+    ids = Counter(e["source"]["event_id"] for e in received)
+    assert len(ids) == 1000 and set(ids.values()) == {1}
+    assert {e["data"]["opportunity_id"] for e in received} == set(opps)
+
+
+async def test_event_acknowledged_by_an_api_that_then_dies_is_still_processed(
+    hub: Hub, client: Client, task_queue: str
+) -> None:
+    con = await make_connection(hub, "stripe")
+    async with _app(hub) as dying_api:
+        for n in range(5):
+            r = await post_signed(dying_api, hub, "stripe", con, _event(n, f"{task_queue}-0"), "application/json")
+            assert r.status_code == 200
+    dead_relay = Relay(hub, task_queue=task_queue, lease=timedelta(seconds=1))
+    async with hub.db.session() as session:  # the dying process had leased the rows, then vanished
+        from hub.store import inbox
+
+        assert len(await inbox.claim(session, dead_relay.owner, 100, dead_relay.lease)) == 5
+    fresh = Relay(hub, task_queue=task_queue)
+    assert await fresh.run_once() == 0  # leased by the dead process...
+    await asyncio.sleep(1.1)  # ...until its lease runs out
+    async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,)):
+        await client.start_workflow(OpportunityStandIn.run, id=f"opportunity/{ORG}/{task_queue}-0", task_queue=task_queue)
+        await fresh.drain()
+        await wait_until(lambda: _done(hub, 5))
+        received = await _all_received(client, [f"{task_queue}-0"])
+    assert sorted(e["source"]["event_id"] for e in received) == [f"evt_burst_{n:05d}" for n in range(5)]
+
+
+async def test_same_event_delivered_3x_concurrently_is_processed_once(
+    hub: Hub, client: Client, task_queue: str
+) -> None:
+    con = await make_connection(hub, "stripe")
+    body = _event(1, f"{task_queue}-1")
+    async with _app(hub) as a, _app(hub) as b, _app(hub) as c:
+        same_process = await asyncio.gather(*(post_signed(a, hub, "stripe", con, body, "application/json")
+                                              for _ in range(3)))
+        body2 = _event(2, f"{task_queue}-1")
+        three_processes = await asyncio.gather(*(post_signed(x, hub, "stripe", con, body2, "application/json")
+                                                 for x in (a, b, c)))
+    for answers in (same_process, three_processes):
+        assert [r.status_code for r in answers] == [200, 200, 200]
+        assert sorted(r.json()["accepted"] for r in answers) == [0, 0, 1]
+    assert len(await inbox_rows(hub)) == 2
+    async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,)):
+        await client.start_workflow(OpportunityStandIn.run, id=f"opportunity/{ORG}/{task_queue}-1", task_queue=task_queue)
+        await asyncio.gather(Relay(hub, task_queue=task_queue).drain(), Relay(hub, task_queue=task_queue).drain())
+        await wait_until(lambda: _done(hub, 2))
+        received = await _all_received(client, [f"{task_queue}-1"])
+    assert sorted(e["source"]["event_id"] for e in received) == ["evt_burst_00001", "evt_burst_00002"]
+
+
+class CountingRelay(Relay):
+    """A relay that notes every workflow start it makes."""
+
+    starts: Counter = Counter()
+
+    async def _start_one(self, client, w, down):  # noqa: ANN001, ANN202
+        CountingRelay.starts[w.row.id] += 1
+        return await super()._start_one(client, w, down)
+
+
+async def test_several_relays_never_relay_a_row_twice(hub: Hub, client: Client, task_queue: str) -> None:
+    con = await make_connection(hub, "stripe")
+    async with _app(hub) as api:
+        for chunk in range(0, 300, 50):
+            await asyncio.gather(*(post_signed(api, hub, "stripe", con, _event(n, f"{task_queue}-2"), "application/json")
+                                   for n in range(chunk, chunk + 50)))
+    CountingRelay.starts = Counter()
+    relays = [CountingRelay(hub, task_queue=task_queue, batch=25) for _ in range(3)]
+    await asyncio.gather(*(r.drain() for r in relays))
+    assert len(CountingRelay.starts) == 300 and set(CountingRelay.starts.values()) == {1}
+    rows = await inbox_rows(hub)
+    assert {r.status for r in rows} == {"relayed"}
+
+
+async def test_relayed_workflows_survive_a_temporal_restart(hub: Hub, task_queue: str, tmp_path) -> None:  # noqa: ANN001
+    port, db_file = _free_port(), str(tmp_path / "temporal.db")
+    relay_hub = Hub(settings=hub.settings, db=hub.db, vault=hub.vault, temporal_address=f"127.0.0.1:{port}")
+    con = await make_connection(hub, "stripe")
+    async with _app(hub) as api:
+        for n in range(20):
+            await post_signed(api, hub, "stripe", con, _event(n, f"{task_queue}-3"), "application/json")
+    server = await WorkflowEnvironment.start_local(
+        port=port, dev_server_existing_path=temporal_cli(), dev_server_database_filename=db_file,
+        dev_server_extra_args=["--log-level", "error"],
+    )  # fmt: skip
+    client = await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter(hub.vault))
+    await client.start_workflow(OpportunityStandIn.run, id=f"opportunity/{ORG}/{task_queue}-3", task_queue=task_queue)
+    await Relay(relay_hub, task_queue=task_queue).drain()  # started; no worker yet
+    assert {r.status for r in await inbox_rows(hub)} == {"relayed"}
+    await server.shutdown()
+    server = await WorkflowEnvironment.start_local(
+        port=port, dev_server_existing_path=temporal_cli(), dev_server_database_filename=db_file,
+        dev_server_extra_args=["--log-level", "error"],
+    )  # fmt: skip
+    try:
+        client = await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter(hub.vault))
+        hooks, rules = WebhookActivities(hub), RuleActivities(hub)
+        async with Worker(client, task_queue=task_queue, workflows=[WebhookEventWorkflow, OpportunityStandIn],
+                          activities=[hooks.complete_event, hooks.fail_event, rules.plan, rules.record_runs],
+                          workflow_runner=RUNNER):
+            await wait_until(lambda: _done(hub, 20), timeout=120)
+            received = await _all_received(client, [f"{task_queue}-3"])
+    finally:
+        await server.shutdown()
+    assert sorted(e["source"]["event_id"] for e in received) == [f"evt_burst_{n:05d}" for n in range(20)]

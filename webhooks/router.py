@@ -1,0 +1,147 @@
+"""``POST /webhooks/{provider}/{connection_id}``: verify, store in the inbox, acknowledge.
+
+Order of business, each step with one job (as bolt's middleware):
+1. the connection (404 if unknown or not this provider's), 2. the Graph ``validationToken``
+handshake, 3. the signature over the raw bytes (401 with the reason; nothing stored), 4. the Slack
+``url_verification`` handshake, 5. the events of the delivery committed to the inbox (group
+commit) — only then the 2xx. Temporal is never waited for: the relay takes it from there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy.exc import SQLAlchemyError
+
+from connectors.events import MalformedEvent, slack_payload, split_delivery
+from connectors.signing import SignatureError
+from hub.problems import problem_response
+from hub.runtime import Hub
+from hub.store.inbox import NewEvent
+from webhooks import metrics
+from webhooks.inbox import CredentialCache, InboxWriter
+from webhooks.receivers import Delivery, graph_validation_token, safe_headers, scheme_for, verify
+
+log = logging.getLogger("hub.webhooks")
+router = APIRouter(tags=["webhooks"])
+MAX_VALIDATION_TOKEN = 2048
+
+
+class Intake:
+    """Per-app webhook intake state: the credential cache, the group-commit writer, the relay's wake-up."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.credentials = CredentialCache(hub.db, hub.vault)
+        self.writer = InboxWriter(hub.db)
+        self.listeners: list[Callable[[], None]] = []
+
+    def notify(self) -> None:
+        """Tell in-process relays that new rows are waiting."""
+        for listener in self.listeners:
+            listener()
+
+
+def app_intake(app: FastAPI) -> Intake:
+    """The app's intake, created on first use."""
+    if getattr(app.state, "webhook_intake", None) is None:
+        app.state.webhook_intake = Intake(app.state.hub)
+    return app.state.webhook_intake
+
+
+def intake(request: Request) -> Intake:
+    """The intake of the app serving ``request``."""
+    return app_intake(request.app)
+
+
+def _public_url(hub: Hub, request: Request) -> str:
+    """This endpoint's URL as the provider knows it (``HUB_PUBLIC_URL`` + path), without the query."""
+    base = hub.settings.public_url
+    return f"{base.rstrip('/')}{request.url.path}" if base else str(request.url.replace(query=""))
+
+
+def _reject(provider: str, status: int, reason: str, detail: str) -> Response:
+    metrics.REJECTED.labels(provider, reason).inc()
+    return problem_response(status, detail, reason=reason)
+
+
+@router.post("/webhooks/{provider}/{connection_id}", include_in_schema=True)
+async def receive(provider: str, connection_id: str, request: Request) -> Response:
+    """Receive one provider delivery for one connection."""
+    scheme = scheme_for(provider)
+    if scheme is None:  # not a provider with webhooks: counted under one label, whatever the path says
+        metrics.RECEIVED.labels("unknown").inc()
+        return _reject("unknown", 404, "unknown_provider", f"provider {provider!r} sends no webhooks here")
+    metrics.RECEIVED.labels(provider).inc()
+    box = intake(request)
+    creds, _ = await box.credentials.get(connection_id)
+    if creds is None or creds.provider != provider or creds.status == "disabled":
+        return _reject(provider, 404, "unknown_connection", f"no {provider} connection {connection_id!r}")
+
+    query = dict(request.query_params)
+    if scheme == "microsoft" and (token := graph_validation_token(query)) is not None:
+        if len(token) > MAX_VALIDATION_TOKEN:
+            return _reject(provider, 400, "malformed_request", "validationToken too long")
+        return PlainTextResponse(token, headers={"X-Content-Type-Options": "nosniff"})
+
+    body = await request.body()
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    delivery = Delivery(body, headers, query, request.method, _public_url(box.hub, request))
+    try:
+        verify(scheme, delivery, creds)
+    except SignatureError as first:
+        fresh, reloaded = await box.credentials.get(connection_id, reload=True)
+        error: SignatureError | None = first
+        if reloaded and fresh is not None:
+            try:
+                verify(scheme, delivery, fresh)
+                error = None
+            except SignatureError as again:
+                error = again
+        if error is not None:
+            log.info("webhook rejected: %s %s %s", provider, connection_id, error.reason)
+            return _reject(provider, 401, error.reason, error.detail)
+    metrics.VERIFIED.labels(provider).inc()
+
+    if scheme == "slack" and (handshake := _slack_challenge(body, headers)) is not None:
+        return JSONResponse({"challenge": handshake})
+
+    try:
+        parts = split_delivery(scheme, body, headers)
+    except MalformedEvent as exc:
+        return _reject(provider, 400, "malformed_event", str(exc))
+    kept = safe_headers(headers)
+    new = [
+        NewEvent(creds.org_id, creds.connection_id, provider, p.event_id, p.type, kept, p.body, p.content_type)
+        for p in parts
+    ]
+    try:
+        flags = await box.writer.submit(new)
+    except (SQLAlchemyError, OSError):
+        log.exception("webhook inbox write failed: %s %s", provider, connection_id)
+        return problem_response(503, "the inbox cannot be written right now; retry", headers={"Retry-After": "5"})
+    accepted = sum(flags)
+    metrics.ACCEPTED.labels(provider).inc(accepted)
+    if accepted < len(flags):
+        metrics.DUPLICATES.labels(provider).inc(len(flags) - accepted)
+    if accepted:
+        box.notify()
+    if scheme == "slack":
+        return Response(status_code=200)  # Slack wants an empty 200 (a JSON body means something to it)
+    status = 202 if scheme == "microsoft" else 200
+    return JSONResponse({"accepted": accepted, "duplicates": len(flags) - accepted}, status_code=status)
+
+
+def _slack_challenge(body: bytes, headers: dict[str, str]) -> str | None:
+    """The challenge of a (verified) Slack ``url_verification`` request, else None."""
+    if b"url_verification" not in body:
+        return None
+    try:
+        doc = slack_payload(body, headers.get("content-type", ""))
+    except MalformedEvent:
+        return None
+    challenge = doc.get("challenge") if doc.get("type") == "url_verification" else None
+    return None if challenge is None else str(challenge)

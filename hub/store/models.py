@@ -1,9 +1,13 @@
 """Imports every table module so that ``Base.metadata`` knows the whole schema."""
 
-from hub.store import connections, orgs, secrets  # noqa: F401
-from hub.store import opportunities  # noqa: F401
-from hub.store import inbox  # noqa: F401
-from hub.store import resources  # noqa: F401
-from hub.store import sync  # noqa: F401
-from hub.store import oauth  # noqa: F401
-from hub.store import ai  # noqa: F401
+from hub.store import (  # noqa: F401
+    ai,  # noqa: F401
+    connections,
+    inbox,  # noqa: F401
+    oauth,  # noqa: F401
+    opportunities,  # noqa: F401
+    orgs,
+    resources,  # noqa: F401
+    secrets,
+    sync,  # noqa: F401
+)

@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import func, select
 from temporalio.client import Client
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.rule_runs import RuleActivities
 from activities.webhooks import WebhookActivities
@@ -24,14 +23,11 @@ from hub.store.secrets import put_secret
 from webhooks.cli import signed_request
 from webhooks.inbox import CredentialCache
 from webhooks.receivers import scheme_for
+from worker import WORKFLOW_RUNNER
 from workflows.webhook_event import WebhookEventWorkflow
 
 ORG = "acme"
-#: The sandbox re-executes every non-passthrough workflow module for each new workflow run; passing the
-#: hub's own (deterministic) packages through lifts a one-worker rate from ~7 to ~23 short workflows/s here.
-RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows", "activities", "rules", "hub")
-)
+RUNNER = WORKFLOW_RUNNER
 SECRET = "whsec_test_secret"
 
 

@@ -221,6 +221,7 @@ class FakeServer:
         """Stop the server and wait for its thread."""
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
+            self._server.force_exit = True  # do not wait for clients' idle keep-alive connections
             self._thread.join(timeout=10)
         self._server = self._thread = None
 

@@ -173,11 +173,11 @@ async def test_scheduled_refresh_ahead_of_expiry(client: Client, hub: Hub, idp: 
             id=connection_workflow_id(conn.org_id, conn.id), task_queue=hub.settings.task_queue,
         )
         await handle.execute_update(FRESH_TOKEN_UPDATE, TokenRequest(seen_version=1), result_type=TokenState)
-        for _ in range(100):
-            if len(idp.token_calls) >= 2:
+        for _ in range(100):  # the scheduled refresh is stored, not just requested
+            state = await handle.query(ConnectionWorkflow.status)
+            if state.version >= 3:
                 break
             await asyncio.sleep(0.1)
-        state = await handle.query(ConnectionWorkflow.status)
         await handle.signal(ConnectionWorkflow.stop)
     assert idp.token_calls[:2] == ["refresh_token", "refresh_token"]
     assert state.version >= 3

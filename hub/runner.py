@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import shutil
 import signal
 import socket
@@ -91,6 +92,8 @@ async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_r
     from api import create_app
     from worker import build_workers
 
+    gc.collect()
+    gc.freeze()  # everything imported so far is long-lived: keep it out of the collector's generations
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -25,7 +25,6 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.opportunities import crm_signing_secret
 from activities.opportunity_types import (
     Actor,
     ChecklistRequest,
@@ -344,10 +343,3 @@ async def metrics(name: str, session: SessionDep, key: ReaderKey) -> dict:
     stages = [s["key"] for s in stages_of(_pinned(newest))]
     return await pipeline_metrics(session, key.org_id, name, stages)
 
-
-@router.post("/v1/orgs/{org_id}/crm-signing-secret", tags=["orgs"])
-async def rotate_crm_secret(org_id: str, hub: HubDep, key: AdminKey) -> dict:
-    """Create a new secret for signing CRM callbacks and show it once (the old one stops signing)."""
-    if org_id != key.org_id:
-        raise Problem(404, f"org {org_id!r} not found")
-    return {"secret": await crm_signing_secret(hub, org_id, rotate=True), "header": "FulQrun-Signature"}

@@ -1,4 +1,4 @@
-"""``/v1/orgs/{id}``: the caller's own org and its settings (CRM callback, feature flags)."""
+"""``/v1/orgs/{id}``: the caller's own org and its settings (CRM callback and its signing secret, feature flags)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import AnyHttpUrl, BaseModel
 
-from hub.deps import AdminKey, ReaderKey, SessionDep
+from activities.opportunities import crm_signing_secret
+from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
 from hub.problems import Problem
 from hub.store.orgs import Org, record_audit
 
@@ -56,3 +57,12 @@ async def update_org(org_id: str, body: OrgUpdate, session: SessionDep, key: Adm
         setattr(org, field, value)
     await record_audit(session, org.id, key.key_id, "org.updated", f"org/{org.id}", changes)
     return OrgPublic.model_validate(org, from_attributes=True)
+
+
+@router.post("/{org_id}/crm-signing-secret")
+async def rotate_crm_secret(org_id: str, hub: HubDep, session: SessionDep, key: AdminKey) -> dict:
+    """Create a new secret for signing CRM callbacks and show it once (the old one stops signing)."""
+    org = await _own_org(session, org_id, key.org_id)
+    secret = await crm_signing_secret(hub, org.id, rotate=True)
+    await record_audit(session, org.id, key.key_id, "org.crm_signing_secret_rotated", f"org/{org.id}", {})
+    return {"secret": secret, "header": "FulQrun-Signature"}

@@ -23,6 +23,22 @@ POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL")
 SHARED_DATA = Path(os.environ.get("HUB_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 DB_BACKENDS = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
+#: The storage tests: what they check depends on the SQL engine (constraints, upserts, row claims under
+#: concurrency, compare-and-set token versions, encrypted columns, backup). They run on every backend in
+#: DB_BACKENDS; the rest exercise the API and workflows above the store and run on SQLite only.
+BOTH_DATABASES = {
+    "tests/hub/test_backup.py",
+    "tests/hub/test_opportunity_store.py",
+    "tests/hub/test_secret_canary.py",
+    "tests/hub/test_vault.py",
+    "tests/routes/test_idempotency.py",
+    "tests/rules/test_store.py",
+    "tests/sync/test_store.py",
+    "tests/sync/test_workflow.py",
+    "tests/webhooks/test_failure_proofs.py",
+    "tests/webhooks/test_relay.py",
+    "tests/workflows/test_connection.py",
+}
 
 
 def shared_data(*parts: str) -> Path:
@@ -83,7 +99,14 @@ async def _drop_postgres(db: Database) -> None:
     await admin.dispose()
 
 
-@pytest.fixture(params=DB_BACKENDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``db`` (wherever a test uses it, directly or through ``hub``) by backend."""
+    if "db" in metafunc.fixturenames:
+        module = Path(metafunc.definition.fspath).relative_to(Path(__file__).parents[1]).as_posix()
+        metafunc.parametrize("db", DB_BACKENDS if module in BOTH_DATABASES else ["sqlite"], indirect=True)
+
+
+@pytest.fixture
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     """A migrated database: SQLite in a temp dir, and PostgreSQL where HUB_TEST_POSTGRES_URL is set."""
     if request.param == "sqlite":

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+from sqlalchemy import select
 
+from activities.opportunities import crm_signing_secret
 from hub.auth import create_key
 from hub.runtime import Hub
+from hub.store.orgs import AuditEntry
 from tests.conftest import bearer
 
 
@@ -72,3 +75,18 @@ async def test_health_and_readiness_need_no_key(api: httpx.AsyncClient) -> None:
     r = await api.get("/readyz")
     assert r.status_code == 200, r.text
     assert r.json()["checks"] == {"database": "ok", "temporal": "ok"}
+
+
+async def test_crm_signing_secret_rotates_for_admins_of_the_org_only_and_is_audited(
+    api: httpx.AsyncClient, hub: Hub, admin_key: str
+) -> None:
+    first = (await api.post("/v1/orgs/acme/crm-signing-secret", headers=bearer(admin_key))).json()
+    second = (await api.post("/v1/orgs/acme/crm-signing-secret", headers=bearer(admin_key))).json()
+    assert first["header"] == "FulQrun-Signature" and first["secret"] != second["secret"]
+    assert await crm_signing_secret(hub, "acme") == second["secret"]  # the newest one signs
+    async with hub.db.session() as s:
+        viewer = await create_key(s, "acme", "viewer")
+        actions = (await s.scalars(select(AuditEntry.action).where(AuditEntry.org_id == "acme"))).all()
+    assert actions.count("org.crm_signing_secret_rotated") == 2
+    assert (await api.post("/v1/orgs/acme/crm-signing-secret", headers=bearer(viewer))).status_code == 403
+    assert (await api.post("/v1/orgs/globex/crm-signing-secret", headers=bearer(admin_key))).status_code == 404

@@ -28,6 +28,9 @@ SINGLE_PARTITION = [
 ]  # fmt: skip
 
 
+SHUTDOWN_GRACE_SECONDS = 30.0  # for running activities and open requests to finish before they are cancelled
+
+
 class StartupError(Exception):
     """A one-line reason the hub cannot start (port in use, Temporal missing, ...)."""
 
@@ -87,6 +90,16 @@ async def wait_for_temporal(address: str, namespace: str, timeout: float = 30) -
             await asyncio.sleep(0.3)
 
 
+async def stop_within(tasks: list[asyncio.Task], grace: float) -> list[object]:
+    """Wait up to ``grace`` seconds for ``tasks`` to finish, cancel what is left, and return every task's
+    result or exception (so a component that hangs on shutdown cannot keep the process alive)."""
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_ready=None) -> None:  # noqa: ANN001
     """Run the API and/or the worker in this event loop until SIGINT/SIGTERM."""
     from api import create_app
@@ -119,9 +132,9 @@ async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_r
     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     if server:
         server.should_exit = True
-    await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
-    results = await asyncio.gather(*tasks, return_exceptions=True)
     stopper.cancel()
-    for result in results:
+    shutdowns = [asyncio.create_task(w.shutdown()) for w in workers]
+    results = await stop_within(shutdowns + tasks, SHUTDOWN_GRACE_SECONDS)
+    for result in results[len(shutdowns):]:
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             raise StartupError(f"a component stopped: {result}")

@@ -17,7 +17,6 @@ from hub.runtime import Hub
 def build_activities(hub: Hub) -> list[Callable]:
     """The activities of the main task queue, bound to the runtime's dependencies."""
     opportunities, rules = OpportunityActivities(hub), RuleActivities(hub)
-    webhooks = WebhookActivities(hub)
     return [opportunities.prepare, opportunities.project, opportunities.send_crm_event, rules.plan, rules.record_runs,
-            webhooks.complete_event, webhooks.fail_event, *ConnectionActivities(hub).lifecycle(),
+            *WebhookActivities(hub).all(), *ConnectionActivities(hub).lifecycle(),
             HttpActions.from_hub(hub).post, *SyncActivities(hub).main_queue(), *AiActivities(hub).all()]

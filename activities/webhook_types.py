@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
+
+MATCH_DOCUMENT = "webhooks.match_document"
+SYNC_NOW = "webhooks.sync_now"
+
+#: Provider work an event asks for before it is signalled (see ``webhooks.relay.follow_up``).
+FollowUp = Literal["renew_subscription", "create_subscription", "sync_documents", "locate_document"]
 
 
 class MappedEvent(BaseModel):
-    """One domain event of an inbox event, as mapped by ``connectors.events``."""
+    """One domain event of an inbox event, as mapped by ``connectors.events``, and the work it asks for."""
 
     type: str
     opportunity_id: str | None = None
     data: dict = Field(default_factory=dict)
+    follow_up: FollowUp | None = None
 
 
 class WebhookEventInput(BaseModel):
@@ -24,6 +33,7 @@ class WebhookEventInput(BaseModel):
     event_id: str
     event_type: str
     events: list[MappedEvent] = Field(default_factory=list)
+    webhook_url: str | None = Field(default=None, description="where the connection's provider posts (Graph subscriptions)")
 
 
 class EventOutcome(BaseModel):
@@ -34,6 +44,7 @@ class EventOutcome(BaseModel):
     signalled: bool = False
     note: str = ""
     rules_fired: list[str] = Field(default_factory=list)
+    follow_up: dict | None = None  # what the event's follow-up did (kind and its result)
 
 
 class CompleteEventInput(BaseModel):
@@ -51,3 +62,26 @@ class FailEventInput(BaseModel):
     inbox_id: str
     generation: int
     error: str
+
+
+class DocumentMatchInput(BaseModel):
+    """A changed file under an opportunity's folder: which required document is it?"""
+
+    org_id: str
+    opportunity_id: str
+    path: str = Field(description="below the opportunity's folder, e.g. '03 Acquire/Proposal/Acme - Proposal.docx'")
+
+
+class DocumentMatch(BaseModel):
+    """Whether the opportunity is known to the hub and the required document the file is (if any)."""
+
+    known: bool
+    document: str | None = None
+
+
+class SyncNowInput(BaseModel):
+    """Run one sync of a connection now."""
+
+    org_id: str
+    connection_id: str
+    model: str

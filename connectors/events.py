@@ -17,17 +17,24 @@ Domain event mapping (the first column is the provider's signing scheme / event 
 | docusign | envelope completed (JSON ``envelope-completed`` or legacy XML ``Status=Completed``) | ``contract.signed`` | envelope custom field ``opportunity_id`` |
 | gong | a call (``callData.metaData.id``) | ``call.recorded`` | the CRM context object of type ``Opportunity`` |
 | slack | ``block_actions`` (a button) | ``slack.action`` (+ ``approval`` when it is an approve/reject button) | the button value's ``opportunity_id`` |
-| microsoft | change notification on a driveItem or a SharePoint list | ``document.changed`` | — |
+| microsoft | change notification on a driveItem or a SharePoint list | ``document.changed`` | — (the item's folder, ``Opportunities/{id}/…``, found by the event's processing) |
 | microsoft | lifecycle notification | ``graph.lifecycle`` | — |
 | generic | any event with a ``type`` | that type, verbatim | ``data.opportunity_id`` |
 
 Everything else is ignored with a stated reason (``Mapped.ignored``).
+
+A Graph ``document.changed`` says which drive item changed when the notification names one
+(``drives/{drive}/items/{item}``, as the SharePoint documents sync writes them: ``item_id``, ``drive_id``), or
+that something under a drive's root changed (``drive_root``: what Graph's own driveItem notifications say;
+the item is found by a delta query). What the hub then does (locate the item, renew a subscription, run the
+sync) is decided by the relay and done by ``WebhookEventWorkflow``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
@@ -465,6 +472,17 @@ def _map_gong(event_type: str, doc: object) -> Mapped:
 
 
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
+#: ``drives/{drive}/items/{item}``, ``/drive/root``, ``sites/{site}/drive/root``, ``/me/drive/items/{item}``...
+DRIVE_RESOURCE = re.compile(r"(?:^|/)(?:drives/(?P<drive>[^/]+)|drive)/(?:items/(?P<item>[^/]+)|(?P<root>root))/?$",
+                            re.IGNORECASE)
+
+
+def _drive_target(resource: str, resource_data: dict) -> dict:
+    """Which drive and item a driveItem notification is about; ``drive_root`` when it names no item."""
+    found = DRIVE_RESOURCE.search(resource)
+    drive = found["drive"] if found else None
+    item = (found["item"] if found else None) or resource_data.get("id")
+    return {"drive_id": drive, "item_id": item, "drive_root": bool(found and found["root"]) and not item}
 
 
 def _map_graph(note: dict) -> Mapped:
@@ -488,6 +506,8 @@ def _map_graph(note: dict) -> Mapped:
         "site_url": note.get("siteUrl"),
         "web_id": note.get("webId"),
     }
+    if is_drive:
+        data.update(_drive_target(resource, note.get("resourceData") or {}))
     return Mapped(events=[DomainEvent(type="document.changed", data=data)])
 
 

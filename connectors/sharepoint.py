@@ -13,6 +13,20 @@ Both actions are idempotent, so a retried or re-run activity never creates anyth
 Paths are relative to the drive (document library) root, ``/``-separated; characters SharePoint forbids
 in names (``" * : < > ? \\ |``) become ``-`` and trailing dots/spaces are dropped, so an opportunity name
 can go straight into a path. The drive is ``config.drive_id`` (or the ``drive_id`` param).
+
+Change notifications (Graph subscriptions on the drive's root, ``changeType`` ``updated``):
+
+* ``sharepoint.create_subscription`` subscribes ``notification_url`` (also the ``lifecycleNotificationUrl``)
+  with the connection's newest ``client_state`` secret as ``clientState``. Idempotent: a subscription of this
+  app on the same drive and URL found in ``GET /subscriptions`` is renewed instead of making a second one.
+* ``sharepoint.renew_subscription`` moves a subscription's ``expirationDateTime`` out (``PATCH``); Graph's 404
+  means the subscription is gone, so a new one is created.
+* ``sharepoint.get_item`` says where a changed item lives (its path from the drive root) and whether this
+  connection's own app wrote it last (a template copy, not a user's document).
+
+Lifetimes default to 4,230 minutes (just under 3 days) and may go up to 42,300 minutes (under 30 days),
+Graph's documented maximum for driveItem; the shorter default bounds how long a subscription nobody renews
+(a deleted connection) keeps posting.
 """
 
 from __future__ import annotations
@@ -20,8 +34,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +47,8 @@ ILLEGAL = re.compile(r'["*:<>?\\|]')
 CONFLICT = "@microsoft.graph.conflictBehavior"
 ALREADY_EXISTS = "nameAlreadyExists"
 DONE, FAILED = "completed", "failed"
+SUBSCRIPTION_MINUTES = 4230
+MAX_SUBSCRIPTION_MINUTES = 42300
 
 
 class _Params(BaseModel):
@@ -56,6 +73,29 @@ class CopyTemplate(_Params):
     root: str = Field(default="", max_length=400)
     drive_id: str | None = None
     source_drive_id: str | None = Field(default=None, description="the templates' library, if another one")
+
+
+class Subscribe(_Params):
+    """Subscribe ``notification_url`` to changes of the drive (its root), lifecycle notifications included."""
+
+    notification_url: str = Field(min_length=1, max_length=2000, pattern=r"^https?://",
+                                  description="the hub's /webhooks/microsoft/{connection_id}")
+    minutes: int = Field(default=SUBSCRIPTION_MINUTES, ge=1, le=MAX_SUBSCRIPTION_MINUTES,
+                         description="lifetime from now")
+    drive_id: str | None = None
+
+
+class RenewSubscription(Subscribe):
+    """Extend a subscription by ``minutes`` from now; recreate it (at ``notification_url``) if Graph lost it."""
+
+    subscription_id: str = Field(min_length=1, max_length=200)
+
+
+class GetItem(_Params):
+    """Where a drive item is (its path from the drive root) and who wrote it last."""
+
+    item_id: str = Field(min_length=1, max_length=200)
+    drive_id: str | None = None
 
 
 def clean_path(path: str) -> str:
@@ -120,6 +160,75 @@ async def copy_template(ctx: ActionContext, params: CopyTemplate) -> dict:
     return _copied(item, target, created=not exists)
 
 
+@action("sharepoint.create_subscription", Subscribe)
+async def create_subscription(ctx: ActionContext, params: Subscribe) -> dict:
+    """``{"id", "resource", "expiration", "created"}``; ``created`` False if a live subscription was renewed."""
+    graph = await Graph.open(ctx, params.drive_id)
+    resource = f"drives/{graph.drive}/root"
+    expiry = _expiry(params.minutes)
+    for existing in await graph.subscriptions():
+        same_url = existing.get("notificationUrl") == params.notification_url
+        if same_url and str(existing.get("resource") or "").strip("/").lower() == resource.lower():
+            renewed = await graph.renew(existing["id"], expiry)
+            if renewed is not None:
+                return _subscription(renewed, created=False)
+    body = {"changeType": "updated", "notificationUrl": params.notification_url,
+            "lifecycleNotificationUrl": params.notification_url, "resource": resource,
+            "expirationDateTime": expiry, "clientState": _client_state(ctx)}
+    return _subscription(await graph.request_json("POST", "/subscriptions", json=body), created=True)
+
+
+@action("sharepoint.renew_subscription", RenewSubscription)
+async def renew_subscription(ctx: ActionContext, params: RenewSubscription) -> dict:
+    """Like ``create_subscription``'s answer; ``created`` True when Graph no longer had the subscription."""
+    graph = await Graph.open(ctx, params.drive_id)
+    renewed = await graph.renew(params.subscription_id, _expiry(params.minutes))
+    if renewed is None:
+        return await create_subscription(ctx, Subscribe.model_validate(params.model_dump(exclude={"subscription_id"})))
+    return _subscription(renewed, created=False)
+
+
+@action("sharepoint.get_item", GetItem)
+async def get_item(ctx: ActionContext, params: GetItem) -> dict:
+    """``{"id", "name", "path", "folder", "web_url", "by_hub", "deleted"}``; ``path`` None once deleted.
+
+    ``by_hub`` is true when the last write came from this connection's own app (``config.client_id``).
+    """
+    graph = await Graph.open(ctx, params.drive_id)
+    response = await graph.request("GET", f"/drives/{graph.drive}/items/{quote(params.item_id, safe='')}")
+    item = None if response.status_code == 404 else raise_for_status(response).json()
+    if item is None or "deleted" in item:
+        return {"id": params.item_id, "name": None, "path": None, "folder": False, "web_url": None,
+                "by_hub": False, "deleted": True}
+    parent = str((item.get("parentReference") or {}).get("path") or "")
+    folder = unquote(parent.split("root:", 1)[1]).strip("/") if "root:" in parent else ""
+    path = "" if "root" in item else f"{folder}/{item.get('name', '')}".lstrip("/")
+    writer = ((item.get("lastModifiedBy") or {}).get("application") or {}).get("id")
+    return {"id": item["id"], "name": item.get("name"), "path": path, "folder": "folder" in item,
+            "web_url": item.get("webUrl"), "by_hub": bool(writer) and writer == ctx.config.get("client_id"),
+            "deleted": False}
+
+
+def _expiry(minutes: int) -> str:
+    at = datetime.now(UTC) + timedelta(minutes=minutes)
+    return at.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _client_state(ctx: ActionContext) -> str:
+    """The newest ``client_state`` (else ``webhook_secrets``) value: what every notification must echo."""
+    for name in ("client_state", "webhook_secrets"):
+        values = [line.strip() for line in (ctx.secret(name) or "").splitlines() if line.strip()]
+        if values:
+            return values[0]
+    raise ProviderError(400, "the connection has no client_state secret to give Graph as clientState",
+                        code="missing_secret")
+
+
+def _subscription(sub: dict[str, Any], *, created: bool) -> dict:
+    return {"id": sub["id"], "resource": sub.get("resource"), "expiration": sub.get("expirationDateTime"),
+            "created": created}
+
+
 def _copied(item: dict[str, Any], path: str, *, created: bool) -> dict:
     return {"id": item["id"], "name": item.get("name"), "web_url": item.get("webUrl"), "path": path,
             "created": created}
@@ -155,6 +264,29 @@ class Graph:
 
     async def request_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         return raise_for_status(await self.request(method, path, **kwargs)).json()
+
+    async def subscriptions(self) -> list[dict[str, Any]]:
+        """This app's subscriptions (every page of ``GET /subscriptions``)."""
+        found: list[dict[str, Any]] = []
+        page = await self.request_json("GET", "/subscriptions")
+        while True:
+            found += page.get("value") or []
+            link = page.get("@odata.nextLink")
+            if not link:
+                return found
+            if not link.startswith(self.ctx.base_url.rstrip("/") + "/"):
+                raise ProviderError(502, "a subscriptions page link leaves the connection's Graph endpoint",
+                                    code="foreign_link")
+            response = await self.ctx.http.get(link, headers={"Authorization": f"Bearer {self.token}"})
+            page = raise_for_status(response).json()
+
+    async def renew(self, subscription_id: str, expiry: str) -> dict[str, Any] | None:
+        """``PATCH`` the subscription's expiry; None if Graph no longer has it."""
+        response = await self.request("PATCH", f"/subscriptions/{quote(subscription_id, safe='')}",
+                                      json={"expirationDateTime": expiry})
+        if response.status_code == 404:
+            return None
+        return raise_for_status(response).json()
 
     def by_path(self, path: str, drive: str | None = None) -> str:
         """Graph's path addressing: ``/drives/{d}/root`` or ``/drives/{d}/root:/a/b:``."""

@@ -4,11 +4,18 @@ Each round leases a batch of due ``pending`` rows (``FOR UPDATE SKIP LOCKED`` on
 conditional lease update everywhere, so several API processes never relay a row twice) and maps
 each with ``connectors.events``:
 
-- nothing to do (the mapping ignores it, or it touches no opportunity and no current rule listens
-  to its domain events) → the row is finished as ``ignored`` without a workflow;
+- nothing to do (the mapping ignores it, or it touches no opportunity, asks for no follow-up and no
+  current rule listens to its domain events) → the row is finished as ``ignored`` without a workflow;
 - otherwise → ``WebhookEventWorkflow`` is started with id ``webhook/{provider}/{connection}/{event}``
   (``USE_EXISTING`` on conflict, ``ALLOW_DUPLICATE_FAILED_ONLY`` on reuse: Temporal deduplicates
   too) and the row becomes ``relayed``; the workflow marks it ``done``.
+
+Follow-ups (``follow_up``) are provider work the workflow does before signalling, decided here from the
+mapped event: Graph lifecycle ``reauthorizationRequired`` → ``renew_subscription``, ``subscriptionRemoved`` →
+``create_subscription``, ``missed`` → ``sync_documents``; a Graph ``document.changed`` naming a drive item →
+``locate_document`` (which opportunity's folder it is in), one under a drive's root naming none →
+``sync_documents`` (the delta query finds the items). The workflow gets the connection's webhook URL
+(``HUB_PUBLIC_URL`` + ``/webhooks/{provider}/{connection}``) to (re)subscribe with.
 
 If Temporal cannot be reached the leased rows are released and wait (with a growing back-off);
 none is lost and none runs twice. Housekeeping re-checks ``relayed`` rows whose workflow ended
@@ -32,9 +39,10 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.webhook_types import MappedEvent, WebhookEventInput
-from connectors.events import MalformedEvent, Mapped, map_event
+from activities.webhook_types import FollowUp, MappedEvent, WebhookEventInput
+from connectors.events import DomainEvent, MalformedEvent, Mapped, map_event
 from hub.runtime import Hub, TemporalUnavailable
+from hub.settings import Settings
 from hub.store import inbox
 from hub.store.base import utcnow
 from hub.store.inbox import WebhookEvent
@@ -50,11 +58,35 @@ UNAVAILABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCSt
 FAILURE_BACKOFF = timedelta(seconds=30)
 RULES_TTL = 5.0
 PURGE_EVERY = 3600.0
+GRAPH_LIFECYCLE_FOLLOW_UPS: dict[str, FollowUp] = {
+    "reauthorizationRequired": "renew_subscription",
+    "subscriptionRemoved": "create_subscription",
+    "missed": "sync_documents",
+}
 
 
 def _aware(at: datetime) -> datetime:
     """SQLite hands back naive UTC datetimes; PostgreSQL aware ones."""
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def follow_up(scheme: str, event: DomainEvent) -> FollowUp | None:
+    """The provider work a mapped event asks for before it is signalled, if any (Graph only, for now)."""
+    if scheme != "microsoft":
+        return None
+    if event.type == "graph.lifecycle":
+        return GRAPH_LIFECYCLE_FOLLOW_UPS.get(str(event.data.get("lifecycle_event")))
+    if event.type == "document.changed" and event.data.get("item_id"):
+        return "locate_document"
+    if event.type == "document.changed" and event.data.get("drive_root"):
+        return "sync_documents"
+    return None
+
+
+def webhook_url(settings: Settings, provider: str, connection_id: str) -> str:
+    """Where a connection's provider posts: ``HUB_PUBLIC_URL`` (else the API's own address) + the route."""
+    base = settings.public_url or f"http://{settings.api_host}:{settings.api_port}"
+    return f"{base.rstrip('/')}/webhooks/{provider}/{connection_id}"
 
 
 class _Unavailable(Exception):
@@ -64,7 +96,7 @@ class _Unavailable(Exception):
 @dataclass
 class _Work:
     row: WebhookEvent
-    mapped: Mapped
+    events: list[MappedEvent]
 
 
 class Relay:
@@ -141,8 +173,10 @@ class Relay:
             except MalformedEvent as exc:
                 broken.append((row, f"cannot map the event: {exc}"))
                 continue
-            if await self._needs_workflow(row.org_id, mapped):
-                work.append(_Work(row, mapped))
+            events = [MappedEvent(type=e.type, opportunity_id=e.opportunity_id, data=e.data,
+                                  follow_up=follow_up(scheme, e)) for e in mapped.events]
+            if await self._needs_workflow(row.org_id, events):
+                work.append(_Work(row, events))
             else:
                 ignored.append((row, mapped))
         if ignored or broken:
@@ -171,12 +205,12 @@ class Relay:
         self._rules[org_id] = (now, triggers)
         return triggers
 
-    async def _needs_workflow(self, org_id: str, mapped: Mapped) -> bool:
-        if not mapped.events:
+    async def _needs_workflow(self, org_id: str, events: list[MappedEvent]) -> bool:
+        if not events:
             return False
-        if any(e.opportunity_id for e in mapped.events):
+        if any(e.opportunity_id or e.follow_up for e in events):
             return True
-        return bool({e.type for e in mapped.events} & await self._rule_triggers(org_id))
+        return bool({e.type for e in events} & await self._rule_triggers(org_id))
 
     async def _finish_without_workflow(
         self, ignored: list[tuple[WebhookEvent, Mapped]], broken: list[tuple[WebhookEvent, str]]
@@ -235,7 +269,7 @@ class Relay:
         async with self.hub.db.session() as session:
             for w, wid in started:
                 await inbox.mark_relayed(
-                    session, w.row.id, self.owner, wid, [e.type for e in w.mapped.events], self.check_after
+                    session, w.row.id, self.owner, wid, [e.type for e in w.events], self.check_after
                 )
             for row, error in failed:
                 await inbox.record_failure(
@@ -253,8 +287,8 @@ class Relay:
         wid = workflow_id(row.provider, row.connection_id, row.event_id, row.generation)
         payload = WebhookEventInput(
             inbox_id=row.id, generation=row.generation, org_id=row.org_id, provider=row.provider,
-            connection_id=row.connection_id, event_id=row.event_id, event_type=row.event_type,
-            events=[MappedEvent(type=e.type, opportunity_id=e.opportunity_id, data=e.data) for e in w.mapped.events],
+            connection_id=row.connection_id, event_id=row.event_id, event_type=row.event_type, events=w.events,
+            webhook_url=webhook_url(self.hub.settings, row.provider, row.connection_id),
         )  # fmt: skip
         async with self._limit:
             if down.is_set():

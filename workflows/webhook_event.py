@@ -1,6 +1,16 @@
 """WebhookEventWorkflow: one per inbox event that has work (``webhook/{provider}/{connection}/{event_id}``).
 
-For each domain event of the inbox event (mapped by the relay with ``connectors.events``):
+For each domain event of the inbox event (mapped by the relay with ``connectors.events``), first its
+follow-up, if the relay named one (Graph events; each provider call on the sharepoint provider queue):
+- ``renew_subscription`` (lifecycle ``reauthorizationRequired``): ``sharepoint.renew_subscription``, which
+  subscribes anew if Graph no longer has the subscription; ``create_subscription`` (``subscriptionRemoved``):
+  ``sharepoint.create_subscription`` (finds and renews a live one first, so a retry makes no second one);
+- ``sync_documents`` (lifecycle ``missed``, or a change under a drive's root, which names no item): the
+  connection's ``sharepoint.documents`` sync runs now; its delta raises one event per changed file;
+- ``locate_document`` (a change naming a drive item): ``sharepoint.get_item`` gives the item's path; a file
+  under ``Opportunities/{id}/`` of an opportunity the hub knows becomes that opportunity's event, naming the
+  required document it is (``data.document``, which marks it) unless this connection's app wrote it.
+Then:
 - an event about an opportunity is signalled (``domain_event``) to ``opportunity/{org}/{id}``, whose
   workflow records it and runs the rules listening to it with the opportunity's data;
 - an event about no opportunity, or whose opportunity has no workflow (recorded as such), runs the
@@ -18,14 +28,21 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.connector_types import ActionCall, execute_action
     from activities.opportunity_types import DomainEvent, DomainSource
     from activities.webhook_types import (
+        MATCH_DOCUMENT,
+        SYNC_NOW,
         CompleteEventInput,
+        DocumentMatch,
+        DocumentMatchInput,
         EventOutcome,
         FailEventInput,
         MappedEvent,
+        SyncNowInput,
         WebhookEventInput,
     )
+    from workflows.opportunity import OPPORTUNITIES_ROOT
     from workflows.rule_runner import RuleRunner, failure_message
 
 COMPLETE = "webhooks.complete_event"
@@ -33,6 +50,8 @@ FAIL = "webhooks.fail_event"
 SIGNAL = "domain_event"
 STORE_TIMEOUT = timedelta(seconds=30)
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
+FOLLOW_UPS = "graph-follow-ups"  # workflow.patched: histories before follow-ups existed run none
+DOCUMENTS_SYNC = "sharepoint.documents"
 
 
 def workflow_id(provider: str, connection_id: str, event_id: str, generation: int = 0) -> str:
@@ -44,6 +63,15 @@ def workflow_id(provider: str, connection_id: str, event_id: str, generation: in
 def opportunity_workflow_id(org_id: str, opportunity_id: str) -> str:
     """The OpportunityWorkflow's id."""
     return f"opportunity/{org_id}/{opportunity_id}"
+
+
+def opportunity_of(path: str | None) -> tuple[str, str] | None:
+    """``(opportunity id, path below its folder)`` of an item under ``Opportunities/{id}/``, else None."""
+    top, _, rest = (path or "").partition("/")
+    opportunity_id, _, below = rest.partition("/")
+    if top.lower() != OPPORTUNITIES_ROOT.lower() or not opportunity_id or not below:
+        return None
+    return opportunity_id, below
 
 
 def _not_found(exc: ApplicationError) -> bool:
@@ -58,8 +86,15 @@ class WebhookEventWorkflow:
     async def run(self, input: WebhookEventInput) -> list[EventOutcome]:
         wid = workflow.info().workflow_id
         try:
-            outcomes = [await self._signal(input, event) for event in input.events]
-            unbound = [(i, e) for i, e in enumerate(input.events) if not outcomes[i].signalled]
+            events: list[MappedEvent] = list(input.events)
+            done: list[dict | None] = [None] * len(events)
+            if any(e.follow_up for e in events) and workflow.patched(FOLLOW_UPS):
+                for i, event in enumerate(input.events):
+                    events[i], done[i] = await self._follow_up(input, event, f"{wid}/{i}")
+            outcomes = [await self._signal(input, event) for event in events]
+            for outcome, follow_up in zip(outcomes, done, strict=True):
+                outcome.follow_up = follow_up
+            unbound = [(i, e) for i, e in enumerate(events) if not outcomes[i].signalled]
             if unbound:
                 await self._run_rules(input, unbound, outcomes, wid)
         except (ActivityError, ApplicationError) as exc:
@@ -77,6 +112,50 @@ class WebhookEventWorkflow:
             retry_policy=STORE_RETRY,
         )
         return outcomes
+
+    async def _follow_up(self, input: WebhookEventInput, event: MappedEvent, key: str) -> tuple[MappedEvent, dict | None]:
+        """Do the event's follow-up; returns the event (with its opportunity once located) and what was done."""
+        kind = event.follow_up
+        if kind is None:
+            return event, None
+        if kind == "sync_documents":
+            started = await workflow.execute_activity(
+                SYNC_NOW, SyncNowInput(org_id=input.org_id, connection_id=input.connection_id, model=DOCUMENTS_SYNC),
+                result_type=str, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY,
+            )  # fmt: skip
+            return event, {"kind": kind, "sync": started}
+        if kind in ("renew_subscription", "create_subscription"):
+            params = {"notification_url": input.webhook_url}
+            if kind == "renew_subscription":
+                params["subscription_id"] = event.data.get("subscription_id")
+            result = await self._sharepoint(input, f"sharepoint.{kind}", params, key)
+            return event, {"kind": kind, **result}
+        item = await self._sharepoint(
+            input, "sharepoint.get_item",
+            {"item_id": event.data.get("item_id"), "drive_id": event.data.get("drive_id")}, key,
+        )  # fmt: skip
+        data = {**event.data, "path": item.get("path"), "name": item.get("name"), "web_url": item.get("web_url"),
+                "by_hub": item.get("by_hub", False)}
+        located = opportunity_of(item.get("path"))
+        match = DocumentMatch(known=False)
+        if located is not None and not item.get("folder"):
+            match = await workflow.execute_local_activity(
+                MATCH_DOCUMENT, DocumentMatchInput(org_id=input.org_id, opportunity_id=located[0], path=located[1]),
+                result_type=DocumentMatch, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY,
+            )  # fmt: skip
+        if located is None or not match.known:
+            return event.model_copy(update={"data": data}), {"kind": kind, "path": item.get("path")}
+        data["opportunity_id"] = located[0]
+        if match.document and not data["by_hub"]:
+            data.update(document=match.document, present=True)
+        summary = {"kind": kind, "path": item.get("path"), "document": data.get("document")}
+        return event.model_copy(update={"opportunity_id": located[0], "data": data}), summary
+
+    async def _sharepoint(self, input: WebhookEventInput, action: str, params: dict, key: str) -> dict:
+        """One SharePoint action on the event's own connection, on the provider's task queue."""
+        call = ActionCall(org_id=input.org_id, action=action, params=params, connection_id=input.connection_id,
+                          idempotency_key=key)
+        return (await execute_action(call)).output
 
     async def _signal(self, input: WebhookEventInput, event: MappedEvent) -> EventOutcome:
         if not event.opportunity_id:

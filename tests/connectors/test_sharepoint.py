@@ -1,24 +1,33 @@
-"""sharepoint.ensure_folders / sharepoint.copy_template over httpx against the Graph fake."""
+"""The sharepoint.* actions over httpx against the Graph fake: folders, templates, subscriptions, items."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from connectors.base import ProviderError
 from connectors.sharepoint import (
+    MAX_SUBSCRIPTION_MINUTES,
     CopyTemplate,
     EnsureFolders,
+    GetItem,
+    RenewSubscription,
+    Subscribe,
     clean_path,
     copy_template,
+    create_subscription,
     ensure_folders,
     folder_plan,
+    get_item,
+    renew_subscription,
 )
 from tests.fakes.context import action_context
-from tests.fakes.graph_server import DRIVE_ID, GraphFake
+from tests.fakes.graph_server import APP_ID, DRIVE_ID, GraphFake
 
 TOKEN = "graph-test-token"
 PEAK = ["01 Prospect/Research", "01 Prospect/Notes", "02 Engage/Proposals", "03 Acquire/Contracts", "04 Keep"]
@@ -36,9 +45,17 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def ctx_for(fake: GraphFake, http: httpx.AsyncClient, token: str = TOKEN):
-    config = {"drive_id": DRIVE_ID, "copy_poll_interval_s": 0.01, "copy_timeout_s": 5}
-    return action_context("microsoft", fake.url + "/v1.0", http, token=token, config=config)
+HOOK = "https://hub.example.com/webhooks/microsoft/con_test"
+
+
+def ctx_for(fake: GraphFake, http: httpx.AsyncClient, token: str = TOKEN, secrets: dict[str, str] | None = None):
+    config = {"drive_id": DRIVE_ID, "client_id": APP_ID, "copy_poll_interval_s": 0.01, "copy_timeout_s": 5}
+    return action_context("microsoft", fake.url + "/v1.0", http, token=token, config=config,
+                          secrets={"client_state": "state-new\nstate-old"} if secrets is None else secrets)
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def test_paths_are_cleaned_and_planned_parents_first() -> None:
@@ -183,3 +200,73 @@ async def test_fake_pages_children_and_delta(graph: GraphFake, http: httpx.Async
     by_name = {i["name"]: i for i in changes["value"]}
     assert "new.docx" in by_name and by_name["file0.docx"]["deleted"] == {"state": "deleted"}
     assert "file1.docx" not in by_name
+
+
+async def test_create_subscription_speaks_graph_and_never_makes_two(graph: GraphFake, http: httpx.AsyncClient) -> None:
+    out = await create_subscription(ctx_for(graph, http), Subscribe(notification_url=HOOK))
+    [post] = graph.calls("^/v1.0/subscriptions$", "POST")
+    body = post.json()
+    assert body["changeType"] == "updated" and body["resource"] == f"drives/{DRIVE_ID}/root"
+    assert body["notificationUrl"] == body["lifecycleNotificationUrl"] == HOOK
+    assert body["clientState"] == "state-new"  # the newest value: what the receiver checks first
+    lifetime = _at(body["expirationDateTime"]) - datetime.now(UTC)
+    assert timedelta(minutes=4229) < lifetime <= timedelta(minutes=4230)
+    assert out["created"] is True and list(graph.subscriptions) == [out["id"]]
+
+    again = await create_subscription(ctx_for(graph, http), Subscribe(notification_url=HOOK, minutes=60))
+    assert again["created"] is False and again["id"] == out["id"]  # a retry renews instead of subscribing twice
+    assert len(graph.calls("^/v1.0/subscriptions$", "POST")) == 1
+    [patch] = graph.calls("^/v1.0/subscriptions/", "PATCH")
+    assert patch.json().keys() == {"expirationDateTime"}
+
+
+async def test_renew_moves_the_expiry_out(graph: GraphFake, http: httpx.AsyncClient) -> None:
+    sub = graph.add_subscription(HOOK, minutes=30)
+    before = _at(sub["expirationDateTime"])
+    out = await renew_subscription(ctx_for(graph, http), RenewSubscription(subscription_id=sub["id"],
+                                                                             notification_url=HOOK))
+    assert out == {"id": sub["id"], "resource": f"drives/{DRIVE_ID}/root", "expiration": out["expiration"],
+                   "created": False}
+    assert _at(out["expiration"]) - before > timedelta(days=2)
+    assert [r.path for r in graph.calls(method="PATCH")] == [f"/v1.0/subscriptions/{sub['id']}"]
+    assert graph.calls("^/v1.0/subscriptions$", "POST") == []
+
+
+async def test_renewing_a_subscription_graph_lost_subscribes_again(graph: GraphFake, http: httpx.AsyncClient) -> None:
+    gone = graph.add_subscription(HOOK)
+    graph.subscriptions.clear()
+    out = await renew_subscription(ctx_for(graph, http), RenewSubscription(subscription_id=gone["id"],
+                                                                             notification_url=HOOK, minutes=120))
+    assert out["created"] is True and out["id"] != gone["id"] and list(graph.subscriptions) == [out["id"]]
+    [post] = graph.calls("^/v1.0/subscriptions$", "POST")
+    assert post.json()["notificationUrl"] == HOOK and post.json()["clientState"] == "state-new"
+
+
+async def test_subscription_needs_a_client_state_and_a_lifetime_graph_allows(graph: GraphFake,
+                                                                           http: httpx.AsyncClient) -> None:
+    with pytest.raises(ProviderError) as err:
+        await create_subscription(ctx_for(graph, http, secrets={}), Subscribe(notification_url=HOOK))
+    assert err.value.code == "missing_secret" and graph.subscriptions == {}
+    with pytest.raises(ValidationError):
+        Subscribe(notification_url=HOOK, minutes=MAX_SUBSCRIPTION_MINUTES + 1)
+    with pytest.raises(ProviderError) as err:  # Graph refuses http notification URLs
+        await create_subscription(ctx_for(graph, http), Subscribe(notification_url="http://localhost:8000/x"))
+    assert err.value.status == 400 and "HTTPS" in err.value.message
+
+
+async def test_get_item_gives_the_path_and_who_wrote_it(graph: GraphFake, http: httpx.AsyncClient) -> None:
+    user_file = graph.add_file("Opportunities/opp-1/03 Acquire/Contracts/Acme - Order form.docx")
+    graph.add_file("Templates/MSA.docx")
+    copied = await copy_template(ctx_for(graph, http), CopyTemplate(source="Templates/MSA.docx", target="x/",
+                                                                    root="Opportunities/opp-1"))
+    ctx = ctx_for(graph, http)
+    mine = await get_item(ctx, GetItem(item_id=user_file["id"]))
+    assert mine == {"id": user_file["id"], "name": "Acme - Order form.docx", "folder": False, "deleted": False,
+                    "path": "Opportunities/opp-1/03 Acquire/Contracts/Acme - Order form.docx",
+                    "web_url": mine["web_url"], "by_hub": False}
+    assert (await get_item(ctx, GetItem(item_id=copied["id"])))["by_hub"] is True  # the hub's own template copy
+    folder = await get_item(ctx, GetItem(item_id=graph.find("Opportunities/opp-1")["id"], drive_id=DRIVE_ID))
+    assert folder["folder"] is True and folder["path"] == "Opportunities/opp-1"
+    graph.delete(user_file["id"])
+    gone = await get_item(ctx, GetItem(item_id=user_file["id"]))
+    assert gone["deleted"] is True and gone["path"] is None

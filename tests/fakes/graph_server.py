@@ -8,6 +8,14 @@ Wire format as Graph's: `Authorization: Bearer <token>`; items addressed by id (
 fail); copy answers 202 with a `Location` monitor URL (unauthenticated, as Graph's) that reports
 `inProgress` for `copy_polls` polls then `completed` + `resourceId`, or `failed` + `error`.
 Lists page with `$top` and `@odata.nextLink`; `root/delta` ends with `@odata.deltaLink`.
+Items carry `createdBy`/`lastModifiedBy` identity sets: the app (`application.id` = `APP_ID`) for what the API
+wrote, a user for what a test puts there as a person would (`add_file`, `edit`).
+
+Subscriptions (`/v1.0/subscriptions`) as Graph's for a drive: `POST` needs `changeType` `updated`,
+`notificationUrl` (and `lifecycleNotificationUrl`, if given) on https, `resource` the drive's root
+(`drives/{id}/root`) and an `expirationDateTime` in the future within 42,300 minutes; it answers 201 with the
+subscription resource. `GET` lists them, `GET|PATCH|DELETE /subscriptions/{id}` read, renew (only
+`expirationDateTime`, same limits) and delete one; an unknown id is 404 `ResourceNotFound`.
 Point httpx at `fake.url + "/v1.0"`.
 """
 
@@ -27,6 +35,11 @@ from tests.fakes.server import FakeServer, bearer_token
 
 DRIVE_ID = "b!fAkEdRiVe0000000000000000000000000000000000000000000000000000"
 SITE_URL = "https://fulqrun.sharepoint.com/sites/Sales/Shared%20Documents"
+APP_ID = "a1b2c3d4-0000-4000-8000-00000000f00d"  # the Entra application the tokens belong to
+APP = {"application": {"id": APP_ID, "displayName": "FulQrun Hub"}}
+USER = {"user": {"id": "6f1b0c4e-0000-4000-8000-0000000000aa", "displayName": "Pat Seller",
+                 "email": "pat@fulqrun.example"}}
+MAX_SUBSCRIPTION_MINUTES = 42300  # driveItem
 INVALID_NAME_CHARS = set('"*:<>?/\\|')
 
 
@@ -39,6 +52,7 @@ class GraphFake(FakeServer):
         self.items: dict[str, dict[str, Any]] = {}
         self.changes: list[str] = []  # item ids in change order; a delta token is an index into it
         self.operations: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
         self.clock = datetime(2024, 1, 1, tzinfo=UTC)
         self.root_id = self._new_item(None, "root", folder=True)["id"]
 
@@ -48,12 +62,12 @@ class GraphFake(FakeServer):
         return self.clock.isoformat().replace("+00:00", "Z")
 
     def _new_item(self, parent_id: str | None, name: str, *, folder: bool, size: int = 0,
-                  content: bytes = b"") -> dict[str, Any]:
+                  content: bytes = b"", by: dict[str, Any] = APP) -> dict[str, Any]:
         item_id = "01" + secrets.token_hex(16).upper()
         now = self._now()
         item: dict[str, Any] = {"id": item_id, "name": name, "parent_id": parent_id, "createdDateTime": now,
                                 "lastModifiedDateTime": now, "folder": folder, "size": size, "content": content,
-                                "deleted": False, "etag_n": 1}
+                                "deleted": False, "etag_n": 1, "created_by": by, "modified_by": by}
         self.items[item_id] = item
         self.changes.append(item_id)
         return item
@@ -83,20 +97,27 @@ class GraphFake(FakeServer):
             item = found
         return item
 
-    def add_file(self, path: str, content: bytes = b"template") -> dict[str, Any]:
-        """Create a file (and its missing parent folders) at `path`."""
+    def add_file(self, path: str, content: bytes = b"template", by: dict[str, Any] = USER) -> dict[str, Any]:
+        """Create a file (and its missing parent folders) at `path`, as a user uploading it (or as `by`)."""
         *folders, name = path.strip("/").split("/")
         parent = self.items[self.root_id]
         for part in folders:
-            parent = self._child(parent["id"], part) or self._new_item(parent["id"], part, folder=True)
-        return self._new_item(parent["id"], name, folder=False, size=len(content), content=content)
+            parent = self._child(parent["id"], part) or self._new_item(parent["id"], part, folder=True, by=by)
+        return self._new_item(parent["id"], name, folder=False, size=len(content), content=content, by=by)
 
     def add_folder(self, path: str) -> dict[str, Any]:
-        """Create the folder at `path` and its missing parents."""
+        """Create the folder at `path` and its missing parents, as a user."""
         parent = self.items[self.root_id]
         for part in path.strip("/").split("/"):
-            parent = self._child(parent["id"], part) or self._new_item(parent["id"], part, folder=True)
+            parent = self._child(parent["id"], part) or self._new_item(parent["id"], part, folder=True, by=USER)
         return parent
+
+    def edit(self, item_id: str, content: bytes = b"edited") -> dict[str, Any]:
+        """A user saves new content into an existing file (it shows in delta as changed)."""
+        item = self.items[item_id]
+        item.update(content=content, size=len(content))
+        self._touch(item, by=USER)
+        return item
 
     def delete(self, item_id: str) -> None:
         """Delete an item (it shows in delta as deleted)."""
@@ -108,8 +129,9 @@ class GraphFake(FakeServer):
         return sorted(self.path_of(i["id"]) for i in self.items.values()
                       if i["folder"] and not i["deleted"] and i["parent_id"] is not None)
 
-    def _touch(self, item: dict[str, Any]) -> None:
+    def _touch(self, item: dict[str, Any], by: dict[str, Any] = APP) -> None:
         item["lastModifiedDateTime"] = self._now()
+        item["modified_by"] = by
         item["etag_n"] += 1
         self.changes.append(item["id"])
 
@@ -124,7 +146,7 @@ class GraphFake(FakeServer):
             "lastModifiedDateTime": item["lastModifiedDateTime"],
             "eTag": f"\"{{{item['id'][-8:]}}},{item['etag_n']}\"", "cTag": f"\"c:{{{item['id'][-8:]}}},1\"",
             "webUrl": f"{SITE_URL}/{quote(path)}".rstrip("/"), "size": item["size"],
-            "createdBy": {"application": {"displayName": "FulQrun Hub"}},
+            "createdBy": item["created_by"], "lastModifiedBy": item["modified_by"],
         }
         if item["parent_id"] is None:
             view["root"] = {}
@@ -153,6 +175,8 @@ class GraphFake(FakeServer):
         return [
             Route("/v1.0/drives/{drive}/{rest:path}", self.drive, methods=["GET", "POST"]),
             Route("/monitor/{op}", self.monitor, methods=["GET"]),
+            Route("/v1.0/subscriptions", self.subscriptions_collection, methods=["GET", "POST"]),
+            Route("/v1.0/subscriptions/{sub}", self.subscription, methods=["GET", "PATCH", "DELETE"]),
         ]
 
     def _not_found(self) -> Response:
@@ -320,3 +344,76 @@ class GraphFake(FakeServer):
         else:
             body["@odata.deltaLink"] = f"{base}?token={snapshot}"
         return JSONResponse(body)
+
+    # --- subscriptions -------------------------------------------------------------------------
+    def add_subscription(self, notification_url: str, minutes: int = 60, resource: str | None = None) -> dict[str, Any]:
+        """A live subscription, as if created earlier (by this app)."""
+        sub_id = str(uuid.uuid4())
+        expiry = (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+        self.subscriptions[sub_id] = {
+            "id": sub_id, "resource": resource or f"drives/{DRIVE_ID}/root", "applicationId": APP_ID,
+            "changeType": "updated", "clientState": None, "notificationUrl": notification_url,
+            "lifecycleNotificationUrl": notification_url, "expirationDateTime": expiry,
+            "creatorId": APP_ID, "latestSupportedTlsVersion": "v1_2", "notificationContentType": None,
+            "includeResourceData": None, "encryptionCertificate": None, "encryptionCertificateId": None,
+        }
+        return self.subscriptions[sub_id]
+
+    def _expiry_problem(self, value: object) -> str | None:
+        try:
+            at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return f"Invalid expirationDateTime {value!r}."
+        now = datetime.now(UTC)
+        if at.tzinfo is None or at <= now:
+            return "Subscription expiration must be in the future."
+        if at > now + timedelta(minutes=MAX_SUBSCRIPTION_MINUTES):
+            return f"Subscription expiration can only be {MAX_SUBSCRIPTION_MINUTES} minutes in the future."
+        return None
+
+    def _sub_view(self, sub: dict[str, Any]) -> dict[str, Any]:
+        return {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity", **sub}
+
+    async def subscriptions_collection(self, request: Request) -> Response:
+        if bearer_token(request) not in self.tokens:
+            return self.error(401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
+        if request.method == "GET":
+            return JSONResponse({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions",
+                                 "value": list(self.subscriptions.values())})
+        body = await request.json()
+        resource = str(body.get("resource") or "").strip("/")
+        problems = [f"{k} is required." for k in ("changeType", "notificationUrl", "resource", "expirationDateTime")
+                    if not body.get(k)]
+        if body.get("changeType") and body["changeType"] != "updated":
+            problems.append("Only 'updated' changeType is supported for driveItem.")
+        for key in ("notificationUrl", "lifecycleNotificationUrl"):
+            if body.get(key) and not str(body[key]).startswith("https://"):
+                problems.append(f"{key} must be an HTTPS URL.")
+        if resource and resource.lower() != f"drives/{DRIVE_ID}/root".lower():
+            problems.append(f"Resource '{resource}' is not supported; subscribe to the root of the drive.")
+        if body.get("expirationDateTime") and (problem := self._expiry_problem(body["expirationDateTime"])):
+            problems.append(problem)
+        if problems:
+            return self.error(400, "InvalidRequest", " ".join(problems))
+        sub = self.add_subscription(body["notificationUrl"], resource=resource)
+        sub.update(clientState=body.get("clientState"), expirationDateTime=body["expirationDateTime"],
+                   lifecycleNotificationUrl=body.get("lifecycleNotificationUrl"))
+        return JSONResponse(self._sub_view(sub), status_code=201)
+
+    async def subscription(self, request: Request) -> Response:
+        if bearer_token(request) not in self.tokens:
+            return self.error(401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.")
+        sub = self.subscriptions.get(request.path_params["sub"])
+        if sub is None:
+            return self.error(404, "ResourceNotFound", "The object was not found.")
+        if request.method == "DELETE":
+            del self.subscriptions[sub["id"]]
+            return Response(status_code=204)
+        if request.method == "PATCH":
+            body = await request.json()
+            if set(body) - {"expirationDateTime", "notificationUrl"}:
+                return self.error(400, "InvalidRequest", "Only expirationDateTime and notificationUrl can be updated.")
+            if problem := self._expiry_problem(body.get("expirationDateTime")):
+                return self.error(400, "InvalidRequest", problem)
+            sub.update(body)
+        return JSONResponse(self._sub_view(sub))

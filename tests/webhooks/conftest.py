@@ -91,7 +91,7 @@ async def webhook_worker(
     hooks, rules = WebhookActivities(hub), RuleActivities(hub)
     async with Worker(
         client, task_queue=task_queue, workflows=[WebhookEventWorkflow, *extra_workflows],
-        activities=[hooks.complete_event, hooks.fail_event, rules.plan, rules.record_runs],
+        activities=[*hooks.all(), rules.plan, rules.record_runs],
         workflow_runner=RUNNER,
     ) as worker:  # fmt: skip
         yield worker

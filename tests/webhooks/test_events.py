@@ -7,9 +7,12 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 
+from activities.webhooks import required_document
 from connectors.events import REDACTED, MalformedEvent, map_event, split_delivery
+from connectors.sync_graph import document_events
 from tests.conftest import shared_data
 from tests.webhooks.fixtures import FOLDERS, content_type, payload_files
+from webhooks.relay import follow_up
 
 #: (folder, file) → the domain event it maps to; every other file is ignored with a reason.
 MAPPED = {
@@ -159,14 +162,54 @@ def test_slack_approval_button_becomes_an_approval() -> None:
     assert "approval" not in event.data and event.data["value"] == "click_me_123"
 
 
-@pytest.mark.parametrize("lifecycle", ["reauthorizationRequired", "subscriptionRemoved", "missed"])
-def test_graph_lifecycle_notifications(lifecycle: str) -> None:
+@pytest.mark.parametrize(("lifecycle", "work"), [("reauthorizationRequired", "renew_subscription"),
+                                                 ("subscriptionRemoved", "create_subscription"),
+                                                 ("missed", "sync_documents")])
+def test_graph_lifecycle_notifications(lifecycle: str, work: str) -> None:
     raw = shared_data("webhooks", "msgraph", "lifecycle_notification.template.json").read_text()
     body = raw.replace("subscriptionRemoved or missed or reauthorizationRequired", lifecycle).encode()
     [part] = split_delivery("microsoft", body, {"content-type": "application/json"})
     assert part.type == f"lifecycle.{lifecycle}"
     [event] = map_event("microsoft", part.type, part.body, part.content_type).events
     assert event.type == "graph.lifecycle" and event.data["lifecycle_event"] == lifecycle
+    assert event.data["subscription_id"] == "<subscription_guid>"
+    assert follow_up("microsoft", event) == work
+    assert follow_up("generic", event) is None  # only Graph's own events lead to Graph calls
+
+
+def _document_event(body: bytes):  # noqa: ANN202
+    [part] = split_delivery("microsoft", body, {"content-type": "application/json"})
+    [event] = map_event("microsoft", part.type, part.body, part.content_type).events
+    assert event.type == "document.changed" and event.opportunity_id is None
+    return event
+
+
+def test_graph_document_changes_name_their_item_or_their_drive() -> None:
+    onedrive = _document_event(
+        shared_data("webhooks", "msgraph", "change_notification.driveItem.onedrive.json").read_bytes())
+    assert (onedrive.data["drive_root"], onedrive.data["item_id"]) == (True, None)  # Graph names no item:
+    assert follow_up("microsoft", onedrive) == "sync_documents"  # the delta query finds it
+    item = {"id": "01ABC", "name": "Acme - Order form.docx", "file": {}, "eTag": '"{ABC},3"',
+            "parentReference": {"driveId": "b!drive"}}
+    [synced] = document_events(item, None)  # what the documents sync writes to the inbox for one file
+    located = _document_event(json.dumps(synced.body).encode())
+    assert (located.data["item_id"], located.data["drive_id"], located.data["drive_root"]) == ("01ABC", "b!drive",
+                                                                                              False)
+    assert follow_up("microsoft", located) == "locate_document"
+    sharepoint_list = _document_event(
+        shared_data("webhooks", "msgraph", "change_notification.list.sharepoint.json").read_bytes())
+    assert "item_id" not in sharepoint_list.data and follow_up("microsoft", sharepoint_list) is None
+
+
+def test_a_file_is_the_required_document_its_name_or_folder_says() -> None:
+    documents = ["discovery_notes", "mutual_action_plan", "proposal", "order_form", "signed_contract"]
+    assert required_document(documents, "02 Engage/Discovery/Globex - Discovery notes.docx") == "discovery_notes"
+    assert required_document(documents, "02 Engage/Mutual action plan/v3.xlsx") == "mutual_action_plan"
+    assert required_document(documents, "03 Acquire/Contracts/globex_signed-contract.pdf") == "signed_contract"
+    assert required_document(documents, "03 Acquire/Proposal/Order form (draft).docx") == "order_form"
+    assert required_document(documents, "03 Acquire/Proposal/pricing.xlsx") == "proposal"
+    assert required_document(documents, "01 Prospect/Research/notes.docx") is None
+    assert required_document(documents, "03 Acquire/Legal/counter-proposals.docx") is None  # whole words only
 
 
 def test_secrets_are_not_kept_in_stored_bodies() -> None:

@@ -6,9 +6,11 @@ Training (``train_leads``), from a CSV of historical leads with an outcome colum
    (``Tags``, ``Lead Quality``, ``Lead Profile``, ``Asymmetrique*``): labels sales assigns only after
    contacting the lead. They are never features, even when a mapping names them (``DataError``).
    Placeholders (``Select``) and empty cells are missing values. Numeric columns are detected.
-2. Two learners: gradient-boosted trees (native categorical splits) and a logistic regression
-   (one-hot categories, splines of log-scaled numbers). Their out-of-fold predictions (stratified
-   K-fold) are stacked and calibrated by a small logistic regression.
+2. Two learners: gradient-boosted trees (native categorical splits, a count of missing fields) and a
+   strongly regularised logistic regression on every category and number decile *and every pair of
+   them* seen together at least ``MIN_CROSS`` times (plus splines of log-scaled numbers). Their
+   out-of-fold predictions (stratified K-fold) are stacked and calibrated by a small logistic
+   regression. Every step is fitted on the training rows of its fold only.
 3. The 90% interval is learned out-of-fold too: the out-of-fold scores are cut into score bands and,
    per band, the realised conversion rate of each held-out fold is compared with the band's scores.
    Its mean offset and spread (never below the binomial spread of a fold's band) give the band's
@@ -38,18 +40,19 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, SplineTransformer
+from sklearn.preprocessing import FunctionTransformer, PolynomialFeatures, SplineTransformer
 
 from ai.tabular import CategoryCoder, DataError, clean, fingerprint, one_thread, points, to_float
 
 #: Sales-assigned labels known only after contact: never features (glob patterns, case-insensitive).
 LEAKAGE_COLUMNS: tuple[str, ...] = ("Tags", "Lead Quality", "Lead Profile", "Asymmetrique*")
-MODEL_FORMAT = "fulqrun-lead-model/1"  # bump when training changes: versions and demo caches follow
+MODEL_FORMAT = "fulqrun-lead-model/2"  # bump when training changes: versions and demo caches follow
 MISSING = "(missing)"
 Z90 = 1.6448536269514722
 MIN_ROWS = 50
 MIN_PER_CLASS = 10
 TOP_FACTORS = 3
+MIN_CROSS = 5  # a crossed pair of values is a feature when seen together this often
 
 
 def is_leakage(column: str) -> bool:
@@ -132,7 +135,8 @@ def _fmt(x: float) -> str:
 
 
 class _Learner:
-    """Category codes + boosted trees + logistic regression, fitted together (one per CV fold, one final)."""
+    """Boosted trees and a logistic regression on pairwise crosses, fitted together (one per CV fold, one
+    final). Every step (category codes, number bins, the crosses kept) is fitted on ``fit``'s rows only."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -160,7 +164,16 @@ class _Learner:
             early_stopping=False,
             random_state=self.seed,
         ).fit(self._tree_matrix(codes, nums), y)
-        self.linear = LogisticRegression(C=0.5, max_iter=3000).fit(self._linear_matrix(codes, nums), y)
+        self.bins = [_decile_edges(nums[:, j]) for j in range(nums.shape[1])]
+        onehot = self._onehot(codes, nums)
+        seen = onehot.getnnz(axis=0)  # crossing a value (almost) every row has would copy the other column
+        self.crossed = np.flatnonzero((seen >= MIN_CROSS) & (seen <= len(y) - MIN_CROSS))
+        self.pairs = None
+        if self.crossed.size > 1:
+            self.pairs = PolynomialFeatures(2, interaction_only=True, include_bias=False).fit(onehot[:, self.crossed])
+            both = self.pairs.transform(onehot[:, self.crossed])[:, self.crossed.size :]  # the pairs, not the values
+            self.kept = self.crossed.size + np.flatnonzero(both.getnnz(axis=0) >= MIN_CROSS)
+        self.linear = LogisticRegression(C=0.01, max_iter=3000).fit(self._linear_matrix(codes, nums), y)
         return self
 
     def _tree_matrix(self, codes: np.ndarray, nums: np.ndarray) -> np.ndarray:
@@ -170,8 +183,21 @@ class _Learner:
                 missing = missing + (codes[:, j : j + 1] == mapping[MISSING])
         return np.hstack([codes, nums, missing])
 
-    def _linear_matrix(self, codes: np.ndarray, nums: np.ndarray) -> sparse.csr_matrix:
+    def _onehot(self, codes: np.ndarray, nums: np.ndarray) -> sparse.csr_matrix:
+        """One column per category code and per number decile (missing numbers get their own column)."""
         parts = [self.coder.onehot(codes)]
+        for j, edges in enumerate(self.bins):
+            x = nums[:, j]
+            index = np.where(np.isnan(x), len(edges) + 1, np.searchsorted(edges, x, side="right"))
+            shape = (len(x), len(edges) + 2)
+            parts.append(sparse.csr_matrix((np.ones(len(x)), (np.arange(len(x)), index)), shape=shape))
+        return sparse.hstack(parts).tocsr()
+
+    def _linear_matrix(self, codes: np.ndarray, nums: np.ndarray) -> sparse.csr_matrix:
+        onehot = self._onehot(codes, nums)
+        parts = [onehot]
+        if self.pairs is not None:
+            parts.append(self.pairs.transform(onehot[:, self.crossed])[:, self.kept])
         if self.spline is not None:
             parts += [sparse.csr_matrix(self.spline.transform(nums)), sparse.csr_matrix(np.isnan(nums).astype(float))]
         return sparse.hstack(parts).tocsr()
@@ -181,6 +207,11 @@ class _Learner:
         p_trees = self.trees.predict_proba(self._tree_matrix(codes, nums))[:, 1]
         p_linear = self.linear.predict_proba(self._linear_matrix(codes, nums))[:, 1]
         return np.column_stack([_logit(p_trees), _logit(p_linear)])
+
+
+def _decile_edges(x: np.ndarray) -> np.ndarray:
+    present = x[~np.isnan(x)]
+    return np.unique(np.quantile(present, np.linspace(0, 1, 11)[1:-1])) if present.size else np.array([])
 
 
 class IntervalTable(BaseModel):
@@ -342,32 +373,50 @@ class LeadModel:
         return factors
 
 
+def _cells(records: Sequence[dict], columns: list[str], placeholders: Iterable[str]) -> np.ndarray:
+    """The records' cleaned cells (``None`` when missing), one column per name."""
+    marks = list(placeholders)
+    return np.array([[clean(r.get(c), marks) for c in columns] for r in records], dtype=object).reshape(
+        len(records), len(columns)
+    )
+
+
+def _split(cells: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(categorical strings, numbers with NaN) from cleaned cells whose first ``k`` columns are categorical."""
+    cats = cells[:, :k].copy()
+    cats[cats == None] = MISSING  # noqa: E711 - elementwise on an object array
+    nums = np.array([[_num(to_float(v)) for v in row] for row in cells[:, k:]], dtype=float).reshape(
+        len(cells), cells.shape[1] - k
+    )
+    return cats, nums
+
+
 def _matrices(
     records: Sequence[dict], categorical: list[str], numeric: list[str], placeholders: Iterable[str]
 ) -> tuple[np.ndarray, np.ndarray]:
-    marks = list(placeholders)
-    cats = np.array(
-        [[clean(r.get(c), marks) or MISSING for c in categorical] for r in records], dtype=object
-    ).reshape(len(records), len(categorical))
-    nums = np.array(
-        [[_num(to_float(clean(r.get(c), marks))) for c in numeric] for r in records], dtype=float
-    ).reshape(len(records), len(numeric))
-    return cats, nums
+    return _split(_cells(records, categorical + numeric, placeholders), len(categorical))
 
 
 def _num(x: float | None) -> float:
     return math.nan if x is None else x
 
 
-def detect_numeric(rows: Sequence[dict], columns: list[str], placeholders: Iterable[str]) -> list[str]:
+def detect_numeric(cells: np.ndarray, columns: list[str]) -> list[str]:
     """Columns whose present values are (almost) all numbers, with at least three distinct values."""
-    marks = list(placeholders)
     numeric = []
-    for column in columns:
-        values = [v for v in (clean(r.get(column), marks) for r in rows) if v is not None]
-        parsed = [to_float(v) for v in values]
-        ok = [p for p in parsed if p is not None]
-        if values and len(ok) >= 0.98 * len(values) and len(set(ok)) >= 3:
+    for j, column in enumerate(columns):
+        values = [v for v in cells[:, j] if v is not None]
+        allowed = 0.02 * len(values)  # stop parsing a column as soon as too many values are not numbers
+        ok, failed = set(), 0
+        for v in values:
+            number = to_float(v)
+            if number is not None:
+                ok.add(number)
+            else:
+                failed += 1
+                if failed > allowed:
+                    break
+        if values and failed <= allowed and len(ok) >= 3:
             numeric.append(column)
     return numeric
 
@@ -390,9 +439,12 @@ def train_leads(rows: Sequence[dict], mapping: LeadMapping | None = None, folds:
             f"need at least {MIN_ROWS} labelled leads and {MIN_PER_CLASS} of each outcome; "
             f"got {len(data)} ({counts.get(1, 0)} converted)"
         )
-    numeric = mapping.numeric if mapping.numeric is not None else detect_numeric(data, features, mapping.placeholders)
+    cells = _cells(data, features, mapping.placeholders)
+    numeric = mapping.numeric if mapping.numeric is not None else detect_numeric(cells, features)
+    if stray := [c for c in numeric if c not in features]:
+        raise DataError(f"numeric columns must be feature columns: {', '.join(stray)}")
     categorical = [c for c in features if c not in numeric]
-    cats, nums = _matrices(data, categorical, numeric, mapping.placeholders)
+    cats, nums = _split(cells[:, [features.index(c) for c in categorical + numeric]], len(categorical))
     k = min(folds, counts[0], counts[1])
     fold_of = np.zeros(len(y), dtype=int)
     oof = np.zeros((len(y), 2))

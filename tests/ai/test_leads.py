@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from ai.leads import LEAKAGE_COLUMNS, LeadMapping, LeadModel, LeadPrior, is_leakage, train_leads
+from ai.evaluate import evaluate_leads
+from ai.leads import LEAKAGE_COLUMNS, LeadMapping, LeadModel, LeadPrior, _Learner, is_leakage, train_leads
 from ai.tabular import DataError, read_csv
 from tests.ai.synthetic import lead_rows
 from tests.conftest import shared_data
@@ -41,6 +42,8 @@ def test_a_mapping_naming_a_leakage_column_is_refused() -> None:
         train_leads(lead_rows(200), mapping)
     with pytest.raises(DataError, match="not in the data: Nope"):
         train_leads(lead_rows(200), LeadMapping(features=["Nope"]))
+    with pytest.raises(DataError, match="numeric columns must be feature columns: Asymmetrique Activity Score"):
+        train_leads(lead_rows(200), LeadMapping(numeric=["TotalVisits", "Asymmetrique Activity Score"]))
 
 
 def test_select_is_a_missing_value(model: LeadModel) -> None:
@@ -76,6 +79,35 @@ def test_the_model_learns_the_signal_out_of_sample() -> None:
     scores, low, high = train_leads(train).predict(test)
     assert roc_auc_score([int(r["Converted"]) for r in test], scores) > 0.75
     assert np.all(low <= scores) and np.all(scores <= high)
+
+
+def test_the_linear_learner_sees_pairs_of_values() -> None:
+    """Conversion depends only on whether two columns agree: no single value says anything, a pair does."""
+    rng = np.random.default_rng(0)
+    a, b = rng.choice(["x", "y", "z"], 1200), rng.choice(["x", "y", "z"], 1200)
+    y = ((a == b) ^ (rng.random(1200) < 0.1)).astype(int)
+    cats = np.column_stack([a, b]).astype(object)
+    nums = rng.normal(size=(1200, 1))
+    learner = _Learner(0).fit(cats[:800], nums[:800], y[:800])
+    linear = learner.logits(learner.coder.encode(cats[800:]), nums[800:])[:, 1]
+    assert roc_auc_score(y[800:], linear) > 0.8  # a perfect ranker: 0.88; main effects alone: 0.5
+
+
+def test_a_single_uninformative_feature_still_trains() -> None:
+    rows = [{**r, "Lead Source": "Google"} for r in lead_rows(120, seed=2)]
+    model = train_leads(rows, LeadMapping(features=["Lead Source"]))
+    scores, low, high = model.predict(rows[:5])
+    assert np.ptp(scores) == 0 and low[0] < scores[0] < high[0]
+    assert abs(scores[0] - 100 * model.metrics["base_rate"]) < 5
+
+
+def test_cross_validation_does_not_leak_the_outcome() -> None:
+    """With outcomes shuffled at random, every step fitted inside the folds can only score at chance."""
+    rows = lead_rows(600, seed=8)
+    outcomes = [r["Converted"] for r in rows]
+    np.random.default_rng(1).shuffle(outcomes)
+    shuffled = [{**r, "Converted": o} for r, o in zip(rows, outcomes, strict=True)]
+    assert abs(evaluate_leads(shuffled, folds=3).auc - 0.5) < 0.08
 
 
 def test_versions_are_content_hashes() -> None:

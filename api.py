@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from hub.telemetry import RequestTelemetry
 from hub.vault import EncryptionCodec
 from routes import ROUTERS
 from webhooks.relay import relay_running
+from webhooks.router import WebhookDispatch
 
 log = logging.getLogger("hub.api")
 
@@ -37,10 +39,9 @@ class BodySizeLimit:
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = problem_response(413, f"request body exceeds {self.limit} bytes")
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await too_big(scope, receive, send)
+            return await self._too_big(scope, receive, send)
         seen = 0
 
         async def limited_receive():  # noqa: ANN202
@@ -55,7 +56,10 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await too_big(scope, receive, send)
+            await self._too_big(scope, receive, send)
+
+    async def _too_big(self, scope, receive, send) -> None:  # noqa: ANN001
+        await problem_response(413, f"request body exceeds {self.limit} bytes")(scope, receive, send)
 
 
 class _TooLarge(Exception):
@@ -73,6 +77,8 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         if owned:
             await app.state.hub.db.migrate()
         async with relay_running(app):
+            gc.collect()
+            gc.freeze()  # the app and its startup state live as long as the process: keep them out of GC passes
             yield
         if owned:
             await app.state.hub.close()
@@ -83,10 +89,13 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         version="1",
         description="Integration hub and workflow-automation engine of the FulQrun CRM.",
         lifespan=lifespan,
+        # RequestTelemetry below makes the one server span and the request metrics of each request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     if hub is not None:
         app.state.hub = hub
     problems.install(app)
+    app.add_middleware(WebhookDispatch)  # innermost: webhook deliveries skip FastAPI's routing
     app.add_middleware(IdempotencyMiddleware)  # inside the body-size limit
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTelemetry)

@@ -1,26 +1,32 @@
 """Benchmark: signed Stripe webhooks accepted per second at 32 connections, against a bare FastAPI endpoint.
 
-Starts two servers, one uvicorn process each, on loopback ports: the hub's API (``fulqrun-hub api`` on
-a fresh SQLite data dir, relay off — acceptance alone is measured: verify the Stripe signature over the
-raw bytes, commit the inbox row, answer) and a bare FastAPI app whose one endpoint reads the body and
-answers JSON. The same asyncio load generator (32 keep-alive connections, each request a fresh
-``invoice.paid`` event with its own id and a valid ``Stripe-Signature``) runs against each for the same
-time. Both figures come from the same run, so the ratio is what counts on a noisy machine.
+Needs ``wrk`` (Debian/Ubuntu: ``apt-get install -y wrk``). Starts two servers, one uvicorn process
+each, on loopback ports: the hub's API (``fulqrun-hub api`` on a fresh SQLite data dir, relay off —
+acceptance alone is measured: verify the Stripe signature over the raw bytes, commit the inbox row,
+answer) and a bare FastAPI app whose one endpoint reads the body and answers JSON. Both are driven
+the same way, one after the other: wrk with ``bench/webhooks.lua``, 32 keep-alive connections, each
+request taken from a pool of pre-signed ``invoice.paid`` deliveries (the real payload, each with
+its own event id and a valid ``Stripe-Signature`` made just before the run, well within Stripe's
+300 s tolerance); a warm-up run, then the measured run. The hub's pool is sized from the bare
+rate so no event repeats (a run that repeated one is refused); p50/p99 come from wrk's latency
+histogram. Both figures come from the same run, so the ratio is what counts on a noisy machine.
 
-    .venv/bin/python bench/webhooks.py [--seconds 10] [--connections 32]
+    .venv/bin/python bench/webhooks.py [--seconds 10] [--connections 32] [--threads 1]
 
-Prints accepted/s, p50 and p99 for each, then the last line ``ratio=<x>``: hub accepted/s / bare req/s
-(target ≥ 0.5, with the hub's p99 ≤ 25 ms).
+Prints accepted/s, p50 and p99 for each (and the inbox's row count: a little above the hub's 2xx count,
+as requests in flight when a wrk run ends are stored but not counted), then the last line
+``ratio=<x>``: hub accepted/s / bare req/s (target ≥ 0.5, with the hub's p99 ≤ 25 ms).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import math
 import os
+import re
+import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,17 +37,26 @@ if not __package__:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from fastapi import FastAPI, Request  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from connectors.signing import sign_stripe  # noqa: E402
 from hub.auth import ensure_org  # noqa: E402
 from hub.store import Database  # noqa: E402
 from hub.store.connections import Connection, secret_owner  # noqa: E402
+from hub.store.inbox import WebhookEvent  # noqa: E402
 from hub.store.secrets import put_secret  # noqa: E402
 from hub.vault import Vault, new_key_line, parse_keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+LUA = Path(__file__).with_suffix(".lua")
 SECRET = "whsec_bench_secret"
-FIXTURE = ROOT / ".." / "shared" / "data" / "webhooks" / "stripe" / "invoice.paid.json"
+EVENT_ID = b'"evt_000000000000000000000000"'
+BARE_POOL = 20_000  # the bare endpoint does not dedupe: its requests may repeat
+POOL_MARGIN = 1.5  # the hub's pool holds 1.5x what the bare endpoint's rate would need
+WRK_MISSING = (
+    "bench/webhooks.py needs wrk, the HTTP load generator: install it with `apt-get install -y wrk` "
+    "(Debian/Ubuntu) or your system's package manager, then run the benchmark again"
+)
 
 
 def bare_app() -> FastAPI:
@@ -62,81 +77,59 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def wait_port(port: int, timeout: float = 60.0) -> None:
+def wait_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
             if time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(0.2)
+            time.sleep(0.2)
 
 
-def event_template() -> tuple[bytes, bytes]:
-    """The invoice.paid payload split around its event id."""
-    path = Path(os.environ.get("HUB_SHARED_DATA", ROOT / ".." / "shared" / "data")) / "webhooks/stripe/invoice.paid.json"
-    doc = json.loads(path.read_bytes() if path.exists() else FIXTURE.read_bytes())
-    doc["id"] = "\x00"
-    head, tail = json.dumps(doc).encode().split(b"\\u0000")
-    return head, tail
+def invoice_paid() -> bytes:
+    """The real Stripe ``invoice.paid`` delivery (HUB_SHARED_DATA, default ../shared/data)."""
+    data = Path(os.environ.get("HUB_SHARED_DATA", ROOT / ".." / "shared" / "data"))
+    raw = (data / "webhooks" / "stripe" / "invoice.paid.json").read_bytes()
+    if EVENT_ID not in raw:
+        raise SystemExit(f"the invoice.paid fixture no longer carries the event id {EVENT_ID.decode()}")
+    return raw
 
 
-async def load(port: int, path: str, seconds: float, connections: int, warmup: float, tag: str) -> dict:
-    """Drive ``connections`` keep-alive clients for ``warmup + seconds``; count and time the measured part."""
-    head, tail = event_template()
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    start = time.monotonic()
-    measure_from, stop_at = start + warmup, start + warmup + seconds
-    counter = 0
-
-    async def client(n: int) -> None:
-        nonlocal counter
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while True:
-            now = time.monotonic()
-            if now >= stop_at:
-                break
-            counter += 1
-            body = head + f"evt_{tag}_{n}_{counter}".encode() + tail
-            sig = sign_stripe(body, SECRET, int(time.time()))
-            request = (
-                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                f"Stripe-Signature: {sig}\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
-            t0 = time.perf_counter()
-            writer.write(request)
-            header = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in header.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
-            elapsed = time.perf_counter() - t0
-            if now >= measure_from:
-                latencies.append(elapsed)
-                status = int(header[9:12])
-                statuses[status] = statuses.get(status, 0) + 1
-        writer.close()
-
-    await asyncio.gather(*(client(i) for i in range(connections)))
-    latencies.sort()
-    ok = statuses.get(200, 0)
-    return {
-        "rps": ok / seconds,
-        "p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else float("nan"),
-        "statuses": statuses,
-    }
+def write_pool(path: Path, count: int, tag: str) -> None:
+    """``count`` deliveries with distinct event ids, each signed now: records ``sig\\tlength\\nbody``."""
+    raw, now = invoice_paid(), int(time.time())
+    with path.open("wb") as out:
+        for i in range(count):
+            body = raw.replace(EVENT_ID, f'"evt_{tag}_{i:08d}"'.encode(), 1)
+            out.write(f"{sign_stripe(body, SECRET, now)}\t{len(body)}\n".encode() + body)
 
 
-async def prepare(data_dir: Path, vault_keys: str) -> str:
+def wrk(url: str, pool: Path, seconds: int, args: argparse.Namespace) -> dict:
+    """One wrk run; the figures printed by the Lua script's done()."""
+    cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{seconds}s", "--latency",
+           "--timeout", "10s", "-s", str(LUA), url, "--", str(pool), str(args.threads)]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = re.search(r"^BENCH (.*)$", run.stdout, re.MULTILINE)
+    if run.returncode or line is None:
+        raise SystemExit(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
+    figures = {k: int(v) for k, v in (pair.split("=") for pair in line.group(1).split())}
+    ok = figures["requests"] - figures["non2xx"]
+    return {**figures, "ok": ok, "rps": ok / (figures["duration_us"] / 1e6),
+            "p50_ms": figures["p50_us"] / 1000, "p99_ms": figures["p99_us"] / 1000}  # fmt: skip
+
+
+def measure(url: str, pools: tuple[Path, Path], args: argparse.Namespace) -> dict:
+    """A warm-up run, then the measured run."""
+    warm = wrk(url, pools[0], args.warmup, args)
+    return {**wrk(url, pools[1], args.seconds, args), "warmup_ok": warm["ok"], "warmup_wraps": warm["wraps"]}
+
+
+async def prepare(db_url: str, vault_keys: str) -> str:
     """Schema, org and a Stripe connection with its webhook secret; returns the connection id."""
-    db = Database(f"sqlite+aiosqlite:///{data_dir / 'hub.db'}")
+    db = Database(db_url)
     await db.migrate()
     vault = Vault(parse_keys(vault_keys))
     async with db.session() as session:
@@ -151,15 +144,32 @@ async def prepare(data_dir: Path, vault_keys: str) -> str:
     return con_id
 
 
+async def stored_rows(db_url: str) -> int:
+    db = Database(db_url)
+    async with db.session() as session:
+        count = await session.scalar(select(func.count()).select_from(WebhookEvent))
+    await db.dispose()
+    return count
+
+
 def spawn(cmd: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-async def main(args: argparse.Namespace) -> None:
+def report(name: str, unit: str, r: dict) -> str:
+    return (f"{name}: {r['rps']:.0f} {unit}  p50={r['p50_ms']:.1f} ms  p99={r['p99_ms']:.1f} ms  "
+            f"requests={r['requests']} non-2xx={r['non2xx']} socket errors={r['socket_errors']} "
+            f"timeouts={r['timeouts']}")  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit(WRK_MISSING)
     with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp:
         data_dir = Path(tmp)
+        db_url = f"sqlite+aiosqlite:///{data_dir / 'hub.db'}"
         vault_keys = new_key_line("b1")
-        con = await prepare(data_dir, vault_keys)
+        con = asyncio.run(prepare(db_url, vault_keys))
         env = {
             **os.environ, "HUB_DATA_DIR": str(data_dir), "HUB_VAULT_KEYS": vault_keys, "HUB_WEBHOOK_RELAY": "false",
             "HUB_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
@@ -172,9 +182,16 @@ async def main(args: argparse.Namespace) -> None:
             spawn([exe, "api", "--port", str(hub_port)], env),
         ]
         try:
-            await asyncio.gather(wait_port(bare_port), wait_port(hub_port))
-            bare = await load(bare_port, "/bare", args.seconds, args.connections, args.warmup, "bare")
-            hub = await load(hub_port, f"/webhooks/stripe/{con}", args.seconds, args.connections, args.warmup, "hub")
+            wait_port(bare_port)
+            wait_port(hub_port)
+            bare_pool = data_dir / "bare.pool"
+            write_pool(bare_pool, BARE_POOL, "bare")
+            bare = measure(f"http://127.0.0.1:{bare_port}/bare", (bare_pool, bare_pool), args)
+            sizes = [math.ceil(bare["rps"] * s * POOL_MARGIN) + 1000 for s in (args.warmup, args.seconds)]
+            hub_pools = (data_dir / "hub-warmup.pool", data_dir / "hub.pool")
+            for path, size, tag in zip(hub_pools, sizes, ("warm", "hub"), strict=True):
+                write_pool(path, size, tag)
+            hub = measure(f"http://127.0.0.1:{hub_port}/webhooks/stripe/{con}", hub_pools, args)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -183,23 +200,20 @@ async def main(args: argparse.Namespace) -> None:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        db = Database(f"sqlite+aiosqlite:///{data_dir / 'hub.db'}")
-        async with db.engine.connect() as conn:
-            from sqlalchemy import text
-
-            stored = (await conn.execute(text("SELECT count(*) FROM webhook_events"))).scalar()
-        await db.dispose()
-    print(f"connections={args.connections} seconds={args.seconds}")
-    print(f"bare FastAPI endpoint: {bare['rps']:.0f} req/s  p50={bare['p50_ms']:.1f} ms  p99={bare['p99_ms']:.1f} ms  "
-          f"statuses={bare['statuses']}")
-    print(f"hub signed Stripe webhooks: {hub['rps']:.0f} accepted/s  p50={hub['p50_ms']:.1f} ms  "
-          f"p99={hub['p99_ms']:.1f} ms  statuses={hub['statuses']}  inbox rows={stored}")
+        stored = asyncio.run(stored_rows(db_url))
+    if hub["wraps"] or hub["warmup_wraps"]:
+        raise SystemExit("the hub's pool of events ran out and events were sent twice: the run does not count")
+    print(f"connections={args.connections} seconds={args.seconds} wrk threads={args.threads}")
+    print(report("bare FastAPI endpoint", "req/s", bare))
+    print(report("hub signed Stripe webhooks", "accepted/s", hub)
+          + f"  inbox rows={stored} (2xx answers={hub['warmup_ok'] + hub['ok']})")  # fmt: skip
     print(f"ratio={hub['rps'] / bare['rps']:.2f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--warmup", type=int, default=2)
+    main(parser.parse_args())

@@ -36,6 +36,7 @@ BOTH_DATABASES = {
     "tests/sync/test_store.py",
     "tests/sync/test_workflow.py",
     "tests/webhooks/test_failure_proofs.py",
+    "tests/webhooks/test_inbox_writer.py",
     "tests/webhooks/test_relay.py",
     "tests/workflows/test_connection.py",
 }

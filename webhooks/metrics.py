@@ -1,5 +1,8 @@
 """Prometheus metrics of webhook intake and relay (exposed on the API's ``/metrics``)."""
 
+from dataclasses import dataclass
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RECEIVED = Counter("hub_webhooks_received_total", "Webhook requests received", ["provider"])
@@ -23,3 +26,21 @@ OLDEST_PENDING = Gauge(
 FAILURES = Counter(
     "hub_webhooks_processing_failures_total", "Failed processing attempts, by resulting status", ["status"]
 )
+
+
+@dataclass(frozen=True)
+class ProviderCounters:
+    """One provider's intake counters, their labels resolved once."""
+
+    received: Counter
+    verified: Counter
+    accepted: Counter
+    duplicates: Counter
+
+
+@cache
+def for_provider(provider: str) -> ProviderCounters:
+    """The intake counters of a provider with webhooks (a bounded set: never a name taken from a request)."""
+    return ProviderCounters(
+        RECEIVED.labels(provider), VERIFIED.labels(provider), ACCEPTED.labels(provider), DUPLICATES.labels(provider)
+    )

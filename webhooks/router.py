@@ -15,6 +15,7 @@ from collections.abc import Callable
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from connectors.events import MalformedEvent, slack_payload, split_delivery
 from connectors.signing import SignatureError
@@ -23,7 +24,7 @@ from hub.runtime import Hub
 from hub.store.inbox import NewEvent
 from webhooks import metrics
 from webhooks.inbox import CredentialCache, InboxWriter
-from webhooks.receivers import Delivery, graph_validation_token, safe_headers, scheme_for, verify
+from webhooks.receivers import NEEDS_URL, Delivery, graph_validation_token, safe_headers, scheme_for, verify
 
 log = logging.getLogger("hub.webhooks")
 router = APIRouter(tags=["webhooks"])
@@ -68,6 +69,10 @@ def _reject(provider: str, status: int, reason: str, detail: str) -> Response:
     return problem_response(status, detail, reason=reason)
 
 
+def _ack(accepted: int, duplicates: int, status: int) -> Response:
+    return Response(b'{"accepted":%d,"duplicates":%d}' % (accepted, duplicates), status, media_type="application/json")
+
+
 @router.post("/webhooks/{provider}/{connection_id}", include_in_schema=True)
 async def receive(provider: str, connection_id: str, request: Request) -> Response:
     """Receive one provider delivery for one connection."""
@@ -75,21 +80,23 @@ async def receive(provider: str, connection_id: str, request: Request) -> Respon
     if scheme is None:  # not a provider with webhooks: counted under one label, whatever the path says
         metrics.RECEIVED.labels("unknown").inc()
         return _reject("unknown", 404, "unknown_provider", f"provider {provider!r} sends no webhooks here")
-    metrics.RECEIVED.labels(provider).inc()
+    counters = metrics.for_provider(provider)
+    counters.received.inc()
     box = intake(request)
     creds, _ = await box.credentials.get(connection_id)
     if creds is None or creds.provider != provider or creds.status == "disabled":
         return _reject(provider, 404, "unknown_connection", f"no {provider} connection {connection_id!r}")
 
-    query = dict(request.query_params)
+    query = dict(request.query_params) if request.scope.get("query_string") else {}
     if scheme == "microsoft" and (token := graph_validation_token(query)) is not None:
         if len(token) > MAX_VALIDATION_TOKEN:
             return _reject(provider, 400, "malformed_request", "validationToken too long")
         return PlainTextResponse(token, headers={"X-Content-Type-Options": "nosniff"})
 
     body = await request.body()
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    delivery = Delivery(body, headers, query, request.method, _public_url(box.hub, request))
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+    url = _public_url(box.hub, request) if scheme in NEEDS_URL else ""
+    delivery = Delivery(body, headers, query, request.scope["method"], url)
     try:
         verify(scheme, delivery, creds)
     except SignatureError as first:
@@ -104,7 +111,7 @@ async def receive(provider: str, connection_id: str, request: Request) -> Respon
         if error is not None:
             log.info("webhook rejected: %s %s %s", provider, connection_id, error.reason)
             return _reject(provider, 401, error.reason, error.detail)
-    metrics.VERIFIED.labels(provider).inc()
+    counters.verified.inc()
 
     if scheme == "slack" and (handshake := _slack_challenge(body, headers)) is not None:
         return JSONResponse({"challenge": handshake})
@@ -124,15 +131,38 @@ async def receive(provider: str, connection_id: str, request: Request) -> Respon
         log.exception("webhook inbox write failed: %s %s", provider, connection_id)
         return problem_response(503, "the inbox cannot be written right now; retry", headers={"Retry-After": "5"})
     accepted = sum(flags)
-    metrics.ACCEPTED.labels(provider).inc(accepted)
+    counters.accepted.inc(accepted)
     if accepted < len(flags):
-        metrics.DUPLICATES.labels(provider).inc(len(flags) - accepted)
+        counters.duplicates.inc(len(flags) - accepted)
     if accepted:
         box.notify()
     if scheme == "slack":
         return Response(status_code=200)  # Slack wants an empty 200 (a JSON body means something to it)
-    status = 202 if scheme == "microsoft" else 200
-    return JSONResponse({"accepted": accepted, "duplicates": len(flags) - accepted}, status_code=status)
+    return _ack(accepted, len(flags) - accepted, 202 if scheme == "microsoft" else 200)
+
+
+RECEIVE_ROUTE = next(r for r in router.routes if getattr(r, "endpoint", None) is receive)
+
+
+class WebhookDispatch:
+    """ASGI middleware: ``POST /webhooks/{provider}/{connection_id}`` straight to ``receive``.
+
+    The route above documents the endpoint and serves it in any app; in the hub's app this sends
+    such requests to the same handler without FastAPI's route matching and dependency solving
+    (which cost more than verifying and storing the event). Other requests pass through.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive_: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            parts = scope["path"].removeprefix(scope.get("root_path", "")).split("/")
+            if len(parts) == 4 and parts[1] == "webhooks" and parts[2] and parts[3]:
+                scope["route"] = RECEIVE_ROUTE  # the route's template labels the request's metrics
+                response = await receive(parts[2], parts[3], Request(scope, receive_))
+                return await response(scope, receive_, send)
+        await self.app(scope, receive_, send)
 
 
 def _slack_challenge(body: bytes, headers: dict[str, str]) -> str | None:

@@ -282,12 +282,28 @@ async def test_inbox_write_failure_is_503_so_the_provider_retries(
 ) -> None:
     from sqlalchemy.exc import OperationalError
 
-    async def broken(*_: object) -> set:
+    def broken(*_: object) -> set:
         raise OperationalError("INSERT", {}, Exception("disk I/O error"))
 
     con = await make_connection(hub, "stripe")
-    monkeypatch.setattr("webhooks.inbox.insert_new", broken)
+    monkeypatch.setattr("webhooks.inbox.insert_rows", broken)
     r = await post_signed(api, hub, "stripe", con, _invoice(), "application/json")
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     monkeypatch.undo()
     assert (await post_signed(api, hub, "stripe", con, _invoice(), "application/json")).json()["accepted"] == 1
+
+
+async def test_webhook_requests_are_counted_under_the_route_template(api: httpx.AsyncClient, hub: Hub) -> None:
+    labels = {"method": "POST", "route": "/webhooks/{provider}/{connection_id}", "status": "200"}
+    before = REGISTRY.get_sample_value("hub_http_requests_total", labels) or 0.0
+    con = await make_connection(hub, "stripe")
+    assert (await post_signed(api, hub, "stripe", con, _invoice(), "application/json")).status_code == 200
+    assert REGISTRY.get_sample_value("hub_http_requests_total", labels) == before + 1
+
+
+async def test_other_paths_and_methods_are_left_to_the_router(api: httpx.AsyncClient, hub: Hub) -> None:
+    con = await make_connection(hub, "stripe")
+    assert (await api.post(f"/webhooks/stripe/{con}/extra", content=b"{}")).status_code == 404
+    assert (await api.get(f"/webhooks/stripe/{con}")).status_code == 405
+    assert "/webhooks/{provider}/{connection_id}" in (await api.get("/openapi.json")).json()["paths"]
+    assert await inbox_count(hub) == 0

@@ -1,0 +1,101 @@
+"""The intake's group-commit writer and credential cache, below the HTTP layer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from hub.runtime import Hub
+from hub.store import Database
+from hub.store.inbox import NewEvent, WebhookEvent
+from tests.webhooks.conftest import make_connection
+from webhooks import inbox
+from webhooks.inbox import CredentialCache, InboxWriter, insert_rows
+
+BODY = b'{"id": "evt", "pad": "' + b"x" * 4000 + b'"}'
+
+
+async def _stored(db: Database) -> int:
+    async with db.session() as session:
+        return await session.scalar(select(func.count()).select_from(WebhookEvent))
+
+
+def _event(name: str) -> NewEvent:
+    return NewEvent("acme", "con_1", "stripe", name, "invoice.paid", {"content-type": "application/json"}, BODY,
+                    "application/json")  # fmt: skip
+
+
+async def test_every_concurrent_submission_is_committed_and_answered(db: Database) -> None:
+    writer = InboxWriter(db)
+
+    async def sender(n: int) -> list[bool]:
+        flags = []
+        for i in range(25):  # each sender submits again as soon as its batch is answered
+            flags += await writer.submit([_event(f"evt_{n}_{i}"), _event(f"evt_{n}_{i}")])
+        return flags
+
+    results = await asyncio.wait_for(asyncio.gather(*(sender(n) for n in range(32))), timeout=60)
+    assert all(flags == [True, False] * 25 for flags in results)  # the second copy is the duplicate
+    assert await _stored(db) == 32 * 25
+    assert await writer.submit([_event("evt_0_0")]) == [False]
+
+
+async def test_sqlite_writer_waits_for_another_writer_without_blocking_the_loop(db: Database) -> None:
+    if not db.is_sqlite:
+        pytest.skip("SQLite's single-writer lock")
+    writer = InboxWriter(db)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    clock = asyncio.create_task(ticker())
+    async with db.engine.begin() as other:  # another writer holds SQLite's write lock ...
+        await other.run_sync(insert_rows, [_event("evt_other")])
+        pending = asyncio.create_task(writer.submit([_event("evt_waiting")]))
+        await asyncio.sleep(0.2)
+        assert not pending.done() and ticks > 20  # ... the batch waits, and the loop runs meanwhile
+    assert await asyncio.wait_for(pending, timeout=15) == [True]
+    clock.cancel()
+    assert await _stored(db) == 2
+
+
+async def test_sqlite_wal_is_checkpointed_in_the_background(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not db.is_sqlite:
+        pytest.skip("SQLite's write-ahead log")
+    monkeypatch.setattr(inbox, "CHECKPOINT_ROWS", 20)
+    writer = InboxWriter(db)
+    wal = Path(db.engine.url.database + "-wal")
+    for n in range(40):
+        await asyncio.gather(*(writer.submit([_event(f"evt_{n}_{i}")]) for i in range(10)))
+        await asyncio.sleep(0.01)  # give the background checkpoint its turn
+    # 400 rows of 4 kB would need over 1.6 MB of WAL; checkpointed, the WAL starts over and stays small
+    assert wal.stat().st_size < 1_000_000
+
+
+async def test_concurrent_requests_for_one_connection_read_its_credentials_once(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    con = await make_connection(hub, "stripe")
+    cache = CredentialCache(hub.db, hub.vault)
+    reads = 0
+    load = cache._load
+
+    async def counted(connection_id: str):  # noqa: ANN202
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.05)
+        return await load(connection_id)
+
+    monkeypatch.setattr(cache, "_load", counted)
+    results = await asyncio.gather(*(cache.get(con) for _ in range(20)))
+    assert reads == 1 and {r[0].connection_id for r in results} == {con}
+    assert await cache.get(con) == (results[0][0], False)  # cached now
+    fresh, reloaded = await cache.get(con, reload=True)  # younger than a second: not read again
+    assert reads == 1 and not reloaded

@@ -40,9 +40,15 @@ def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> li
 
 def provider_workers(client: Client, main_queue: str, connectors: ConnectionActivities) -> list[Worker]:
     """One worker per catalogue provider on its own task queue (``{main}-{action prefix}``), whose
-    ``connector.run_action`` and ``sync.fetch_page`` tasks the server hands out at most at ~90% of the
-    provider's published rate (and which ``connectors`` paces to the same rate within this process,
-    smoothing the server's bursts): actions and syncs share the provider's budget."""
+    ``connector.run_action`` and ``sync.fetch_page`` tasks share the provider's budget.
+
+    The server hands the tasks out at the provider's ``queue_per_second`` (95% of its published rate):
+    the ceiling across every worker process, but a token bucket that lets a second's worth through at once
+    after a pause. ``connectors`` paces the calls of this process at the same average rate and holds them to
+    the limit's hard windows on the times they actually leave. The two run at the same rate on purpose: a
+    faster queue would pile tasks up in the worker (waiting out their start-to-close timeout in the pacer,
+    for minutes on a one-request-a-second provider), a slower one would leave the pacer idle; the server's
+    bucket makes up its own late hand-outs, so the pacer keeps a small backlog and is the one that binds."""
     fetcher = SyncFetcher(connectors)
     return [
         Worker(

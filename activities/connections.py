@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-from collections.abc import Awaitable, Callable
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import httpx
 from prometheus_client import Counter
@@ -65,6 +68,7 @@ log = logging.getLogger("activities.connections")
 T = TypeVar("T")
 
 EXPIRY_SKEW = timedelta(seconds=30)
+SECRETS_TTL = 60.0  # seconds a connection's decrypted secrets are reused while its token version holds
 STORE_ATTEMPTS = 5
 UPDATE_ATTEMPTS = 6
 
@@ -97,6 +101,12 @@ def connection_failed_event(conn: Connection, reason: str) -> dict:
     }
 
 
+class _CachedSecrets(NamedTuple):
+    version: int
+    expires: float  # monotonic
+    load: asyncio.Future[dict[str, str]]
+
+
 class _StoredTokens:
     """The TokenSource of one action run: tokens from the store; renewal only through the ConnectionWorkflow."""
 
@@ -123,7 +133,7 @@ class _StoredTokens:
             raise ApplicationError(f"{self._provider.key} credentials were rejected", type=ERR_UNAUTHORIZED,
                                    non_retryable=True)
         state = await self._owner.request_fresh_token(self._conn, self.version)
-        self._secrets = await self._owner.secrets_of(self._conn.id)
+        self._secrets = await self._owner.secrets_of(self._conn.id, state.version)
         self.version, self.expires_at, self.renewed = state.version, state.expires_at, True
         return self._secrets["access_token"]
 
@@ -132,32 +142,56 @@ class _StoredTokens:
 
 
 class Pacer:
-    """Spaces calls at least ``1 / per_second`` apart within this process (no bursts).
+    """Paces one provider's calls from this process: ``per_second`` on average, and never more than
+    ``requests`` in any window of ``seconds``, for each ``(requests, seconds)`` in ``windows``.
 
-    Temporal's task-queue limit caps a provider queue's dispatch rate across all workers, but its token
-    bucket lets a burst as large as the rate through after an idle period. Spacing this worker's calls
-    evenly removes that burst, so the headroom between the queue's rate and the provider's published
-    limit is left to absorb the jitter with which requests reach the provider.
+    Callers get the slots of an even schedule in call order; the schedule never runs ahead of time, so there
+    is no burst after an idle spell. When a caller's slot comes, the times calls actually left decide: the
+    windows are checked against a log of them, so they hold however late a busy event loop woke the caller
+    and however many callers it woke at once. A caller may leave half a slot after the previous one, so
+    callers a stall made late catch up with the schedule as far as the windows allow, in a quick succession
+    rather than a burst: a late call does not push back every later one (as spacing from the previous
+    departure would), only, through the windows, the one a window later. ``clock`` and ``sleep`` are
+    injectable for tests.
     """
 
-    def __init__(self, per_second: float) -> None:
-        self.interval = 1.0 / per_second
-        self._next = 0.0
+    def __init__(self, per_second: float, windows: Sequence[tuple[int, float]] = (), *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
+        self.interval, self.windows = 1.0 / per_second, list(windows)
+        self._clock, self._sleep = clock, sleep
+        self._kept = max([self.interval, *(seconds for _, seconds in self.windows)])
+        self._sent: deque[float] = deque()  # when the calls of the last ``_kept`` seconds left, oldest first
+        self._next = -math.inf  # the schedule's next slot
 
     async def wait(self) -> None:
-        """Return when this caller's slot has come (slots are handed out in call order)."""
-        now = asyncio.get_running_loop().time()
-        slot = max(now, self._next)
+        """Return when this caller may call the provider (its call is logged as leaving now)."""
+        slot = max(self._clock(), self._next)
         self._next = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        while (pause := self._until(slot)) > 0:
+            await self._sleep(pause)
+        self._sent.append(self._clock())
+
+    def _until(self, slot: float) -> float:
+        """Seconds until ``slot`` has come and the calls already sent leave room for one more."""
+        now = self._clock()
+        while self._sent and self._sent[0] <= now - self._kept:
+            self._sent.popleft()
+        ready = slot
+        if self._sent:
+            ready = max(ready, self._sent[-1] + self.interval / 2)
+        for requests, seconds in self.windows:
+            if len(self._sent) >= requests:  # the call ``requests`` back must have left ``seconds`` ago
+                ready = max(ready, self._sent[-requests] + seconds)
+        return ready - now
 
 
 class ConnectionActivities:
     """Activities bound to the hub runtime (database, vault, settings) and one shared HTTP client.
 
     ``limits`` overrides providers' rate limits (by action prefix); the default is the catalogue's. A
-    provider's calls are paced at ``queue_per_second``, the figure the worker gives its task queue.
+    provider's calls leave through one ``Pacer`` per provider, set from its ``RateLimit``: the same average
+    rate as the worker gives the provider's task queue, plus the limit's hard windows.
     """
 
     def __init__(self, hub: Hub, limits: dict[str, RateLimit] | None = None) -> None:
@@ -166,6 +200,7 @@ class ConnectionActivities:
         self._limits = limits or {}
         self._pacers: dict[str, Pacer] = {}
         self._renewals: dict[tuple[str, int], asyncio.Future[TokenState]] = {}
+        self._secret_cache: dict[str, _CachedSecrets] = {}
         import_action_modules()
 
     def limit(self, provider: Provider) -> RateLimit:
@@ -175,7 +210,8 @@ class ConnectionActivities:
     def _pacer(self, provider: Provider) -> Pacer:
         pacer = self._pacers.get(provider.key)
         if pacer is None:
-            pacer = self._pacers[provider.key] = Pacer(self.limit(provider).queue_per_second)
+            limit = self.limit(provider)
+            pacer = self._pacers[provider.key] = Pacer(limit.queue_per_second, limit.windows)
         return pacer
 
     @property
@@ -195,10 +231,28 @@ class ConnectionActivities:
         """The activities of the main task queue (the ConnectionWorkflow's)."""
         return [self.state, self.refresh, self.mark_failed]
 
-    async def secrets_of(self, connection_id: str) -> dict[str, str]:
-        """A connection's secrets, decrypted."""
+    async def secrets_of(self, connection_id: str, version: int) -> dict[str, str]:
+        """A connection's secrets, decrypted, as of token version ``version`` or newer.
+
+        Concurrent callers share one load, which is reused for ``SECRETS_TTL`` seconds: every token refresh
+        bumps the version, so a rotated token is never served from the cache."""
+        now = time.monotonic()
+        cached = self._secret_cache.get(connection_id)
+        if cached is None or cached.version < version or cached.expires <= now:
+            self._secret_cache = {key: c for key, c in self._secret_cache.items() if c.expires > now}
+            cached = self._secret_cache[connection_id] = _CachedSecrets(
+                version, now + SECRETS_TTL, asyncio.ensure_future(self._load_secrets(connection_id)))
+            cached.load.add_done_callback(lambda load: self._forget_failed(connection_id, load))
+        return dict(await asyncio.shield(cached.load))
+
+    async def _load_secrets(self, connection_id: str) -> dict[str, str]:
         async with self.hub.db.session() as session:
             return await load_secrets(session, self.hub.vault, connection_id)
+
+    def _forget_failed(self, connection_id: str, load: asyncio.Future) -> None:
+        cached = self._secret_cache.get(connection_id)
+        if (load.cancelled() or load.exception() is not None) and cached is not None and cached.load is load:
+            del self._secret_cache[connection_id]
 
     # --- connector.run_action -------------------------------------------------------------------
     @activity.defn(name=RUN_ACTION)
@@ -226,10 +280,9 @@ class ConnectionActivities:
         org's single active) connection, paced to the provider's rate, re-run once after a 401 with a fresh
         token from the ConnectionWorkflow, failures mapped by ``provider_failure``. Returns (result,
         connection id). An empty ``idempotency_key`` is derived from the workflow and activity ids."""
-        async with self.hub.db.session() as session:
+        async with self.hub.db.sessions() as session:  # read only: no transaction to commit
             conn = await _usable_connection(session, org_id, provider.key, connection_id)
-            secrets = await load_secrets(session, self.hub.vault, conn.id)
-        tokens = _StoredTokens(self, conn, provider, secrets)
+        tokens = _StoredTokens(self, conn, provider, await self.secrets_of(conn.id, conn.token_version))
         info = activity.info()
         ctx = ActionContext(
             connection_id=conn.id, org_id=conn.org_id, provider=provider.key, config=dict(conn.config),

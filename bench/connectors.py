@@ -8,12 +8,14 @@ refreshes (single flight: 1). The baseline, measured in the same run, is a direc
 exactly R with no Temporal in between: it shows what the fake serves at R. The fake runs in its own
 process so that the hub's work does not delay its clock readings.
 
-    .venv/bin/python bench/connectors.py [--actions 500] [--rate 50] [--headroom 0.9]
+    .venv/bin/python bench/connectors.py [--actions 500] [--rate 50] [--headroom 0.95]
 
 The last line is ``ratio=<x>``: the hub's achieved rate / R (target ≥ 0.9, and never above R). The
-queue runs at headroom × R, so the ratio cannot exceed the headroom; a larger headroom trades a few
-requests over the limit (answered 429 and retried after Retry-After) for throughput, because requests
-reach the provider with some jitter after they are paced.
+queue and the worker's pacer run at headroom × R on average, so the ratio cannot exceed the headroom;
+the pacer also never lets more than R requests leave in any 1 / headroom seconds, nor more than
+⌈headroom × R⌉ in any one second, so the rest of R absorbs the jitter with which requests reach the
+provider after they leave. A 429 (retried after Retry-After, which costs the action a second or more)
+means that jitter was larger.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ async def baseline(fake: FakeProcess, n: int, rate: float) -> tuple[float, int]:
 
 async def main(actions: int, rate: float, headroom: float | None) -> float:
     headroom = headroom or catalogue().get("generic_oauth2").rate_limit.headroom
+    limit = RateLimit(per_second=rate, headroom=headroom)
     fake = FakeProcess(rate)
     with tempfile.TemporaryDirectory() as tmp:
         keys = new_key_line("b1")
@@ -139,7 +142,7 @@ async def main(actions: int, rate: float, headroom: float | None) -> float:
             calls = [ActionCall(org_id="acme", action="generic_oauth2.request", params={"path": f"/bench/{i}"},
                                 connection_id=conn.id) for i in range(actions)]
             per = -(-actions // WORKFLOWS)
-            async with connection_workers(client, hub, limit=RateLimit(per_second=rate, headroom=headroom)):
+            async with connection_workers(client, hub, limit=limit):
                 started = time.monotonic()
                 results = await asyncio.gather(*(
                     client.execute_workflow(RunActions.run, calls[i:i + per], id=f"bench-{uuid.uuid4()}",
@@ -148,16 +151,17 @@ async def main(actions: int, rate: float, headroom: float | None) -> float:
                 ))
                 elapsed = time.monotonic() - started
             times, throttled, grants = fake.ask("stats")
-            failed = sum(isinstance(r, str) for batch in results for r in batch)
+            failures = [r for batch in results for r in batch if isinstance(r, str)]
             served = times[len(before):]
             rate_hub = achieved(served)
-            print(f"fake provider (own process) limit R = {rate:g} req/s; "
-                  f"provider queue and pacing at {headroom:g} × R = {rate * headroom:g}/s")
+            windows = ", ".join(f"≤ {n} in any {seconds:.3g} s" for n, seconds in limit.windows)
+            print(f"fake provider (own process) limit R = {rate:g} req/s; provider queue and pacing at "
+                  f"{headroom:g} × R = {limit.queue_per_second:g}/s, {windows}")
             print(f"baseline (direct client paced at exactly R): {base:.1f} req/s = {base / rate:.3f} R, "
                   f"429s: {base_throttled}")
             print(f"hub: {actions} actions in {elapsed:.1f} s, {len(served)} served at {rate_hub:.1f} req/s "
                   f"(busiest 1-s window {busiest_second(served)}, limit {rate:g}); "
-                  f"429s: {throttled - throttled_before}; failed: {failed}")
+                  f"429s: {throttled - throttled_before}; failed: {len(failures)}{' — ' + failures[0] if failures else ''}")
             print(f"token refreshes: {grants.count('refresh_token')} ({actions} actions started on an expired token)")
             return rate_hub / rate
         finally:
@@ -170,7 +174,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--actions", type=int, default=500)
     parser.add_argument("--rate", type=float, default=50.0, help="the fake provider's limit R, requests/s")
-    parser.add_argument("--headroom", type=float, help="queue rate / R (default: the catalogue's, 0.9)")
+    parser.add_argument("--headroom", type=float, help="queue rate / R (default: the catalogue's, 0.95)")
     args = parser.parse_args()
     ratio = asyncio.run(main(args.actions, args.rate, args.headroom))
     print(f"ratio={ratio:.3f}")

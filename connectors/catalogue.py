@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import math
 import re
 import string
 from datetime import timedelta
@@ -65,15 +66,35 @@ class _Strict(BaseModel):
 
 
 class RateLimit(_Strict):
-    """The provider's published request rate, and the fraction of it the hub uses."""
+    """The provider's published request rate, and the share of it the hub uses (on average ``queue_per_second``).
+
+    ``windows`` are the hard limits the hub keeps to, measured on the times requests leave it: the provider's
+    own limit over a window stretched by ``1 / headroom`` (so a request may reach a per-second provider up to
+    53 ms later than its neighbours, at 0.95, without the provider seeing more than its limit), and
+    ⌈headroom × per_second⌉ in any second (so catching up after a stall never fills the provider's second: the
+    requests left over absorb those a stalled event loop held back after they were counted).
+    """
 
     per_second: PositiveFloat
-    headroom: float = Field(0.9, gt=0, le=1)
+    headroom: float = Field(0.95, gt=0, le=1)
+
+    @property
+    def _window(self) -> tuple[int, float]:
+        """The provider's limit as (requests, seconds): per second, or one request per ``1 / per_second`` s."""
+        seconds = max(1.0, 1.0 / self.per_second)
+        return max(1, math.floor(self.per_second * seconds + 1e-9)), seconds
+
+    @property
+    def windows(self) -> list[tuple[int, float]]:
+        """(requests, seconds): never more than that many requests leave in any window that long."""
+        requests, seconds = self._window
+        return [(requests, seconds / self.headroom), (math.ceil(self.per_second * self.headroom - 1e-9), 1.0)]
 
     @property
     def queue_per_second(self) -> float:
-        """The task queue's ``max_task_queue_activities_per_second``."""
-        return self.per_second * self.headroom
+        """The average rate: the task queue's ``max_task_queue_activities_per_second`` and the pacer's."""
+        requests, seconds = self._window
+        return self.headroom * requests / seconds
 
 
 class RetrySpec(_Strict):

@@ -103,7 +103,7 @@ def test_sync_models_are_declared_with_cursor_page_size_and_interval() -> None:
     assert catalogue().get("microsoft").syncs[0].cursor == "delta_link"
 
 
-async def test_worker_runs_each_provider_queue_at_90_percent_of_its_limit_without_eager_activities(
+async def test_worker_runs_each_provider_queue_at_95_percent_of_its_limit_without_eager_activities(
     hub: Hub, client: Client
 ) -> None:
     from worker import build_workers
@@ -114,5 +114,5 @@ async def test_worker_runs_each_provider_queue_at_90_percent_of_its_limit_withou
     rates = {w.task_queue: w.config()["max_task_queue_activities_per_second"] for w in providers}
     for entry in catalogue().providers.values():
         queue = f"{hub.settings.task_queue}-{entry.action_prefix}"
-        assert rates[queue] == pytest.approx(entry.rate_limit.per_second * 0.9)
-    assert rates[f"{hub.settings.task_queue}-stripe"] == pytest.approx(22.5)
+        assert rates[queue] == pytest.approx(entry.rate_limit.per_second * 0.95)
+    assert rates[f"{hub.settings.task_queue}-stripe"] == pytest.approx(23.75)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from temporalio.client import Client
 
+from activities import connections
 from activities.connector_types import ActionCall
 from connectors.catalogue import RateLimit
 from hub.runtime import Hub
@@ -89,6 +90,32 @@ async def test_provider_queue_never_exceeds_its_configured_rate(client: Client, 
     assert len(times) == 15  # no request was refused (a 429 would show as an extra arrival)
     busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
     assert busiest <= 5
+
+
+async def test_secrets_are_read_once_per_token_version_and_a_rotated_token_is_used_at_once(
+    client: Client, hub: Hub, idp: OAuthFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    load_secrets = connections.load_secrets
+
+    async def counted(session, vault, connection_id):  # noqa: ANN001, ANN202
+        reads.append(connection_id)
+        return await load_secrets(session, vault, connection_id)
+
+    monkeypatch.setattr(connections, "load_secrets", counted)
+    conn = await _connection(hub, idp)
+    async with connection_workers(client, hub):
+        first = await _run(client, hub, [_call(conn, f"/a/{i}") for i in range(5)])
+        assert reads == [conn.id]  # five actions, one read
+        idp.expire_all()  # the provider now rejects the cached token
+        second = await _run(client, hub, [_call(conn, f"/b/{i}") for i in range(5)])
+        third = await _run(client, hub, [_call(conn, f"/c/{i}") for i in range(5)])
+    assert all(not isinstance(r, str) for r in first + second + third)
+    assert idp.token_calls.count("refresh_token") == 1
+    assert len(reads) == 3  # + the refresh's own read + one read of version 2 for every later action
+    calls = [path for _, path in idp.arrivals if path.startswith("/api/")]
+    assert 5 < sum(p.startswith("/api/b/") for p in calls) <= 10  # those that began before the refresh met a 401
+    assert sum(p.startswith("/api/c/") for p in calls) == 5  # the rotated token, straight from the cache
 
 
 async def test_which_connection_an_action_runs_on(client: Client, hub: Hub, idp: OAuthFake) -> None:

@@ -4,6 +4,7 @@ rotated refresh tokens persisted (old never reused), invalid_grant → needs_rea
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -186,14 +187,14 @@ async def test_scheduled_refresh_ahead_of_expiry(client: Client, hub: Hub, idp: 
 async def _ask(handle: WorkflowHandle, seen_version: int) -> TokenState:
     """Update fresh_token, retrying what the server aborts or refuses while more than 10 updates are in
     flight on one workflow (as the activity does)."""
-    for attempt in range(20):
+    for attempt in range(30):
         try:
             return await handle.execute_update(FRESH_TOKEN_UPDATE, TokenRequest(seen_version=seen_version),
                                                result_type=TokenState)
         except RPCError as exc:
-            if exc.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.RESOURCE_EXHAUSTED) or attempt == 19:
+            if exc.status not in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.RESOURCE_EXHAUSTED) or attempt == 29:
                 raise
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0) * random.uniform(0.5, 1.0))  # spread the retries
     raise AssertionError("unreachable")
 
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp
 from temporalio.api.common.v1 import Payloads
 
 from connectors.catalogue import import_action_modules
@@ -25,7 +26,7 @@ from hub.telemetry import RequestTelemetry
 from hub.vault import EncryptionCodec
 from routes import ROUTERS
 from webhooks.relay import relay_running
-from webhooks.router import WebhookDispatch
+from webhooks.router import WebhookDispatch, serve_delivery
 
 log = logging.getLogger("hub.api")
 
@@ -66,6 +67,22 @@ class _TooLarge(Exception):
     pass
 
 
+class HubApp(FastAPI):
+    """The hub's FastAPI app: webhook deliveries skip its middleware stack (see ``WebhookDispatch``).
+
+    A delivery passes only the request telemetry and the body-size limit; every other request goes
+    through the whole stack, including the same two.
+    """
+
+    def __init__(self, *, max_body_bytes: int, **kwargs) -> None:  # noqa: ANN003 - FastAPI's own
+        super().__init__(**kwargs)
+        self.max_body_bytes = max_body_bytes
+
+    def build_middleware_stack(self) -> ASGIApp:
+        deliveries = RequestTelemetry(BodySizeLimit(serve_delivery, limit=self.max_body_bytes))
+        return WebhookDispatch(super().build_middleware_stack(), deliveries)
+
+
 def create_app(hub: Hub | None = None) -> FastAPI:
     """Build the app around a runtime (built from settings and migrated at startup if not given)."""
     import_action_modules()  # provider actions register their params for rule validation
@@ -84,7 +101,8 @@ def create_app(hub: Hub | None = None) -> FastAPI:
             await app.state.hub.close()
 
     settings = hub.settings if hub else get_settings()
-    app = FastAPI(
+    app = HubApp(
+        max_body_bytes=settings.max_body_bytes,
         title="FulQrun Hub",
         version="1",
         description="Integration hub and workflow-automation engine of the FulQrun CRM.",
@@ -95,7 +113,6 @@ def create_app(hub: Hub | None = None) -> FastAPI:
     if hub is not None:
         app.state.hub = hub
     problems.install(app)
-    app.add_middleware(WebhookDispatch)  # innermost: webhook deliveries skip FastAPI's routing
     app.add_middleware(IdempotencyMiddleware)  # inside the body-size limit
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTelemetry)

@@ -40,6 +40,7 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
+import orjson
 from pydantic import BaseModel, Field
 
 REDACTED = "[redacted]"
@@ -85,6 +86,10 @@ def _digest(data: bytes) -> str:
 
 
 def _json(body: bytes) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # integers beyond 64 bits or NaN: valid for the json module, which also words the error
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -68,7 +68,14 @@ def run(
 ) -> None:
     """Everything in one process group: Temporal dev server, worker and API, on the embedded defaults."""
     from hub import demo
-    from hub.runner import StartupError, ensure_port_free, serve, start_temporal_dev_server, wait_for_temporal
+    from hub.runner import (
+        StartupError,
+        ensure_port_free,
+        run_event_loop,
+        serve,
+        start_temporal_dev_server,
+        wait_for_temporal,
+    )
     from hub.runtime import Hub
 
     settings = load_settings()
@@ -112,7 +119,7 @@ def run(
                 await asyncio.gather(training, return_exceptions=True)
                 await hub.close()
 
-        asyncio.run(main())
+        run_event_loop(main())
     except StartupError as exc:
         fail(str(exc))
     finally:
@@ -126,7 +133,7 @@ def run(
 
 
 def _serve_part(api: bool, worker: bool, host: str | None, port: int | None) -> None:
-    from hub.runner import StartupError, serve
+    from hub.runner import StartupError, run_event_loop, serve
     from hub.runtime import Hub
 
     settings = load_settings()
@@ -140,7 +147,7 @@ def _serve_part(api: bool, worker: bool, host: str | None, port: int | None) -> 
             await hub.close()
 
     try:
-        asyncio.run(main())
+        run_event_loop(main())
     except StartupError as exc:
         fail(str(exc))
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 
 import uvicorn
@@ -88,6 +89,15 @@ async def wait_for_temporal(address: str, namespace: str, timeout: float = 30) -
             if asyncio.get_running_loop().time() > deadline:
                 raise StartupError(f"Temporal at {address} did not become ready: {exc}") from exc
             await asyncio.sleep(0.3)
+
+
+def run_event_loop(main: Coroutine[object, object, None]) -> None:
+    """Run a server's ``main`` to completion on uvloop (on asyncio's own loop where uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:  # Windows: no uvloop
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def stop_within(tasks: list[asyncio.Task], grace: float) -> list[object]:

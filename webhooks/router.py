@@ -70,7 +70,9 @@ def _reject(provider: str, status: int, reason: str, detail: str) -> Response:
 
 
 def _ack(accepted: int, duplicates: int, status: int) -> Response:
-    return Response(b'{"accepted":%d,"duplicates":%d}' % (accepted, duplicates), status, media_type="application/json")
+    return Response(
+        b'{"accepted":%d,"duplicates":%d}' % (accepted, duplicates), status, media_type="application/json"
+    )
 
 
 @router.post("/webhooks/{provider}/{connection_id}", include_in_schema=True)
@@ -122,14 +124,18 @@ async def receive(provider: str, connection_id: str, request: Request) -> Respon
         return _reject(provider, 400, "malformed_event", str(exc))
     kept = safe_headers(headers)
     new = [
-        NewEvent(creds.org_id, creds.connection_id, provider, p.event_id, p.type, kept, p.body, p.content_type)
+        NewEvent(
+            creds.org_id, creds.connection_id, provider, p.event_id, p.type, kept, p.body, p.content_type
+        )
         for p in parts
     ]
     try:
         flags = await box.writer.submit(new)
     except (SQLAlchemyError, OSError):
         log.exception("webhook inbox write failed: %s %s", provider, connection_id)
-        return problem_response(503, "the inbox cannot be written right now; retry", headers={"Retry-After": "5"})
+        return problem_response(
+            503, "the inbox cannot be written right now; retry", headers={"Retry-After": "5"}
+        )
     accepted = sum(flags)
     counters.accepted.inc(accepted)
     if accepted < len(flags):
@@ -144,25 +150,36 @@ async def receive(provider: str, connection_id: str, request: Request) -> Respon
 RECEIVE_ROUTE = next(r for r in router.routes if getattr(r, "endpoint", None) is receive)
 
 
-class WebhookDispatch:
-    """ASGI middleware: ``POST /webhooks/{provider}/{connection_id}`` straight to ``receive``.
+def is_delivery(scope: Scope) -> bool:
+    """Whether an ASGI request is ``POST /webhooks/{provider}/{connection_id}``."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return False
+    parts = scope["path"].removeprefix(scope.get("root_path", "")).split("/")
+    return len(parts) == 4 and parts[1] == "webhooks" and bool(parts[2]) and bool(parts[3])
 
-    The route above documents the endpoint and serves it in any app; in the hub's app this sends
-    such requests to the same handler without FastAPI's route matching and dependency solving
-    (which cost more than verifying and storing the event). Other requests pass through.
+
+async def serve_delivery(scope: Scope, receive_: Receive, send: Send) -> None:
+    """``receive`` as a plain ASGI app, for requests ``is_delivery`` accepts."""
+    _, _, provider, connection_id = scope["path"].removeprefix(scope.get("root_path", "")).split("/")
+    scope["route"] = RECEIVE_ROUTE  # the route's template labels the request's metrics
+    response = await receive(provider, connection_id, Request(scope, receive_))
+    await response(scope, receive_, send)
+
+
+class WebhookDispatch:
+    """ASGI: webhook deliveries to ``deliveries``, every other request to ``app``.
+
+    The route above documents the endpoint and serves it in any app; the hub's app sends deliveries
+    around FastAPI's middleware stack, route matching and dependency solving (which cost more
+    than verifying and storing the event) to ``serve_delivery`` wrapped in the few middlewares a
+    delivery needs.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, deliveries: ASGIApp) -> None:
+        self.app, self.deliveries = app, deliveries
 
     async def __call__(self, scope: Scope, receive_: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            parts = scope["path"].removeprefix(scope.get("root_path", "")).split("/")
-            if len(parts) == 4 and parts[1] == "webhooks" and parts[2] and parts[3]:
-                scope["route"] = RECEIVE_ROUTE  # the route's template labels the request's metrics
-                response = await receive(parts[2], parts[3], Request(scope, receive_))
-                return await response(scope, receive_, send)
-        await self.app(scope, receive_, send)
+        await (self.deliveries if is_delivery(scope) else self.app)(scope, receive_, send)
 
 
 def _slack_challenge(body: bytes, headers: dict[str, str]) -> str | None:

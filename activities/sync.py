@@ -2,22 +2,28 @@
 
 ``sync.fetch_page`` runs on the provider's rate-limited task queue with the connection's credentials,
 exactly as an action does (401 → one fresh token from the ConnectionWorkflow and one re-run; 429 →
-retried after the provider's retry header; other 4xx → not retryable). The others run on the main
-queue. ``sync.store_page`` is one transaction: upsert the page's records, write the change events of
+retried after the provider's retry header; other 4xx → not retryable); a chained fetch first waits for
+the run's previous page to be fetched. The others run on the main queue. ``sync.store_page`` is one
+transaction for one or more consecutive pages: upsert their records, write the change events of
 new/changed records into the webhook inbox (the path webhooks take; unique on provider + connection +
-event id, so a fact that also arrived by webhook stays one event) and move the cursor past the page.
-Storing the same page twice changes nothing.
+event id, so a fact that also arrived by webhook stays one event) and move the cursor past them, each page
+checked to have been fetched from where the one before it ends. Storing the same pages twice changes
+nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from openfeature import api as openfeature
 from openfeature.evaluation_context import EvaluationContext
 from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -54,6 +60,7 @@ from hub.store import inbox
 from hub.store import sync as store
 from hub.store.connections import Connection
 from hub.store.orgs import Org
+from hub.store.sync import SyncPage
 
 log = logging.getLogger("activities.sync")
 
@@ -73,6 +80,8 @@ RUN_RATE = Gauge("hub_sync_run_records_per_second", "Records/s of the sync's cur
 LAST_SUCCESS = Gauge("hub_sync_last_success_timestamp_seconds", "When the sync last completed a run",
                      ["connection", "model"])
 FAILURES = Gauge("hub_sync_consecutive_failures", "Failed runs in a row", ["connection", "model"])
+CHAIN_POLL = 0.2  # seconds between looks in sync_pages for a predecessor another worker process fetches
+ENDS_KEPT = 256  # fetched pages' ends kept for chained fetches in this process (each is taken within a page or so)
 
 
 def _observe(state: store.SyncState) -> None:
@@ -113,24 +122,62 @@ def _raises_domain_event(provider: str, event: ProviderEvent, body: bytes) -> bo
     return bool(mapped.events)
 
 
+class PageEnd(NamedTuple):
+    """Where a staged page ends: the cursor after it, and whether it completed the run."""
+
+    next_cursor: str | None
+    done: bool
+
+
+PageSource = Callable[[FetchInput, str | None], Awaitable[PageData]]
+
+
 class SyncFetcher:
     """``sync.fetch_page``, on every provider's task queue: a provider call exactly like an action's — the
-    same connection context, pacing and failure mapping as ``connector.run_action`` (shared ``connections``)."""
+    same connection context, pacing and failure mapping as ``connector.run_action`` (shared ``connections``).
 
-    def __init__(self, connections: ConnectionActivities) -> None:
+    A chained fetch waits for the previous page — told as soon as it is fetched when this process fetched it,
+    else found staged in ``sync_pages`` (another worker process fetched it) — and then makes its one request
+    from where that page ends, so a run's requests follow each other at the provider's pace, not a workflow
+    round trip apart. ``source`` stands in for the provider request (tests).
+    """
+
+    def __init__(self, connections: ConnectionActivities, source: PageSource | None = None) -> None:
         self.connections = connections
+        self.source = source or self.request
+        self._ends: dict[tuple[str, int], asyncio.Future[PageEnd]] = {}  # (run, page no) → fetched page's end
+        self._fetching: set[tuple[str, int | None]] = set()  # (run, page no) of the fetches running here
 
     @activity.defn(name=SYNC_FETCH_PAGE)
     async def fetch_page(self, inp: FetchInput) -> PageRef:
-        """One provider request from ``inp.cursor`` with the connection's credentials; the page is staged."""
+        """One provider request (none when a chained fetch has nothing to follow); the page is staged."""
+        self._fetching.add((inp.run_id, inp.page_no))
+        try:
+            cursor = inp.cursor
+            if inp.chained:
+                end = await self._end_of_previous(inp)
+                if end is None or end.done:
+                    if end is not None:  # past the end of the run: so is the next page
+                        self._tell((inp.run_id, inp.page_no), end)
+                    return PageRef(page_id="", records=0)
+                cursor = end.next_cursor
+            page = await self.source(inp, cursor)
+            if inp.page_no is not None:  # the next page's fetch need not wait for this one to be staged
+                self._tell((inp.run_id, inp.page_no), PageEnd(page.next_cursor, page.done))
+            return await stage(self.connections.hub, inp, cursor, page)
+        finally:
+            self._fetching.discard((inp.run_id, inp.page_no))
+
+    async def request(self, inp: FetchInput, cursor: str | None) -> PageData:
+        """The provider's page from ``cursor``: one request with the connection's credentials."""
         spec = _spec(inp.target.model)
         started = time.perf_counter()
         page, _ = await self.connections.call_provider(
             spec.provider, inp.target.org_id, inp.target.connection_id, "",
-            lambda ctx: spec.fetch(ctx, inp.cursor, inp.page_size),
+            lambda ctx: spec.fetch(ctx, cursor, inp.page_size),
         )
         FETCH_SECONDS.labels(spec.provider.key, spec.name).observe(time.perf_counter() - started)
-        data = PageData(
+        return PageData(
             records=[
                 RecordData(id=r.id, payload=r.payload, changed_at=r.changed_at,
                            event=ProviderEventData(id=r.event.id, type=r.event.type, body=r.event.body)
@@ -140,15 +187,70 @@ class SyncFetcher:
             next_cursor=page.next_cursor,
             done=page.done,
         )
-        return await stage(self.connections.hub, inp, data)
+
+    def _tell(self, key: tuple[str, int], end: PageEnd) -> None:
+        """Hand a fetched page's end to the chained fetch waiting for it here (or arriving soon)."""
+        told = self._ends.get(key)
+        if told is None or told.done():
+            told = self._ends[key] = asyncio.get_running_loop().create_future()
+            while len(self._ends) > ENDS_KEPT:  # ends nobody waits for: a run's last page, another process's fetch
+                del self._ends[next(iter(self._ends))]
+        told.set_result(end)
+
+    async def _end_of_previous(self, inp: FetchInput) -> PageEnd | None:
+        """The end of the run's previous page once it is fetched; None if it was stored before this fetch saw it,
+        or the run is over (then the workflow fetches this page from the cursor, if it still needs it)."""
+        key = (inp.run_id, (inp.page_no or 1) - 1)
+        told = self._ends.get(key)
+        if told is None:
+            told = self._ends[key] = asyncio.get_running_loop().create_future()
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(told), CHAIN_POLL)
+                except TimeoutError:
+                    activity.heartbeat()  # so that the workflow's cancellation reaches us
+                if key in self._fetching:  # it will tell us
+                    continue
+                async with self.connections.hub.db.session() as session:
+                    state = await store.get_state(session, inp.target.connection_id, inp.target.model)
+                    if (state is None or state.run_id != inp.run_id or state.run_finished_at is not None
+                            or state.run_pages >= key[1]):
+                        return None
+                    found = await staged_end(session, state, key[1])
+                if found is not None:
+                    return found
+        finally:
+            if self._ends.get(key) is told:
+                del self._ends[key]
 
 
-async def stage(hub: Hub, inp: FetchInput, page: PageData) -> PageRef:
-    """Keep a fetched page in ``sync_pages`` for ``sync.store_page``; the reference is what the fetch returns."""
+async def stage(hub: Hub, inp: FetchInput, cursor: str | None, page: PageData) -> PageRef:
+    """Keep a page fetched from ``cursor`` in ``sync_pages`` for ``sync.store_page``; the reference is what the
+    fetch returns."""
     async with hub.db.session() as session:
         page_id = await store.stage_page(session, inp.target.connection_id, inp.target.model, inp.run_id,
-                                         inp.cursor, page.model_dump(mode="json"))
-    return PageRef(page_id=page_id, records=len(page.records), next_cursor=page.next_cursor, done=page.done)
+                                         cursor, page.model_dump(mode="json"))
+    return PageRef(page_id=page_id, records=len(page.records), next_cursor=page.next_cursor, done=page.done,
+                   cursor=cursor)
+
+
+async def staged_end(session: AsyncSession, state: store.SyncState, page_no: int) -> PageEnd | None:
+    """The end of page ``page_no`` of the sync's current run, following its staged pages from the stored cursor
+    (another process fetched them); None while it is not staged."""
+    rows = await session.execute(
+        select(SyncPage.cursor, SyncPage.page)
+        .where(SyncPage.connection_id == state.connection_id, SyncPage.model == state.model,
+               SyncPage.run_id == state.run_id)
+        .order_by(SyncPage.created_at))
+    ends = {cursor: PageEnd(page.get("next_cursor"), page.get("done", True)) for cursor, page in rows}
+    end, cursor = None, state.cursor
+    for _ in range(page_no - state.run_pages):
+        end = ends.get(cursor)
+        if end is None or end.done:
+            return end
+        cursor = end.next_cursor
+    return end
 
 
 class SyncActivities:
@@ -183,46 +285,62 @@ class SyncActivities:
 
     @activity.defn(name=SYNC_STORE_PAGE)
     async def store_page(self, inp: StoreInput) -> StoreResult:
-        """Upsert one page, write its change events to the inbox and move the cursor, in one transaction."""
+        """Upsert the pages in order, write their change events to the inbox and move the cursor past them, in
+        one transaction."""
         t = inp.target
         spec = _spec(t.model)
-        provider = spec.provider.key
+        refs = [inp.page, *inp.more]
         async with self.hub.db.session() as session:
             state = await store.lock_state(session, t.org_id, t.connection_id, t.model)
-            if store.page_applied(state, inp.run_id, inp.page_no):
+            if store.page_applied(state, inp.run_id, inp.page_no + len(refs) - 1):
                 return StoreResult(replayed=True)
             try:
                 store.ensure_follows(state, inp.run_id, inp.page_no, inp.cursor)
             except store.CursorConflict as exc:
                 raise ApplicationError(str(exc), type=ERR_SYNC_CONFLICT, non_retryable=True) from None
-            staged = await store.take_page(session, inp.page.page_id, t.connection_id, t.model)
-            if staged is None:
-                raise ApplicationError(f"staged page {inp.page.page_id} of {t.model} is gone", type=ERR_SYNC_CONFLICT,
-                                       non_retryable=True)
-            page = PageData.model_validate(staged.page)
-            versions = [store.RecordVersion(r.id, r.payload, r.changed_at) for r in page.records]
-            upserted = await store.upsert_records(session, t.org_id, t.connection_id, t.model, versions)
-            written = 0
-            if not inp.quiet:
-                new_events = []
-                for event in change_events(spec, page, upserted.changes):
-                    body = json.dumps(event.body, separators=(",", ":"), ensure_ascii=False).encode()
-                    if _raises_domain_event(provider, event, body):
-                        new_events.append(inbox.NewEvent(
-                            org_id=t.org_id, connection_id=t.connection_id, provider=provider,
-                            event_id=event.id, event_type=event.type, headers={SOURCE_HEADER: f"sync:{t.model}"},
-                            body=body, content_type="application/json"))
-                written = len(await inbox.insert_new(session, new_events))
-            store.advance_cursor(state, inp.run_id, inp.page_no, inp.cursor, page.next_cursor,
-                                 seen=len(versions), changed=len(upserted.changes), events=written)
-        PAGES.labels(provider, t.model).inc()
-        for outcome, n in (("new", upserted.new), ("changed", upserted.changed),
-                           ("unchanged", upserted.unchanged), ("stale", upserted.stale)):
-            if n:
+            results = [await self._store(session, state, inp, spec, page_no, ref)
+                       for page_no, ref in enumerate(refs, inp.page_no)]
+        total = StoreResult(**{n: sum(getattr(r, n) for r in results)
+                               for n in ("new", "changed", "unchanged", "stale", "events")})
+        provider = spec.provider.key
+        PAGES.labels(provider, t.model).inc(len(refs))
+        for outcome in ("new", "changed", "unchanged", "stale"):
+            if n := getattr(total, outcome):
                 RECORDS.labels(provider, t.model, outcome).inc(n)
-        if written:
-            EVENTS.labels(provider, t.model).inc(written)
+        if total.events:
+            EVENTS.labels(provider, t.model).inc(total.events)
         _observe(state)
+        return total
+
+    @staticmethod
+    async def _store(session: AsyncSession, state: store.SyncState, inp: StoreInput, spec: SyncModelSpec,
+                     page_no: int, ref: PageRef) -> StoreResult:
+        """Page ``page_no`` of the run: its records upserted, its change events in the inbox, the cursor past it."""
+        t = inp.target
+        provider = spec.provider.key
+        staged = await store.take_page(session, ref.page_id, t.connection_id, t.model)
+        if staged is None:
+            raise ApplicationError(f"staged page {ref.page_id} of {t.model} is gone", type=ERR_SYNC_CONFLICT,
+                                   non_retryable=True)
+        if staged.cursor != state.cursor:
+            raise ApplicationError(f"staged page {ref.page_id} of {t.model} was not fetched from the stored cursor",
+                                   type=ERR_SYNC_CONFLICT, non_retryable=True)
+        page = PageData.model_validate(staged.page)
+        versions = [store.RecordVersion(r.id, r.payload, r.changed_at) for r in page.records]
+        upserted = await store.upsert_records(session, t.org_id, t.connection_id, t.model, versions)
+        written = 0
+        if not inp.quiet:
+            new_events = []
+            for event in change_events(spec, page, upserted.changes):
+                body = json.dumps(event.body, separators=(",", ":"), ensure_ascii=False).encode()
+                if _raises_domain_event(provider, event, body):
+                    new_events.append(inbox.NewEvent(
+                        org_id=t.org_id, connection_id=t.connection_id, provider=provider,
+                        event_id=event.id, event_type=event.type, headers={SOURCE_HEADER: f"sync:{t.model}"},
+                        body=body, content_type="application/json"))
+            written = len(await inbox.insert_new(session, new_events))
+        store.advance_cursor(state, inp.run_id, page_no, state.cursor, page.next_cursor,
+                             seen=len(versions), changed=len(upserted.changes), events=written)
         return StoreResult(new=upserted.new, changed=upserted.changed, unchanged=upserted.unchanged,
                            stale=upserted.stale, events=written)
 

@@ -67,7 +67,7 @@ class SyncInput(BaseModel):
 
     target: SyncTarget
     page_size: int | None = None  # None → the catalogue's page size
-    pages_per_execution: int = 100  # continue-as-new after this many pages
+    pages_per_execution: int = 500  # continue-as-new after this many pages (or sooner, as Temporal suggests)
     run: RunState | None = None
 
 
@@ -89,12 +89,16 @@ class BeginResult(BaseModel):
 
 
 class FetchInput(BaseModel):
-    """Activity ``sync.fetch_page``: one provider request from ``cursor`` for run ``run_id``."""
+    """Activity ``sync.fetch_page``: one provider request for page ``page_no`` of run ``run_id`` from ``cursor`` —
+    or, a chained fetch, from where page ``page_no - 1`` ends: scheduled while that page is still being fetched,
+    it waits for it. (Histories from before chained fetches have no ``page_no``.)"""
 
     target: SyncTarget
     run_id: str
     cursor: str | None
     page_size: int
+    page_no: int | None = None
+    chained: bool = False
 
 
 class ProviderEventData(BaseModel):
@@ -123,28 +127,32 @@ class PageData(BaseModel):
 
 
 class PageRef(BaseModel):
-    """Result of ``sync.fetch_page``: the staged page's id, its size and where the provider goes on."""
+    """Result of ``sync.fetch_page``: the staged page's id, the cursor it was fetched from, its size and where the
+    provider goes on. A chained fetch that found nothing to follow (its predecessor ended the run, or was stored
+    before it looked) fetches nothing: ``page_id`` is empty."""
 
     page_id: str
     records: int
     next_cursor: str | None = None
     done: bool = True
+    cursor: str | None = None
 
 
 class StoreInput(BaseModel):
     """Activity ``sync.store_page``: upsert staged page ``page`` as page ``page_no`` of the run, fetched from
-    ``cursor``; the cursor moves to ``page.next_cursor`` in the same transaction."""
+    ``cursor``, then the pages ``more`` that follow it; the cursor moves past the last in the same transaction."""
 
     target: SyncTarget
     run_id: str
     page_no: int
     cursor: str | None
     page: PageRef
+    more: list[PageRef] = Field(default_factory=list)
     quiet: bool = False
 
 
 class StoreResult(BaseModel):
-    """What storing a page did (``replayed``: it was already stored by an earlier attempt)."""
+    """What storing pages did (``replayed``: they were already stored by an earlier attempt)."""
 
     new: int = 0
     changed: int = 0

@@ -5,12 +5,16 @@ on the provider's rate-limited task queue (the same queue, hence the same reques
 provider's actions), which stages the records in the database and returns a reference (records never
 travel through Temporal histories), and stored by ``sync.store_page``, whose transaction upserts the
 records, writes their change events to the inbox and moves the cursor past the page — the cursor never
-moves ahead of what is stored. Fetching runs ahead of storing (each page's cursor is known as soon as the previous
-page is fetched; at most ``FETCH_AHEAD`` pages wait to be stored), so the provider's budget is used back
-to back even when a store is slow; pages are stored strictly in order, and a fetched page that was not
-stored when a run fails is simply fetched again by the next run. A 429 is retried by the fetch activity after the provider's Retry-After; a crash (worker or
-process) resumes from history; a run that fails for good leaves the stored cursor where the next run
-starts. Long backfills continue-as-new between pages.
+moves ahead of what is stored. Fetching runs ahead of storing, and the fetches of the next pages are
+scheduled while a page is still being fetched: *chained* fetches, each waiting on its worker until the
+page before it is fetched and then requesting the page after it, so a run's requests follow each other at
+the provider's pace instead of one workflow round trip apart — still one request per activity, so the
+task queue's rate limit counts every one. At most ``FETCH_AHEAD`` pages are being fetched or wait to be
+stored; pages are stored strictly in order (all those waiting in one transaction), and a fetched page that
+was not stored when a run fails is simply fetched again by the next run. A 429 is retried by the fetch
+activity after the provider's Retry-After; a crash (worker or process) resumes from history; a run that
+fails for good leaves the stored cursor where the next run starts. Long backfills continue-as-new between
+pages.
 """
 
 from __future__ import annotations
@@ -67,7 +71,10 @@ STORE_RETRY = RetryPolicy(
 )
 BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 MAX_HISTORY_BYTES = 4 * 1024 * 1024  # continue-as-new well before Temporal's history limits
-FETCH_AHEAD = 3  # pages fetched but not yet stored, at most (memory and history stay bounded)
+FETCH_AHEAD = 10  # pages being fetched or fetched but not yet stored, at most (staging and history stay bounded)
+CHAIN = 3  # fetches in flight: the page being requested and the next ones, waiting for it on their workers
+SEQUENTIAL_AHEAD = 3  # fetched pages not yet stored, at most, in histories from before CHAINED_FETCH
+CHAINED_FETCH = "sync-chained-fetch"  # patch: chained fetches, and pages stored together
 
 
 @workflow.defn(name=SYNC_WORKFLOW)
@@ -104,20 +111,67 @@ class SyncWorkflow:
         fetched: list[PageRef] = []  # fetched (staged), not yet stored, in page order
         fetch_failure: list[ActivityError] = []
         fetching = True
+        stored_before = run.pages
+
+        def start_fetch(cursor: str | None, page_no: int | None = None,
+                        chained: bool = False) -> workflow.ActivityHandle[PageRef]:
+            return workflow.start_activity(
+                SYNC_FETCH_PAGE,
+                FetchInput(target=target, run_id=run.run_id, cursor=cursor, page_size=page_size, page_no=page_no,
+                           chained=chained),
+                task_queue=queue, result_type=PageRef, start_to_close_timeout=timedelta(minutes=2),
+                schedule_to_close_timeout=timedelta(minutes=30), retry_policy=FETCH_RETRY,
+            )
+
+        async def fetch_chained(cursor: str | None) -> None:
+            """Fetch pages in order, the fetches of the next CHAIN - 1 pages already scheduled (chained) while a
+            page is fetched, at most FETCH_AHEAD pages being fetched or waiting to be stored, until the run is
+            complete or this execution has scheduled its share."""
+            nonlocal fetching
+            pending: list[tuple[workflow.ActivityHandle[PageRef], bool]] = []  # (fetch, chained), in page order
+            scheduled = 0
+
+            def more() -> bool:
+                return scheduled < inp.pages_per_execution and not self._history_full()
+
+            def room() -> bool:
+                return more() and len(pending) < CHAIN and len(fetched) + len(pending) < FETCH_AHEAD
+
+            try:
+                while True:
+                    while room():
+                        scheduled += 1
+                        follows = bool(pending)  # the first page in flight is fetched from `cursor`
+                        pending.append((start_fetch(None if follows else cursor, stored_before + scheduled, follows),
+                                        follows))
+                    if not pending and not more():
+                        return
+                    await workflow.wait_condition(lambda: bool(pending) and pending[0][0].done() or room())
+                    if not pending or not pending[0][0].done():
+                        continue
+                    fetch, follows = pending.pop(0)
+                    page = await fetch
+                    if follows and (not page.page_id or page.cursor != cursor):  # chained off another page
+                        page = await start_fetch(cursor, stored_before + scheduled - len(pending))
+                    fetched.append(page)
+                    if page.done:
+                        return
+                    cursor = page.next_cursor
+            except ActivityError as err:
+                fetch_failure.append(err)
+            finally:
+                for fetch, _ in pending:  # chained fetches past the end of the run (they would fetch nothing),
+                    fetch.cancel()  # or of a failed run (they wait for a page that will not come)
+                    fetch.add_done_callback(_unneeded)
+                fetching = False
 
         async def fetch_ahead(cursor: str | None) -> None:
-            """Fetch pages back to back (at most FETCH_AHEAD waiting to be stored) until the run is complete
-            or this execution has fetched its share."""
+            """Histories from before CHAINED_FETCH: each page's fetch scheduled once the previous one returned."""
             nonlocal fetching
             try:
                 for executed in range(1, inp.pages_per_execution + 1):
-                    await workflow.wait_condition(lambda: len(fetched) < FETCH_AHEAD)
-                    page = await workflow.execute_activity(
-                        SYNC_FETCH_PAGE,
-                        FetchInput(target=target, run_id=run.run_id, cursor=cursor, page_size=page_size),
-                        task_queue=queue, result_type=PageRef, start_to_close_timeout=timedelta(minutes=2),
-                        schedule_to_close_timeout=timedelta(minutes=30), retry_policy=FETCH_RETRY,
-                    )
+                    await workflow.wait_condition(lambda: len(fetched) < SEQUENTIAL_AHEAD)
+                    page = await start_fetch(cursor)
                     fetched.append(page)
                     if page.done or executed == inp.pages_per_execution or self._history_full():
                         return
@@ -127,24 +181,26 @@ class SyncWorkflow:
             finally:
                 fetching = False
 
-        fetcher = asyncio.create_task(fetch_ahead(run.cursor))
+        chained = workflow.patched(CHAINED_FETCH)
+        fetcher = asyncio.create_task(fetch_chained(run.cursor) if chained else fetch_ahead(run.cursor))
         complete = False
         try:
             while True:
                 await workflow.wait_condition(lambda: bool(fetched) or not fetching)
                 if not fetched:
                     break
-                page = fetched[0]
+                batch = fetched[:] if chained else fetched[:1]  # chained: every page waiting, in one transaction
                 stored = await workflow.execute_activity(
                     SYNC_STORE_PAGE,
                     StoreInput(target=target, run_id=run.run_id, page_no=run.pages + 1, cursor=run.cursor,
-                               page=page, quiet=run.quiet),
+                               page=batch[0], more=batch[1:], quiet=run.quiet),
                     result_type=StoreResult, start_to_close_timeout=timedelta(minutes=2), retry_policy=STORE_RETRY,
                 )
-                fetched.pop(0)
-                complete = page.done
+                del fetched[:len(batch)]
+                complete = batch[-1].done
                 run = run.model_copy(update={
-                    "cursor": page.next_cursor, "pages": run.pages + 1, "records": run.records + page.records,
+                    "cursor": batch[-1].next_cursor, "pages": run.pages + len(batch),
+                    "records": run.records + sum(page.records for page in batch),
                     "changed": run.changed + stored.new + stored.changed, "events": run.events + stored.events,
                 })
                 self._run = run
@@ -183,6 +239,12 @@ class SyncWorkflow:
     def _history_full() -> bool:
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_size() > MAX_HISTORY_BYTES
+
+
+def _unneeded(fetch: asyncio.Task) -> None:
+    """A cancelled fetch's outcome, read only so that asyncio does not report it as never retrieved."""
+    if not fetch.cancelled():
+        fetch.exception()
 
 
 def _cause(err: BaseException) -> str:

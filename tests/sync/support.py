@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import func, select
-from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.connections import ConnectionActivities
 from activities.connector_types import provider_task_queue
-from activities.sync import SyncActivities, SyncFetcher, stage
-from activities.sync_types import (
-    SYNC_FETCH_PAGE,
-    FetchInput,
-    PageData,
-    PageRef,
-    RecordData,
-    SyncInput,
-    SyncTarget,
-)
+from activities.sync import PageSource, SyncActivities, SyncFetcher
+from activities.sync_types import FetchInput, PageData, RecordData, SyncInput, SyncTarget
 from connectors.catalogue import RateLimit, catalogue
 from hub.auth import ensure_org
 from hub.runtime import Hub
@@ -32,6 +23,7 @@ from hub.store.connections import Connection, secret_owner
 from hub.store.inbox import WebhookEvent
 from hub.store.secrets import put_secret
 from hub.store.sync import SyncedRecord, SyncPage, SyncState
+from worker import WORKFLOW_RUNNER
 from workflows.sync import SyncWorkflow
 
 AUTH_MODES = {"stripe": "api_key", "gong": "basic", "docusign": "jwt_grant", "microsoft": "client_credentials"}
@@ -55,43 +47,42 @@ async def seed_connection(
 
 
 class PagerStandIn:
-    """A provider under the real ``sync.fetch_page`` name: ``records`` in pages, the cursor an offset.
+    """A provider behind the real ``sync.fetch_page`` (a ``SyncFetcher`` page source): ``records`` in pages,
+    the cursor an offset.
 
-    A finished run's cursor is the end offset, so the next run reads only records appended since.
-    ``hold`` makes the first fetch from that cursor wait until cancelled (a worker stopped mid-fetch);
-    ``fail`` makes every fetch fail with a provider error.
+    A finished run's cursor is the end offset, so the next run reads only records appended since. ``calls``
+    holds the cursor of every request; ``hold`` makes the first request from that cursor wait until cancelled
+    (a worker stopped mid-fetch); ``fail`` makes every request fail with a provider error.
     """
 
-    def __init__(self, hub: Hub, records: list[dict[str, Any]], *, hold: str | None = None,
-                 fail: str | None = None) -> None:
-        self.hub = hub
+    def __init__(self, records: list[dict[str, Any]], *, hold: str | None = None, fail: str | None = None) -> None:
         self.records = records
         self.calls: list[str | None] = []
         self.hold, self.fail = hold, fail
         self.holding = asyncio.Event()
 
-    @activity.defn(name=SYNC_FETCH_PAGE)
-    async def fetch(self, inp: FetchInput) -> PageRef:
-        self.calls.append(inp.cursor)
+    async def fetch(self, inp: FetchInput, cursor: str | None) -> PageData:
+        self.calls.append(cursor)
         if self.fail:
             raise ApplicationError(self.fail, type="ProviderError", non_retryable=True)
-        if self.hold is not None and inp.cursor == self.hold:
+        if self.hold is not None and cursor == self.hold:
             self.hold = None
             self.holding.set()
             await asyncio.Event().wait()  # until the worker stops and cancels us
-        start = int(inp.cursor or 0)
+        start = int(cursor or 0)
         chunk = self.records[start:start + inp.page_size]
         end = start + len(chunk)
-        page = PageData(records=[RecordData(id=r["id"], payload=r) for r in chunk], next_cursor=str(end),
+        return PageData(records=[RecordData(id=r["id"], payload=r) for r in chunk], next_cursor=str(end),
                         done=end >= len(self.records))
-        return await stage(self.hub, inp, page)
 
 
 @asynccontextmanager
-async def sync_workers(client: Client, hub: Hub, prefix: str, fetch: Callable | None = None,
-                       limit: RateLimit | None = None) -> AsyncIterator[SyncActivities]:
+async def sync_workers(client: Client, hub: Hub, prefix: str, source: PageSource | None = None,
+                       limit: RateLimit | None = None,
+                       fetcher: type[SyncFetcher] = SyncFetcher) -> AsyncIterator[SyncActivities]:
     """The main queue (SyncWorkflow, sync bookkeeping, connection.mark_failed) and ``prefix``'s provider queue
-    running ``fetch`` (the real ``sync.fetch_page`` if None) under ``limit`` (the catalogue's if None)."""
+    running ``fetcher``'s ``sync.fetch_page`` (its pages from ``source`` if given, else from the provider) under
+    ``limit`` (the catalogue's if None), configured as ``worker.py`` configures them."""
     connections = ConnectionActivities(hub, {prefix: limit} if limit else None)
     rate = connections.limit(catalogue().for_action(f"{prefix}.sync")).queue_per_second
     acts = SyncActivities(hub)
@@ -99,9 +90,10 @@ async def sync_workers(client: Client, hub: Hub, prefix: str, fetch: Callable | 
     try:
         async with (
             Worker(client, task_queue=main, workflows=[SyncWorkflow],
-                   activities=[*acts.main_queue(), connections.mark_failed]),
+                   activities=[*acts.main_queue(), connections.mark_failed], workflow_runner=WORKFLOW_RUNNER,
+                   disable_eager_activity_execution=True),
             Worker(client, task_queue=provider_task_queue(main, prefix),
-                   activities=[fetch or SyncFetcher(connections).fetch_page],
+                   activities=[fetcher(connections, source).fetch_page],
                    max_task_queue_activities_per_second=rate),
         ):
             yield acts
@@ -110,10 +102,11 @@ async def sync_workers(client: Client, hub: Hub, prefix: str, fetch: Callable | 
 
 
 async def run_sync(client: Client, hub: Hub, conn: Connection, model: str, *, workflow_id: str,
-                   page_size: int | None = None, pages_per_execution: int = 100) -> Any:
+                   page_size: int | None = None, pages_per_execution: int | None = None) -> Any:
     """Run one SyncWorkflow to its end and return its summary."""
-    inp = SyncInput(target=SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=model), page_size=page_size,
-                    pages_per_execution=pages_per_execution)
+    inp = SyncInput(target=SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=model), page_size=page_size)
+    if pages_per_execution is not None:
+        inp.pages_per_execution = pages_per_execution
     return await client.execute_workflow(SyncWorkflow.run, inp, id=workflow_id, task_queue=hub.settings.task_queue)
 
 

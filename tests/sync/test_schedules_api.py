@@ -35,7 +35,7 @@ async def test_ensure_schedules_creates_one_schedule_per_model_with_the_catalogu
     client: Client, hub: Hub
 ) -> None:
     conn = await seed_connection(hub, "stripe", config={"sync_intervals": {"stripe.invoices": "15m"}})
-    pager = PagerStandIn(hub, [{"id": "cus_1", "object": "customer"}])
+    pager = PagerStandIn([{"id": "cus_1", "object": "customer"}])
     async with sync_workers(client, hub, "stripe", pager.fetch):
         try:
             created = await sync_schedules.ensure_schedules(client, conn, hub.settings.task_queue)
@@ -61,7 +61,7 @@ async def test_ensure_schedules_creates_one_schedule_per_model_with_the_catalogu
 
 async def test_a_pending_connection_has_schedules_whose_runs_wait_until_it_is_active(client: Client, hub: Hub) -> None:
     conn = await seed_connection(hub, "stripe", status="pending_auth")
-    pager = PagerStandIn(hub, [{"id": "cus_1", "object": "customer"}])
+    pager = PagerStandIn([{"id": "cus_1", "object": "customer"}])
     async with sync_workers(client, hub, "stripe", pager.fetch):
         try:
             assert await sync_schedules.ensure_schedules(client, conn, hub.settings.task_queue) == dict.fromkeys(
@@ -94,7 +94,7 @@ async def test_syncs_api_shows_progress_and_runs_pauses_resumes_through_the_sche
     assert body["connection_status"] == "active"
     assert all(s["state"] == "idle" and s["schedule"] is None and s["last_success_at"] is None for s in body["syncs"])
 
-    pager = PagerStandIn(hub, [{"id": f"cus_{i}", "object": "customer"} for i in range(7)])
+    pager = PagerStandIn([{"id": f"cus_{i}", "object": "customer"} for i in range(7)])
     async with sync_workers(client, hub, "stripe", pager.fetch):
         try:
             r = await api.post(f"{url}/stripe.customers:run", headers=bearer(admin_key))
@@ -137,7 +137,7 @@ async def test_syncs_api_shows_progress_and_runs_pauses_resumes_through_the_sche
 async def test_creating_a_connection_schedules_its_syncs_and_deleting_it_removes_them(
     api: httpx.AsyncClient, client: Client, hub: Hub, admin_key: str
 ) -> None:
-    pager = PagerStandIn(hub, [{"id": "cus_1", "object": "customer"}])
+    pager = PagerStandIn([{"id": "cus_1", "object": "customer"}])
     async with sync_workers(client, hub, "stripe", pager.fetch):
         r = await api.post("/v1/connections", headers=bearer(admin_key), json={
             "provider": "stripe", "name": "Stripe", "credentials": {"api_key": "sk_test_x"}})

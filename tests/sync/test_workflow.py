@@ -7,10 +7,25 @@ import uuid
 
 import pytest
 from sqlalchemy import select
+from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Worker
 
-from activities.sync import stage
-from activities.sync_types import FetchInput, PageData, RecordData, StoreInput, SyncTarget
+from activities.connections import ConnectionActivities
+from activities.connector_types import provider_task_queue
+from activities.sync import SyncActivities, SyncFetcher, stage
+from activities.sync_types import (
+    SYNC_FETCH_PAGE,
+    BeginInput,
+    FetchInput,
+    PageData,
+    PageRef,
+    RecordData,
+    StoreInput,
+    SyncTarget,
+)
 from hub.runtime import Hub
 from hub.store.connections import Connection
 from hub.store.orgs import AuditEntry
@@ -41,7 +56,7 @@ async def test_pages_through_several_pages_with_continue_as_new_then_runs_increm
     client: Client, hub: Hub
 ) -> None:
     conn = await seed_connection(hub, "stripe")
-    pager = PagerStandIn(hub, customers(23))
+    pager = PagerStandIn(customers(23))
     async with sync_workers(client, hub, "stripe", pager.fetch):
         summary = await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=5, pages_per_execution=2)
         assert (summary.pages, summary.records, summary.changed, summary.status) == (5, 23, 23, "completed")
@@ -68,7 +83,7 @@ async def test_worker_stopped_after_page_2_is_stored_resumes_at_page_3_without_d
 ) -> None:
     conn = await seed_connection(hub, "stripe")
     data = customers(20)
-    pager = PagerStandIn(hub, data, hold="10")  # page 3 starts at offset 10; it hangs until the worker dies
+    pager = PagerStandIn(data, hold="10")  # page 3 starts at offset 10; it hangs until the worker dies
     workflow_id = wid()
     async with sync_workers(client, hub, "stripe", pager.fetch):
         handle = await client.start_workflow(
@@ -83,7 +98,7 @@ async def test_worker_stopped_after_page_2_is_stored_resumes_at_page_3_without_d
     assert (state.state, state.run_pages, state.cursor, state.run_records) == ("running", 2, "10", 10)
     assert await record_count(hub, conn) == 10
 
-    restarted = PagerStandIn(hub, data)
+    restarted = PagerStandIn(data)
     async with sync_workers(client, hub, "stripe", restarted.fetch):
         summary = await handle.result()
     assert restarted.calls == ["10", "15"]  # resumed at page 3; pages 1–2 were not fetched again
@@ -97,7 +112,7 @@ async def test_worker_stopped_after_page_2_is_stored_resumes_at_page_3_without_d
 async def test_a_run_that_fails_for_good_leaves_the_cursor_for_the_next_run(client: Client, hub: Hub) -> None:
     conn = await seed_connection(hub, "stripe")
     data = customers(12)
-    pager = PagerStandIn(hub, data)
+    pager = PagerStandIn(data)
     async with sync_workers(client, hub, "stripe", pager.fetch):
         await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=5)
         pager.records += customers(4, start=12)
@@ -118,7 +133,7 @@ async def test_a_run_that_fails_for_good_leaves_the_cursor_for_the_next_run(clie
 
 async def test_a_sync_failing_three_runs_in_a_row_marks_the_connection_failed_once(client: Client, hub: Hub) -> None:
     conn = await seed_connection(hub, "stripe")
-    pager = PagerStandIn(hub, customers(3), fail="Invalid API Key provided: sk_test_****fake")
+    pager = PagerStandIn(customers(3), fail="Invalid API Key provided: sk_test_****fake")
     async with sync_workers(client, hub, "stripe", pager.fetch):
         for _ in range(3):
             with pytest.raises(WorkflowFailureError):
@@ -137,18 +152,13 @@ async def test_a_sync_failing_three_runs_in_a_row_marks_the_connection_failed_on
 
 
 async def test_storing_a_page_twice_counts_once_and_a_page_off_the_cursor_is_refused(hub: Hub) -> None:
-    from temporalio.exceptions import ApplicationError
-
-    from activities.sync import SyncActivities
-    from activities.sync_types import BeginInput
-
     conn = await seed_connection(hub, "stripe")
     acts = SyncActivities(hub)
     target = SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=MODEL)
     await acts.begin(BeginInput(target=target, run_id="r1"))
     fetched = FetchInput(target=target, run_id="r1", cursor=None, page_size=3)
-    page = await stage(hub, fetched, PageData(records=[RecordData(id=c["id"], payload=c) for c in customers(3)],
-                                              next_cursor="3", done=False))
+    page = await stage(hub, fetched, None, PageData(records=[RecordData(id=c["id"], payload=c) for c in customers(3)],
+                                                    next_cursor="3", done=False))
     first = await acts.store_page(StoreInput(target=target, run_id="r1", page_no=1, cursor=None, page=page))
     again = await acts.store_page(StoreInput(target=target, run_id="r1", page_no=1, cursor=None, page=page))
     assert (first.new, first.replayed, again.new, again.replayed) == (3, False, 0, True)
@@ -161,7 +171,103 @@ async def test_storing_a_page_twice_counts_once_and_a_page_off_the_cursor_is_ref
     assert (await state_of(hub, conn, MODEL)).cursor == "3"
 
 
+class MissingOnce(SyncFetcher):
+    """The real fetch, except that the first chained fetch finds nothing to follow, as one does when its page's
+    predecessor was stored before it looked."""
+
+    missed = False
+
+    @activity.defn(name=SYNC_FETCH_PAGE)
+    async def fetch_page(self, inp: FetchInput) -> PageRef:
+        if inp.chained and not MissingOnce.missed:
+            MissingOnce.missed = True
+            return PageRef(page_id="", records=0)
+        return await super().fetch_page(inp)
+
+
+async def test_a_chained_fetch_that_finds_nothing_to_follow_has_its_page_fetched_again_from_the_cursor(
+    client: Client, hub: Hub
+) -> None:
+    MissingOnce.missed = False
+    conn = await seed_connection(hub, "stripe")
+    pager = PagerStandIn(customers(12))
+    async with sync_workers(client, hub, "stripe", pager.fetch, fetcher=MissingOnce):
+        summary = await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=3)
+    assert MissingOnce.missed
+    assert pager.calls == [None, "3", "6", "9"]  # each page requested once, in order
+    assert (summary.pages, summary.records, summary.changed) == (4, 12, 12)
+    assert (await state_of(hub, conn, MODEL)).cursor == "12"
+    assert await staged_pages(hub, conn) == 0
+
+
+async def test_a_chained_fetch_follows_a_page_another_process_staged_and_fetches_nothing_past_the_end(
+    hub: Hub
+) -> None:
+    conn = await seed_connection(hub, "stripe")
+    target = SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=MODEL)
+    await SyncActivities(hub).begin(BeginInput(target=target, run_id="r1"))
+    pager = PagerStandIn(customers(5))
+    one, two = (SyncFetcher(ConnectionActivities(hub), pager.fetch) for _ in range(2))  # two worker processes
+    env = ActivityEnvironment()
+
+    def page(no: int, chained: bool = True) -> FetchInput:
+        return FetchInput(target=target, run_id="r1", cursor=None, page_size=3, page_no=no, chained=chained)
+
+    first = await env.run(one.fetch_page, page(1, chained=False))
+    second = await env.run(two.fetch_page, page(2))  # page 1's end: found in sync_pages
+    assert (first.cursor, first.next_cursor, second.cursor, second.records, second.done) == (None, "3", "3", 2, True)
+    past = await env.run(one.fetch_page, page(3))  # page 2's end, through the staged pages: the run's last
+    assert past.page_id == "" and pager.calls == [None, "3"]
+
+    stored = await SyncActivities(hub).store_page(
+        StoreInput(target=target, run_id="r1", page_no=1, cursor=None, page=first, more=[second]))
+    assert stored.new == 5 and await record_count(hub, conn) == 5
+    state = await state_of(hub, conn, MODEL)
+    assert (state.cursor, state.run_pages) == ("5", 2)
+    late = await env.run(SyncFetcher(ConnectionActivities(hub), pager.fetch).fetch_page, page(2))
+    assert late.page_id == "" and pager.calls == [None, "3"]  # page 1 was stored before it looked
+
+
+async def test_pages_stored_together_must_each_continue_where_the_one_before_ends(hub: Hub) -> None:
+    conn = await seed_connection(hub, "stripe")
+    acts = SyncActivities(hub)
+    target = SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=MODEL)
+    await acts.begin(BeginInput(target=target, run_id="r1"))
+    fetched = FetchInput(target=target, run_id="r1", cursor=None, page_size=3)
+    first = await stage(hub, fetched, None, PageData(records=[RecordData(id=c["id"], payload=c) for c in customers(3)],
+                                                     next_cursor="3", done=False))
+    elsewhere = await stage(hub, fetched, "7", PageData(records=[RecordData(id="cus_0007", payload={})],
+                                                        next_cursor="8", done=False))
+    with pytest.raises(ApplicationError, match="was not fetched from the stored cursor"):
+        await acts.store_page(StoreInput(target=target, run_id="r1", page_no=1, cursor=None, page=first,
+                                         more=[elsewhere]))
+    state = await state_of(hub, conn, MODEL)  # nothing of the batch was stored
+    assert (state.cursor, state.run_pages) == (None, 0)
+    assert await record_count(hub, conn) == 0 and await staged_pages(hub, conn) == 2
+
+
+async def test_two_worker_processes_share_a_runs_chained_fetches_each_page_requested_once_in_order(
+    client: Client, hub: Hub
+) -> None:
+    conn = await seed_connection(hub, "stripe")
+    pager = PagerStandIn(customers(20))
+    other = SyncFetcher(ConnectionActivities(hub), pager.fetch)  # a second process: its own fetched pages' ends
+    other_client = await Client.connect(client.service_client.config.target_host, namespace=client.namespace,
+                                        data_converter=client.data_converter)
+    async with (
+        sync_workers(client, hub, "stripe", pager.fetch),
+        Worker(other_client, task_queue=provider_task_queue(hub.settings.task_queue, "stripe"),
+               activities=[other.fetch_page]),
+    ):
+        summary = await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=2, pages_per_execution=4)
+    assert pager.calls == [str(n) if n else None for n in range(0, 20, 2)]
+    assert (summary.pages, summary.records, summary.changed) == (10, 20, 20)
+    assert sorted(await stored(hub, conn, MODEL)) == [c["id"] for c in customers(20)]
+    assert await staged_pages(hub, conn) == 0
+
+
 def _input(conn: Connection, page_size: int):  # noqa: ANN202
     from activities.sync_types import SyncInput
 
     return SyncInput(target=SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=MODEL), page_size=page_size)
+

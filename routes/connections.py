@@ -16,7 +16,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
@@ -57,6 +57,7 @@ from hub.store.oauth import (
 from hub.store.orgs import record_audit
 from hub.store.secrets import Secret, delete_secrets, put_secret
 from hub.sync_schedules import connection_changed
+from webhooks.router import app_intake
 from workflows.connection import ConnectionWorkflow
 
 log = logging.getLogger("routes.connections")
@@ -104,7 +105,9 @@ class ConnectionPublic(BaseModel):
     next_refresh_at: datetime | None
     last_error: str | None
     webhook_url: str | None
-    authorization_url: str | None = Field(default=None, description="open this to authorise (OAuth2 code flow)")
+    authorization_url: str | None = Field(
+        default=None, description="open this to authorise (OAuth2 code flow)"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -130,12 +133,25 @@ async def _public(session, hub: Hub, conn: Connection, auth_url: str | None = No
     endpoints = entry.endpoints(conn.config)
     names = (await session.scalars(select(Secret.name).where(Secret.owner == secret_owner(conn.id)))).all()
     return ConnectionPublic(
-        id=conn.id, provider=conn.provider, name=conn.name, auth_mode=conn.auth_mode, status=conn.status,
-        config=conn.config, base_url=endpoints.base_url, scopes=endpoints.scopes, secrets=sorted(names),
-        access_expires_at=as_utc(conn.access_expires_at), last_refresh_at=as_utc(conn.last_refresh_at),
-        next_refresh_at=as_utc(conn.next_refresh_at), last_error=conn.last_error,
-        webhook_url=f"{_api_base(hub.settings)}/webhooks/{conn.provider}/{conn.id}" if entry.webhook else None,
-        authorization_url=auth_url, created_at=as_utc(conn.created_at), updated_at=as_utc(conn.updated_at),
+        id=conn.id,
+        provider=conn.provider,
+        name=conn.name,
+        auth_mode=conn.auth_mode,
+        status=conn.status,
+        config=conn.config,
+        base_url=endpoints.base_url,
+        scopes=endpoints.scopes,
+        secrets=sorted(names),
+        access_expires_at=as_utc(conn.access_expires_at),
+        last_refresh_at=as_utc(conn.last_refresh_at),
+        next_refresh_at=as_utc(conn.next_refresh_at),
+        last_error=conn.last_error,
+        webhook_url=f"{_api_base(hub.settings)}/webhooks/{conn.provider}/{conn.id}"
+        if entry.webhook
+        else None,
+        authorization_url=auth_url,
+        created_at=as_utc(conn.created_at),
+        updated_at=as_utc(conn.updated_at),
     )
 
 
@@ -149,10 +165,16 @@ def _check(entry: Provider, body: ConnectionCreate) -> None:
             errors.append(f"config.{key} must be an http(s) URL")
     errors += [f"config.{k} is required for {entry.key}" for k in entry.missing_config(body.config)]
     allowed = entry.allowed_credentials
-    errors += [f"credentials.{k} is not used by {entry.auth_mode} (allowed: {', '.join(allowed)})"
-               for k in body.credentials if k not in allowed]
-    errors += [f"credentials.{k} is required for {entry.auth_mode}"
-               for k in entry.required_credentials if not body.credentials.get(k)]
+    errors += [
+        f"credentials.{k} is not used by {entry.auth_mode} (allowed: {', '.join(allowed)})"
+        for k in body.credentials
+        if k not in allowed
+    ]
+    errors += [
+        f"credentials.{k} is required for {entry.auth_mode}"
+        for k in entry.required_credentials
+        if not body.credentials.get(k)
+    ]
     if errors:
         raise Problem(422, "; ".join(errors), errors=errors)
 
@@ -171,7 +193,9 @@ async def _authorization(session, hub: Hub, conn: Connection) -> str:  # noqa: A
     uri = redirect_uri(hub.settings, conn.provider)
     await purge_expired_states(session)
     state = await create_state(session, hub.vault, conn, uri, verifier)
-    return authorization_url(entry.endpoints(conn.config), str(conn.config["client_id"]), uri, state, verifier)
+    return authorization_url(
+        entry.endpoints(conn.config), str(conn.config["client_id"]), uri, state, verifier
+    )
 
 
 async def _first_token(client: Client, hub: Hub, conn: Connection) -> None:
@@ -182,8 +206,11 @@ async def _first_token(client: Client, hub: Hub, conn: Connection) -> None:
             ConnectionWorkflow.fresh_token,
             TokenRequest(seen_version=conn.token_version),
             start_workflow_operation=WithStartWorkflowOperation(
-                ConnectionWorkflow.run, ref, id=connection_workflow_id(conn.org_id, conn.id),
-                task_queue=hub.settings.task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                ConnectionWorkflow.run,
+                ref,
+                id=connection_workflow_id(conn.org_id, conn.id),
+                task_queue=hub.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             ),
         )
     except WorkflowUpdateFailedError:
@@ -207,8 +234,12 @@ async def create_connection(body: ConnectionCreate, hub: HubDep, key: AdminKey) 
     auth_url = None
     async with hub.db.session() as session:
         conn = Connection(
-            org_id=key.org_id, provider=entry.key, name=body.name or entry.display_name, auth_mode=entry.auth_mode,
-            config=body.config, status="pending_auth" if entry.refreshes else "active",
+            org_id=key.org_id,
+            provider=entry.key,
+            name=body.name or entry.display_name,
+            auth_mode=entry.auth_mode,
+            config=body.config,
+            status="pending_auth" if entry.refreshes else "active",
         )
         session.add(conn)
         await session.flush()
@@ -217,8 +248,14 @@ async def create_connection(body: ConnectionCreate, hub: HubDep, key: AdminKey) 
             await put_secret(session, hub.vault, key.org_id, secret_owner(conn.id), name, text)
         if entry.auth_mode == "oauth2_code_pkce":
             auth_url = await _authorization(session, hub, conn)
-        await record_audit(session, key.org_id, key.key_id, "connection.created", f"connection/{conn.id}",
-                           {"provider": entry.key, "auth_mode": entry.auth_mode, "secrets": sorted(body.credentials)})
+        await record_audit(
+            session,
+            key.org_id,
+            key.key_id,
+            "connection.created",
+            f"connection/{conn.id}",
+            {"provider": entry.key, "auth_mode": entry.auth_mode, "secrets": sorted(body.credentials)},
+        )
     if client is not None:
         await _first_token(client, hub, conn)
     async with hub.db.session() as session:
@@ -251,13 +288,17 @@ async def list_connections(
 
 
 @router.get("/{connection_id}")
-async def get_connection(connection_id: str, session: SessionDep, hub: HubDep, key: ReaderKey) -> ConnectionPublic:
+async def get_connection(
+    connection_id: str, session: SessionDep, hub: HubDep, key: ReaderKey
+) -> ConnectionPublic:
     """One connection: status, last and next refresh, last error — never its secrets."""
     return await _public(session, hub, await _own(session, key.org_id, connection_id))
 
 
 @router.post("/{connection_id}:authorize")
-async def reauthorize(connection_id: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ConnectionPublic:
+async def reauthorize(
+    connection_id: str, session: SessionDep, hub: HubDep, key: AdminKey
+) -> ConnectionPublic:
     """A new authorization URL for an OAuth2 code-flow connection (e.g. one that ``needs_reauth``)."""
     conn = await _own(session, key.org_id, connection_id)
     if conn.auth_mode != "oauth2_code_pkce":
@@ -268,14 +309,21 @@ async def reauthorize(connection_id: str, session: SessionDep, hub: HubDep, key:
 
 
 @router.delete("/{connection_id}", status_code=204)
-async def delete_connection(connection_id: str, session: SessionDep, hub: HubDep, key: AdminKey) -> Response:
-    """Revoke a connection: its secrets are erased, its workflow stopped; it disappears from the API."""
+async def delete_connection(
+    connection_id: str, request: Request, session: SessionDep, hub: HubDep, key: AdminKey
+) -> Response:
+    """Revoke a connection: its secrets are erased, its workflow stopped; it disappears from the API and its
+    webhooks are refused from now on (by this API process at once, by others within the credential cache's TTL)."""
     conn = await _own(session, key.org_id, connection_id)
     conn.status, conn.next_refresh_at = "disabled", None
     await delete_secrets(session, secret_owner(conn.id))
     for state in await session.scalars(select(OAuthState).where(OAuthState.connection_id == conn.id)):
         await session.delete(state)
     await record_audit(session, key.org_id, key.key_id, "connection.deleted", f"connection/{conn.id}")
+    await (
+        session.commit()
+    )  # before the cache forgets: a delivery arriving now reads the connection as deleted
+    app_intake(request.app).credentials.forget(conn.id)
     try:
         client = await hub.temporal()
         await client.get_workflow_handle(connection_workflow_id(conn.org_id, conn.id)).signal(STOP_SIGNAL)
@@ -310,13 +358,21 @@ async def oauth_callback(
     entry = catalogue().get(provider)
     failure = None
     if error or not code:
-        failure = Problem(400, f"authorisation refused: {error or 'no code'}"
-                               + (f" ({error_description})" if error_description else ""))
+        failure = Problem(
+            400,
+            f"authorisation refused: {error or 'no code'}"
+            + (f" ({error_description})" if error_description else ""),
+        )
     else:
         try:
-            tokens = await exchange_code(entry, entry.endpoints(conn.config),
-                                         ClientAuth.for_connection(conn.config, secrets),
-                                         pending.redirect_uri, code, verifier)
+            tokens = await exchange_code(
+                entry,
+                entry.endpoints(conn.config),
+                ClientAuth.for_connection(conn.config, secrets),
+                pending.redirect_uri,
+                code,
+                verifier,
+            )
         except TokenEndpointError as exc:
             failure = Problem(502 if exc.retryable else 400, f"code exchange failed: {exc}")
     async with hub.db.session() as session:
@@ -325,12 +381,23 @@ async def oauth_callback(
             conn.last_error = failure.detail
         else:
             await store_tokens(
-                session, hub.vault, conn, from_version=conn.token_version, access_token=tokens.access_token,
-                refresh_token=tokens.refresh_token, expires_at=tokens.expires_at,
+                session,
+                hub.vault,
+                conn,
+                from_version=conn.token_version,
+                access_token=tokens.access_token,
+                refresh_token=tokens.refresh_token,
+                expires_at=tokens.expires_at,
                 next_refresh_at=due_refresh(entry, tokens.expires_at, utcnow(), bool(tokens.refresh_token)),
             )
-            await record_audit(session, conn.org_id, "oauth-callback", "connection.authorized",
-                               f"connection/{conn.id}", {"token_version": conn.token_version})
+            await record_audit(
+                session,
+                conn.org_id,
+                "oauth-callback",
+                "connection.authorized",
+                f"connection/{conn.id}",
+                {"token_version": conn.token_version},
+            )
     if failure is not None:
         raise failure
     await _start_refreshing(hub, conn)
@@ -345,8 +412,10 @@ async def _start_refreshing(hub: Hub, conn: Connection) -> None:
     try:
         client = await hub.temporal()
         await client.start_workflow(
-            ConnectionWorkflow.run, ConnectionRef(org_id=conn.org_id, connection_id=conn.id),
-            id=connection_workflow_id(conn.org_id, conn.id), task_queue=hub.settings.task_queue,
+            ConnectionWorkflow.run,
+            ConnectionRef(org_id=conn.org_id, connection_id=conn.id),
+            id=connection_workflow_id(conn.org_id, conn.id),
+            task_queue=hub.settings.task_queue,
             start_signal=TOKENS_STORED_SIGNAL,
         )
     except (TemporalUnavailable, RPCError) as exc:

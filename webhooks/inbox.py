@@ -60,6 +60,10 @@ class CredentialCache:
             read.add_done_callback(lambda _: self._reads.pop(connection_id, None))
         return await asyncio.shield(read), True
 
+    def forget(self, connection_id: str) -> None:
+        """Drop a connection's cached credentials (it was just deleted or changed)."""
+        self._entries.pop(connection_id, None)
+
     async def _read(self, connection_id: str) -> Credentials | None:
         loaded = time.monotonic()
         creds = await self._load(connection_id)
@@ -238,7 +242,9 @@ class SqliteWriter:
 
 
 def _never_block(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI hook signature
-    dbapi_conn.isolation_level = None  # transactions begin as the "begin" hook says: taking the write lock or failing
+    dbapi_conn.isolation_level = (
+        None  # transactions begin as the "begin" hook says: taking the write lock or failing
+    )
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=0")
     cur.execute("PRAGMA wal_autocheckpoint=0")

@@ -4,18 +4,19 @@ Needs ``wrk`` (Debian/Ubuntu: ``apt-get install -y wrk``). Starts two servers, o
 each, on loopback ports: the hub's API (``fulqrun-hub api`` on a fresh SQLite data dir, relay off —
 acceptance alone is measured: verify the Stripe signature over the raw bytes, commit the inbox row,
 answer) and a bare FastAPI app whose one endpoint reads the body and answers JSON. Both are driven
-the same way, one after the other: wrk with ``bench/webhooks.lua``, 32 keep-alive connections, each
-request taken from a pool of pre-signed ``invoice.paid`` deliveries (the real payload, each with
-its own event id and a valid ``Stripe-Signature`` made just before the run, well within Stripe's
-300 s tolerance); a warm-up run, then the measured run. The hub's pool is sized from the bare
-rate so no event repeats (a run that repeated one is refused); p50/p99 come from wrk's latency
-histogram. Both figures come from the same run, so the ratio is what counts on a noisy machine.
+the same way: wrk with ``bench/webhooks.lua``, 32 keep-alive connections, each request taken from a
+pool of pre-signed ``invoice.paid`` deliveries (the real payload, each with its own event id and a
+valid ``Stripe-Signature`` made just before the run, well within Stripe's 300 s tolerance). After a
+warm-up of each, ``--rounds`` rounds alternate a bare run and a hub run, so both see the same machine;
+each hub run's pool is sized from the bare run before it so no event repeats (a run that repeated
+one is refused); p50/p99 come from wrk's latency histogram.
 
-    .venv/bin/python bench/webhooks.py [--seconds 10] [--connections 32] [--threads 1]
+    .venv/bin/python bench/webhooks.py [--seconds 10] [--rounds 3] [--connections 32] [--threads 1]
 
-Prints accepted/s, p50 and p99 for each (and the inbox's row count: a little above the hub's 2xx count,
-as requests in flight when a wrk run ends are stored but not counted), then the last line
-``ratio=<x>``: hub accepted/s / bare req/s (target ≥ 0.5, with the hub's p99 ≤ 25 ms).
+Prints accepted/s, p50 and p99 of every run, the inbox's row count (a little above the hub's 2xx
+count, as requests in flight when a wrk run ends are stored but not counted), the median over the
+rounds, then the last line ``ratio=<x>``: the median of the rounds' hub accepted/s ÷ bare req/s
+(target ≥ 0.5, with the hub's median p99 ≤ 25 ms).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,12 +123,6 @@ def wrk(url: str, pool: Path, seconds: int, args: argparse.Namespace) -> dict:
             "p50_ms": figures["p50_us"] / 1000, "p99_ms": figures["p99_us"] / 1000}  # fmt: skip
 
 
-def measure(url: str, pools: tuple[Path, Path], args: argparse.Namespace) -> dict:
-    """A warm-up run, then the measured run."""
-    warm = wrk(url, pools[0], args.warmup, args)
-    return {**wrk(url, pools[1], args.seconds, args), "warmup_ok": warm["ok"], "warmup_wraps": warm["wraps"]}
-
-
 async def prepare(db_url: str, vault_keys: str) -> str:
     """Schema, org and a Stripe connection with its webhook secret; returns the connection id."""
     db = Database(db_url)
@@ -162,6 +158,13 @@ def report(name: str, unit: str, r: dict) -> str:
             f"timeouts={r['timeouts']}")  # fmt: skip
 
 
+def hub_run(url: str, data_dir: Path, tag: str, bare: dict, seconds: int, args: argparse.Namespace) -> dict:
+    """One hub run over a fresh pool of unique events, sized from the bare run just before it."""
+    pool = data_dir / f"hub-{tag}.pool"
+    write_pool(pool, math.ceil(bare["rps"] * seconds * POOL_MARGIN) + 1000, tag)
+    return wrk(url, pool, seconds, args)
+
+
 def main(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         raise SystemExit(WRK_MISSING)
@@ -184,14 +187,15 @@ def main(args: argparse.Namespace) -> None:
         try:
             wait_port(bare_port)
             wait_port(hub_port)
+            bare_url = f"http://127.0.0.1:{bare_port}/bare"
+            hub_url = f"http://127.0.0.1:{hub_port}/webhooks/stripe/{con}"
             bare_pool = data_dir / "bare.pool"
             write_pool(bare_pool, BARE_POOL, "bare")
-            bare = measure(f"http://127.0.0.1:{bare_port}/bare", (bare_pool, bare_pool), args)
-            sizes = [math.ceil(bare["rps"] * s * POOL_MARGIN) + 1000 for s in (args.warmup, args.seconds)]
-            hub_pools = (data_dir / "hub-warmup.pool", data_dir / "hub.pool")
-            for path, size, tag in zip(hub_pools, sizes, ("warm", "hub"), strict=True):
-                write_pool(path, size, tag)
-            hub = measure(f"http://127.0.0.1:{hub_port}/webhooks/stripe/{con}", hub_pools, args)
+            warm = wrk(bare_url, bare_pool, args.warmup, args)
+            rounds = [("warm-up", warm, hub_run(hub_url, data_dir, "warm", warm, args.warmup, args))]
+            for n in range(1, args.rounds + 1):
+                bare = wrk(bare_url, bare_pool, args.seconds, args)
+                rounds.append((f"round {n}", bare, hub_run(hub_url, data_dir, f"r{n}", bare, args.seconds, args)))
         finally:
             for proc in procs:
                 proc.terminate()
@@ -201,13 +205,22 @@ def main(args: argparse.Namespace) -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
         stored = asyncio.run(stored_rows(db_url))
-    if hub["wraps"] or hub["warmup_wraps"]:
+    if any(hub["wraps"] for _, _, hub in rounds):
         raise SystemExit("the hub's pool of events ran out and events were sent twice: the run does not count")
-    print(f"connections={args.connections} seconds={args.seconds} wrk threads={args.threads}")
-    print(report("bare FastAPI endpoint", "req/s", bare))
-    print(report("hub signed Stripe webhooks", "accepted/s", hub)
-          + f"  inbox rows={stored} (2xx answers={hub['warmup_ok'] + hub['ok']})")  # fmt: skip
-    print(f"ratio={hub['rps'] / bare['rps']:.2f}")
+    print(f"connections={args.connections} seconds={args.seconds} rounds={args.rounds} wrk threads={args.threads}")
+    measured = rounds[1:]
+    for name, bare, hub in measured:
+        print(f"{name}: " + report("bare FastAPI endpoint", "req/s", bare))
+        print(f"{name}: " + report("hub signed Stripe webhooks", "accepted/s", hub)
+              + f"  ratio={hub['rps'] / bare['rps']:.2f}")  # fmt: skip
+    ratio = statistics.median(hub["rps"] / bare["rps"] for _, bare, hub in measured)
+    p99 = statistics.median(hub["p99_ms"] for _, _, hub in measured)
+    p50 = statistics.median(hub["p50_ms"] for _, _, hub in measured)
+    accepted = statistics.median(hub["rps"] for _, _, hub in measured)
+    print(f"inbox rows={stored} (2xx answers={sum(hub['ok'] for _, _, hub in rounds)})")
+    print(f"median over {len(measured)} rounds: hub {accepted:.0f} accepted/s  p50={p50:.1f} ms  p99={p99:.1f} ms  "
+          f"ratio={ratio:.2f}")  # fmt: skip
+    print(f"ratio={ratio:.2f}")
 
 
 if __name__ == "__main__":
@@ -216,4 +229,5 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating bare and hub runs")
     main(parser.parse_args())

@@ -130,7 +130,8 @@ async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_r
         workers = build_workers(hub, client)
         tasks += [asyncio.create_task(w.run()) for w in workers]
     if api:
-        config = uvicorn.Config(create_app(hub), host=host, port=port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(create_app(hub), host=host, port=port, log_level="warning", lifespan="on",
+                                access_log=False)  # never shown at level warning, yet its arguments cost CPU
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # we own the signals
         tasks.append(asyncio.create_task(server.serve()))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from hub.runtime import Hub
 from hub.store import Database
@@ -64,6 +65,31 @@ async def test_sqlite_writer_waits_for_another_writer_without_blocking_the_loop(
     assert await asyncio.wait_for(pending, timeout=15) == [True]
     clock.cancel()
     assert await _stored(db) == 2
+
+
+async def test_rows_read_back_the_same_whichever_writer_stored_them(db: Database) -> None:
+    writer = InboxWriter(db)  # on SQLite: its own DBAPI insert; on PostgreSQL: SQLAlchemy's
+    assert await writer.submit([_event("evt_via_writer")]) == [True]
+    async with db.engine.begin() as conn:
+        await conn.run_sync(insert_rows, [_event("evt_via_core")])
+    async with db.session() as session:
+        rows = {r.event_id: r for r in await session.scalars(select(WebhookEvent))}
+    ours, core = rows["evt_via_writer"], rows["evt_via_core"]
+    fields = ("org_id", "connection_id", "provider", "event_type", "headers", "body", "content_type", "status",
+              "attempts", "generation", "errors", "domain_types", "outcome", "last_error", "workflow_id")
+    assert {f: getattr(ours, f) for f in fields} == {f: getattr(core, f) for f in fields}
+    assert ours.headers == {"content-type": "application/json"} and ours.body == BODY and ours.status == "pending"
+    assert ours.received_at == ours.available_at and abs(ours.received_at - core.received_at).total_seconds() < 60
+
+
+async def test_a_failing_sqlite_insert_raises_as_sqlalchemy_does(db: Database) -> None:
+    if not db.is_sqlite:
+        pytest.skip("the SQLite writer's own insert")
+    writer = InboxWriter(db)
+    async with db.engine.begin() as conn:
+        await conn.exec_driver_sql("DROP TABLE webhook_events")
+    with pytest.raises(OperationalError, match="no such table"):  # the receiver answers 503 for these
+        await writer.submit([_event("evt_lost")])
 
 
 async def test_sqlite_wal_is_checkpointed_in_the_background(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:

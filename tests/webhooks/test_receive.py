@@ -372,7 +372,8 @@ async def test_inbox_write_failure_is_503_so_the_provider_retries(
         raise OperationalError("INSERT", {}, Exception("disk I/O error"))
 
     con = await make_connection(hub, "stripe")
-    monkeypatch.setattr("webhooks.inbox.insert_rows", broken)
+    monkeypatch.setattr("webhooks.inbox.insert_rows", broken)  # PostgreSQL's path
+    monkeypatch.setattr("webhooks.inbox.SqliteWriter._insert_rows", broken)  # SQLite's
     r = await post_signed(api, hub, "stripe", con, _invoice(), "application/json")
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     monkeypatch.undo()

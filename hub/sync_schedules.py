@@ -4,13 +4,20 @@ Each schedule starts a ``SyncWorkflow`` every interval — the catalogue's defau
 connection's own (``config.sync_intervals = {"stripe.invoices": "15m"}``, or ``PATCH …/syncs/{model}``) —
 with overlap policy SKIP (one run at a time) and a first run right away. ``:run``/``:pause``/``:resume``
 of the API are the schedule's trigger/pause/unpause.
+
+A connection whose provider offers ``sharepoint.create_subscription`` (Microsoft) also gets, when the hub has a
+public URL (``HUB_PUBLIC_URL``; Graph cannot reach it otherwise), a schedule ``graph-subscription/{org}/{id}``
+that starts a ``GraphSubscriptionWorkflow`` every 24 h and at once when the connection becomes active: it
+creates, or renews, the connection's Graph change-notification subscription (``workflows.graph_subscription``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from pydantic import TypeAdapter
 from sqlalchemy import select
@@ -34,7 +41,15 @@ from activities.sync_types import SYNC_WORKFLOW, SyncInput, SyncTarget, sync_sch
 from connectors.catalogue import Duration, catalogue
 from connectors.sync import declared_models
 from hub.runtime import Hub, TemporalUnavailable
+from hub.settings import Settings
 from hub.store.connections import Connection
+from workflows.graph_subscription import (
+    CREATE_SUBSCRIPTION,
+    GRAPH_SUBSCRIPTION_WORKFLOW,
+    UPKEEP_EVERY,
+    GraphSubscriptionInput,
+    graph_subscription_id,
+)
 
 log = logging.getLogger("hub.sync_schedules")
 
@@ -82,20 +97,29 @@ async def ensure_schedules(
     Returns, by model, whether its schedule was created now.
     """
     active = connection.status == "active"
-    created: dict[str, bool] = {}
-    for model, interval in connection_models(connection).items():
-        schedule_id = sync_schedule_id(connection.org_id, connection.id, model)
-        wanted = _schedule(connection, model, interval, task_queue)
-        try:
-            await client.create_schedule(schedule_id, wanted, trigger_immediately=active)
-            created[model] = True
-        except ScheduleAlreadyRunningError:
-            created[model] = False
-            handle = client.get_schedule_handle(schedule_id)
-            await _set_interval(handle, interval, task_queue)
-            if run_now and active:
-                await handle.trigger(overlap=ScheduleOverlapPolicy.BUFFER_ONE)
-    return created
+    return {
+        model: await _ensure(client, sync_schedule_id(connection.org_id, connection.id, model),
+                             _schedule(connection, model, interval, task_queue), active=active, run_now=run_now,
+                             update=partial(_set_interval, interval=interval, task_queue=task_queue))
+        for model, interval in connection_models(connection).items()
+    }
+
+
+async def _ensure(
+    client: Client, schedule_id: str, wanted: Schedule, *, active: bool, run_now: bool,
+    update: Callable[[ScheduleHandle], Awaitable[None]],
+) -> bool:
+    """Create the schedule (a first run right away if ``active``) or bring the existing one up to date with
+    ``update`` (and run it now if ``run_now`` and ``active``); True if it was created now."""
+    try:
+        await client.create_schedule(schedule_id, wanted, trigger_immediately=active)
+        return True
+    except ScheduleAlreadyRunningError:
+        handle = client.get_schedule_handle(schedule_id)
+        await update(handle)
+        if run_now and active:
+            await handle.trigger(overlap=ScheduleOverlapPolicy.BUFFER_ONE)
+        return False
 
 
 async def connection_changed(hub: Hub, connection: Connection) -> None:
@@ -106,20 +130,24 @@ async def connection_changed(hub: Hub, connection: Connection) -> None:
         client = await hub.temporal()
         if connection.status == "disabled":
             await remove_schedules(client, connection)
+            await remove_graph_upkeep(client, connection)
         else:
             await ensure_schedules(client, connection, hub.settings.task_queue, run_now=True)
+            await ensure_graph_upkeep(client, hub.settings, connection, run_now=True)
     except (TemporalUnavailable, RPCError) as exc:
-        log.warning("sync schedules of connection %s not updated: %s", connection.id, exc)
+        log.warning("schedules of connection %s not updated: %s", connection.id, exc)
 
 
 async def ensure_org_schedules(hub: Hub, org_id: str) -> int:
-    """``ensure_schedules`` for every connection of an org (the demo org at start-up); returns how many."""
+    """``ensure_schedules`` (and the Graph subscription upkeep) for every connection of an org (the demo org at
+    start-up); returns how many."""
     async with hub.db.session() as session:
         connections = list(await session.scalars(
             select(Connection).where(Connection.org_id == org_id, Connection.status != "disabled")))
     client = await hub.temporal()
     for connection in connections:
         await ensure_schedules(client, connection, hub.settings.task_queue)
+        await ensure_graph_upkeep(client, hub.settings, connection)
     return len(connections)
 
 
@@ -151,11 +179,77 @@ async def _set_interval(handle: ScheduleHandle, interval: timedelta, task_queue:
 async def remove_schedules(client: Client, connection: Connection) -> None:
     """Delete the connection's sync schedules (a running sync finishes its run)."""
     for model in connection_models(connection):
-        try:
-            await client.get_schedule_handle(sync_schedule_id(connection.org_id, connection.id, model)).delete()
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
+        await _delete(client, sync_schedule_id(connection.org_id, connection.id, model))
+
+
+async def _delete(client: Client, schedule_id: str) -> None:
+    """Delete a schedule; one that does not exist is fine."""
+    try:
+        await client.get_schedule_handle(schedule_id).delete()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+
+
+# --- the Graph subscription upkeep of a Microsoft connection ------------------------------------------------
+def graph_notification_url(settings: Settings, connection: Connection) -> str | None:
+    """Where Graph posts for this connection (``{HUB_PUBLIC_URL}/webhooks/{provider}/{id}``), if its provider
+    subscribes to changes (``sharepoint.create_subscription``) and the hub has a public URL; else None."""
+    entry = catalogue().providers.get(connection.provider)
+    if entry is None or CREATE_SUBSCRIPTION not in entry.actions or not settings.public_url:
+        return None
+    return f"{settings.public_url.rstrip('/')}/webhooks/{connection.provider}/{connection.id}"
+
+
+def _graph_schedule(connection: Connection, notification_url: str, task_queue: str) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            GRAPH_SUBSCRIPTION_WORKFLOW,
+            GraphSubscriptionInput(org_id=connection.org_id, connection_id=connection.id,
+                                   notification_url=notification_url),
+            id=graph_subscription_id(connection.org_id, connection.id), task_queue=task_queue,
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=UPKEEP_EVERY)], jitter=timedelta(minutes=10)),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=UPKEEP_EVERY),
+        state=ScheduleState(note=f"Graph subscription upkeep of connection {connection.id}"),
+    )
+
+
+async def ensure_graph_upkeep(
+    client: Client, settings: Settings, connection: Connection, *, run_now: bool = False
+) -> bool | None:
+    """Create the connection's Graph subscription upkeep schedule, or bring it up to date (URL, queue, interval).
+
+    Like ``ensure_schedules``: a new schedule of an active connection, or any when ``run_now`` is set (a
+    connection that just became active), runs at once; runs of a connection that is not active skip quietly.
+    Returns whether the schedule was created now; None when the connection gets none (not a provider with
+    Graph subscriptions, or no ``HUB_PUBLIC_URL`` — logged, and an existing schedule is left as it is).
+    """
+    url = graph_notification_url(settings, connection)
+    if url is None:
+        entry = catalogue().providers.get(connection.provider)
+        if entry is not None and CREATE_SUBSCRIPTION in entry.actions:  # (a pending one, e.g. the demo's: quieter)
+            log.log(logging.WARNING if connection.status == "active" else logging.INFO,
+                    "no Graph subscription upkeep for connection %s: HUB_PUBLIC_URL is not set, so Graph cannot "
+                    "reach the hub", connection.id)
+        return None
+    wanted = _graph_schedule(connection, url, settings.task_queue)
+
+    async def update(handle: ScheduleHandle) -> None:
+        def replace(current: ScheduleUpdateInput) -> ScheduleUpdate:
+            schedule = current.description.schedule  # keeps its state (paused or not)
+            schedule.action, schedule.spec, schedule.policy = wanted.action, wanted.spec, wanted.policy
+            return ScheduleUpdate(schedule=schedule)
+
+        await handle.update(replace)
+
+    return await _ensure(client, graph_subscription_id(connection.org_id, connection.id), wanted,
+                         active=connection.status == "active", run_now=run_now, update=update)
+
+
+async def remove_graph_upkeep(client: Client, connection: Connection) -> None:
+    """Delete the connection's Graph subscription upkeep schedule (the subscription itself lapses at its expiry)."""
+    await _delete(client, graph_subscription_id(connection.org_id, connection.id))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """Deterministic Temporal workflows. ``WORKFLOWS`` is what the worker registers."""
 
 from workflows.connection import ConnectionWorkflow
+from workflows.graph_subscription import GraphSubscriptionWorkflow
 from workflows.opportunity import OpportunityWorkflow
 from workflows.sync import SyncWorkflow
 from workflows.webhook_event import WebhookEventWorkflow
 
-WORKFLOWS: list[type] = [OpportunityWorkflow, WebhookEventWorkflow, ConnectionWorkflow, SyncWorkflow]
+WORKFLOWS: list[type] = [
+    OpportunityWorkflow, WebhookEventWorkflow, ConnectionWorkflow, SyncWorkflow, GraphSubscriptionWorkflow,
+]

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
 import sklearn
 
 from ai import artifacts, deals, leads
@@ -32,6 +33,7 @@ from hub.store.ai import (
     record_insight,
 )
 from hub.store.base import utcnow
+from hub.store.inbox import HUB_CONNECTION, NewEvent, insert_new
 from hub.store.orgs import record_audit
 
 if TYPE_CHECKING:
@@ -102,8 +104,18 @@ def lead_record(data: dict) -> dict:
     return record
 
 
+def lead_created(org_id: str, lead_id: str, data: dict, score: LeadScore) -> NewEvent:
+    """The ``lead.created`` event of a new lead, for the inbox: a ``generic`` event of the hub itself
+    (connection ``hub``), whose ``data.lead`` — the lead as sent, its id and score — is the rules' ``lead``."""
+    body = {"id": f"lead.created:{lead_id}", "type": "lead.created",
+            "data": {"lead_id": lead_id, "lead": {**data, "id": lead_id, "score": score.score}}}
+    return NewEvent(org_id, HUB_CONNECTION, "generic", body["id"], "lead.created", {}, orjson.dumps(body),
+                    "application/json")
+
+
 async def score_lead(hub: Hub, org_id: str, lead_id: str, data: dict | None = None) -> tuple[Lead, LeadScore]:
-    """Score a lead with the org's model (or the prior), store the lead and its score and the insight.
+    """Score a lead with the org's model (or the prior), store the lead and its score and the insight; a new lead
+    raises ``lead.created`` through the webhook inbox (in the same transaction: durable, once per lead).
 
     ``data`` None: rescore the stored lead. Raises ``LookupError`` if there is no such lead."""
     model = await active_model(hub, org_id, "leads")
@@ -122,6 +134,7 @@ async def score_lead(hub: Hub, org_id: str, lead_id: str, data: dict | None = No
         if lead is None:
             lead = Lead(org_id=org_id, id=lead_id, created_at=now)
             session.add(lead)
+            await insert_new(session, [lead_created(org_id, lead_id, data, score)])
         lead.data = data
         lead.score, lead.low, lead.high = score.score, score.low, score.high
         lead.factors = [f.model_dump() for f in score.factors]

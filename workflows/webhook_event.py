@@ -181,7 +181,7 @@ class WebhookEventWorkflow:
     ) -> None:
         events = [
             {"type": e.type, "stage": None, "opp": {}, "event": e.data, "org": input.org_id, "branch": None,
-             "role": None}
+             "role": None, "lead": e.data.get("lead")}
             for _, e in unbound
         ]  # fmt: skip
         runs = await RuleRunner(input.org_id, subject=wid).run(events, key_prefix=wid)

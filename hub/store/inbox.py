@@ -38,6 +38,7 @@ from hub.store.base import Base, utcnow
 STATUSES = ("pending", "relayed", "done", "ignored", "dead")
 FINISHED = ("done", "ignored")
 RETENTION = timedelta(days=7)
+HUB_CONNECTION = "hub"  # the connection id of events the hub raises itself (``lead.created``)
 
 
 def new_event_id() -> str:

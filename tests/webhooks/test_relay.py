@@ -251,6 +251,25 @@ async def test_org_rules_run_for_an_event_without_opportunity(
     assert row.outcome["events"][0]["rules_fired"] == ["on-payment"]
 
 
+async def test_a_new_lead_raises_lead_created_once_and_the_org_rules_see_the_lead(
+    api: httpx.AsyncClient, hub: Hub, client: Client, task_queue: str, admin_key: str
+) -> None:
+    await apply(hub, rule("big-leads", "lead.created", [{"ai.next_action": {}}],
+                          when="lead.employees >= 1000 && lead.score >= 0.0"),
+                rule("small-leads", "lead.created", [{"ai.next_action": {}}], when="lead.employees < 1000"))
+    for employees in (5000, 10):  # the CRM sends the lead again: it is not new, and raises nothing
+        r = await api.put("/v1/leads/lead_big", headers=bearer(admin_key),
+                          json={"email": "cio@globex.example", "company": "Globex", "employees": employees})
+        assert r.status_code == 200
+    [row] = await inbox_rows(hub)
+    assert (row.provider, row.connection_id, row.event_type) == ("generic", "hub", "lead.created")
+    async with webhook_worker(hub, client, task_queue):
+        await Relay(hub, task_queue=task_queue).drain()
+        await wait_until(lambda: _finished(hub, 1))
+    [row] = await inbox_rows(hub)
+    assert row.status == "done" and row.outcome["events"][0]["rules_fired"] == ["big-leads"]
+
+
 class FailingPlan:
     """Stands in for ``rules.plan`` and fails without retry, as a broken rule store would."""
 

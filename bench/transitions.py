@@ -1,21 +1,24 @@
 """Benchmark: stage transitions through the HTTP API against raw Temporal Updates, same dev server.
 
 N opportunities are registered (``PUT /v1/opportunities/{id}``), then each makes M transitions
-(``POST …/transitions``): the first as a warm-up, the second one opportunity at a time (the latency
-figure, DESIGN §8 target p50 <= 50 ms), the other M-2 for all opportunities at once (the throughput
-figure; one after the other per opportunity). All go through a
-hub process (API + worker, as ``fulqrun-hub run``) on a Temporal dev server started here
-(file-backed like ``make run``; ``--in-memory`` for the in-memory store). Each transition is the
-full path: HTTP, API key, Temporal Update with the pipeline check in its validator, and then the
-transition's effects in the workflow (rules plan, AI insight, projection, CRM event).
+(``POST …/transitions``): the 1st all at once as a warm-up; the 2nd one opportunity at a time, each
+``--settle`` seconds after the one before so that its effects are done (the Update round trip, DESIGN §8
+target p50 <= 50 ms); the 3rd one at a time back to back (each while the effects of the one before still
+run in the same process); the other M-3 for all opportunities at once (the throughput figure; one after
+the other per opportunity). All go through a hub process (API + worker as ``fulqrun-hub run`` builds
+them) on a Temporal dev server started here (file-backed like ``make run``; ``--in-memory`` for the
+in-memory store). Each transition is the full path: HTTP, API key, Temporal Update with the pipeline
+check in its validator, and then the transition's effects in the workflow (rules plan, AI insight,
+projection, CRM event).
 
 The baseline, measured in the same run on the same server: N trivial workflows × M Updates (a
-counter, with a validator), sent straight with the Temporal client, its worker in its own process.
+counter, with a validator), sent the same way straight with the Temporal client, its worker in its own
+process.
 
-    .venv/bin/python bench/transitions.py [--opps 20] [--transitions 5] [--in-memory]
+    .venv/bin/python bench/transitions.py [--opps 20] [--transitions 6] [--settle 0.5] [--in-memory]
 
-Prints p50/p99 and transitions/s of each, and finally ``ratio=<x>`` = hub transitions/s ÷ raw Updates/s
-(all-at-once phase).
+Prints p50/p99 of each phase and transitions/s of the last, and finally ``ratio=<x>`` = hub
+transitions/s ÷ raw Updates/s (all-at-once phase).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from temporalio import workflow
@@ -105,21 +110,13 @@ async def serve_hub() -> None:
     """Child: the API and the worker in one process, configured by HUB_* variables (as ``fulqrun-hub run``)."""
     import uvicorn
 
-    from activities import build_activities
-    from activities.connections import ConnectionActivities
     from api import create_app
     from hub.runtime import Hub
     from hub.settings import Settings
-    from worker import provider_workers
-    from workflows import WORKFLOWS
+    from worker import build_workers
 
     hub = Hub.from_settings(Settings())
-    client = await hub.temporal()
-    workers = [
-        Worker(client, task_queue=hub.settings.task_queue, workflows=WORKFLOWS, activities=build_activities(hub),
-               disable_eager_activity_execution=True),
-        *provider_workers(client, hub.settings.task_queue, ConnectionActivities(hub)),
-    ]  # fmt: skip
+    workers = build_workers(hub, await hub.temporal())
     server = uvicorn.Server(uvicorn.Config(create_app(hub), host="127.0.0.1", port=hub.settings.api_port,
                                            log_level="warning", lifespan="on"))  # fmt: skip
     await asyncio.gather(server.serve(), *(w.run() for w in workers))
@@ -167,11 +164,40 @@ async def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> N
             await asyncio.sleep(0.2)
 
 
-async def run_hub(url: str, key: str) -> tuple[list[float], float, list[float], int]:
-    """Register N opportunities and move each to s1 (warm-up); then one transition at a time (N samples);
-    then the remaining M-1 transitions of all opportunities at once.
+@dataclass
+class Phases:
+    """Latencies (seconds) of the settled and back-to-back one-at-a-time phases, and the all-at-once phase."""
 
-    Returns (one-at-a-time latencies, concurrent seconds, concurrent latencies, failures)."""
+    settled: list[float] = field(default_factory=list)
+    back_to_back: list[float] = field(default_factory=list)
+    concurrent: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    failures: int = 0
+
+
+async def phases(ids: list, move: Callable[[object, int, list[float]], Awaitable[None]]) -> Phases:
+    """The benchmark's pattern over ``ids``: warm-up, settled, back to back, then all at once."""
+    out = Phases()
+
+    async def journey(item: object) -> None:
+        for step in range(4, ARGS.transitions + 1):
+            await move(item, step, out.concurrent)
+
+    await asyncio.gather(*(move(i, 1, []) for i in ids))
+    await asyncio.sleep(2)  # let the warm-up transitions' effects finish
+    for i in ids:
+        await move(i, 2, out.settled)
+        await asyncio.sleep(ARGS.settle)
+    for i in ids:
+        await move(i, 3, out.back_to_back)
+    began = time.perf_counter()
+    await asyncio.gather(*(journey(i) for i in ids))
+    out.seconds = time.perf_counter() - began
+    return out
+
+
+async def run_hub(url: str, key: str) -> Phases:
+    """Register N opportunities, then move them through the phases over the HTTP API."""
     headers = {"Authorization": f"Bearer {key}"}
     body = {"name": "Bench deal", "branch": "emea", "owner_role": "ae", "amount": 50000.0, "currency": "EUR"}
     failures = 0
@@ -188,26 +214,16 @@ async def run_hub(url: str, key: str) -> tuple[list[float], float, list[float], 
                 failures += 1
                 print(f"  {opp} -> s{step}: {r.status_code} {r.text[:200]}", file=sys.stderr)
 
-        async def journey(opp: str, into: list[float]) -> None:
-            for step in range(3, ARGS.transitions + 1):
-                await move(opp, step, into)
-
         run = uuid.uuid4().hex[:6]
         ids = [f"b{run}-{i}" for i in range(ARGS.opps)]
         for r in await asyncio.gather(*(http.put(f"/v1/opportunities/{i}", json=body) for i in ids)):
             r.raise_for_status()
-        await asyncio.gather(*(move(i, 1, []) for i in ids))
-        await asyncio.sleep(2)  # let the warm-up transitions' effects finish
-        single: list[float] = []
-        for opp in ids:
-            await move(opp, 2, single)
-        concurrent: list[float] = []
-        began = time.perf_counter()
-        await asyncio.gather(*(journey(i, concurrent) for i in ids))
-        return single, time.perf_counter() - began, concurrent, failures
+        out = await phases(ids, move)
+        out.failures = failures
+        return out
 
 
-async def run_baseline(client: Client, queue: str) -> tuple[list[float], float, list[float]]:
+async def run_baseline(client: Client, queue: str) -> Phases:
     """The same pattern on N trivial workflows with raw Updates."""
     run = uuid.uuid4().hex[:6]
     handles = await asyncio.gather(*(
@@ -218,29 +234,20 @@ async def run_baseline(client: Client, queue: str) -> tuple[list[float], float, 
         await handle.execute_update(Trivial.bump, step)
         into.append(time.perf_counter() - began)
 
-    async def bumps(handle, into: list[float]) -> None:  # noqa: ANN001
-        for step in range(3, ARGS.transitions + 1):
-            await bump(handle, step, into)
-
-    await asyncio.gather(*(bump(h, 1, []) for h in handles))
-    single: list[float] = []
-    for h in handles:
-        await bump(h, 2, single)
-    concurrent: list[float] = []
-    began = time.perf_counter()
-    await asyncio.gather(*(bumps(h, concurrent) for h in handles))
-    elapsed = time.perf_counter() - began
+    out = await phases(handles, bump)
     for h in handles:
         await h.signal(Trivial.stop)
-    return single, elapsed, concurrent
+    return out
 
 
-def report(name: str, single: list[float], seconds: float, latencies: list[float]) -> float:
-    rate = len(latencies) / seconds
-    print(f"{name}: one at a time p50 {1000 * statistics.median(single):.1f} ms, "
-          f"p99 {1000 * percentile(single, 0.99):.1f} ms; all at once {len(latencies)} in {seconds:.2f}s "
-          f"= {rate:.1f}/s, p50 {1000 * statistics.median(latencies):.1f} ms, "
-          f"p99 {1000 * percentile(latencies, 0.99):.1f} ms")
+def report(name: str, p: Phases) -> float:
+    rate = len(p.concurrent) / p.seconds
+
+    def figures(latencies: list[float]) -> str:
+        return f"p50 {1000 * statistics.median(latencies):.1f} ms, p99 {1000 * percentile(latencies, 0.99):.1f} ms"
+
+    print(f"{name}: one at a time, settled {figures(p.settled)}; back to back {figures(p.back_to_back)}; "
+          f"all at once {len(p.concurrent)} in {p.seconds:.2f}s = {rate:.1f}/s, {figures(p.concurrent)}")
     return rate
 
 
@@ -269,14 +276,14 @@ async def drive() -> None:
             procs.append(subprocess.Popen([sys.executable, __file__, "--serve-trivial", address, queue]))
             store = "in-memory" if ARGS.in_memory else "file-backed"
             print(f"Temporal dev server ({store}) at {address}; {ARGS.opps} opportunities x {ARGS.transitions} "
-                  f"transitions: the 1st all at once (warm-up), the 2nd one at a time, the rest all at once")
-            single, seconds, latencies, failures = await run_hub(url, key)
-            hub_rate = report("hub transitions (HTTP API -> Update)", single, seconds, latencies)
-            base_single, base_seconds, base_latencies = await run_baseline(temporal.client, queue)
-            base_rate = report("raw Temporal Updates (trivial workflow)", base_single, base_seconds, base_latencies)
-            p50 = 1000 * statistics.median(single)
-            print(f"failures={failures}; one-at-a-time transition p50 {p50:.1f} ms vs target <= 50 ms: "
-                  f"{'met' if p50 <= 50 else 'NOT met'}")  # fmt: skip
+                  f"transitions: warm-up, one at a time settled ({ARGS.settle} s apart), one at a time back to "
+                  f"back, the rest all at once")  # fmt: skip
+            hub = await run_hub(url, key)
+            hub_rate = report("hub transitions (HTTP API -> Update)", hub)
+            base_rate = report("raw Temporal Updates (trivial workflow)", await run_baseline(temporal.client, queue))
+            p50 = 1000 * statistics.median(hub.settled)
+            print(f"failures={hub.failures}; transition (Update round trip, settled) p50 {p50:.1f} ms vs target "
+                  f"<= 50 ms: {'met' if p50 <= 50 else 'NOT met'}")  # fmt: skip
             print(f"ratio={hub_rate / base_rate:.2f}")
         finally:
             for proc in procs:
@@ -292,7 +299,8 @@ async def drive() -> None:
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--opps", type=int, default=20, help="opportunities (N)")
-    parser.add_argument("--transitions", type=int, default=6, help="transitions per opportunity (M >= 3)")
+    parser.add_argument("--transitions", type=int, default=6, help="transitions per opportunity (M >= 4)")
+    parser.add_argument("--settle", type=float, default=0.5, help="seconds between the settled transitions")
     parser.add_argument("--in-memory", action="store_true", help="in-memory dev server instead of file-backed")
     parser.add_argument("--serve-hub", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-trivial", nargs=2, metavar=("ADDRESS", "QUEUE"), help=argparse.SUPPRESS)

@@ -69,6 +69,7 @@ T = TypeVar("T")
 
 EXPIRY_SKEW = timedelta(seconds=30)
 SECRETS_TTL = 60.0  # seconds a connection's decrypted secrets are reused while its token version holds
+CONNECTION_TTL = 5.0  # seconds provider calls reuse a connection's row (status and config changes apply within)
 STORE_ATTEMPTS = 5
 UPDATE_ATTEMPTS = 6
 
@@ -99,6 +100,11 @@ def connection_failed_event(conn: Connection, reason: str) -> dict:
             "status": "needs_reauth", "reason": reason, "at": utcnow().isoformat(),
         },
     }
+
+
+class _CachedConnection(NamedTuple):
+    conn: Connection
+    expires: float  # monotonic
 
 
 class _CachedSecrets(NamedTuple):
@@ -201,6 +207,7 @@ class ConnectionActivities:
         self._pacers: dict[str, Pacer] = {}
         self._renewals: dict[tuple[str, int], asyncio.Future[TokenState]] = {}
         self._secret_cache: dict[str, _CachedSecrets] = {}
+        self._conn_cache: dict[tuple[str, str, str | None], _CachedConnection] = {}
         import_action_modules()
 
     def limit(self, provider: Provider) -> RateLimit:
@@ -245,6 +252,20 @@ class ConnectionActivities:
             cached.load.add_done_callback(lambda load: self._forget_failed(connection_id, load))
         return dict(await asyncio.shield(cached.load))
 
+    async def usable_connection(self, org_id: str, provider: str, connection_id: str | None) -> Connection:
+        """The connection a provider call runs on (``_usable_connection``), its row reused for ``CONNECTION_TTL``
+        seconds — not past a token refresh in this process, which moves its token version on."""
+        key = (org_id, provider, connection_id)
+        now = time.monotonic()
+        cached = self._conn_cache.get(key)
+        if cached is not None and cached.expires > now:
+            return cached.conn
+        async with self.hub.db.sessions() as session:  # read only: no transaction to commit
+            conn = await _usable_connection(session, org_id, provider, connection_id)
+        self._conn_cache = {k: c for k, c in self._conn_cache.items() if c.expires > now}
+        self._conn_cache[key] = _CachedConnection(conn, now + CONNECTION_TTL)
+        return conn
+
     async def _load_secrets(self, connection_id: str) -> dict[str, str]:
         async with self.hub.db.session() as session:
             return await load_secrets(session, self.hub.vault, connection_id)
@@ -280,8 +301,7 @@ class ConnectionActivities:
         org's single active) connection, paced to the provider's rate, re-run once after a 401 with a fresh
         token from the ConnectionWorkflow, failures mapped by ``provider_failure``. Returns (result,
         connection id). An empty ``idempotency_key`` is derived from the workflow and activity ids."""
-        async with self.hub.db.sessions() as session:  # read only: no transaction to commit
-            conn = await _usable_connection(session, org_id, provider.key, connection_id)
+        conn = await self.usable_connection(org_id, provider.key, connection_id)
         tokens = _StoredTokens(self, conn, provider, await self.secrets_of(conn.id, conn.token_version))
         info = activity.info()
         ctx = ActionContext(
@@ -313,7 +333,10 @@ class ConnectionActivities:
         if pending is None:
             pending = self._renewals[key] = asyncio.ensure_future(self._ask_workflow(conn, seen_version))
             pending.add_done_callback(lambda _: self._renewals.pop(key, None))
-        return await asyncio.shield(pending)
+        state = await asyncio.shield(pending)
+        self._conn_cache = {k: c for k, c in self._conn_cache.items()
+                            if c.conn.id != conn.id or c.conn.token_version >= state.version}
+        return state
 
     async def _ask_workflow(self, conn: Connection, seen_version: int) -> TokenState:
         """Update ``fresh_token`` on the connection's workflow, starting the workflow if needed.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
@@ -82,6 +83,9 @@ LAST_SUCCESS = Gauge("hub_sync_last_success_timestamp_seconds", "When the sync l
 FAILURES = Gauge("hub_sync_consecutive_failures", "Failed runs in a row", ["connection", "model"])
 CHAIN_POLL = 0.2  # seconds between looks in sync_pages for a predecessor another worker process fetches
 ENDS_KEPT = 256  # fetched pages' ends kept for chained fetches in this process (each is taken within a page or so)
+CHAIN_SECONDS = 0.5  # a run's fetches in flight cover this long at the provider's rate: from a fetch's end to the
+# fetch the workflow schedules then running takes a workflow round trip (~0.1-0.4 s on a busy 2-core machine)
+MAX_CHAIN = 25  # fetches in flight per run, at most (each holds an activity slot of the worker while it waits)
 
 
 def _observe(state: store.SyncState) -> None:
@@ -139,7 +143,8 @@ class SyncFetcher:
     A chained fetch waits for the previous page — told as soon as it is fetched when this process fetched it,
     else found staged in ``sync_pages`` (another worker process fetched it) — and then makes its one request
     from where that page ends, so a run's requests follow each other at the provider's pace, not a workflow
-    round trip apart. ``source`` stands in for the provider request (tests).
+    round trip apart. Each fetch tells the workflow how many fetches to keep in flight (``PageRef.chain``), so that
+    the run's requests keep coming at the provider's rate. ``source`` stands in for the provider request (tests).
     """
 
     def __init__(self, connections: ConnectionActivities, source: PageSource | None = None) -> None:
@@ -164,9 +169,16 @@ class SyncFetcher:
             page = await self.source(inp, cursor)
             if inp.page_no is not None:  # the next page's fetch need not wait for this one to be staged
                 self._tell((inp.run_id, inp.page_no), PageEnd(page.next_cursor, page.done))
-            return await stage(self.connections.hub, inp, cursor, page)
+            ref = await stage(self.connections.hub, inp, cursor, page)
+            ref.chain = self.chain(inp.target.model)
+            return ref
         finally:
             self._fetching.discard((inp.run_id, inp.page_no))
+
+    def chain(self, model: str) -> int:
+        """Fetches in flight that cover ``CHAIN_SECONDS`` at the rate this process gives the model's provider."""
+        rate = self.connections.limit(_spec(model).provider).queue_per_second
+        return min(MAX_CHAIN, math.ceil(rate * CHAIN_SECONDS))
 
     async def request(self, inp: FetchInput, cursor: str | None) -> PageData:
         """The provider's page from ``cursor``: one request with the connection's credentials."""

@@ -136,6 +136,7 @@ class PageRef(BaseModel):
     next_cursor: str | None = None
     done: bool = True
     cursor: str | None = None
+    chain: int = 0  # fetches the run should keep in flight at the provider's rate (0: the workflow's default)
 
 
 class StoreInput(BaseModel):

@@ -9,12 +9,13 @@ moves ahead of what is stored. Fetching runs ahead of storing, and the fetches o
 scheduled while a page is still being fetched: *chained* fetches, each waiting on its worker until the
 page before it is fetched and then requesting the page after it, so a run's requests follow each other at
 the provider's pace instead of one workflow round trip apart — still one request per activity, so the
-task queue's rate limit counts every one. At most ``FETCH_AHEAD`` pages are being fetched or wait to be
-stored; pages are stored strictly in order (all those waiting in one transaction), and a fetched page that
-was not stored when a run fails is simply fetched again by the next run. A 429 is retried by the fetch
-activity after the provider's Retry-After; a crash (worker or process) resumes from history; a run that
-fails for good leaves the stored cursor where the next run starts. Long backfills continue-as-new between
-pages.
+task queue's rate limit counts every one. The fetcher says how many fetches to keep in flight: enough to
+cover a workflow round trip at the provider's rate. At most ``FETCH_AHEAD`` pages (more at a fast
+provider's rate) are being fetched or wait to be stored; pages are stored strictly in order (all those
+waiting in one transaction), and a fetched page that was not stored when a run fails is simply fetched
+again by the next run. A 429 is retried by the fetch activity after the provider's Retry-After; a crash
+(worker or process) resumes from history; a run that fails for good leaves the stored cursor where the
+next run starts. Long backfills continue-as-new between pages.
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ STORE_RETRY = RetryPolicy(
 )
 BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 MAX_HISTORY_BYTES = 4 * 1024 * 1024  # continue-as-new well before Temporal's history limits
-FETCH_AHEAD = 10  # pages being fetched or fetched but not yet stored, at most (staging and history stay bounded)
+FETCH_AHEAD = 10  # pages being fetched or fetched but not yet stored, at most, with a chain of CHAIN fetches
 CHAIN = 3  # fetches in flight: the page being requested and the next ones, waiting for it on their workers
 SEQUENTIAL_AHEAD = 3  # fetched pages not yet stored, at most, in histories from before CHAINED_FETCH
 CHAINED_FETCH = "sync-chained-fetch"  # patch: chained fetches, and pages stored together
+CHAIN_AT_RATE = "sync-chain-at-rate"  # patch: as many fetches in flight as the fetcher asks (PageRef.chain)
 
 
 @workflow.defn(name=SYNC_WORKFLOW)
@@ -124,18 +126,21 @@ class SyncWorkflow:
             )
 
         async def fetch_chained(cursor: str | None) -> None:
-            """Fetch pages in order, the fetches of the next CHAIN - 1 pages already scheduled (chained) while a
-            page is fetched, at most FETCH_AHEAD pages being fetched or waiting to be stored, until the run is
+            """Fetch pages in order, the fetches of the next ``chain`` - 1 pages already scheduled (chained) while a
+            page is fetched (CHAIN, or as many as the fetcher asks: enough to cover a workflow round trip at the
+            provider's rate), at most FETCH_AHEAD - CHAIN more pages waiting to be stored, until the run is
             complete or this execution has scheduled its share."""
             nonlocal fetching
             pending: list[tuple[workflow.ActivityHandle[PageRef], bool]] = []  # (fetch, chained), in page order
             scheduled = 0
+            at_rate = workflow.patched(CHAIN_AT_RATE)
+            chain = CHAIN
 
             def more() -> bool:
                 return scheduled < inp.pages_per_execution and not self._history_full()
 
             def room() -> bool:
-                return more() and len(pending) < CHAIN and len(fetched) + len(pending) < FETCH_AHEAD
+                return more() and len(pending) < chain and len(fetched) + len(pending) < FETCH_AHEAD - CHAIN + chain
 
             try:
                 while True:
@@ -157,6 +162,8 @@ class SyncWorkflow:
                     if page.done:
                         return
                     cursor = page.next_cursor
+                    if at_rate:
+                        chain = max(chain, page.chain)
             except ActivityError as err:
                 fetch_failure.append(err)
             finally:

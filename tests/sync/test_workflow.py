@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 
 from activities.connections import ConnectionActivities
 from activities.connector_types import provider_task_queue
-from activities.sync import SyncActivities, SyncFetcher, stage
+from activities.sync import MAX_CHAIN, SyncActivities, SyncFetcher, stage
 from activities.sync_types import (
     SYNC_FETCH_PAGE,
     BeginInput,
@@ -26,6 +26,7 @@ from activities.sync_types import (
     StoreInput,
     SyncTarget,
 )
+from connectors.catalogue import RateLimit
 from hub.runtime import Hub
 from hub.store.connections import Connection
 from hub.store.orgs import AuditEntry
@@ -39,7 +40,7 @@ from tests.sync.support import (
     stored,
     sync_workers,
 )
-from workflows.sync import SyncWorkflow
+from workflows.sync import CHAIN, SyncWorkflow
 
 MODEL = "stripe.customers"  # a declared model without change events: the pager decides what it holds
 
@@ -264,6 +265,41 @@ async def test_two_worker_processes_share_a_runs_chained_fetches_each_page_reque
     assert (summary.pages, summary.records, summary.changed) == (10, 20, 20)
     assert sorted(await stored(hub, conn, MODEL)) == [c["id"] for c in customers(20)]
     assert await staged_pages(hub, conn) == 0
+
+
+async def test_a_fast_providers_run_keeps_as_many_fetches_in_flight_as_the_fetcher_asks(
+    client: Client, hub: Hub
+) -> None:
+    conn = await seed_connection(hub, "stripe")
+    pager = PagerStandIn(customers(40))
+    workflow_id = wid()
+    async with sync_workers(client, hub, "stripe", pager.fetch, limit=RateLimit(per_second=50)):
+        summary = await run_sync(client, hub, conn, MODEL, workflow_id=workflow_id, page_size=1)
+    assert (summary.pages, summary.records) == (40, 40)
+    assert pager.calls == [str(n) if n else None for n in range(40)]  # each page requested once, in order
+    assert CHAIN < await _most_fetches_in_flight(client, workflow_id) <= 24  # 0.95 × 50 requests/s × 0.5 s
+
+
+async def test_the_fetcher_asks_for_the_fetches_that_cover_half_a_second_at_its_providers_rate(hub: Hub) -> None:
+    def chain(per_second: float) -> int:
+        return SyncFetcher(ConnectionActivities(hub, {"stripe": RateLimit(per_second=per_second)})).chain(MODEL)
+
+    assert (chain(2), chain(20), chain(50), chain(1000)) == (1, 10, 24, MAX_CHAIN)
+
+
+async def _most_fetches_in_flight(client: Client, workflow_id: str) -> int:
+    """The most ``sync.fetch_page`` activities scheduled and not yet closed at once, from the run's history."""
+    in_flight: set[int] = set()
+    most = 0
+    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+        scheduled = event.activity_task_scheduled_event_attributes
+        if event.HasField("activity_task_scheduled_event_attributes") and scheduled.activity_type.name == SYNC_FETCH_PAGE:
+            in_flight.add(event.event_id)
+            most = max(most, len(in_flight))
+        for closed in ("completed", "canceled", "failed", "timed_out"):
+            if event.HasField(f"activity_task_{closed}_event_attributes"):
+                in_flight.discard(getattr(event, f"activity_task_{closed}_event_attributes").scheduled_event_id)
+    return most
 
 
 def _input(conn: Connection, page_size: int):  # noqa: ANN202

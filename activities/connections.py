@@ -63,6 +63,7 @@ from hub.store.base import utcnow
 from hub.store.connections import Connection
 from hub.store.oauth import as_utc, load_secrets, store_tokens
 from hub.store.orgs import record_audit
+from hub.sync_schedules import connection_changed
 
 log = logging.getLogger("activities.connections")
 T = TypeVar("T")
@@ -397,6 +398,7 @@ class ConnectionActivities:
                                        non_retryable=True)
             if conn.token_version > inp.from_version:
                 return token_state(conn)
+            was_active = conn.status == "active"
             interrupted = conn.refresh_pending_since is not None
             conn.refresh_pending_since = conn.refresh_pending_since or utcnow()
             secrets = await load_secrets(session, self.hub.vault, conn.id)
@@ -418,19 +420,21 @@ class ConnectionActivities:
             try:
                 async with self.hub.db.session() as session:
                     conn = await session.get(Connection, inp.connection_id)
-                    await store_tokens(
+                    stored = await store_tokens(
                         session, self.hub.vault, conn, from_version=inp.from_version,
                         access_token=tokens.access_token, refresh_token=tokens.refresh_token,
                         expires_at=tokens.expires_at, next_refresh_at=due,
                     )
-                    return token_state(conn, provider)
+                break
             except SQLAlchemyError as exc:
                 if attempt == STORE_ATTEMPTS:
                     raise ApplicationError(f"could not store refreshed tokens: {type(exc).__name__}",
                                            type=ERR_TOKEN_ENDPOINT) from None
                 activity.heartbeat(attempt)
                 await asyncio.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+        if stored and not was_active:  # usable from now on: its sync and subscription schedules run now
+            await connection_changed(self.hub, conn)
+        return token_state(conn, provider)
 
     @activity.defn(name=CONNECTION_FAILED)
     async def mark_failed(self, inp: FailureInput) -> dict:

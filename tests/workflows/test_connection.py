@@ -230,6 +230,27 @@ async def test_crash_safety_tokens_are_stored_by_the_activity_that_received_them
     assert again.version == 2 and idp.token_calls == ["refresh_token"]
 
 
+async def test_a_refresh_that_makes_a_connection_active_runs_its_schedules_now(
+    hub: Hub, idp: OAuthFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that needed re-authorisation (or was pending) and gets a token from a refresh is usable from
+    then on: its sync and subscription schedules are told at once, as the connections API tells them."""
+    changed: list[tuple[str, str]] = []
+
+    async def record(_hub: Hub, connection: Connection) -> None:
+        changed.append((connection.id, connection.status))
+
+    monkeypatch.setattr(connection_activities, "connection_changed", record)
+    acts, env = connection_activities.ConnectionActivities(hub), ActivityEnvironment()
+    conn = await _authorised(hub, idp)
+    async with hub.db.session() as s:
+        (await s.get(Connection, conn.id)).status = "needs_reauth"
+    await env.run(acts.refresh, RefreshInput(org_id=conn.org_id, connection_id=conn.id, from_version=1))
+    assert changed == [(conn.id, "active")]
+    await env.run(acts.refresh, RefreshInput(org_id=conn.org_id, connection_id=conn.id, from_version=2))
+    assert changed == [(conn.id, "active")]  # it was active already: nothing to tell
+
+
 async def test_invalid_grant_after_an_interrupted_refresh_says_so(hub: Hub, idp: OAuthFake) -> None:
     conn = await _authorised(hub, idp)
     async with hub.db.session() as s:

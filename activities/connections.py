@@ -58,12 +58,12 @@ from activities.connector_types import (
 from connectors.base import ACTIONS, ActionContext, ProviderError
 from connectors.catalogue import Provider, RateLimit, catalogue, import_action_modules
 from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, obtain_token
+from hub import sync_schedules
 from hub.runtime import Hub
 from hub.store.base import utcnow
 from hub.store.connections import Connection
 from hub.store.oauth import as_utc, load_secrets, store_tokens
 from hub.store.orgs import record_audit
-from hub.sync_schedules import connection_changed
 
 log = logging.getLogger("activities.connections")
 T = TypeVar("T")
@@ -433,7 +433,7 @@ class ConnectionActivities:
                 activity.heartbeat(attempt)
                 await asyncio.sleep(0.5 * 2**attempt)
         if stored and not was_active:  # usable from now on: its sync and subscription schedules run now
-            await connection_changed(self.hub, conn)
+            await sync_schedules.connection_changed(self.hub, conn)
         return token_state(conn, provider)
 
     @activity.defn(name=CONNECTION_FAILED)

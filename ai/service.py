@@ -107,7 +107,7 @@ def lead_record(data: dict) -> dict:
 def lead_created(org_id: str, lead_id: str, data: dict, score: LeadScore) -> NewEvent:
     """The ``lead.created`` event of a new lead, for the inbox: a ``generic`` event of the hub itself
     (connection ``hub``), whose ``data.lead`` — the lead as sent, its id and score — is the rules' ``lead``."""
-    body = {"id": f"lead.created:{lead_id}", "type": "lead.created",
+    body = {"id": f"lead.created:{org_id}/{lead_id}", "type": "lead.created",  # unique across orgs, as ids must be
             "data": {"lead_id": lead_id, "lead": {**data, "id": lead_id, "score": score.score}}}
     return NewEvent(org_id, HUB_CONNECTION, "generic", body["id"], "lead.created", {}, orjson.dumps(body),
                     "application/json")

@@ -257,12 +257,14 @@ async def test_a_new_lead_raises_lead_created_once_and_the_org_rules_see_the_lea
     await apply(hub, rule("big-leads", "lead.created", [{"ai.next_action": {}}],
                           when="lead.employees >= 1000 && lead.score >= 0.0"),
                 rule("small-leads", "lead.created", [{"ai.next_action": {}}], when="lead.employees < 1000"))
+    lead = f"lead_{uuid.uuid4().hex[:8]}"  # workflow ids outlive a test on the shared Temporal server
     for employees in (5000, 10):  # the CRM sends the lead again: it is not new, and raises nothing
-        r = await api.put("/v1/leads/lead_big", headers=bearer(admin_key),
+        r = await api.put(f"/v1/leads/{lead}", headers=bearer(admin_key),
                           json={"email": "cio@globex.example", "company": "Globex", "employees": employees})
         assert r.status_code == 200
     [row] = await inbox_rows(hub)
     assert (row.provider, row.connection_id, row.event_type) == ("generic", "hub", "lead.created")
+    assert row.event_id == f"lead.created:{ORG}/{lead}"  # the org in it: another org's lead of that id is another
     async with webhook_worker(hub, client, task_queue):
         await Relay(hub, task_queue=task_queue).drain()
         await wait_until(lambda: _finished(hub, 1))

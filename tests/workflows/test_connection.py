@@ -28,6 +28,7 @@ from activities.connector_types import (
     TokenState,
     connection_workflow_id,
 )
+from hub import sync_schedules
 from hub.runtime import Hub
 from hub.store.base import utcnow
 from hub.store.connections import Connection
@@ -240,7 +241,7 @@ async def test_a_refresh_that_makes_a_connection_active_runs_its_schedules_now(
     async def record(_hub: Hub, connection: Connection) -> None:
         changed.append((connection.id, connection.status))
 
-    monkeypatch.setattr(connection_activities, "connection_changed", record)
+    monkeypatch.setattr(sync_schedules, "connection_changed", record)
     acts, env = connection_activities.ConnectionActivities(hub), ActivityEnvironment()
     conn = await _authorised(hub, idp)
     async with hub.db.session() as s:

@@ -58,7 +58,6 @@ from activities.connector_types import (
 from connectors.base import ACTIONS, ActionContext, ProviderError
 from connectors.catalogue import Provider, RateLimit, catalogue, import_action_modules
 from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, obtain_token
-from hub import sync_schedules
 from hub.runtime import Hub
 from hub.store.base import utcnow
 from hub.store.connections import Connection
@@ -433,6 +432,8 @@ class ConnectionActivities:
                 activity.heartbeat(attempt)
                 await asyncio.sleep(0.5 * 2**attempt)
         if stored and not was_active:  # usable from now on: its sync and subscription schedules run now
+            from hub import sync_schedules  # here: hub.sync_schedules imports the activities' types
+
             await sync_schedules.connection_changed(self.hub, conn)
         return token_state(conn, provider)
 

@@ -12,17 +12,16 @@ from temporalio.client import Client
 from temporalio.exceptions import ActivityError
 from temporalio.worker import Worker
 
-with workflow.unsafe.imports_passed_through():
+with workflow.unsafe.imports_passed_through():  # the sandbox re-runs this module for the stand-in workflows
+    from activities.connections import ConnectionActivities
     from activities.connector_types import ActionCall, ActionResult, execute_action, provider_task_queue
     from activities.rule_types import RecordRunsInput, RulePlan, RulePlanInput
-
-from activities.connections import ConnectionActivities
-from connectors.catalogue import RateLimit, catalogue
-from hub.runtime import Hub
-from hub.store.base import utcnow
-from hub.store.connections import Connection, secret_owner
-from hub.store.secrets import put_secret
-from workflows.connection import ConnectionWorkflow
+    from connectors.catalogue import RateLimit, catalogue
+    from hub.runtime import Hub
+    from hub.store.base import utcnow
+    from hub.store.connections import Connection, secret_owner
+    from hub.store.secrets import put_secret
+    from workflows.connection import ConnectionWorkflow
 
 CLIENT_ID = "hub-client"
 CLIENT_SECRET = "canary-client-secret-7f3a9c"

@@ -150,17 +150,18 @@ async def receive(provider: str, connection_id: str, request: Request) -> Respon
 RECEIVE_ROUTE = next(r for r in router.routes if getattr(r, "endpoint", None) is receive)
 
 
-def is_delivery(scope: Scope) -> bool:
-    """Whether an ASGI request is ``POST /webhooks/{provider}/{connection_id}``."""
+def delivery_of(scope: Scope) -> tuple[str, str] | None:
+    """``(provider, connection_id)`` of an ASGI request ``POST /webhooks/{provider}/{connection_id}``, else None."""
     if scope["type"] != "http" or scope["method"] != "POST":
-        return False
+        return None
     parts = scope["path"].removeprefix(scope.get("root_path", "")).split("/")
-    return len(parts) == 4 and parts[1] == "webhooks" and bool(parts[2]) and bool(parts[3])
+    ok = len(parts) == 4 and parts[1] == "webhooks" and parts[2] and parts[3]
+    return (parts[2], parts[3]) if ok else None
 
 
 async def serve_delivery(scope: Scope, receive_: Receive, send: Send) -> None:
-    """``receive`` as a plain ASGI app, for requests ``is_delivery`` accepts."""
-    _, _, provider, connection_id = scope["path"].removeprefix(scope.get("root_path", "")).split("/")
+    """``receive`` as a plain ASGI app, for requests ``delivery_of`` recognises."""
+    provider, connection_id = delivery_of(scope)
     scope["route"] = RECEIVE_ROUTE  # the route's template labels the request's metrics
     response = await receive(provider, connection_id, Request(scope, receive_))
     await response(scope, receive_, send)
@@ -179,7 +180,7 @@ class WebhookDispatch:
         self.app, self.deliveries = app, deliveries
 
     async def __call__(self, scope: Scope, receive_: Receive, send: Send) -> None:
-        await (self.deliveries if is_delivery(scope) else self.app)(scope, receive_, send)
+        await (self.app if delivery_of(scope) is None else self.deliveries)(scope, receive_, send)
 
 
 def _slack_challenge(body: bytes, headers: dict[str, str]) -> str | None:

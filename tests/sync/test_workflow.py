@@ -152,12 +152,17 @@ async def test_a_sync_failing_three_runs_in_a_row_marks_the_connection_failed_on
     assert len(pager.calls) == 3
 
 
-async def test_storing_a_page_twice_counts_once_and_a_page_off_the_cursor_is_refused(hub: Hub) -> None:
+async def _run_begun(hub: Hub) -> tuple[Connection, SyncActivities, SyncTarget, FetchInput]:
+    """Run ``r1`` of a new Stripe connection's sync begun: the connection, activities, target, first page's fetch."""
     conn = await seed_connection(hub, "stripe")
     acts = SyncActivities(hub)
     target = SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=MODEL)
     await acts.begin(BeginInput(target=target, run_id="r1"))
-    fetched = FetchInput(target=target, run_id="r1", cursor=None, page_size=3)
+    return conn, acts, target, FetchInput(target=target, run_id="r1", cursor=None, page_size=3)
+
+
+async def test_storing_a_page_twice_counts_once_and_a_page_off_the_cursor_is_refused(hub: Hub) -> None:
+    conn, acts, target, fetched = await _run_begun(hub)
     page = await stage(hub, fetched, None, PageData(records=[RecordData(id=c["id"], payload=c) for c in customers(3)],
                                                     next_cursor="3", done=False))
     first = await acts.store_page(StoreInput(target=target, run_id="r1", page_no=1, cursor=None, page=page))
@@ -230,11 +235,7 @@ async def test_a_chained_fetch_follows_a_page_another_process_staged_and_fetches
 
 
 async def test_pages_stored_together_must_each_continue_where_the_one_before_ends(hub: Hub) -> None:
-    conn = await seed_connection(hub, "stripe")
-    acts = SyncActivities(hub)
-    target = SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=MODEL)
-    await acts.begin(BeginInput(target=target, run_id="r1"))
-    fetched = FetchInput(target=target, run_id="r1", cursor=None, page_size=3)
+    conn, acts, target, fetched = await _run_begun(hub)
     first = await stage(hub, fetched, None, PageData(records=[RecordData(id=c["id"], payload=c) for c in customers(3)],
                                                      next_cursor="3", done=False))
     elsewhere = await stage(hub, fetched, "7", PageData(records=[RecordData(id="cus_0007", payload={})],

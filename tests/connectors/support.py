@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():  # the sandbox re-runs this modul
     from hub.store.base import utcnow
     from hub.store.connections import Connection, secret_owner
     from hub.store.secrets import put_secret
+    from worker import WORKFLOW_RUNNER
     from workflows.connection import ConnectionWorkflow
 
 CLIENT_ID = "hub-client"
@@ -113,7 +114,7 @@ async def connection_workers(
         async with (
             Worker(client, task_queue=main, workflows=[ConnectionWorkflow, RunActions],
                    activities=[*acts.lifecycle(), rules.plan, rules.record_runs],
-                   disable_eager_activity_execution=True),
+                   workflow_runner=WORKFLOW_RUNNER, disable_eager_activity_execution=True),
             Worker(client, task_queue=provider_task_queue(main, provider_prefix), activities=[acts.run_action],
                    max_task_queue_activities_per_second=rate, max_concurrent_activities=200),
         ):

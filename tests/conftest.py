@@ -28,6 +28,7 @@ DB_BACKENDS = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
 #: DB_BACKENDS; the rest exercise the API and workflows above the store and run on SQLite only.
 BOTH_DATABASES = {
     "tests/hub/test_backup.py",
+    "tests/hub/test_migrations.py",
     "tests/hub/test_opportunity_store.py",
     "tests/hub/test_secret_canary.py",
     "tests/hub/test_vault.py",

@@ -62,7 +62,7 @@ from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, ob
 from hub.runtime import Hub
 from hub.store.base import utcnow
 from hub.store.connections import Connection
-from hub.store.oauth import as_utc, load_secrets, store_tokens
+from hub.store.oauth import load_secrets, store_tokens
 from hub.store.orgs import record_audit
 
 log = logging.getLogger("activities.connections")
@@ -85,8 +85,8 @@ def token_state(conn: Connection | None, provider: Provider | None = None) -> To
         return TokenState(status="missing", exists=False, refreshes=False)
     entry = provider or catalogue().get(conn.provider)
     return TokenState(
-        status=conn.status, version=conn.token_version, expires_at=as_utc(conn.access_expires_at),
-        next_refresh_at=as_utc(conn.next_refresh_at), refreshes=entry.refreshes,
+        status=conn.status, version=conn.token_version, expires_at=conn.access_expires_at,
+        next_refresh_at=conn.next_refresh_at, refreshes=entry.refreshes,
     )
 
 
@@ -121,7 +121,7 @@ class _StoredTokens:
                  secrets: dict[str, str]) -> None:
         self._owner, self._conn, self._provider, self._secrets = owner, conn, provider, secrets
         self.version = conn.token_version
-        self.expires_at = as_utc(conn.access_expires_at)
+        self.expires_at = conn.access_expires_at
         self.renewed = False
 
     async def access_token(self) -> str:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_the_migrated_schema_matches_the_models(db: Database) -> None:
-    def differences(conn) -> list:  # noqa: ANN001
+    def differences(conn) -> list:
         return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
 
     async with db.engine.connect() as conn:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
@@ -42,14 +43,27 @@ async def get_temporal(hub: HubDep) -> Client:
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
-async def current_key(request: Request, hub: HubDep) -> Principal:
+#: The one reader of ``Authorization: Bearer <key>`` (routes and the idempotency middleware); as a dependency of
+#: every authenticated route it puts the scheme in the OpenAPI document, so ``/docs`` can send a key.
+API_KEY = HTTPBearer(auto_error=False, scheme_name="apiKey",
+                     description="An API key of the org: `Authorization: Bearer <key>` (`fulqrun-hub keys create`).")
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)]
+
+
+async def bearer_key(request: Request) -> str | None:
+    """The key of ``Authorization: Bearer <key>``, or None."""
+    credentials = await API_KEY(request)
+    token = credentials.credentials.strip() if credentials else ""
+    return token or None
+
+
+async def current_key(hub: HubDep, credentials: BearerCredentials) -> Principal:
     """The principal behind ``Authorization: Bearer <key>``; 401 if absent or invalid."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = credentials.credentials.strip() if credentials else ""
+    if not token:
         raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'", title="Unauthorized")
     async with hub.db.session() as session:
-        principal = await authenticate(session, token.strip())
+        principal = await authenticate(session, token)
     if principal is None:
         raise Problem(401, "invalid or revoked API key", title="Unauthorized")
     return principal

@@ -118,13 +118,9 @@ class ConnectionPage(BaseModel):
     next_cursor: str | None
 
 
-def _api_base(settings: Settings) -> str:
-    return (settings.public_url or f"http://{settings.api_host}:{settings.api_port}").rstrip("/")
-
-
 def redirect_uri(settings: Settings, provider: str) -> str:
     """The OAuth2 redirect URI to register with the provider."""
-    return f"{_api_base(settings)}/oauth/{provider}/callback"
+    return f"{settings.base_url}/oauth/{provider}/callback"
 
 
 async def _public(session, hub: Hub, conn: Connection, auth_url: str | None = None) -> ConnectionPublic:  # noqa: ANN001
@@ -145,7 +141,7 @@ async def _public(session, hub: Hub, conn: Connection, auth_url: str | None = No
         last_refresh_at=conn.last_refresh_at,
         next_refresh_at=conn.next_refresh_at,
         last_error=conn.last_error,
-        webhook_url=f"{_api_base(hub.settings)}/webhooks/{conn.provider}/{conn.id}"
+        webhook_url=hub.settings.webhook_url(conn.provider, conn.id)
         if entry.webhook
         else None,
         authorization_url=auth_url,

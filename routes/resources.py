@@ -15,10 +15,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from hub.bounded import evaluate
 from hub.deps import AdminKey, ReaderKey, SessionDep
 from hub.problems import Problem
 from hub.store import resources as store
 from hub.store.resources import ResourceVersion, ScopeTie
+from rules import limits
 from rules.engine import compile_rules
 from rules.loader import LoadResult, load_data, load_json_text, load_text
 from rules.model import KINDS
@@ -131,13 +133,14 @@ def _invalid(errors: list[dict[str, Any]], detail: str | None = None) -> Problem
 
 
 async def _load_body(request: Request) -> LoadResult:
+    """Parse and validate the body's documents (CEL and templates compiled) off the event loop."""
     raw = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type in YAML_TYPES:
-        return load_text(raw, "<body>")
+        return await evaluate(load_text, raw, "<body>")
     if content_type not in ("application/json", ""):
         raise Problem(415, f"send application/json or application/yaml, not {content_type!r}")
-    return load_json_text(raw, "<body>")
+    return await evaluate(load_json_text, raw, "<body>")
 
 
 def _issues_as_errors(exc: ResourceInvalid) -> list[dict[str, Any]]:
@@ -343,6 +346,7 @@ async def validate_resources(request: Request, session: SessionDep, key: ReaderK
 
 
 def _report(event: dict[str, Any], rows: list[Any]) -> TestReport:
+    """Compile and dry-run; CPU-bound, so routes run it through ``hub.bounded.evaluate``."""
     outcomes = compile_rules(rows).evaluate(event)
     return TestReport(
         event=event,
@@ -361,6 +365,7 @@ def _report(event: dict[str, Any], rows: list[Any]) -> TestReport:
 
 
 def _event(body: TestRequest, org_id: str) -> dict[str, Any]:
+    limits.check(body.event, "event")
     event = dict(body.event)
     if event.get("org") not in (None, org_id):
         raise Problem(422, f"event.org {event['org']!r} is not your org")
@@ -376,14 +381,15 @@ async def test_rules(body: TestRequest, session: SessionDep, key: ReaderKey) -> 
     event = _event(body, key.org_id)
     if body.rules is None:
         rows: list[Any] = await store.current_versions(session, key.org_id, "Rule")
-        return _report(event, rows)
+        return await evaluate(_report, event, rows)
+    limits.check(body.rules, "rules")
     drafts = []
     for i, doc in enumerate(body.rules):
-        loaded = load_data(doc, f"rules[{i}]")
+        loaded = await evaluate(load_data, doc, f"rules[{i}]")
         if loaded.errors:
             raise _invalid([e.as_dict() for e in loaded.errors])
         drafts.append({**doc, "version": 0})
-    return _report(event, drafts)
+    return await evaluate(_report, event, drafts)
 
 
 @router.post("/rules/{name}:test", summary="Dry-run one rule against an event")
@@ -399,7 +405,7 @@ async def test_rule(
     row = await store.get_version(session, key.org_id, "Rule", name, version)
     if row is None or row.deleted:
         raise Problem(404, f"rule {name!r} not found")
-    return _report(event, [row])
+    return await evaluate(_report, event, [row])
 
 
 @router.get("/schemas/{kind}", summary="JSON Schema of a resource kind, for editors")

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from rules.limits import MAX_DEPTH
 from rules.model import Resource
 from rules.validate import Issue, format_path, validate_document
 
@@ -107,6 +108,8 @@ class _Builder:
             raise _Fail(
                 f"document too large: more than {MAX_NODES} YAML nodes (aliases included)", node.start_mark
             )
+        if len(path) > MAX_DEPTH:
+            raise _Fail(f"nested deeper than {MAX_DEPTH} levels", node.start_mark, path[:MAX_DEPTH])
         self.positions[path] = _pos(node.start_mark)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
@@ -211,6 +214,8 @@ def load_text(text: str | bytes, file: str = "<input>") -> LoadResult:
         errors.append(ResourceError(file, line, col, "", f"YAML syntax error: {problem}", index))
     except yaml.YAMLError as exc:
         errors.append(ResourceError(file, 1, 1, "", f"YAML error: {exc}", index))
+    except RecursionError:  # PyYAML composes recursively: a few hundred levels exhaust the stack
+        errors.append(ResourceError(file, 1, 1, "", f"YAML error: nested deeper than {MAX_DEPTH} levels", index))
     if not documents and not errors:
         errors.append(ResourceError(file, 1, 1, "", "no resource in file"))
     return LoadResult(file, documents, errors)
@@ -236,6 +241,8 @@ def load_json_text(text: str | bytes, file: str = "<body>") -> LoadResult:
         return LoadResult(
             file, [], [ResourceError(file, exc.lineno, exc.colno, "", f"JSON syntax error: {exc.msg}")]
         )
+    except RecursionError:
+        return LoadResult(file, [], [ResourceError(file, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels")])
     return load_data(data, file)
 
 

@@ -152,7 +152,10 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         """Temporal UI codec server: decode (or encode) payloads for an admin."""
         if op not in ("encode", "decode"):
             return problem_response(404, f"unknown codec operation {op!r}")
-        payloads = json_format.Parse(await request.body(), Payloads())
+        try:
+            payloads = json_format.Parse(await request.body(), Payloads())
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
+            return problem_response(400, f"not a Payloads JSON document: {exc}")
         codec = EncryptionCodec(hub.vault)
         result = await (codec.decode if op == "decode" else codec.encode)(payloads.payloads)
         return JSONResponse(json_format.MessageToDict(Payloads(payloads=result)))

@@ -17,6 +17,7 @@ from pathlib import Path
 import uvicorn
 from temporalio.client import Client
 
+from hub.http_server import server_config
 from hub.runtime import Hub
 from hub.settings import Settings
 
@@ -130,8 +131,7 @@ async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_r
         workers = build_workers(hub, client)
         tasks += [asyncio.create_task(w.run()) for w in workers]
     if api:
-        config = uvicorn.Config(create_app(hub), host=host, port=port, log_level="warning", lifespan="on",
-                                access_log=False)  # never shown at level warning, yet its arguments cost CPU
+        config = server_config(create_app(hub), host, port, lifespan="on")
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # we own the signals
         tasks.append(asyncio.create_task(server.serve()))

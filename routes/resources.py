@@ -31,6 +31,7 @@ router = APIRouter(prefix="/v1", tags=["pipelines and rules"])
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 PLURALS = {"Pipeline": "pipelines", "Rule": "rules"}
+MAX_VERSION = 2**31 - 1  # what the database's integer column holds
 
 
 class ResourcePublic(BaseModel):
@@ -202,7 +203,7 @@ def _add_kind_routes(kind: str) -> None:
         request: Request,
         session: SessionDep,
         key: ReaderKey,
-        version: Annotated[int | None, Query(ge=1, description="a past version")] = None,
+        version: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="a past version")] = None,
     ) -> Any:
         row = await get_existing(session, key.org_id, name, version)
         if _wants_yaml(request) and not row.deleted:
@@ -221,8 +222,8 @@ def _add_kind_routes(kind: str) -> None:
     ) -> ResourcePage:
         after = None
         if cursor:
-            if not cursor.isdigit():
-                raise Problem(400, "invalid cursor")
+            if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 10) or int(cursor) > MAX_VERSION:
+                raise Problem(422, "invalid cursor")
             after = int(cursor)
         rows, next_cursor = await store.list_versions(session, key.org_id, kind, name, limit, after)
         if not rows and after is None:
@@ -398,7 +399,7 @@ async def test_rule(
     body: TestRequest,
     session: SessionDep,
     key: ReaderKey,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
 ) -> TestReport:
     """The named rule's outcome for the event (its latest version, or ``?version=``)."""
     event = _event(body, key.org_id)

@@ -172,6 +172,11 @@ def load_text(text: str | bytes, file: str = "<input>") -> LoadResult:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             return LoadResult(file, [], [ResourceError(file, 1, 1, "", f"not UTF-8 text: {exc.reason}")])
+    too_deep = _flow_too_deep(text)
+    if too_deep is not None:
+        line = text.count("\n", 0, too_deep) + 1
+        column = too_deep - text.rfind("\n", 0, too_deep)
+        return LoadResult(file, [], [ResourceError(file, line, column, "", f"nested deeper than {MAX_DEPTH} levels")])
     documents: list[LoadedDocument] = []
     errors: list[ResourceError] = []
     index = 0
@@ -219,6 +224,27 @@ def load_text(text: str | bytes, file: str = "<input>") -> LoadResult:
     if not documents and not errors:
         errors.append(ResourceError(file, 1, 1, "", "no resource in file"))
     return LoadResult(file, documents, errors)
+
+
+_FLOW = re.compile(r"""[\[\]{}]|"(?:[^"\\]|\\.)*"|'[^']*'""")
+
+
+def _flow_too_deep(text: str) -> int | None:
+    """Offset of a ``[``/``{`` nested deeper than ``MAX_DEPTH``, else None (quoted strings skipped).
+
+    Checked before PyYAML sees the text: its scanner takes quadratic time in the nesting of flow
+    collections (a thousand ``[`` took seconds).
+    """
+    depth = 0
+    for match in _FLOW.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return match.start()
+        elif token in "]}":
+            depth = max(depth - 1, 0)
+    return None
 
 
 def load_data(data: Any, file: str = "<body>") -> LoadResult:

@@ -31,11 +31,13 @@ class HeadCappedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
         self._in_head = True
+        self._heads = 0  # request heads completed on this connection
 
     def data_received(self, data: bytes) -> None:
-        """Feed the parser; a chunk that leaves the head incomplete was head bytes, all of it."""
+        """Feed the parser; a chunk that leaves a head incomplete (and completed none) was head bytes."""
+        heads = self._heads
         super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
+        if self._heads != heads or not self._in_head or self.transport.is_closing():
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
@@ -43,7 +45,7 @@ class HeadCappedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_headers_complete(self) -> None:
-        self._in_head, self._head_bytes = False, 0
+        self._in_head, self._head_bytes, self._heads = False, 0, self._heads + 1
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -50,6 +50,10 @@ async def test_request_heads_are_capped_with_431(unused_tcp_port: int) -> None:
     try:
         ok = await _raw_request(unused_tcp_port, b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 8000 + b"\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200")
+        body = b"x" * (MAX_HEAD_BYTES * 3)  # a large body in the same write as its head is not a head
+        big = await _raw_request(unused_tcp_port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(body), body))
+        assert big.startswith(b"HTTP/1.1 200"), big[:80]
         partial = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * (MAX_HEAD_BYTES * 2)  # never finished
         refused = await _raw_request(unused_tcp_port, partial)
         assert refused.startswith(b"HTTP/1.1 431") and b"problem+json" in refused

@@ -133,15 +133,15 @@ def _invalid(errors: list[dict[str, Any]], detail: str | None = None) -> Problem
     return Problem(422, f"invalid resource: {summary}{more}", title="Invalid resource", errors=errors)
 
 
-async def _load_body(request: Request) -> LoadResult:
+async def _load_body(request: Request, org_id: str) -> LoadResult:
     """Parse and validate the body's documents (CEL and templates compiled) off the event loop."""
     raw = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type in YAML_TYPES:
-        return await evaluate(load_text, raw, "<body>")
+        return await evaluate(org_id, load_text, raw, "<body>")
     if content_type not in ("application/json", ""):
         raise Problem(415, f"send application/json or application/yaml, not {content_type!r}")
-    return await evaluate(load_json_text, raw, "<body>")
+    return await evaluate(org_id, load_json_text, raw, "<body>")
 
 
 def _issues_as_errors(exc: ResourceInvalid) -> list[dict[str, Any]]:
@@ -248,7 +248,7 @@ def _add_kind_routes(kind: str) -> None:
         responses={201: {"model": ApplyResult}},
     )
     async def apply_item(name: str, request: Request, session: SessionDep, key: AdminKey) -> JSONResponse:
-        loaded = await _load_body(request)
+        loaded = await _load_body(request, key.org_id)
         if loaded.errors:
             raise _invalid([e.as_dict() for e in loaded.errors])
         if len(loaded.documents) != 1:
@@ -318,7 +318,7 @@ _BODY = {
 )
 async def validate_resources(request: Request, session: SessionDep, key: ReaderKey) -> ValidationReport:
     """Every error with line, column and field; for valid documents, what applying would do."""
-    loaded = await _load_body(request)
+    loaded = await _load_body(request, key.org_id)
     errors = [e.as_dict() for e in loaded.errors]
     resources: list[ValidatedResource] = []
     for doc in loaded.documents:
@@ -382,15 +382,15 @@ async def test_rules(body: TestRequest, session: SessionDep, key: ReaderKey) -> 
     event = _event(body, key.org_id)
     if body.rules is None:
         rows: list[Any] = await store.current_versions(session, key.org_id, "Rule")
-        return await evaluate(_report, event, rows)
+        return await evaluate(key.org_id, _report, event, rows)
     limits.check(body.rules, "rules")
     drafts = []
     for i, doc in enumerate(body.rules):
-        loaded = await evaluate(load_data, doc, f"rules[{i}]")
+        loaded = await evaluate(key.org_id, load_data, doc, f"rules[{i}]")
         if loaded.errors:
             raise _invalid([e.as_dict() for e in loaded.errors])
         drafts.append({**doc, "version": 0})
-    return await evaluate(_report, event, drafts)
+    return await evaluate(key.org_id, _report, event, drafts)
 
 
 @router.post("/rules/{name}:test", summary="Dry-run one rule against an event")
@@ -406,7 +406,7 @@ async def test_rule(
     row = await store.get_version(session, key.org_id, "Rule", name, version)
     if row is None or row.deleted:
         raise Problem(404, f"rule {name!r} not found")
-    return await evaluate(_report, event, [row])
+    return await evaluate(key.org_id, _report, event, [row])
 
 
 @router.get("/schemas/{kind}", summary="JSON Schema of a resource kind, for editors")

@@ -156,8 +156,13 @@ async def test_evaluation_has_a_deadline_and_leaves_the_loop_free() -> None:
     task = asyncio.create_task(ticker())
     try:
         with pytest.raises(Problem) as caught:
-            await evaluate(time.sleep, 0.5, deadline=0.2)
+            await evaluate("acme", time.sleep, 0.5, deadline=0.2)
+        with pytest.raises(Problem) as busy:  # the first call's work still runs: the org's slot is taken
+            await evaluate("acme", time.sleep, 0)
+        assert await evaluate("other", sum, [1, 2]) == 3  # another org is served
     finally:
         task.cancel()
-    assert caught.value.status == 503
+    assert (caught.value.status, busy.value.status) == (503, 429)
     assert ticks >= 5  # the loop kept running while the work ran in the pool
+    await asyncio.sleep(0.4)
+    assert await evaluate("acme", sum, [1]) == 1  # the slot is free once the work has ended

@@ -231,6 +231,39 @@ def keys_create(
         fail(str(exc))
 
 
+@keys_app.command("list")
+def keys_list(org: str = typer.Option(..., help="org id")) -> None:
+    """List an org's API keys: id, role, name, created, last used (to the minute), revoked."""
+    from hub.auth import list_keys
+
+    async def rows(db) -> list:  # noqa: ANN001
+        async with db.sessions() as session:
+            return await list_keys(session, org)
+
+    def when(value) -> str:  # noqa: ANN001
+        return value.isoformat(timespec="seconds") if value else "-"
+
+    typer.echo("id\trole\tname\tcreated\tlast_used\trevoked")
+    for key in _with_db(rows):
+        typer.echo("\t".join([key.id, key.role, key.name or "-", when(key.created_at), when(key.last_used_at),
+                              when(key.revoked_at)]))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="the key's id (the part after 'fqh_')")) -> None:
+    """Revoke an API key: refused (401) from now on; running API processes stop accepting it within
+    HUB_API_KEY_CACHE_SECONDS."""
+    from hub.auth import revoke_key
+
+    async def revoke(db) -> bool:  # noqa: ANN001
+        async with db.session() as session:
+            return await revoke_key(session, None, key_id, actor="cli") is not None
+
+    if not _with_db(revoke):
+        fail(f"no API key {key_id!r}")
+    typer.echo(f"revoked {key_id}")
+
+
 @secrets_app.command("rotate")
 def secrets_rotate(
     new_key: bool = typer.Option(False, "--new-key", help="development only: add a new newest key first"),

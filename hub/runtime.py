@@ -1,4 +1,4 @@
-"""The process-wide runtime: settings, database, vault and (once reachable) the Temporal client."""
+"""The process-wide runtime: settings, database, vault, the API key cache and (once reachable) the Temporal client."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from temporalio.client import Client
 
+from hub.auth import KeyCache
 from hub.settings import Settings
 from hub.store import Database
 from hub.temporal import connect
@@ -28,6 +29,7 @@ class Hub:
     db: Database
     vault: Vault
     temporal_address: str | None = None
+    keys: KeyCache | None = None
     _client: Client | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
@@ -41,6 +43,10 @@ class Hub:
             vault=Vault.from_settings(settings),
             temporal_address=temporal_address or settings.temporal_address,
         )
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            self.keys = KeyCache(ttl=self.settings.api_key_cache_seconds)
 
     def use_client(self, client: Client) -> None:
         """Adopt an already connected Temporal client (tests, the worker)."""

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     http_allowlist: list[str] = Field(
         default_factory=list, description="hosts or CIDRs the http.post action may reach although private"
     )
+    api_key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="how long a process reuses a resolved API key; bounds a revocation's delay elsewhere"
+    )
     shared_data: Path = Path("../shared/data")
     log_level: str = "INFO"
 

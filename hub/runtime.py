@@ -1,4 +1,4 @@
-"""The process-wide runtime: settings, database, vault, the API key cache and (once reachable) the Temporal client."""
+"""The process-wide runtime: settings, database, vault, the API key cache, the egress policy and (once reachable) the Temporal client."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from temporalio.client import Client
 
+from connectors.egress import EgressPolicy
 from hub.auth import KeyCache
 from hub.settings import Settings
 from hub.store import Database
@@ -30,6 +31,7 @@ class Hub:
     vault: Vault
     temporal_address: str | None = None
     keys: KeyCache | None = None
+    egress: EgressPolicy | None = None
     _client: Client | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
@@ -47,6 +49,8 @@ class Hub:
     def __post_init__(self) -> None:
         if self.keys is None:
             self.keys = KeyCache(ttl=self.settings.api_key_cache_seconds)
+        if self.egress is None:
+            self.egress = EgressPolicy.from_settings(self.settings)
 
     def use_client(self, client: Client) -> None:
         """Adopt an already connected Temporal client (tests, the worker)."""

@@ -1,4 +1,4 @@
-"""The process-wide runtime: settings, database, vault, the API key cache, the egress policy and (once reachable) the Temporal client."""
+"""The process-wide runtime: settings, database, vault, the API key cache, the egress policy, the orgs' data keys and (once reachable) the Temporal client."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from temporalio.client import Client
 
 from connectors.egress import EgressPolicy
 from hub.auth import KeyCache
+from hub.org_keys import OrgKeyring
 from hub.settings import Settings
 from hub.store import Database
 from hub.temporal import connect
@@ -32,6 +33,7 @@ class Hub:
     temporal_address: str | None = None
     keys: KeyCache | None = None
     egress: EgressPolicy | None = None
+    keyring: OrgKeyring | None = None
     _client: Client | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
@@ -51,6 +53,8 @@ class Hub:
             self.keys = KeyCache(ttl=self.settings.api_key_cache_seconds)
         if self.egress is None:
             self.egress = EgressPolicy.from_settings(self.settings)
+        if self.keyring is None:
+            self.keyring = OrgKeyring(self.db, self.vault)
 
     def use_client(self, client: Client) -> None:
         """Adopt an already connected Temporal client (tests, the worker)."""
@@ -64,7 +68,7 @@ class Hub:
             if self._client is None:
                 try:
                     self._client = await asyncio.wait_for(
-                        connect(self.settings, self.vault, self.temporal_address), timeout=5
+                        connect(self.settings, self.vault, self.temporal_address, self.keyring), timeout=5
                     )
                 except Exception as exc:  # noqa: BLE001 - any connect failure means unavailable
                     raise TemporalUnavailable(f"Temporal at {self.temporal_address} unreachable: {exc}") from exc

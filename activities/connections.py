@@ -37,6 +37,7 @@ from activities.connector_types import (
     CONNECTION_WORKFLOW,
     ERR_BAD_PARAMS,
     ERR_CONNECTION,
+    ERR_DESTINATION,
     ERR_GONE,
     ERR_PROVIDER,
     ERR_RATE_LIMITED,
@@ -58,6 +59,7 @@ from activities.connector_types import (
 )
 from connectors.base import ACTIONS, ActionContext, ProviderError
 from connectors.catalogue import Provider, RateLimit, catalogue, import_action_modules
+from connectors.egress import DestinationRefused
 from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, obtain_token
 from hub.runtime import Hub
 from hub.store.base import utcnow
@@ -224,9 +226,10 @@ class ConnectionActivities:
 
     @property
     def http(self) -> httpx.AsyncClient:
-        """The HTTP client handed to actions (created on first use, in the worker's event loop)."""
+        """The HTTP client handed to actions (created on first use, in the worker's event loop), through the
+        egress policy: connection URLs are the tenant's."""
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30, connect=10))
+            self._http = self.hub.egress.httpx_client(timeout=httpx.Timeout(30, connect=10))
         return self._http
 
     async def aclose(self) -> None:
@@ -309,8 +312,13 @@ class ConnectionActivities:
             connection_id=conn.id, org_id=conn.org_id, provider=provider.key, config=dict(conn.config),
             base_url=provider.endpoints(conn.config).base_url,
             idempotency_key=idempotency_key or f"{info.workflow_id or 'activity'}/{info.activity_id}",
-            http=self.http, tokens=tokens,
+            http=self.http, tokens=tokens, egress=self.hub.egress,
         )
+        try:  # a refused base_url fails at once and for good; the guarded clients refuse any later hop too
+            await self.hub.egress.admit(ctx.base_url)
+        except DestinationRefused as exc:
+            raise ApplicationError(f"{provider.key} base_url refused: {exc}", type=ERR_DESTINATION,
+                                   non_retryable=True) from None
         for attempt in (1, 2):
             await self._pacer(provider).wait()
             try:
@@ -324,6 +332,9 @@ class ConnectionActivities:
             except httpx.TransportError as exc:
                 raise ApplicationError(f"{provider.key} unreachable: {type(exc).__name__}",
                                        type=ERR_UNAVAILABLE) from None
+            except DestinationRefused as exc:
+                raise ApplicationError(f"{provider.key} request refused: {exc}", type=ERR_DESTINATION,
+                                       non_retryable=True) from None
         raise AssertionError("unreachable")
 
     async def request_fresh_token(self, conn: Connection, seen_version: int) -> TokenState:
@@ -404,7 +415,8 @@ class ConnectionActivities:
             secrets = await load_secrets(session, self.hub.vault, conn.id)
         provider = catalogue().get(conn.provider)
         try:
-            tokens = await obtain_token(provider, provider.endpoints(conn.config), ClientAuth.for_connection(conn.config, secrets))
+            auth = ClientAuth.for_connection(conn.config, secrets, self.hub.egress)
+            tokens = await obtain_token(provider, provider.endpoints(conn.config), auth)
         except TokenEndpointError as exc:
             message = str(exc)
             if exc.reauth and interrupted:

@@ -119,7 +119,8 @@ async def main(records: int, rate: float, page_size: int, headroom: float) -> fl
 async def sync_through(url: str, tmp: Path, rate: float, page_size: int, headroom: float):  # noqa: ANN201
     """Run the sync against the provider at ``url``: (summary, seconds, records stored, RSS before, MB)."""
     keys = new_key_line("b1")
-    settings = Settings(data_dir=tmp, vault_keys=keys, task_queue=f"bench-{uuid.uuid4().hex[:8]}")
+    settings = Settings(data_dir=tmp, vault_keys=keys, task_queue=f"bench-{uuid.uuid4().hex[:8]}",
+                        http_allowlist=["127.0.0.1/32"])
     db = Database(f"sqlite+aiosqlite:///{tmp / 'hub.db'}")
     await db.migrate()
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(),

@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from connectors.egress import EgressPolicy
 from rules.actions import register_action
 
 P = TypeVar("P", bound=BaseModel)
@@ -84,7 +85,8 @@ def action(name: str, params: type[P]) -> Callable[[Callable[[ActionContext, P],
 
 @dataclass
 class ActionContext:
-    """What an action may use: its connection's identity, config, base URL, credentials and HTTP client."""
+    """What an action may use: its connection's identity, config, base URL, credentials and HTTP clients
+    (``http``, or the egress policy's clients for SDKs that bring their own stack)."""
 
     connection_id: str
     org_id: str
@@ -94,6 +96,8 @@ class ActionContext:
     idempotency_key: str
     http: httpx.AsyncClient
     tokens: TokenSource = field(repr=False)
+    #: the egress policy: SDKs not on ``http`` take their clients from it (``connectors.egress``)
+    egress: EgressPolicy = field(default_factory=EgressPolicy, repr=False)
 
     async def access_token(self) -> str:
         """A valid access token (OAuth2 modes) or the API key (api_key mode)."""

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
-from hub.auth import Principal, authenticate
+from hub.auth import Principal
 from hub.problems import Problem
 from hub.runtime import Hub, TemporalUnavailable
 
@@ -48,8 +48,7 @@ async def current_key(request: Request, hub: HubDep) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'", title="Unauthorized")
-    async with hub.db.session() as session:
-        principal = await authenticate(session, token.strip())
+    principal = await hub.keys.resolve(hub.db, token.strip())
     if principal is None:
         raise Problem(401, "invalid or revoked API key", title="Unauthorized")
     return principal

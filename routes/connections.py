@@ -34,6 +34,7 @@ from activities.connector_types import (
 )
 from activities.sync_schedules import connection_changed
 from connectors.catalogue import Provider, catalogue
+from connectors.egress import EgressPolicy
 from connectors.oauth import (
     ClientAuth,
     TokenEndpointError,
@@ -82,7 +83,8 @@ class ConnectionCreate(BaseModel):
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="non-secret settings: client_id, tenant_id, user_id, account_id, scopes, and overrides of "
-        "base_url / token_url / authorization_url; ca_bundle (path) to trust a private CA",
+        "base_url / token_url / authorization_url (reached through the egress policy); ca_bundle (PEM text, or a "
+        "file name under HUB_CA_BUNDLE_DIR) to trust a private CA",
     )
     credentials: dict[str, str | list[str]] = Field(
         default_factory=dict,
@@ -158,9 +160,14 @@ async def _public(session, hub: Hub, conn: Connection, auth_url: str | None = No
     )
 
 
-def _check(entry: Provider, body: ConnectionCreate) -> None:
+def _check(entry: Provider, body: ConnectionCreate, egress: EgressPolicy) -> None:
     """Every problem of the request at once, as one 422."""
     errors = []
+    if "ca_bundle" in body.config:
+        try:
+            egress.ca_file(str(body.config["ca_bundle"]))
+        except ValueError as exc:
+            errors.append(f"config.ca_bundle: {exc}")
     for key, value in body.config.items():
         if key not in ("client_id", *URL_CONFIG) and SECRET_LOOKING.search(key):
             errors.append(f"config.{key} looks secret: send it in credentials")
@@ -262,7 +269,7 @@ async def create_connection(body: ConnectionCreate, hub: HubDep, key: AdminKey) 
         entry = catalogue().get(body.provider)
     except KeyError as exc:
         raise Problem(422, str(exc.args[0])) from None
-    _check(entry, body)
+    _check(entry, body, hub.egress)
     client = None
     if entry.auth_mode in ("client_credentials", "jwt_grant"):
         try:
@@ -406,7 +413,7 @@ async def oauth_callback(
             tokens = await exchange_code(
                 entry,
                 entry.endpoints(conn.config),
-                ClientAuth.for_connection(conn.config, secrets),
+                ClientAuth.for_connection(conn.config, secrets, hub.egress),
                 pending.redirect_uri,
                 code,
                 verifier,

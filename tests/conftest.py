@@ -22,6 +22,8 @@ from hub.vault import Vault, new_key_line, parse_keys
 POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL")
 SHARED_DATA = Path(os.environ.get("HUB_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
+LOCAL_FAKES = "127.0.0.1/32"  # where tests/fakes listen: the one egress opening tests need
+
 DB_BACKENDS = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
 #: The storage tests: what they check depends on the SQL engine (constraints, upserts, row claims under
 #: concurrency, compare-and-set token versions, encrypted columns, backup). They run on every backend in
@@ -124,8 +126,10 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
 
 @pytest.fixture
 def settings(tmp_path: Path, vault_keys: str, task_queue: str) -> Settings:
-    """Settings pointing at a temp data dir and a fresh task queue."""
-    return Settings(data_dir=tmp_path / "data", vault_keys=vault_keys, task_queue=task_queue)
+    """Settings pointing at a temp data dir and a fresh task queue; the egress policy admits 127.0.0.1, where
+    the provider fakes listen (tests/security builds its own settings without that opening)."""
+    return Settings(data_dir=tmp_path / "data", vault_keys=vault_keys, task_queue=task_queue,
+                    http_allowlist=[LOCAL_FAKES])
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ async def complete_json(ctx: ActionContext, params: CompleteJson) -> dict:
         base_url=ctx.base_url, api_key=await ctx.access_token(), timeout=params.timeout_seconds, max_retries=0
     ) as client:
         try:
+            await ctx.before_request()  # one request: the SDK's retries are off
             if params.api == "chat":
                 text, model, response_id, usage = await _chat(client, params)
             else:

@@ -101,6 +101,7 @@ async def _post(ctx: ActionContext, message: dict[str, Any]) -> AsyncSlackRespon
     client = AsyncWebClient(token=await ctx.access_token(), base_url=ctx.base_url.rstrip("/") + "/",
                             retry_handlers=[])  # retries belong to the activity (Temporal), not the SDK
     try:
+        await ctx.before_request()
         return await client.chat_postMessage(**message)
     except SlackApiError as exc:
         raise slack_error(exc.response) from None

@@ -55,7 +55,7 @@ from activities.connector_types import (
     TokenState,
     connection_workflow_id,
 )
-from connectors.base import ACTIONS, REQUEST_GATE, ActionContext, ProviderError, before_request
+from connectors.base import ACTIONS, REQUEST_GATE, ActionContext, ProviderError, provider_http_client
 from connectors.catalogue import Provider, RateLimit, catalogue, import_action_modules
 from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, obtain_token, refresh_lead
 from hub import temporal as hub_temporal
@@ -148,6 +148,23 @@ class _StoredTokens:
     def secret(self, name: str) -> str | None:
         return self._secrets.get(name)
 
+    async def current(self, request: httpx.Request | None) -> None:
+        """Just before a request leaves: if this process is renewing the token it carries, wait for the new one,
+        or if it already holds a newer one, take that; a plain HTTP request is sent with it (no 401 meets a
+        refresh under way or just done; an SDK call, whose token is set, takes it on its re-run)."""
+        if not self._provider.refreshes:
+            return
+        old = self._secrets.get("access_token")
+        latest = self._owner.latest_version(self._conn.id)
+        if self._owner.renewing(self._conn.id, self.version):
+            await self.fresh_token()
+        elif latest > self.version:
+            self._secrets = await self._owner.secrets_of(self._conn.id, latest)
+            self.version, self.renewed = latest, True
+        new = self._secrets.get("access_token")
+        if request is not None and old and new != old and request.headers.get("authorization") == f"Bearer {old}":
+            request.headers["Authorization"] = f"Bearer {new}"
+
 
 class ConnectionActivities:
     """Activities bound to the hub runtime (database, vault, settings) and one shared HTTP client.
@@ -164,6 +181,7 @@ class ConnectionActivities:
         self._limits = limits or {}
         self._weights: dict[tuple[str, str], float] = {}  # (task queue, fairness key) → weight set on the server
         self._renewals: dict[tuple[str, int], asyncio.Future[TokenState]] = {}
+        self._latest: dict[str, int] = {}  # connection id → the newest token version this process was handed
         self._secret_cache: dict[str, _CachedSecrets] = {}
         self._conn_cache: dict[tuple[str, str, str | None], _CachedConnection] = {}
         import_action_modules()
@@ -185,13 +203,16 @@ class ConnectionActivities:
         """The HTTP client handed to actions (created on first use, in the worker's event loop); every request
         it sends first passes the provider call's request gate (its draw from the connection's budget)."""
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30, connect=10),
-                                           event_hooks={"request": [before_request]})
+            self._http = provider_http_client(timeout=httpx.Timeout(30, connect=10))
         return self._http
 
     def renewing(self, connection_id: str, version: int) -> bool:
         """Whether this process is already asking for a token newer than ``version`` of the connection."""
         return (connection_id, version) in self._renewals
+
+    def latest_version(self, connection_id: str) -> int:
+        """The newest token version of the connection this process was handed by its ConnectionWorkflow."""
+        return self._latest.get(connection_id, 0)
 
     async def aclose(self) -> None:
         """Close the shared HTTP client."""
@@ -273,15 +294,20 @@ class ConnectionActivities:
         await self._weigh(info, provider, limit)
         key = budget_key(provider, limit, conn.id)
         interactive = (info.priority.priority_key or 0) < BULK_PRIORITY
-        gate = REQUEST_GATE.set(lambda: self.budgets.draw(key, limit, interactive=interactive, provider=provider.key))
-        try:
-            return await self._call(provider, conn, idempotency_key, fn)
-        finally:
-            REQUEST_GATE.reset(gate)
-
-    async def _call(self, provider: Provider, conn: Connection, idempotency_key: str,
-                    fn: Callable[[ActionContext], Awaitable[T]]) -> tuple[T, str]:
         tokens = _StoredTokens(self, conn, provider, await self.secrets_of(conn.id, conn.token_version))
+
+        async def gate(request: httpx.Request | None = None) -> None:
+            await self.budgets.draw(key, limit, interactive=interactive, provider=provider.key)
+            await tokens.current(request)
+
+        passing = REQUEST_GATE.set(gate)
+        try:
+            return await self._call(provider, conn, tokens, idempotency_key, fn)
+        finally:
+            REQUEST_GATE.reset(passing)
+
+    async def _call(self, provider: Provider, conn: Connection, tokens: _StoredTokens, idempotency_key: str,
+                    fn: Callable[[ActionContext], Awaitable[T]]) -> tuple[T, str]:
         info = activity.info()
         ctx = ActionContext(
             connection_id=conn.id, org_id=conn.org_id, provider=provider.key, config=dict(conn.config),
@@ -290,12 +316,15 @@ class ConnectionActivities:
             http=self.http, tokens=tokens,
         )
         for attempt in (1, 2):
+            version = tokens.version
             try:
                 return await fn(ctx), conn.id
             except (ProviderError, httpx.HTTPStatusError) as exc:
                 err = exc if isinstance(exc, ProviderError) else ProviderError.from_response(exc.response)
-                if err.status == 401 and attempt == 1 and provider.refreshes and not tokens.renewed:
-                    await tokens.fresh_token()
+                if err.status == 401 and attempt == 1 and provider.refreshes and (
+                        tokens.version > version or not tokens.renewed):
+                    if tokens.version == version:  # else renewed while this attempt ran: the newer token now
+                        await tokens.fresh_token()
                     continue
                 raise provider_failure(provider, err) from None
             except httpx.TransportError as exc:
@@ -322,6 +351,7 @@ class ConnectionActivities:
             pending = self._renewals[key] = asyncio.ensure_future(self._ask_workflow(conn, seen_version))
             pending.add_done_callback(lambda _: self._renewals.pop(key, None))
         state = await asyncio.shield(pending)
+        self._latest[conn.id] = max(self._latest.get(conn.id, 0), state.version)
         self._conn_cache = {k: c for k, c in self._conn_cache.items()
                             if c.conn.id != conn.id or c.conn.token_version >= state.version}
         return state

@@ -71,16 +71,18 @@ ACTIONS: dict[str, ActionSpec] = {}
 
 #: What every request a provider sees awaits before it leaves: its draw from the connection's request budget.
 #: Set by the activity for the provider call it runs (activities/connections.py); None outside one.
-REQUEST_GATE: ContextVar[Callable[[], Awaitable[object]] | None] = ContextVar("request_gate", default=None)
+#: Given the request when it is a plain ``httpx`` one (the gate may bring its bearer token up to date).
+REQUEST_GATE: ContextVar[Callable[[httpx.Request | None], Awaitable[object]] | None] = ContextVar(
+    "request_gate", default=None)
 
 
-async def before_request(*_: object) -> None:
+async def before_request(request: httpx.Request | None = None) -> None:
     """Pass the current provider call's request gate: once before each request. ``ctx.http`` does it for every
     request it sends (as its request hook); an SDK client with its own transport calls ``ctx.before_request()``
     before each SDK call (each makes one request: the SDKs' own retries are off)."""
     gate = REQUEST_GATE.get()
     if gate is not None:
-        await gate()
+        await gate(request)
 
 
 def action(name: str, params: type[P]) -> Callable[[Callable[[ActionContext, P], Awaitable[dict]]], Any]:
@@ -97,6 +99,11 @@ def action(name: str, params: type[P]) -> Callable[[Callable[[ActionContext, P],
         return fn
 
     return register
+
+
+def provider_http_client(**kwargs: Any) -> httpx.AsyncClient:
+    """The HTTP client handed to actions as ``ctx.http``: every request it sends passes ``before_request``."""
+    return httpx.AsyncClient(event_hooks={"request": [before_request]}, **kwargs)
 
 
 @dataclass

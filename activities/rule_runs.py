@@ -56,7 +56,7 @@ def plan_events(ruleset: RuleSet, events: list[dict]) -> RulePlan:
                     actions=[PlannedActionModel(name=a.name, params=a.params) for a in outcome.actions],
                 )
             )
-    return RulePlan(outcomes=outcomes)
+    return RulePlan(outcomes=outcomes, on_failure="automation.failed" in ruleset.triggers)
 
 
 async def current_rules(session: AsyncSession, org_id: str) -> RuleSet:

@@ -19,6 +19,7 @@ from hub.deps import AdminKey, ReaderKey, SessionDep
 from hub.problems import Problem
 from hub.store import resources as store
 from hub.store.resources import ResourceVersion, ScopeTie
+from rules.actions import placement
 from rules.engine import compile_rules
 from rules.loader import LoadResult, load_data, load_json_text, load_text
 from rules.model import KINDS
@@ -83,10 +84,13 @@ class TestRequest(BaseModel):
 
 
 class PlannedActionPublic(BaseModel):
-    """An action a rule would run, params rendered."""
+    """An action a rule would run, params rendered: where it would run (``opportunity``: in the opportunity's
+    workflow, ``lead``, ``org``) and, when it could not run for this event, why (the run would record that)."""
 
     name: str
     params: dict[str, Any]
+    runs_for: str
+    problem: str | None = None
 
 
 class OutcomePublic(BaseModel):
@@ -353,11 +357,16 @@ def _report(event: dict[str, Any], rows: list[Any]) -> TestReport:
                 version=o.version,
                 fired=o.fired,
                 reason=o.reason,
-                actions=[PlannedActionPublic(name=a.name, params=a.params) for a in o.actions],
+                actions=[PlannedActionPublic(name=a.name, params=a.params, **_placed(a.name, event)) for a in o.actions],
             )
             for o in outcomes
         ],
     )
+
+
+def _placed(name: str, event: dict[str, Any]) -> dict[str, Any]:
+    runs_for, problem = placement(name, event)
+    return {"runs_for": runs_for, "problem": problem}
 
 
 def _event(body: TestRequest, org_id: str) -> dict[str, Any]:

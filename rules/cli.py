@@ -158,6 +158,7 @@ def test(
     as_json: bool = typer.Option(False, "--json", help="print the outcomes as JSON"),
 ) -> None:
     """Dry-run: which rules fire for the event, which do not and why, and the rendered actions."""
+    from rules.actions import placement
     from rules.engine import compile_rules
 
     payload = _read_event(event)
@@ -178,7 +179,11 @@ def test(
                         "rule": o.rule,
                         "fired": o.fired,
                         "reason": o.reason,
-                        "actions": [{"name": a.name, "params": a.params} for a in o.actions],
+                        "actions": [
+                            dict(zip(("name", "params", "runs_for", "problem"),
+                                     (a.name, a.params, *placement(a.name, payload)), strict=True))
+                            for a in o.actions
+                        ],
                     }
                     for o in outcomes
                 ],
@@ -189,7 +194,9 @@ def test(
         for o in outcomes:
             typer.echo(f"{'FIRES' if o.fired else 'skips'} {o.rule}: {o.reason}")
             for action in o.actions:
-                typer.echo(f"    {action.name} {json.dumps(action.params, ensure_ascii=False)}")
+                runs_for, problem = placement(action.name, payload)
+                where = f"WOULD FAIL: {problem}" if problem else f"runs for the {runs_for}"
+                typer.echo(f"    {action.name} {json.dumps(action.params, ensure_ascii=False)}  ({where})")
         typer.echo(f"{sum(o.fired for o in outcomes)} of {len(outcomes)} rule(s) fire for {payload['type']}")
     if errors:
         raise typer.Exit(1)

@@ -22,6 +22,7 @@ from rules.model import (
     NAME_PATTERN,
     SCOPE_PATTERN,
     STAGE_TRIGGERS,
+    TRIGGER_SUBJECTS,
     TRIGGERS,
     PipelineSpec,
     Resource,
@@ -307,6 +308,12 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
                 Issue(base, f"unknown action {name!r}{_suggest(name, actions.known_actions())}", at_key=True)
             )
             continue
+        subjects = TRIGGER_SUBJECTS.get(spec.on)
+        if info is not None and subjects is not None and not info.runs_for(subjects):
+            names = " or ".join(actions.SUBJECT_TEXT[s] for s in sorted(subjects))
+            issues.append(
+                Issue(base, f"{name} needs {info.needs}, but {spec.on} events name {names} only", at_key=True)
+            )
         try:
             compile_params(params)
         except TemplateProblem as exc:

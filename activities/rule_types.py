@@ -77,3 +77,12 @@ class RecordRunsInput(BaseModel):
     org_id: str
     subject: str
     runs: list[RuleRun]
+
+
+class ScheduledRuleInput(BaseModel):
+    """One firing of an ``on: schedule`` rule (the version its Schedule was made for; the current one runs)."""
+
+    org_id: str
+    rule: str
+    version: int
+    schedule: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from connectors.catalogue import catalogue
+from hub import rule_schedules
 from hub.auth import create_key
 from hub.runtime import Hub
 from hub.store.oauth import add_pending_connections
@@ -31,6 +32,7 @@ async def bootstrap(hub: Hub) -> str | None:
             session, DEMO_ORG, [(p.key, p.display_name, p.auth_mode) for p in catalogue().providers.values()]
         )
     await ensure_org_schedules(hub, DEMO_ORG)
+    await rule_schedules.reconcile(hub, DEMO_ORG)
     return key
 
 

@@ -129,6 +129,9 @@ async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_r
         client = await hub.temporal()
         workers = build_workers(hub, client)
         tasks += [asyncio.create_task(w.run()) for w in workers]
+        from hub import rule_schedules
+
+        await rule_schedules.reconcile(hub)  # rules applied while no worker ran (e.g. from the CLI)
     if api:
         config = uvicorn.Config(create_app(hub), host=host, port=port, log_level="warning", lifespan="on",
                                 access_log=False)  # never shown at level warning, yet its arguments cost CPU

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from hub.deps import AdminKey, ReaderKey, SessionDep
+from hub import rule_schedules
+from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
 from hub.problems import Problem
 from hub.store import resources as store
 from hub.store.resources import ResourceVersion, ScopeTie
@@ -247,7 +248,9 @@ def _add_kind_routes(kind: str) -> None:
         },
         responses={201: {"model": ApplyResult}},
     )
-    async def apply_item(name: str, request: Request, session: SessionDep, key: AdminKey) -> JSONResponse:
+    async def apply_item(
+        name: str, request: Request, session: SessionDep, hub: HubDep, key: AdminKey
+    ) -> JSONResponse:
         loaded = await _load_body(request)
         if loaded.errors:
             raise _invalid([e.as_dict() for e in loaded.errors])
@@ -266,14 +269,18 @@ def _add_kind_routes(kind: str) -> None:
             raise Problem(409, str(exc.issues[0].message), title="Scope conflict") from None
         except ResourceInvalid as exc:
             raise _invalid(_issues_as_errors(exc)) from None
+        if kind == "Rule" and outcome != "unchanged":
+            await rule_schedules.rule_changed(hub, key.org_id, name, row)
         result = ApplyResult(outcome=outcome, resource=_public(row))
         return JSONResponse(result.model_dump(mode="json"), status_code=201 if outcome == "created" else 200)
 
     @router.delete(f"/{plural}/{{name}}", name=f"delete_{label}", summary=f"Delete a {label} (tombstone)")
-    async def delete_item(name: str, session: SessionDep, key: AdminKey) -> ResourcePublic:
+    async def delete_item(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ResourcePublic:
         row = await store.delete_resource(session, key.org_id, kind, name, actor=f"key:{key.key_id}")
         if row is None:
             raise Problem(404, f"{label} {name!r} not found")
+        if kind == "Rule":
+            await rule_schedules.rule_changed(hub, key.org_id, name, row)
         return _public(row)
 
 
@@ -281,25 +288,27 @@ _add_kind_routes("Pipeline")
 _add_kind_routes("Rule")
 
 
-async def _set_enabled(name: str, enabled: bool, session: SessionDep, key: AdminKey) -> ApplyResult:
+async def _set_enabled(name: str, enabled: bool, session: SessionDep, hub: HubDep, key: AdminKey) -> ApplyResult:
     row = await store.get_version(session, key.org_id, "Rule", name)
     if row is None or row.deleted:
         raise Problem(404, f"rule {name!r} not found")
     document = {**row.spec, "spec": {**row.spec["spec"], "enabled": enabled}}
     outcome, new = await store.apply_resource(session, key.org_id, document, actor=f"key:{key.key_id}")
+    if outcome != "unchanged":
+        await rule_schedules.rule_changed(hub, key.org_id, name, new)
     return ApplyResult(outcome=outcome, resource=_public(new))
 
 
 @router.post("/rules/{name}:disable", summary="Disable a rule (a new version)")
-async def disable_rule(name: str, session: SessionDep, key: AdminKey) -> ApplyResult:
+async def disable_rule(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ApplyResult:
     """Keep the rule but stop it from running; ``unchanged`` if it already is disabled."""
-    return await _set_enabled(name, False, session, key)
+    return await _set_enabled(name, False, session, hub, key)
 
 
 @router.post("/rules/{name}:enable", summary="Enable a rule (a new version)")
-async def enable_rule(name: str, session: SessionDep, key: AdminKey) -> ApplyResult:
+async def enable_rule(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ApplyResult:
     """Let a disabled rule run again."""
-    return await _set_enabled(name, True, session, key)
+    return await _set_enabled(name, True, session, hub, key)
 
 
 _BODY = {

@@ -92,8 +92,10 @@ async def _apply_files(results: list[LoadResult], org: str | None, dry_run: bool
     from hub.store.resources import apply_resource
     from rules.validate import ResourceInvalid, format_path
 
-    db = Database(load_settings().resolved_database_url)
+    settings = load_settings()
+    db = Database(settings.resolved_database_url)
     failed = 0
+    applied: set[str] = set()
     try:
         await db.migrate()
         for result in results:
@@ -130,9 +132,29 @@ async def _apply_files(results: list[LoadResult], org: str | None, dry_run: bool
             prefix = "(dry run) " if dry_run else ""
             for line in lines:
                 typer.echo(f"{prefix}{line}")
+            applied |= set() if dry_run else set(targets)
+        if applied:
+            await _sync_schedules(settings, db, sorted(applied))
     finally:
         await db.dispose()
     return failed
+
+
+async def _sync_schedules(settings: Any, db: Any, orgs: list[str]) -> None:
+    """Bring the Temporal Schedules of the orgs' ``on: schedule`` rules in line (best effort, 10 s)."""
+    from hub import rule_schedules
+    from hub.runtime import Hub
+    from hub.vault import Vault
+
+    hub = Hub(settings=settings, db=db, vault=Vault.from_settings(settings))
+    try:
+        for org in orgs:
+            done = await asyncio.wait_for(rule_schedules.reconcile(hub, org), timeout=10)
+            for schedule, what in sorted(done.items()):
+                typer.echo(f"schedule {schedule}: {what}")
+    except Exception as exc:  # noqa: BLE001 - Temporal away: the hub reconciles at its next start
+        typer.echo(f"warning: rule schedules not synced now ({type(exc).__name__}); they follow at the next start",
+                   err=True)
 
 
 def _read_event(path: Path) -> dict[str, Any]:

@@ -149,7 +149,9 @@ class RuleSpec(_Strict):
 
     on: str = Field(description="trigger: " + ", ".join(TRIGGERS))
     stage: str | None = Field(default=None, description="for stage.entered / stage.exited: the stage key")
-    schedule: str | None = Field(default=None, description="for on: schedule, a 5-field cron expression")
+    schedule: str | None = Field(
+        default=None, description="for on: schedule, a 5-field cron expression (UTC) or '@every 15m'"
+    )
     when: str | None = Field(
         default=None, description="CEL condition over opp, event, stage, org, branch, role"
     )

@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         SyncNowInput,
         WebhookEventInput,
     )
+    from rules.actions import placement
     from workflows.opportunity import OPPORTUNITIES_ROOT
     from workflows.rule_runner import RuleRunner, failure_message
 
@@ -195,11 +196,9 @@ class WebhookEventWorkflow:
 
     async def _score_lead(self, action: PlannedActionModel, key: str, event: dict) -> dict:
         """``ai.score_lead``: score the event's lead (or ``lead_id``) and store its score."""
-        lead = event.get("lead") or {}
-        lead_id = action.params.get("lead_id") or lead.get("id")
+        lead_id = action.params.get("lead_id") or (event.get("lead") or {}).get("id")
         if not lead_id:
-            raise ApplicationError(f"{action.name} needs a lead; this {event.get('type')} event names none",
-                                   type="NotRunnableHere")
+            raise ApplicationError(placement(action.name, event)[1] or "no lead", type="NotRunnableHere")
         result: LeadScoreResult = await workflow.execute_activity(
             SCORE_LEAD, ScoreLeadInput(org_id=event["org"], lead_id=str(lead_id)), result_type=LeadScoreResult,
             start_to_close_timeout=timedelta(seconds=60), retry_policy=AI_RETRY,
@@ -209,7 +208,6 @@ class WebhookEventWorkflow:
     async def _lead_next_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
         """``ai.next_action`` for a lead: its score and what to do next with it."""
         if not event.get("lead"):
-            raise ApplicationError("ai.next_action needs an opportunity or a lead; this event names neither",
-                                   type="NotRunnableHere")
+            raise ApplicationError(placement(action.name, event)[1] or "no lead", type="NotRunnableHere")
         scored = await self._score_lead(action, key, event)
         return {"lead_id": scored["lead_id"], "score": scored["score"], "next_action": lead_next_action(scored)}

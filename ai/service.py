@@ -51,8 +51,8 @@ _models: OrderedDict[str, Model] = OrderedDict()  # model id → loaded model (i
 LEAD_PRIOR = LeadPrior()
 
 
-def train_csv(kind: str, raw: bytes, mapping: dict | None = None) -> tuple[Model, dict]:
-    """Train a model of ``kind`` on CSV bytes (plain or gzip); returns the model and the mapping used."""
+def train_csv(kind: str, raw: bytes, mapping: dict | None = None) -> Model:
+    """Train a model of ``kind`` on CSV bytes (plain or gzip)."""
     rows = parse_csv(decode_csv_bytes(raw))
     if kind == "leads":
         return train_leads(rows, LeadMapping.model_validate(mapping or {}))

@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -62,7 +62,7 @@ def start_temporal_dev_server(settings: Settings, port: int) -> subprocess.Popen
     ensure_port_free("127.0.0.1", port, "Temporal frontend")
     ensure_port_free("127.0.0.1", settings.temporal_ui_port, "Temporal UI")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(settings.data_dir / "temporal.log", "ab")  # noqa: SIM115 - lives as long as the child
+    log = open(settings.data_dir / "temporal.log", "ab")  # lives as long as the child
     cmd = [
         temporal_cli(), "server", "start-dev",
         "--db-filename", str(settings.data_dir / "temporal.db"),
@@ -70,7 +70,7 @@ def start_temporal_dev_server(settings: Settings, port: int) -> subprocess.Popen
         "--namespace", settings.temporal_namespace, "--log-level", "warn",
         *dev_server_args(),  # fairness on, one partition per queue
     ]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=_die_with_parent)  # noqa: PLW1509
+    return subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=_die_with_parent)
 
 
 async def wait_for_temporal(address: str, namespace: str, timeout: float = 30) -> None:
@@ -81,7 +81,7 @@ async def wait_for_temporal(address: str, namespace: str, timeout: float = 30) -
             client = await Client.connect(address, namespace=namespace)
             await client.service_client.check_health()
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise StartupError(f"Temporal at {address} did not become ready: {exc}") from exc
             await asyncio.sleep(0.3)
@@ -104,6 +104,14 @@ async def stop_within(tasks: list[asyncio.Task], grace: float) -> list[object]:
         for task in pending:
             task.cancel()
     return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: ``serve`` owns SIGINT/SIGTERM for the API and the worker."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_ready=None) -> None:  # noqa: ANN001
@@ -130,9 +138,7 @@ async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_r
 
         await rule_schedules.reconcile(hub)  # rules applied while no worker ran (e.g. from the CLI)
     if api:
-        config = server_config(create_app(hub), host, port, lifespan="on")
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # we own the signals
+        server = _Server(server_config(create_app(hub), host, port, lifespan="on"))
         tasks.append(asyncio.create_task(server.serve()))
         while not server.started and not tasks[-1].done():
             await asyncio.sleep(0.05)

@@ -22,7 +22,6 @@ from ai.tabular import DataError
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
 from hub.problems import Problem
 from hub.store.ai import AiModel
-from routes.leads import as_utc
 
 router = APIRouter(prefix="/v1/ai/models", tags=["ai"])
 Kind = Literal["leads", "deals"]
@@ -43,7 +42,7 @@ class AiModelPublic(BaseModel):
 
 def _public(row: AiModel) -> AiModelPublic:
     return AiModelPublic(id=row.id, kind=row.kind, version=row.version, active=row.active, metrics=row.metrics,
-                         mapping=row.mapping, created_by=row.created_by, created_at=as_utc(row.created_at))
+                         mapping=row.mapping, created_by=row.created_by, created_at=row.created_at)
 
 
 @router.post("", status_code=201)

@@ -6,7 +6,7 @@ documented prior scorecard (``source: prior``). Every score is also recorded in 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -57,19 +57,14 @@ class LeadPublic(BaseModel):
     updated_at: datetime
 
 
-def as_utc(at: datetime | None) -> datetime | None:
-    """SQLite returns naive UTC datetimes: make them aware."""
-    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
-
-
 def _public(lead: Lead) -> LeadPublic:
     score = None
     if lead.score is not None:
         score = LeadScoreOut(score=lead.score, low=lead.low or 0.0, high=lead.high or 0.0, factors=lead.factors,
                              model_version=lead.model_version or "", source=lead.source or "",
-                             scored_at=as_utc(lead.scored_at))
-    return LeadPublic(id=lead.id, data=lead.data, score=score, created_at=as_utc(lead.created_at),
-                      updated_at=as_utc(lead.updated_at))
+                             scored_at=lead.scored_at)
+    return LeadPublic(id=lead.id, data=lead.data, score=score, created_at=lead.created_at,
+                      updated_at=lead.updated_at)
 
 
 @router.put("/{lead_id}")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from app.cli import app as cli
 from typer.testing import CliRunner
 
+from app.cli import app as cli
 from hub.auth import KeyCache, create_key
 from hub.runtime import Hub
 from hub.settings import get_settings

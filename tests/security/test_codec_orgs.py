@@ -54,7 +54,7 @@ async def _org_client(temporal_env: WorkflowEnvironment, hub: Hub) -> Client:
 def _payloads(history: WorkflowHistory) -> list[Payload]:
     found: list[Payload] = []
 
-    def walk(message) -> None:  # noqa: ANN001 - any protobuf message
+    def walk(message) -> None:
         for field, value in message.ListFields():
             if field.message_type is None:
                 continue
@@ -157,9 +157,9 @@ def test_deleting_an_org_from_the_cli_revokes_its_keys_and_shreds_its_data_key(
 ) -> None:
     import asyncio
 
-    from app.cli import app as cli
     from typer.testing import CliRunner
 
+    from app.cli import app as cli
     from hub.settings import Settings, get_settings
     from hub.store import Database
 

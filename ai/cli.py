@@ -48,7 +48,7 @@ def _register(org: str, model) -> None:  # noqa: ANN001 - LeadModel | DealModel
         hub = Hub.from_settings(load_settings())
         try:
             await hub.db.migrate()
-            return (await register_model(hub, org, model, actor="cli")).id
+            return (await register_model(hub, org, model, actor="cli", origin="cli")).id
         finally:
             await hub.close()
 

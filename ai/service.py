@@ -20,9 +20,9 @@ import sklearn
 
 from ai import artifacts, deals, leads
 from ai.artifacts import Model
-from ai.deals import DealMapping, deals_from_rows, read_deals, train_deals
-from ai.leads import LeadMapping, LeadModel, LeadPrior, LeadScore, train_leads
-from ai.tabular import decode_csv_bytes, parse_csv, read_csv
+from ai.deals import read_deals, train_deals
+from ai.leads import LeadModel, LeadPrior, LeadScore, train_leads
+from ai.tabular import read_csv
 from hub.store.ai import (
     AiModel,
     Lead,
@@ -51,23 +51,18 @@ _models: OrderedDict[str, Model] = OrderedDict()  # model id → loaded model (i
 LEAD_PRIOR = LeadPrior()
 
 
-def train_csv(kind: str, raw: bytes, mapping: dict | None = None) -> tuple[Model, dict]:
-    """Train a model of ``kind`` on CSV bytes (plain or gzip); returns the model and the mapping used."""
-    rows = parse_csv(decode_csv_bytes(raw))
-    if kind == "leads":
-        return train_leads(rows, LeadMapping.model_validate(mapping or {}))
-    deal_mapping = DealMapping.model_validate(mapping or {})
-    return train_deals(deals_from_rows(rows, deal_mapping), deal_mapping)
-
-
-async def register_model(hub: Hub, org_id: str, model: Model, actor: str) -> AiModel:
-    """Store a trained model as the org's active model of its kind."""
+async def register_model(hub: Hub, org_id: str, model: Model, actor: str, data: bytes | None = None,
+                         origin: str = "upload") -> AiModel:
+    """Store a trained model (``data``: its artifact bytes, when already made) as the org's active model of its
+    kind."""
     from hub.auth import ensure_org
 
-    data = await asyncio.to_thread(artifacts.dumps, model)
+    if data is None:
+        data = await asyncio.to_thread(artifacts.dumps, model)
     kind = artifacts.kind_of(model)
     row = AiModel(id=new_model_id(), org_id=org_id, kind=kind, version=model.version, metrics=model.metrics,
-                  mapping=model.mapping.model_dump(), artifact=data, artifact_sha256=artifacts.sha256(data), created_by=actor)
+                  mapping=model.mapping.model_dump(), artifact=data, artifact_sha256=artifacts.sha256(data),
+                  created_by=actor, origin=origin)
     async with hub.db.session() as session:
         await ensure_org(session, org_id)
         row = await activate_model(session, row)
@@ -170,7 +165,7 @@ async def _demo_model(hub: Hub, org_id: str, kind: str, path: Path, cached: Path
         row = await active_model_row(session, org_id, kind)
     if row is not None and row.version == model.version:
         return f"unchanged {model.version}"
-    await register_model(hub, org_id, model, "demo")
+    await register_model(hub, org_id, model, "demo", origin="demo")
     log.info("demo %s model %s (%s)", kind, model.version, model.metrics)
     return f"activated {model.version}"
 

@@ -88,3 +88,24 @@ async def test_training_problems(api: httpx.AsyncClient, hub: Hub, client: Clien
         deals = await finished_job(api, admin_key, (await post(None, kind="deals")).headers["location"])
     assert few["status"] == "failed" and "at least 50 labelled leads" in few["error"]
     assert deals["status"] == "failed" and "closed deals" in deals["error"]
+
+
+async def test_a_lead_is_rescored_as_engagement_and_contact_arrive(api: httpx.AsyncClient, hub: Hub) -> None:
+    from ai.leads import train_leads
+    from ai.service import register_model
+    from tests.ai.synthetic import with_last_activity
+
+    model = train_leads(with_last_activity(lead_rows(300)))
+    await register_model(hub, "acme", model, actor="test")
+    crm = await key(hub, "acme", "crm")
+    created = {"email": "kim@hooli.example", "fields": {"Lead Source": "Reference", "Occupation": "Student"}}
+    engaged = {**created, "fields": {**created["fields"], "TotalVisits": 5, "Total Time Spent on Website": 1400}}
+    contacted = {**engaged, "fields": {**engaged["fields"], "Last Activity": "Had a Phone Conversation"}}
+    seen = []
+    for body in (created, engaged, contacted):
+        put = await api.put("/v1/leads/L-9", json=body, headers=bearer(crm))
+        got = (await api.get("/v1/leads/L-9", headers=bearer(crm))).json()["score"]
+        assert put.json()["score"] == got and got["model_version"] == model.version
+        seen.append((got["moment"], got["score"]))
+    assert [m for m, _ in seen] == ["creation", "engagement", "contact"]
+    assert len({s for _, s in seen}) == 3

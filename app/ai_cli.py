@@ -41,7 +41,7 @@ def _fail(message: str) -> None:
 
 def _register(org: str, model) -> None:  # noqa: ANN001 - LeadModel | DealModel
     from ai.service import register_model
-    from hub.cli import load_settings
+    from app.cli import load_settings
     from hub.runtime import Hub
 
     async def main() -> str:
@@ -183,7 +183,7 @@ def evaluate_cmd(
         moment_report,
     )
     from ai.tabular import read_csv
-    from hub.cli import load_settings
+    from app.cli import load_settings
 
     shared = load_settings().shared_data
     leads = leads or shared / "lead_scoring_x_education" / "Leads.csv"

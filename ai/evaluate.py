@@ -10,6 +10,8 @@
 * Leads per moment — that evaluation for the features known at creation, after engagement and after
   sales contact (``ai.leads.MOMENTS``), over several fold seeds; each moment's model should beat its
   baseline in both AUC and Brier.
+* Forecast — ``ai.forecast.backtest`` over the months of the Maven history from the third month with
+  closings (``pipeline_backtest``): MAPE and 80% interval coverage against two naive baselines.
 * Deals — a time-ordered split: train on the deals that closed first, test on the latest-closing
   ones. AUC, Brier and the Brier of predicting the training base rate, over the held-out deals'
   snapshots (seen open at 0, 7, 14, ... days, the model's own task) and at engagement (age 0).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
@@ -27,8 +30,9 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from ai.deals import Deal, DealMapping, closed_deals, snapshot, train_deals
+from ai.forecast import Backtest, backtest, maven_deals, period_bounds
 from ai.leads import MOMENTS, LeadMapping, LeadModel, train_leads
-from ai.tabular import one_thread
+from ai.tabular import DataError, one_thread, read_csv, to_float
 
 
 class DecileRow(BaseModel):
@@ -270,6 +274,21 @@ def moment_report(table: Sequence[MomentRow], folds: int) -> str:
             f"{r.baseline_brier:.4f}   {'yes' if r.beats_baseline else 'NO'}"
         )
     return "\n".join(lines)
+
+
+def pipeline_backtest(pipeline_csv: Path, simulations: int = 1000) -> Backtest:
+    """The monthly forecast backtest on a Maven-layout ``sales_pipeline.csv`` (``products.csv`` beside it gives the
+    list prices open deals are valued at): each month from the third after the first closing to the last one
+    with closings, forecast from what was known at its start."""
+    products = pipeline_csv.with_name("products.csv")
+    prices = {r["product"]: p for r in read_csv(products) if (p := to_float(r.get("sales_price"))) is not None} \
+        if products.exists() else {}
+    deals, actual = maven_deals(read_csv(pipeline_csv), prices)
+    closings = sorted(d.closed for d in deals if d.closed is not None)
+    if not closings:
+        raise DataError("no closed deals to backtest the forecast on")
+    first = period_bounds(closings[0], "month", 3)[2][0]
+    return backtest(deals, actual, first, closings[-1].replace(day=1), simulations)
 
 
 def deal_report(ev: DealEvaluation) -> str:

@@ -346,8 +346,9 @@ def backtest(deals: Sequence[ForecastDeal], actual_value: dict[str, float], firs
         ))
         start = end + timedelta(days=1)
 
-    def mape(name: str) -> float:
-        return round(float(np.mean([abs(getattr(m, name) - m.actual) / m.actual for m in months])), 4)
+    def mape(name: str) -> float:  # over the months that won anything
+        return round(float(np.mean([abs(getattr(m, name) - m.actual) / m.actual for m in months if m.actual]
+                                   or [math.nan])), 4)
 
     return Backtest(months=months, mape=mape("expected"), mape_last_month=mape("last_month"),
                     mape_weighted_pipeline=mape("weighted_pipeline"),

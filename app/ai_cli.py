@@ -172,7 +172,8 @@ def evaluate_cmd(
 ) -> None:
     """Leads: stratified K-fold CV (AUC, Brier, calibration by decile vs intervals), then per moment (known at
     creation, after engagement, after sales contact) over several seeds against a gradient-boosting baseline.
-    Deals: time-ordered holdout (AUC, Brier, base-rate Brier)."""
+    Deals: time-ordered holdout (AUC, Brier, base-rate Brier), and the revenue forecast backtested month by month
+    against two naive baselines."""
     from ai.deals import read_deals
     from ai.evaluate import (
         deal_report,
@@ -181,7 +182,9 @@ def evaluate_cmd(
         evaluate_leads,
         lead_report,
         moment_report,
+        pipeline_backtest,
     )
+    from ai.forecast import backtest_report
     from ai.tabular import read_csv
     from app.cli import load_settings
 
@@ -195,6 +198,7 @@ def evaluate_cmd(
         report["lead_moments"] = evaluate_lead_moments(lead_rows, folds=folds, seeds=range(seed, seed + seeds))
     if deals.exists():
         report["deals"] = evaluate_deals(read_deals(deals)[0])
+        report["forecast"] = pipeline_backtest(deals)
     if not report:
         _fail(f"no data: neither {leads} nor {deals} exists (set HUB_SHARED_DATA or pass --leads/--deals)")
     if as_json:
@@ -208,5 +212,6 @@ def evaluate_cmd(
         typer.echo(f"leads: skipped ({leads} not found)")
     if "deals" in report:
         typer.echo(deal_report(report["deals"]))
+        typer.echo(backtest_report(report["forecast"]))
     else:
         typer.echo(f"deals: skipped ({deals} not found)")

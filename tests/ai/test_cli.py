@@ -108,5 +108,6 @@ def test_evaluate_prints_both_reports(cli_env: Path) -> None:
     assert "leads by moment (stratified 3-fold CV, 1 fold seeds" in out
     assert "\n  creation " in out and "\n  engagement " in out and "\n  contact " not in out  # no contact columns
     assert "deals: time-ordered split, train 288 deals" in out and "snapshots" in out
+    assert "forecast backtest" in out and "MAPE forecast" in out
     nothing = runner.invoke(app, ["ai", "evaluate"])
     assert nothing.exit_code == 1 and "no data" in nothing.stderr

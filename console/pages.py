@@ -310,7 +310,9 @@ async def opportunity(c: Signed, opportunity_id: str) -> HTMLResponse:
     if not answer.ok:
         return c.render("error.html", answer=answer, status=answer.status)
     view = answer.body
-    transitions = view["pipeline"].get("spec", {}).get("transitions", [])
+    pinned = await c.api("GET", f"/v1/pipelines/{view['pipeline']['name']}",
+                         params={"version": view["pipeline"]["version"]})
+    transitions = pinned.body["document"]["spec"].get("transitions", []) if pinned.ok else []
     targets = [t["to"] for t in transitions if t.get("from") in (view["stage"], "*") and t["to"] != view["stage"]]
     return c.render("opportunity.html", opp=view, targets=list(dict.fromkeys(targets)))
 

@@ -17,8 +17,10 @@ from workflows import WORKFLOWS
 #: The sandbox re-imports every non-passthrough module for each workflow run; the hub's own packages are
 #: deterministic at import and hold no mutable module state, so passing them through lifts one worker from
 #: ~7 to ~23 short workflows/s on these machines while workflow code itself stays sandboxed per run.
+#: ``jinja2`` compiles rule templates to code that imports jinja2 modules: those must be the host's.
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows", "activities", "rules", "hub")
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(
+        "workflows", "activities", "rules", "hub", "jinja2")
 )
 
 

@@ -28,6 +28,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities import sync_schedules
 from activities.connector_types import (
     CONNECTION_FAILED,
     CONNECTION_FAILED_EVENT,
@@ -432,8 +433,6 @@ class ConnectionActivities:
                 activity.heartbeat(attempt)
                 await asyncio.sleep(0.5 * 2**attempt)
         if stored and not was_active:  # usable from now on: its sync and subscription schedules run now
-            from hub import sync_schedules  # here: hub.sync_schedules imports the activities' types
-
             await sync_schedules.connection_changed(self.hub, conn)
         return token_state(conn, provider)
 

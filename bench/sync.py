@@ -33,9 +33,9 @@ if not __package__:
 from temporalio.client import Client  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
+from app.runner import SINGLE_PARTITION, temporal_cli  # noqa: E402
 from bench.connectors import achieved, busiest_second  # noqa: E402
 from connectors.catalogue import RateLimit  # noqa: E402
-from hub.runner import SINGLE_PARTITION, temporal_cli  # noqa: E402
 from hub.runtime import Hub  # noqa: E402
 from hub.settings import Settings  # noqa: E402
 from hub.store import Database  # noqa: E402

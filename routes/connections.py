@@ -31,6 +31,7 @@ from activities.connector_types import (
     TokenRequest,
     connection_workflow_id,
 )
+from activities.sync_schedules import connection_changed
 from connectors.catalogue import Provider, catalogue
 from connectors.oauth import (
     ClientAuth,
@@ -57,7 +58,6 @@ from hub.store.oauth import (
 )
 from hub.store.orgs import record_audit
 from hub.store.secrets import Secret, delete_secrets, put_secret
-from hub.sync_schedules import connection_changed
 from webhooks.router import app_intake
 from workflows.connection import ConnectionWorkflow
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
-from temporalio import workflow
 
 MAX_TEMPLATE_CHARS = 10_000
 MAX_OUTPUT_CHARS = 100_000
@@ -40,10 +39,7 @@ def _compile(source: str):  # noqa: ANN202 - jinja2.Template
     if len(source) > MAX_TEMPLATE_CHARS:
         raise TemplateProblem(f"template too long: {len(source)} characters, at most {MAX_TEMPLATE_CHARS}")
     try:
-        # Jinja2 compiles a template to Python code that imports jinja2 modules; inside the Temporal
-        # workflow sandbox those imports must reuse the host's modules, not re-import them.
-        with workflow.unsafe.imports_passed_through():
-            return _env.from_string(source)
+        return _env.from_string(source)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}") from None
 

@@ -12,7 +12,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from hub.runner import temporal_cli
+from app.runner import temporal_cli
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store import Database

@@ -12,8 +12,8 @@ import httpx
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Page, expect
 
+from app.demo import load_demo
 from hub.runtime import Hub
-from rules.defaults import load_demo
 from tests.conftest import bearer
 from tests.connectors.support import CLIENT_ID, CLIENT_SECRET
 from tests.console.conftest import ARTIFACTS

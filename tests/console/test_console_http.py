@@ -12,12 +12,12 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from app.demo import load_demo
 from hub.auth import Principal, create_key
 from hub.runtime import Hub
 from hub.sessions import COOKIE, open_session, read_session
 from hub.store.base import utcnow
 from hub.store.orgs import ApiKey
-from rules.defaults import load_demo
 from tests.conftest import bearer
 from tests.connectors.support import CLIENT_ID, CLIENT_SECRET
 from tests.console.kit import csrf_of, dead_event, sign_in

@@ -141,7 +141,7 @@ async def record_count(hub: Hub, conn: Connection) -> int:
 
 async def post_webhook(api: Any, hub: Hub, provider: str, connection_id: str, body: bytes) -> Any:
     """Deliver ``body`` to the webhook endpoint signed as the provider signs it (the connection's secret)."""
-    from webhooks.cli import signed_request
+    from app.webhooks_cli import signed_request
     from webhooks.inbox import CredentialCache
     from webhooks.receivers import scheme_for
 

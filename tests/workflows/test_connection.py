@@ -19,6 +19,7 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer
 
 from activities import connections as connection_activities
+from activities import sync_schedules
 from activities.connector_types import (
     FRESH_TOKEN_UPDATE,
     ActionCall,
@@ -28,7 +29,6 @@ from activities.connector_types import (
     TokenState,
     connection_workflow_id,
 )
-from hub import sync_schedules
 from hub.runtime import Hub
 from hub.store.base import utcnow
 from hub.store.connections import Connection

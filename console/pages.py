@@ -12,6 +12,7 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote
@@ -28,6 +29,17 @@ from hub.sessions import COOKIE, TTL, authenticate_session, open_session, read_s
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+def when(value: str | None) -> str:
+    """An API timestamp (ISO 8601) as ``2026-12-03 12:14:05 UTC``; empty for none."""
+    if not value:
+        return ""
+    at = datetime.fromisoformat(value)
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at.tzinfo else at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+templates.env.filters["when"] = when
 
 FLASH_COOKIE = "fqh_flash"
 SIGNIN_COOKIE = "fqh_signin"

@@ -11,7 +11,9 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 from sqlalchemy import update
+from temporalio.client import Client
 
+from activities import sync_schedules
 from app.demo import load_demo
 from hub.auth import Principal, create_key
 from hub.runtime import Hub
@@ -22,6 +24,9 @@ from tests.conftest import bearer
 from tests.connectors.support import CLIENT_ID, CLIENT_SECRET
 from tests.console.kit import csrf_of, dead_event, sign_in
 from tests.fakes.oauth_server import OAuthFake
+from tests.sync.support import seed_connection
+
+STRIPE_MODELS = ["stripe.customers", "stripe.invoices", "stripe.subscriptions"]
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
@@ -197,3 +202,29 @@ async def test_rules_editor_validates_saves_diffs_and_dry_runs(api: httpx.AsyncC
     assert r.status_code == 200 and "would fire" in r.text and name in r.text
     r = await api.post(f"/console/rules/rule/{name}/test", data={"csrf": csrf, "event": "{not json"})
     assert "the event is not JSON" in r.text
+
+
+async def test_connection_page_shows_syncs_and_pauses_resumes_and_runs_them(
+    api: httpx.AsyncClient, hub: Hub, client: Client, admin_key: str
+) -> None:
+    conn = await seed_connection(hub, "stripe")
+    await sync_schedules.ensure_schedules(client, conn, hub.settings.task_queue, run_now=False)
+    try:
+        csrf = await sign_in(api, admin_key)
+        page = await api.get(f"/console/connections/{conn.id}")
+        assert page.status_code == 200 and conn.provider in page.text
+        assert all(f'<tr data-model="{m}">' in page.text for m in STRIPE_MODELS)
+        assert f"/webhooks/stripe/{conn.id}" in page.text and 'data-copy="webhook-url"' in page.text
+        r = await api.post(f"/console/connections/{conn.id}/syncs/stripe.customers/pause", data={"csrf": csrf})
+        page = await api.get(r.headers["location"])
+        assert "stripe.customers: pause requested" in page.text and 'aria-label="Resume stripe.customers"' in page.text
+        assert (await sync_schedules.describe(client, "acme", conn.id, "stripe.customers")).paused
+        r = await api.post(f"/console/connections/{conn.id}/syncs/stripe.customers/resume", data={"csrf": csrf})
+        assert "resume requested" in (await api.get(r.headers["location"])).text
+        assert not (await sync_schedules.describe(client, "acme", conn.id, "stripe.customers")).paused
+        r = await api.post(f"/console/connections/{conn.id}/syncs/stripe.nope/run", data={"csrf": csrf})
+        assert "offers no sync model" in (await api.get(r.headers["location"])).text  # the API's own problem
+        progress = (await api.get(f"/console/connections/{conn.id}/syncs.json")).json()
+        assert [s["model"] for s in progress["syncs"]] == STRIPE_MODELS
+    finally:
+        await sync_schedules.remove_schedules(client, conn)

@@ -41,6 +41,10 @@ def when(value: str | None) -> str:
 
 templates.env.filters["when"] = when
 
+#: Pages load only the console's own assets and may not be framed (no inline script, no other origin).
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                "base-uri 'none'", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
+                "Cache-Control": "no-store"}  # fmt: skip
 FLASH_COOKIE = "fqh_flash"
 SIGNIN_COOKIE = "fqh_signin"
 COOKIE_PATH = "/console"
@@ -107,7 +111,7 @@ class Console:
         flash = _read_flash(self.request)
         status = context.pop("status", 200)
         response = templates.TemplateResponse(self.request, template, {"c": self, "flash": flash, **context},
-                                              status_code=status)
+                                              status_code=status, headers=PAGE_HEADERS)
         if flash:
             response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH)
         return response
@@ -192,7 +196,8 @@ def _safe_next(target: str | None) -> str:
 async def signin_page(request: Request, next: str | None = None) -> HTMLResponse:  # noqa: A002
     """The sign-in form; a pre-session cookie carries its CSRF token."""
     token = request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(24)
-    response = templates.TemplateResponse(request, "signin.html", {"csrf": token, "next": _safe_next(next)})
+    response = templates.TemplateResponse(request, "signin.html", {"csrf": token, "next": _safe_next(next)},
+                                          headers=PAGE_HEADERS)
     response.set_cookie(SIGNIN_COOKIE, token, max_age=900, path=COOKIE_PATH, httponly=True, samesite="lax",
                         secure=_secure(request))
     return response

@@ -69,7 +69,9 @@ async def test_sign_in_exchanges_the_key_for_a_short_httponly_cookie(
     opened = read_session(hub.vault, token)
     assert opened is not None and opened.expires_at - utcnow().astimezone(opened.expires_at.tzinfo) <= timedelta(minutes=30)
     assert read_session(hub.vault, token[:-2] + ("AA" if not token.endswith("AA") else "BB")) is None  # tamper-proof
-    assert (await api.get("/console/connections")).status_code == 200
+    page = await api.get("/console/connections")
+    assert page.status_code == 200 and page.headers["x-frame-options"] == "DENY"
+    assert "default-src 'self'" in page.headers["content-security-policy"]
 
 
 async def test_sign_in_and_every_form_need_the_csrf_token(api: httpx.AsyncClient, hub: Hub, admin_key: str) -> None:

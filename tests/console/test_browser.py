@@ -140,3 +140,26 @@ async def test_move_an_opportunity_and_see_its_timeline(
     key_id = admin_key.split("_")[1]
     await expect(page.locator("#timeline li").first).to_contain_text(f"prospect → engage by console:{key_id} (ae)")
     await check(page, "opportunity-moved")
+
+
+async def test_docs_render_with_no_network(page: Page, live: str) -> None:
+    elsewhere: list[str] = []
+
+    async def only_the_hub(route) -> None:  # noqa: ANN001 - Playwright's Route
+        if route.request.url.startswith(live):
+            await route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            await route.abort()
+
+    await page.route("**/*", only_the_hub)
+    await page.goto("/docs")
+    await expect(page.get_by_role("button", name=re.compile("Authorize"))).to_be_visible(timeout=15000)
+    await page.get_by_role("button", name=re.compile("Authorize")).first.click()
+    await expect(page.get_by_text("APIKey  (http, Bearer)")).to_be_visible()
+    await page.screenshot(path=ARTIFACTS / "docs.png")
+    await page.goto("/redoc")
+    await expect(page.get_by_role("heading", name=re.compile("FulQrun Hub"))).to_be_visible(timeout=15000)
+    await expect(page.get_by_text("APIKey").first).to_be_attached()
+    await page.screenshot(path=ARTIFACTS / "redoc.png")
+    assert elsewhere == []

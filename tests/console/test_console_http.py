@@ -192,13 +192,21 @@ async def test_rules_editor_validates_saves_diffs_and_dry_runs(api: httpx.AsyncC
     shown = await api.get(r.headers["location"])
     assert f"Not saved — line {line}, column" in shown.text
 
-    changed = text.replace("enabled: true", "enabled: false") if "enabled: true" in text else text + "\n"
-    edited = re.sub(r"(when: .*)", lambda m: m[1] + " && true", changed, count=1) if "when:" in text else changed
+    edited = re.sub(r"(when: .*)", lambda m: m[1] + " && true", text, count=1)
+    assert edited != text
     r = await api.post(f"/console/rules/rule/{name}", data={"csrf": csrf, "text": edited})
     shown = await api.get(r.headers["location"])
     assert "Saved: changed." in shown.text and "<td>" in shown.text
     assert re.search(r"Changes in v2 \(from v1\)", shown.text)
-    assert "spec.when" in shown.text or "spec.enabled" in shown.text
+    assert "<code>spec.when</code>" in shown.text
+
+    r = await api.post(f"/console/rules/rule/{name}/disable", data={"csrf": csrf})
+    shown = await api.get(r.headers["location"])
+    assert "Rule disabled." in shown.text and "v3, disabled" in shown.text and ">Enable<" in shown.text
+    assert re.search(r"<code>spec\.enabled</code></th><td>(true|null)</td><td>false</td>", shown.text)
+    r = await api.post(f"/console/rules/rule/{name}/enable", data={"csrf": csrf})
+    assert "Rule enabled." in (await api.get(r.headers["location"])).text
+    assert (await api.get(f"/v1/rules/{name}", headers=bearer(admin_key))).json()["enabled"] is True
 
     r = await api.post(f"/console/rules/rule/{name}/test", data={"csrf": csrf, "event": '{"type": "stage.entered"}'})
     assert r.status_code == 200 and "would fire" in r.text and name in r.text

@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench lint typecheck check clean
+.PHONY: run test install bench lint typecheck clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,7 +15,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/fulqrun-hub run
 
-test: $(STAMP)
+test: lint typecheck
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
@@ -24,8 +24,6 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
-
-check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) .hub

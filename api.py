@@ -1,4 +1,4 @@
-"""The HTTP API: /v1 admin and CRM API, /webhooks, /oauth, /healthz, /readyz, /metrics, /codec."""
+"""The HTTP API: /v1 admin and CRM API, /webhooks, /oauth, /healthz, /readyz, /metrics, /codec; /console, /docs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp
 from temporalio.api.common.v1 import Payloads
 
+import console
 from connectors.catalogue import import_action_modules
 from hub import problems
 from hub.deps import AdminKey, HubDep
@@ -107,6 +108,8 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         version="1",
         description="Integration hub and workflow-automation engine of the FulQrun CRM.",
         lifespan=lifespan,
+        docs_url=None,  # served by console.install from packaged assets, no CDN
+        redoc_url=None,
         # RequestTelemetry below makes the one server span and the request metrics of each request
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -118,6 +121,7 @@ def create_app(hub: Hub | None = None) -> FastAPI:
     app.add_middleware(RequestTelemetry)
     for router in ROUTERS:
         app.include_router(router)
+    console.install(app)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict:

@@ -103,6 +103,7 @@ def run(
             def banner() -> None:
                 typer.echo(
                     f"FulQrun Hub is running (data in {settings.data_dir.resolve()})\n"
+                    f"  Console:     {base}/console  (sign in with the admin key)\n"
                     f"  API docs:    {base}/docs\n"
                     f"  Temporal UI: http://127.0.0.1:{settings.temporal_ui_port}\n"
                     f"  admin key:   {shown}\n"
@@ -110,15 +111,23 @@ def run(
                     "Ctrl-C stops everything."
                 )
 
+            seeding: list[asyncio.Task] = []
+
+            def ready() -> None:
+                banner()
+                if key:  # first start: the demo deals, moved through PEAK by the API as a CRM would
+                    seeding.append(asyncio.create_task(_seed_demo(base, key)))
+
             training = asyncio.create_task(demo.train_models(hub))
             training.add_done_callback(
                 lambda t: None if t.cancelled() else typer.echo(f"demo AI models: {t.exception() or t.result()}")
             )
             try:
-                await serve(hub, api=True, worker=True, host=host, port=port, on_ready=banner)
+                await serve(hub, api=True, worker=True, host=host, port=port, on_ready=ready)
             finally:
-                training.cancel()
-                await asyncio.gather(training, return_exceptions=True)
+                for task in (training, *seeding):
+                    task.cancel()
+                await asyncio.gather(training, *seeding, return_exceptions=True)
                 await hub.close()
 
         run_event_loop(main())
@@ -132,6 +141,21 @@ def run(
             except Exception:  # noqa: BLE001
                 proc.kill()
     typer.echo("stopped.")
+
+
+async def _seed_demo(base: str, key: str) -> None:
+    """Seed the demo opportunities through the running API and say where they are (or why not)."""
+    import httpx
+
+    from app import demo
+
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            reached = await demo.seed_opportunities(http, key)
+        typer.echo(f"demo opportunities: {', '.join(f'{k} in {v}' for k, v in reached.items())} "
+                   f"(timeline: {base}/console/opportunities/demo-stark)")
+    except httpx.HTTPError as exc:
+        typer.echo(f"demo opportunities not seeded: {exc}")
 
 
 def _serve_part(api: bool, worker: bool, host: str | None, port: int | None) -> None:

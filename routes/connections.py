@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
@@ -380,13 +381,32 @@ async def delete_connection(
 @oauth_router.get("/{provider}/callback")
 async def oauth_callback(
     provider: str,
+    request: Request,
     hub: HubDep,
     state: str | None = None,
     code: str | None = None,
     error: str | None = None,
     error_description: str | None = None,
 ) -> ConnectionPublic:
-    """The provider's redirect after the user's consent: exchange the code, store the tokens, start refreshing."""
+    """The provider's redirect after the user's consent: exchange the code, store the tokens, start refreshing.
+
+    A browser (``Accept: text/html``) is sent on to the connection's console page with the outcome."""
+    browser = "text/html" in request.headers.get("accept", "")
+    try:
+        public = await _complete_authorisation(provider, hub, state, code, error, error_description)
+    except Problem as exc:
+        if not browser:
+            raise
+        where = f"/{exc.extra['connection_id']}" if "connection_id" in exc.extra else ""
+        return RedirectResponse(f"/console/connections{where}?authorisation=failed", status_code=303)
+    if browser:
+        return RedirectResponse(f"/console/connections/{public.id}?authorisation=ok", status_code=303)
+    return public
+
+
+async def _complete_authorisation(
+    provider: str, hub: Hub, state: str | None, code: str | None, error: str | None, error_description: str | None
+) -> ConnectionPublic:
     if not state:
         raise Problem(400, "missing state")
     async with hub.db.session() as session:
@@ -406,6 +426,7 @@ async def oauth_callback(
             400,
             f"authorisation refused: {error or 'no code'}"
             + (f" ({error_description})" if error_description else ""),
+            connection_id=conn.id,
         )
     else:
         try:
@@ -418,7 +439,7 @@ async def oauth_callback(
                 verifier,
             )
         except TokenEndpointError as exc:
-            failure = Problem(502 if exc.retryable else 400, f"code exchange failed: {exc}")
+            failure = Problem(502 if exc.retryable else 400, f"code exchange failed: {exc}", connection_id=conn.id)
     async with hub.db.session() as session:
         conn = await session.get(Connection, conn.id)
         if failure is not None:

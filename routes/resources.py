@@ -7,7 +7,7 @@ with ``Accept: application/yaml``. Any key of the org may read, validate and dry
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -124,7 +124,7 @@ def _public(row: ResourceVersion) -> ResourcePublic:
         enabled=row.enabled,
         deleted=row.deleted,
         created_by=row.created_by,
-        created_at=row.created_at,
+        created_at=row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC),  # SQLite
         document=row.spec,
     )
 

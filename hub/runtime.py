@@ -10,6 +10,7 @@ from temporalio.client import Client
 
 from connectors.egress import EgressPolicy
 from hub.auth import KeyCache
+from hub.datadir import make_private
 from hub.org_keys import OrgKeyring
 from hub.settings import Settings
 from hub.store import Database
@@ -40,7 +41,7 @@ class Hub:
     @classmethod
     def from_settings(cls, settings: Settings, temporal_address: str | None = None) -> Hub:
         """Build the runtime; nothing is connected yet."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(settings.data_dir)
         return cls(
             settings=settings,
             db=Database(settings.resolved_database_url),

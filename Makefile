@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(VENV)/bin/fulqrun-hub run
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

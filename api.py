@@ -153,7 +153,10 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         other payload comes back as it was sent); encodes under the caller's org's data key."""
         if op not in ("encode", "decode"):
             return problem_response(404, f"unknown codec operation {op!r}")
-        payloads = json_format.Parse(await request.body(), Payloads())
+        try:
+            payloads = json_format.Parse(await request.body(), Payloads())
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
+            return problem_response(400, f"not a Payloads JSON document: {exc}")
         if op == "decode":
             result = await EncryptionCodec(hub.vault, hub.keyring).decode_for(key.org_id, payloads.payloads)
         else:

@@ -37,8 +37,8 @@ from temporalio.client import Client  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities.connector_types import ActionCall  # noqa: E402
+from app.runner import temporal_cli  # noqa: E402
 from connectors.catalogue import RateLimit, catalogue  # noqa: E402
-from hub.runner import temporal_cli  # noqa: E402
 from hub.runtime import Hub  # noqa: E402
 from hub.settings import Settings  # noqa: E402
 from hub.store import Database  # noqa: E402

@@ -252,7 +252,7 @@ def report(name: str, p: Phases) -> float:
 
 
 async def drive() -> None:
-    from hub.runner import temporal_cli
+    from app.runner import temporal_cli
     from hub.vault import new_key_line
 
     with tempfile.TemporaryDirectory(prefix="bench-transitions-") as tmp:

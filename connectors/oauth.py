@@ -274,21 +274,30 @@ def _docusign_error(body: bytes | str | None) -> tuple[str | None, str | None]:
     return (data.get("error"), data.get("error_description")) if isinstance(data, dict) else (None, None)
 
 
-REFRESH_LEAD_MIN = timedelta(seconds=30)
-REFRESH_LEAD_MAX = timedelta(minutes=10)
+REFRESH_LEAD_FRACTION = 5  # refresh a fifth of the token's lifetime before it expires ...
+REFRESH_LEAD_MAX = timedelta(minutes=10)  # ... but no more than this early
+REFRESH_LEAD_UNKNOWN = timedelta(seconds=30)  # the lead when a token's lifetime is not known
+
+
+def refresh_lead(lifetime: timedelta | None) -> timedelta:
+    """How long before expiry a token of ``lifetime`` is refreshed: a fifth of its lifetime, at most 10 min
+    (an 8-second token is refreshed 1.6 s early, not 30 s early — which would be before it was issued)."""
+    if lifetime is None:
+        return REFRESH_LEAD_UNKNOWN
+    return min(max(lifetime, timedelta(0)) / REFRESH_LEAD_FRACTION, REFRESH_LEAD_MAX)
 
 
 def next_refresh_at(provider: Provider, expires_at: datetime | None, now: datetime,
                     has_refresh_token: bool) -> datetime | None:
-    """When the ConnectionWorkflow should next refresh: ahead of expiry (a fifth of the lifetime, between
-    30 s and 10 min early) and, where refresh tokens rotate, at least every ``refresh.max_interval``.
-    None when there is nothing to refresh (no expiry, or an OAuth2 token without a refresh token)."""
+    """When the ConnectionWorkflow should next refresh: ahead of expiry by ``refresh_lead`` of the token's
+    lifetime (so never sooner than four fifths of a lifetime after the refresh that issued it) and, where
+    refresh tokens rotate, at least every ``refresh.max_interval``. None when there is nothing to refresh
+    (no expiry, or an OAuth2 token without a refresh token)."""
     if provider.auth_mode == "oauth2_code_pkce" and not has_refresh_token:
         return None
     due: list[datetime] = []
     if expires_at is not None:
-        lead = min(max((expires_at - now) / 5, REFRESH_LEAD_MIN), REFRESH_LEAD_MAX)
-        due.append(max(expires_at - lead, now))
+        due.append(max(expires_at - refresh_lead(expires_at - now), now))
     if provider.refresh.rotating and provider.refresh.max_interval:
         due.append(now + provider.refresh.max_interval)
     return min(due) if due else None

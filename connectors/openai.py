@@ -49,6 +49,7 @@ async def complete_json(ctx: ActionContext, params: CompleteJson) -> dict:
         http_client=ctx.egress.httpx_client(timeout=params.timeout_seconds),
     ) as client:
         try:
+            await ctx.before_request()  # one request: the SDK's retries are off
             if params.api == "chat":
                 text, model, response_id, usage = await _chat(client, params)
             else:

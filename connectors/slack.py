@@ -103,6 +103,7 @@ async def _post(ctx: ActionContext, message: dict[str, Any]) -> AsyncSlackRespon
                                 session=session,  # the egress policy's
                                 retry_handlers=[])  # retries belong to the activity (Temporal), not the SDK
         try:
+            await ctx.before_request()
             return await client.chat_postMessage(**message)
         except SlackApiError as exc:
             raise slack_error(exc.response) from None

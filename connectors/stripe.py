@@ -134,6 +134,7 @@ class _Stripe:
     async def call(self, request: Callable[[Any], Awaitable[T]], step: str) -> T:
         """Run one SDK request with its idempotency key; Stripe's errors become ``ProviderError``."""
         try:
+            await self.ctx.before_request()
             return await request({"idempotency_key": self.idempotency_key(step)})
         except StripeError as exc:
             if exc.http_status is None:  # network failure: let the activity retry it

@@ -31,3 +31,38 @@ async def connect(settings: Settings, vault: Vault, address: str | None = None, 
         data_converter=data_converter(vault, keys),
         interceptors=[temporal_interceptor()],
     )
+
+
+#: What the Temporal server needs switched on (dynamic config) for the hub's provider queues: the new matcher
+#: with task-queue fairness (per-connection keys, per-key rate limits, priority keys), and one partition per
+#: queue, so that one partition sees every task of a key (rate and priority are kept per partition).
+SERVER_DYNAMIC_CONFIG = {
+    "matching.useNewMatcher": "true",
+    "matching.enableFairness": "true",
+    "matching.numTaskqueueReadPartitions": "1",
+    "matching.numTaskqueueWritePartitions": "1",
+}
+
+
+def dev_server_args() -> list[str]:
+    """``temporal server start-dev`` arguments setting ``SERVER_DYNAMIC_CONFIG``."""
+    return [arg for name, value in SERVER_DYNAMIC_CONFIG.items() for arg in ("--dynamic-config-value", f"{name}={value}")]
+
+
+async def configure_fairness(client: Client, task_queue: str, *, key_rate: float | None = None,
+                             weights: dict[str, float] | None = None) -> None:
+    """Set an activity task queue's fairness configuration on the server (as ``temporal task-queue config set``
+    does): the rate each fairness key's tasks are handed out at (scaled by the key's weight), and weights."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import RateLimit
+    from temporalio.api.workflowservice.v1 import UpdateTaskQueueConfigRequest
+
+    request = UpdateTaskQueueConfigRequest(
+        namespace=client.namespace, identity=client.identity, task_queue=task_queue,
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+        set_fairness_weight_overrides=weights or {},
+    )
+    if key_rate is not None:
+        request.update_fairness_key_rate_limit_default.CopyFrom(UpdateTaskQueueConfigRequest.RateLimitUpdate(
+            rate_limit=RateLimit(requests_per_second=key_rate), reason="fulqrun-hub: per-connection provider budget"))
+    await client.workflow_service.update_task_queue_config(request)

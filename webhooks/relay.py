@@ -222,11 +222,9 @@ class Relay:
                 await inbox.finish(session, row.id, "ignored", {"reason": reason}, domain_types=types,
                                    generation=row.generation)
             for row, error in broken:
-                status = await inbox.record_failure(
+                await inbox.record_failure(
                     session, row.id, error, row.generation, self.hub.settings.webhook_max_attempts, FAILURE_BACKOFF
                 )
-                if status:
-                    metrics.FAILURES.labels(status).inc()
         for row, _ in ignored:
             self._relayed(row, "ignored")
 
@@ -354,11 +352,9 @@ class Relay:
                 await inbox.finish(session, row.id, "done", {"workflow_id": row.workflow_id, "note": "reconciled"},
                                    generation=row.generation)
             for row, error in ended:
-                status = await inbox.record_failure(
+                await inbox.record_failure(
                     session, row.id, error, row.generation, self.hub.settings.webhook_max_attempts, FAILURE_BACKOFF
                 )
-                if status:
-                    metrics.FAILURES.labels(status).inc()
 
 
 @contextlib.asynccontextmanager

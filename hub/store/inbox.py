@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from prometheus_client import Counter
 from sqlalchemy import (
     Index,
     Integer,
@@ -34,6 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hub.store.base import Base, utcnow
+
+FAILURES = Counter(
+    "hub_webhooks_processing_failures_total", "Failed processing attempts, by resulting status", ["status"]
+)
 
 STATUSES = ("pending", "relayed", "done", "ignored", "dead")
 FINISHED = ("done", "ignored")
@@ -247,7 +252,8 @@ async def finish(
 async def record_failure(
     session: AsyncSession, row_id: str, error: str, generation: int, max_attempts: int, backoff: timedelta
 ) -> str | None:
-    """Count a failed processing attempt: back to ``pending`` after ``backoff``, or ``dead`` at the limit.
+    """Count a failed processing attempt (and the ``hub_webhooks_processing_failures_total`` metric): back to
+    ``pending`` after ``backoff``, or ``dead`` at the limit.
 
     Returns the new status, or None if the row had moved on (another generation, already finished).
     """
@@ -266,6 +272,7 @@ async def record_failure(
         row.status, row.completed_at = "dead", now
     else:
         row.status, row.available_at = "pending", now + backoff * (2 ** (row.attempts - 1))
+    FAILURES.labels(row.status).inc()
     return row.status
 
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ai.artifacts import load
-from hub.cli import app
+from app.cli import app
 from hub.settings import get_settings
 from hub.store import Database
 from hub.store.ai import active_model_row

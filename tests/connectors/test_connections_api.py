@@ -218,7 +218,7 @@ async def test_docusign_jwt_grant_via_the_sdk_over_tls_and_a_bad_key_needs_reaut
 
 
 async def test_demo_org_shows_every_provider_pending_once(api: httpx.AsyncClient, hub: Hub) -> None:
-    from hub import demo
+    from app import demo
 
     key = await demo.bootstrap(hub)
     assert await demo.bootstrap(hub) is None  # second start: nothing new

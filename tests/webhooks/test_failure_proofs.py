@@ -22,7 +22,7 @@ from temporalio.worker import Worker
 from activities.rule_runs import RuleActivities
 from activities.webhooks import WebhookActivities
 from api import create_app
-from hub.runner import temporal_cli
+from app.runner import temporal_cli
 from hub.runtime import Hub
 from hub.store.inbox import WebhookEvent
 from hub.temporal import data_converter

@@ -41,7 +41,7 @@ def _fail(message: str) -> None:
 
 def _register(org: str, model) -> None:  # noqa: ANN001 - LeadModel | DealModel
     from ai.service import register_model
-    from hub.cli import load_settings
+    from app.cli import load_settings
     from hub.runtime import Hub
 
     async def main() -> str:
@@ -174,7 +174,7 @@ def evaluate_cmd(
     from ai.deals import read_deals
     from ai.evaluate import deal_report, evaluate_deals, evaluate_leads, lead_report
     from ai.tabular import read_csv
-    from hub.cli import load_settings
+    from app.cli import load_settings
 
     shared = load_settings().shared_data
     leads = leads or shared / "lead_scoring_x_education" / "Leads.csv"

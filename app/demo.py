@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import select
 
+from activities.sync_schedules import ensure_org_schedules
 from connectors.catalogue import catalogue
-from hub.auth import create_key
+from hub.auth import create_key, ensure_org
 from hub.runtime import Hub
 from hub.store.oauth import add_pending_connections
 from hub.store.orgs import ApiKey
-from hub.sync_schedules import ensure_org_schedules
-from rules.defaults import load_demo
+from hub.store.resources import apply_resource
+from rules.defaults import default_files
+from rules.loader import load_path
+from rules.validate import ResourceInvalid
+
+log = logging.getLogger("app.demo")
 
 DEMO_ORG = "demo"
 
@@ -39,3 +46,29 @@ async def train_models(hub: Hub) -> dict[str, str]:
     from ai.service import train_demo  # scikit-learn loads here, not at CLI start
 
     return await train_demo(hub, DEMO_ORG)
+
+
+async def load_demo(hub: Hub, org_id: str) -> dict[str, str]:
+    """Apply the default pipeline and the examples to ``org_id`` (created if missing); idempotent.
+
+    Returns ``{"Kind/name": "created" | "changed" | "unchanged"}``. A file that does not validate is
+    logged and skipped; the others are still applied.
+    """
+    results: dict[str, str] = {}
+    for path in default_files():
+        loaded = load_path(path)
+        if not loaded.ok:
+            log.warning("skipping %s: %s", path.name, "; ".join(str(e) for e in loaded.errors))
+            continue
+        applied: dict[str, str] = {}
+        try:
+            async with hub.db.session() as session:
+                await ensure_org(session, org_id)
+                for doc in loaded.documents:
+                    outcome, row = await apply_resource(session, org_id, doc.data, actor="bootstrap")
+                    applied[f"{row.kind}/{row.name}"] = outcome
+        except ResourceInvalid as exc:
+            log.warning("skipping %s: %s", path.name, exc)
+            continue
+        results.update(applied)
+    return results

@@ -9,11 +9,11 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from ai.cli import ai_app
+from app.ai_cli import ai_app
+from app.rules_cli import app as rules_app
+from app.webhooks_cli import app as webhooks_app
 from hub.logs import configure_logging
 from hub.settings import Settings, get_settings
-from rules.cli import app as rules_app
-from webhooks.cli import app as webhooks_app
 
 app = typer.Typer(help="FulQrun Hub: integration hub and workflow automation for FulQrun.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -77,8 +77,8 @@ def run(
     temporal: str = typer.Option(None, help="use an existing Temporal at HOST:PORT instead of the embedded one"),
 ) -> None:
     """Everything in one process group: Temporal dev server, worker and API, on the embedded defaults."""
-    from hub import demo
-    from hub.runner import (
+    from app import demo
+    from app.runner import (
         StartupError,
         ensure_port_free,
         run_event_loop,
@@ -143,7 +143,7 @@ def run(
 
 
 def _serve_part(api: bool, worker: bool, host: str | None, port: int | None) -> None:
-    from hub.runner import StartupError, run_event_loop, serve
+    from app.runner import StartupError, run_event_loop, serve
     from hub.runtime import Hub
 
     settings = load_settings()

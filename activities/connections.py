@@ -59,9 +59,9 @@ from activities.connector_types import (
 )
 from connectors.base import ACTIONS, REQUEST_GATE, ActionContext, ProviderError, provider_http_client
 from connectors.catalogue import Provider, RateLimit, catalogue, import_action_modules
-from connectors.egress import DestinationRefused
 from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, obtain_token, refresh_lead
 from hub import temporal as hub_temporal
+from hub.egress import DestinationRefused
 from hub.runtime import Hub
 from hub.store.base import utcnow
 from hub.store.connections import Connection

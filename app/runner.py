@@ -131,6 +131,9 @@ async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_r
         workers = build_workers(hub, client)
         await configure_provider_queues(client, hub.settings.task_queue)
         tasks += [asyncio.create_task(w.run()) for w in workers]
+        from activities import rule_schedules
+
+        await rule_schedules.reconcile(hub)  # rules applied while no worker ran (e.g. from the CLI)
     if api:
         config = server_config(create_app(hub), host, port, lifespan="on")
         server = uvicorn.Server(config)

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from temporalio.client import Client
 
-from connectors.egress import EgressPolicy
 from hub.auth import KeyCache
 from hub.datadir import make_private
+from hub.egress import EgressPolicy
 from hub.org_keys import OrgKeyring
 from hub.settings import Settings
 from hub.store import Database

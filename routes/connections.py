@@ -34,7 +34,6 @@ from activities.connector_types import (
 )
 from activities.sync_schedules import connection_changed
 from connectors.catalogue import Provider, catalogue
-from connectors.egress import EgressPolicy
 from connectors.oauth import (
     ClientAuth,
     TokenEndpointError,
@@ -44,6 +43,7 @@ from connectors.oauth import (
 )
 from connectors.oauth import next_refresh_at as due_refresh
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
+from hub.egress import EgressPolicy
 from hub.problems import Problem
 from hub.runtime import Hub, TemporalUnavailable
 from hub.settings import Settings

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hub.cli import app as cli
 from typer.testing import CliRunner
 
 from hub.auth import KeyCache, create_key
-from hub.cli import app as cli
 from hub.runtime import Hub
 from hub.settings import get_settings
 from hub.store.orgs import ApiKey

@@ -28,8 +28,8 @@ from activities.connector_types import ERR_DESTINATION, ERR_REAUTH, ActionCall, 
 from activities.opportunities import OpportunityActivities
 from activities.opportunity_types import CrmEventInput
 from connectors.base import ProviderError
-from connectors.egress import DestinationRefused, EgressPolicy
 from connectors.sharepoint import Subscribe, create_subscription
+from hub.egress import DestinationRefused, EgressPolicy
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store.orgs import Org

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hub.cli import app as cli
+from app.cli import app as cli
 from typer.testing import CliRunner
 
 from hub.auth import KeyCache, create_key

@@ -157,7 +157,7 @@ def test_deleting_an_org_from_the_cli_revokes_its_keys_and_shreds_its_data_key(
 ) -> None:
     import asyncio
 
-    from hub.cli import app as cli
+    from app.cli import app as cli
     from typer.testing import CliRunner
 
     from hub.settings import Settings, get_settings

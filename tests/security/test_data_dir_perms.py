@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from hub.backup import backup
-from hub.runner import start_temporal_dev_server
+from app.runner import start_temporal_dev_server
 from hub.runtime import Hub
 from hub.settings import Settings
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from hub.backup import backup
 from app.runner import start_temporal_dev_server
+from hub.backup import backup
 from hub.runtime import Hub
 from hub.settings import Settings
 

@@ -120,7 +120,7 @@ def run(
 
             training = asyncio.create_task(demo.train_models(hub))
             training.add_done_callback(
-                lambda t: t.cancelled() or typer.echo(f"demo AI models: {t.exception() or t.result()}")
+                lambda t: None if t.cancelled() else typer.echo(f"demo AI models: {t.exception() or t.result()}")
             )
             try:
                 await serve(hub, api=True, worker=True, host=host, port=port, on_ready=banner)

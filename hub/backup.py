@@ -16,6 +16,7 @@ from sqlalchemy import DateTime, Integer, LargeBinary, func, select, text
 
 import hub.store.models  # noqa: F401  (registers every table)
 from hub.store import Base, Database
+from hub.store.base import UtcDateTime
 
 FORMAT = "fulqrun-hub-backup/1"
 
@@ -29,7 +30,7 @@ def _encode(value: object) -> object:
 
 
 def _decoder(column):  # noqa: ANN001, ANN202
-    if isinstance(column.type, DateTime):
+    if isinstance(column.type, UtcDateTime | DateTime):
         return lambda v: None if v is None else datetime.fromisoformat(v)
     if isinstance(column.type, LargeBinary):
         return lambda v: None if v is None else base64.b64decode(v)

@@ -71,7 +71,7 @@ class Hub:
                     self._client = await asyncio.wait_for(
                         connect(self.settings, self.vault, self.temporal_address, self.keyring), timeout=5
                     )
-                except Exception as exc:  # noqa: BLE001 - any connect failure means unavailable
+                except Exception as exc:  # any connect failure means unavailable
                     raise TemporalUnavailable(f"Temporal at {self.temporal_address} unreachable: {exc}") from exc
         return self._client
 

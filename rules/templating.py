@@ -189,7 +189,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             _refuse(f"a string of {sum(map(len, texts)):,} characters, at most {MAX_VALUE_CHARS:,}")
         return "".join(texts)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         """Every call is a step; string methods that grow their input are checked first."""
         _step()
         method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format

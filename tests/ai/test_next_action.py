@@ -29,7 +29,7 @@ EVENTS = [
 ]
 
 
-def run(**kw) -> dict:  # noqa: ANN003
+def run(**kw) -> dict:
     return asyncio.run(recommend(OPP, "acquire", {"proposal_presented": True}, EVENTS, NOW, None, **kw))
 
 
@@ -94,7 +94,7 @@ def prov_candidates(result: dict) -> list[dict]:
     return result["provenance"]["inputs"]["user"]["candidates"]
 
 
-def with_fake(fake: OpenAIFake, timeout: float = 2.0, api: str = "chat", **kw) -> dict:  # noqa: ANN003
+def with_fake(fake: OpenAIFake, timeout: float = 2.0, api: str = "chat", **kw) -> dict:
     async def main() -> dict:
         async with httpx.AsyncClient() as http:
             ctx = action_context("openai", fake.url + "/v1", http)

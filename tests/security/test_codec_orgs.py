@@ -55,7 +55,7 @@ async def _org_client(temporal_env: WorkflowEnvironment, hub: Hub) -> Client:
 def _payloads(history: WorkflowHistory) -> list[Payload]:
     found: list[Payload] = []
 
-    def walk(message) -> None:  # noqa: ANN001 - any protobuf message
+    def walk(message) -> None:
         for field, value in message.ListFields():
             if field.message_type is None:
                 continue
@@ -166,7 +166,7 @@ def test_deleting_an_org_from_the_cli_revokes_its_keys_and_shreds_its_data_key(c
     assert runner.invoke(cli, ["keys", "create", "--org", "acme", "--role", "admin"]).exit_code == 0
     settings = Settings()
 
-    async def with_keyring(fn):  # noqa: ANN001, ANN202
+    async def with_keyring(fn):
         db = Database(settings.resolved_database_url)
         vault = Vault.from_settings(settings)
         try:

@@ -115,7 +115,7 @@ async def test_1000_events_posted_while_temporal_is_down_are_processed_exactly_o
         async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,)):
             for opp in opps:
                 await client.start_workflow(OpportunityStandIn.run, id=f"opportunity/{ORG}/{opp}", task_queue=task_queue)
-            relay._backoff = 0.0  # noqa: SLF001 - do not sit out the back-off the outage earned
+            relay._backoff = 0.0  # do not sit out the back-off the outage earned
             runner = asyncio.create_task(relay.run())
             await wait_until(lambda: _done(relay_hub, 1000), timeout=240, every=0.5)
             relay.stop()
@@ -180,7 +180,7 @@ class CountingRelay(Relay):
 
     starts: Counter = Counter()
 
-    async def _start_one(self, client, w, down):  # noqa: ANN001, ANN202
+    async def _start_one(self, client, w, down):
         CountingRelay.starts[w.row.id] += 1
         return await super()._start_one(client, w, down)
 
@@ -199,7 +199,7 @@ async def test_several_relays_never_relay_a_row_twice(hub: Hub, client: Client, 
     assert {r.status for r in rows} == {"relayed"}
 
 
-async def test_relayed_workflows_survive_a_temporal_restart(hub: Hub, task_queue: str, tmp_path) -> None:  # noqa: ANN001
+async def test_relayed_workflows_survive_a_temporal_restart(hub: Hub, task_queue: str, tmp_path) -> None:
     port, db_file = _free_port(), str(tmp_path / "temporal.db")
     relay_hub = Hub(settings=hub.settings, db=hub.db, vault=hub.vault, temporal_address=f"127.0.0.1:{port}")
     con = await make_connection(hub, "stripe")

@@ -113,7 +113,7 @@ async def test_concurrent_requests_for_one_connection_read_its_credentials_once(
     reads = 0
     load = cache._load
 
-    async def counted(connection_id: str):  # noqa: ANN202
+    async def counted(connection_id: str):
         nonlocal reads
         reads += 1
         await asyncio.sleep(0.05)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import os
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 import uvicorn
 from temporalio.client import Client
 
+from hub.datadir import PRIVATE_UMASK, make_private
 from hub.http_server import server_config
 from hub.runtime import Hub
 from hub.settings import Settings
@@ -52,7 +54,9 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
 
 
 def _die_with_parent() -> None:
-    """In the child: receive SIGTERM if the hub process dies, so no temporal server is orphaned."""
+    """In the child: receive SIGTERM if the hub process dies, so no temporal server is orphaned; create files
+    (its database and WAL) readable by the owner only."""
+    os.umask(PRIVATE_UMASK)
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -61,8 +65,9 @@ def start_temporal_dev_server(settings: Settings, port: int) -> subprocess.Popen
     """Start ``temporal server start-dev`` file-backed under the data dir, in our process group."""
     ensure_port_free("127.0.0.1", port, "Temporal frontend")
     ensure_port_free("127.0.0.1", settings.temporal_ui_port, "Temporal UI")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(settings.data_dir / "temporal.log", "ab")  # lives as long as the child
+    make_private(settings.data_dir)
+    log_fd = os.open(settings.data_dir / "temporal.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = open(log_fd, "ab")  # lives as long as the child
     cmd = [
         temporal_cli(), "server", "start-dev",
         "--db-filename", str(settings.data_dir / "temporal.db"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from temporalio.client import Client
 
 from hub.auth import KeyCache
+from hub.datadir import make_private
 from hub.egress import EgressPolicy
 from hub.org_keys import OrgKeyring
 from hub.settings import Settings
@@ -40,7 +41,7 @@ class Hub:
     @classmethod
     def from_settings(cls, settings: Settings, temporal_address: str | None = None) -> Hub:
         """Build the runtime; nothing is connected yet."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(settings.data_dir)
         return cls(
             settings=settings,
             db=Database(settings.resolved_database_url),

@@ -152,13 +152,19 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/codec/{op}", tags=["ops"], include_in_schema=False)
-    async def codec(op: str, request: Request, hub: HubDep, _: AdminKey) -> JSONResponse:
-        """Temporal UI codec server: decode (or encode) payloads for an admin."""
+    async def codec(op: str, request: Request, hub: HubDep, key: AdminKey) -> JSONResponse:
+        """Temporal UI codec server for an org's admin: decodes the payloads sealed for the caller's org (any
+        other payload comes back as it was sent); encodes under the caller's org's data key."""
         if op not in ("encode", "decode"):
             return problem_response(404, f"unknown codec operation {op!r}")
-        payloads = json_format.Parse(await request.body(), Payloads())
-        codec = EncryptionCodec(hub.vault)
-        result = await (codec.decode if op == "decode" else codec.encode)(payloads.payloads)
+        try:
+            payloads = json_format.Parse(await request.body(), Payloads())
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
+            return problem_response(400, f"not a Payloads JSON document: {exc}")
+        if op == "decode":
+            result = await EncryptionCodec(hub.vault, hub.keyring).decode_for(key.org_id, payloads.payloads)
+        else:
+            result = await EncryptionCodec(hub.vault, hub.keyring, org=key.org_id).encode(payloads.payloads)
         return JSONResponse(json_format.MessageToDict(Payloads(payloads=result)))
 
     return app

@@ -18,7 +18,9 @@ from hub.settings import Settings, get_settings
 app = typer.Typer(help="FulQrun Hub: integration hub and workflow automation for FulQrun.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Secrets at rest.", no_args_is_help=True)
+orgs_app = typer.Typer(help="Orgs.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(orgs_app, name="orgs")
 app.add_typer(secrets_app, name="secrets")
 
 
@@ -253,6 +255,66 @@ def keys_create(
         typer.echo(_with_db(make))
     except ValueError as exc:
         fail(str(exc))
+
+
+@keys_app.command("list")
+def keys_list(org: str = typer.Option(..., help="org id")) -> None:
+    """List an org's API keys: id, role, name, created, last used (to the minute), revoked."""
+    from hub.auth import list_keys
+
+    async def rows(db) -> list:  # noqa: ANN001
+        async with db.sessions() as session:
+            return await list_keys(session, org)
+
+    def when(value) -> str:  # noqa: ANN001
+        return value.isoformat(timespec="seconds") if value else "-"
+
+    typer.echo("id\trole\tname\tcreated\tlast_used\trevoked")
+    for key in _with_db(rows):
+        typer.echo("\t".join([key.id, key.role, key.name or "-", when(key.created_at), when(key.last_used_at),
+                              when(key.revoked_at)]))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="the key's id (the part after 'fqh_')")) -> None:
+    """Revoke an API key: refused (401) from now on; running API processes stop accepting it within
+    HUB_API_KEY_CACHE_SECONDS."""
+    from hub.auth import revoke_key
+
+    async def revoke(db) -> bool:  # noqa: ANN001
+        async with db.session() as session:
+            return await revoke_key(session, None, key_id, actor="cli") is not None
+
+    if not _with_db(revoke):
+        fail(f"no API key {key_id!r}")
+    typer.echo(f"revoked {key_id}")
+
+
+@orgs_app.command("delete")
+def orgs_delete(
+    org: str = typer.Argument(..., help="org id"),
+    yes: bool = typer.Option(False, "--yes", help="confirm: this cannot be undone"),
+) -> None:
+    """Delete an org's access and crypto-shred its Temporal data: every API key is revoked and its data keys
+    are deleted, so no payload sealed for it (history, /codec) can be read again. Running processes drop the
+    key from memory within hub.org_keys.CACHE_SECONDS."""
+    from hub.auth import list_keys, revoke_key
+    from hub.org_keys import OrgKeyring
+    from hub.vault import Vault
+
+    if not yes:
+        fail("deleting an org cannot be undone: pass --yes")
+    vault = Vault.from_settings(load_settings())
+
+    async def delete(db) -> tuple[int, int]:  # noqa: ANN001
+        async with db.session() as session:
+            keys = [k for k in await list_keys(session, org) if k.revoked_at is None]
+            for key in keys:
+                await revoke_key(session, org, key.id, actor="cli")
+        return len(keys), await OrgKeyring(db, vault).shred(org)
+
+    revoked, shredded = _with_db(delete)
+    typer.echo(f"org {org}: revoked {revoked} API keys, shredded {shredded} data keys")
 
 
 @secrets_app.command("rotate")

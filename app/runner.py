@@ -17,16 +17,12 @@ from pathlib import Path
 import uvicorn
 from temporalio.client import Client
 
+from hub.http_server import server_config
 from hub.runtime import Hub
 from hub.settings import Settings
+from hub.temporal import dev_server_args
 
 PR_SET_PDEATHSIG = 1
-# Temporal splits max_task_queue_activities_per_second across a queue's partitions; with one partition a
-# provider queue can use its whole rate budget (a sync makes one request at a time).
-SINGLE_PARTITION = [
-    "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-    "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
-]  # fmt: skip
 
 
 SHUTDOWN_GRACE_SECONDS = 30.0  # for running activities and open requests to finish before they are cancelled
@@ -72,7 +68,7 @@ def start_temporal_dev_server(settings: Settings, port: int) -> subprocess.Popen
         "--db-filename", str(settings.data_dir / "temporal.db"),
         "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(settings.temporal_ui_port),
         "--namespace", settings.temporal_namespace, "--log-level", "warn",
-        *SINGLE_PARTITION,
+        *dev_server_args(),  # fairness on, one partition per queue
     ]  # fmt: skip
     return subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=_die_with_parent)  # noqa: PLW1509
 
@@ -113,7 +109,7 @@ async def stop_within(tasks: list[asyncio.Task], grace: float) -> list[object]:
 async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_ready=None) -> None:  # noqa: ANN001
     """Run the API and/or the worker in this event loop until SIGINT/SIGTERM."""
     from api import create_app
-    from worker import build_workers
+    from worker import build_workers, configure_provider_queues
 
     gc.collect()
     gc.freeze()  # everything imported so far is long-lived: keep it out of the collector's generations
@@ -128,10 +124,10 @@ async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_r
     if worker:
         client = await hub.temporal()
         workers = build_workers(hub, client)
+        await configure_provider_queues(client, hub.settings.task_queue)
         tasks += [asyncio.create_task(w.run()) for w in workers]
     if api:
-        config = uvicorn.Config(create_app(hub), host=host, port=port, log_level="warning", lifespan="on",
-                                access_log=False)  # never shown at level warning, yet its arguments cost CPU
+        config = server_config(create_app(hub), host, port, lifespan="on")
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # we own the signals
         tasks.append(asyncio.create_task(server.serve()))

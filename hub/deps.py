@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
-from hub.auth import Principal, authenticate
+from hub.auth import Principal
 from hub.problems import Problem
 from hub.runtime import Hub, TemporalUnavailable
 from hub.sessions import PREFIX as SESSION_PREFIX
@@ -61,11 +61,11 @@ async def current_key(
     token = credentials.credentials.strip() if credentials else ""
     if not token:
         raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'", title="Unauthorized")
-    async with hub.db.session() as session:
-        if token.startswith(SESSION_PREFIX):
+    if token.startswith(SESSION_PREFIX):
+        async with hub.db.session() as session:
             principal = await authenticate_session(session, hub.vault, token)
-        else:
-            principal = await authenticate(session, token)
+    else:
+        principal = await hub.keys.resolve(hub.db, token)
     if principal is None:
         raise Problem(401, "invalid or revoked API key", title="Unauthorized")
     return principal

@@ -16,6 +16,7 @@ from ai.service import score_lead
 from hub.deps import HubDep, ReaderKey, SessionDep, WriterKey
 from hub.problems import Problem
 from hub.store.ai import Lead
+from rules import limits
 
 router = APIRouter(prefix="/v1/leads", tags=["leads"])
 LeadId = Annotated[str, Path(min_length=1, max_length=200)]
@@ -74,7 +75,9 @@ def _public(lead: Lead) -> LeadPublic:
 @router.put("/{lead_id}")
 async def put_lead(lead_id: LeadId, body: LeadIn, hub: HubDep, key: WriterKey) -> LeadPublic:
     """Register (or replace) a lead and score it."""
-    lead, _ = await score_lead(hub, key.org_id, lead_id, body.model_dump(mode="json", exclude_none=True))
+    fields = body.model_dump(mode="json", exclude_none=True)
+    limits.check(fields, "lead")
+    lead, _ = await score_lead(hub, key.org_id, lead_id, fields)
     return _public(lead)
 
 

@@ -2,6 +2,7 @@
 
 from hub.store import (  # noqa: F401
     ai,  # noqa: F401
+    budgets,  # noqa: F401
     connections,
     inbox,  # noqa: F401
     oauth,  # noqa: F401

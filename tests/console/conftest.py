@@ -41,9 +41,9 @@ def live_port() -> int:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, vault_keys: str, task_queue: str, live_port: int) -> Settings:
-    """Settings whose public address is the live server (OAuth redirect URIs and webhook URLs land there)."""
-    return Settings(data_dir=tmp_path / "data", vault_keys=vault_keys, task_queue=task_queue, api_port=live_port)
+def settings(settings: Settings, live_port: int) -> Settings:
+    """The suite's settings, with the live server as the public address (OAuth redirect URIs, webhook URLs)."""
+    return settings.model_copy(update={"api_port": live_port})
 
 
 @pytest.fixture

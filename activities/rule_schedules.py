@@ -75,7 +75,7 @@ async def sync_rule(client: Client, task_queue: str, org_id: str, name: str, row
                 raise
             return "none"
         return "removed"
-    schedule = _schedule(row, task_queue)  # type: ignore[arg-type]
+    schedule = _schedule(row, task_queue)
     try:
         await client.create_schedule(handle.id, schedule)
         return "created"

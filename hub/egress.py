@@ -207,12 +207,16 @@ class EgressPolicy:
         policy = self
 
         class Pinning:
+            _dns_host: str
+            host: str
+            port: int
+
             def _new_conn(self) -> socket.socket:
                 scheme = "https" if isinstance(self, HTTPSConnection) else "http"
                 name = self._dns_host  # also ``host``: the Host header and TLS name keep it
                 self._dns_host = policy.admit_sync(f"{scheme}://{_bracket(self.host)}:{self.port}/").ip
                 try:
-                    return super()._new_conn()  # type: ignore[misc]
+                    return super()._new_conn()  # type: ignore[misc,unused-ignore]
                 finally:
                     self._dns_host = name
 

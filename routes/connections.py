@@ -378,7 +378,7 @@ async def delete_connection(
     return Response(status_code=204)
 
 
-@oauth_router.get("/{provider}/callback")
+@oauth_router.get("/{provider}/callback", response_model=ConnectionPublic)
 async def oauth_callback(
     provider: str,
     request: Request,
@@ -387,7 +387,7 @@ async def oauth_callback(
     code: str | None = None,
     error: str | None = None,
     error_description: str | None = None,
-) -> ConnectionPublic:
+) -> ConnectionPublic | RedirectResponse:
     """The provider's redirect after the user's consent: exchange the code, store the tokens, start refreshing.
 
     A browser (``Accept: text/html``) is sent on to the connection's console page with the outcome."""

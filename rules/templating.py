@@ -16,6 +16,7 @@ checked operators is off (so ``{{ 'a' * 10**9 }}`` is refused, not computed, at 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache, wraps
@@ -182,7 +183,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             _check_format(left)
         return _sized(super().call_binop(context, operator, left, right))
 
-    def concat(self, parts: tuple) -> str:
+    def concat(self, parts: Iterable[Any]) -> str:
         """``a ~ b ~ …`` (string concatenation), its length checked before it is built."""
         texts = [str(p) for p in parts]
         if sum(map(len, texts)) > MAX_VALUE_CHARS:

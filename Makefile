@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench lint typecheck check constraints clean
+.PHONY: run test install bench lint typecheck constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -22,7 +22,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/fulqrun-hub run
 
-test: $(STAMP)
+test: lint typecheck
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
@@ -31,8 +31,6 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
-
-check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) .hub

@@ -273,6 +273,7 @@ async def refine(opp: dict, stage: str, assessment: Assessment, local: list[Next
         provenance["output"] = result.get("output")
         provenance["model"] = result.get("model") or model
         provenance["response_id"] = result.get("id")
+        provenance["usage"] = result.get("usage") or {}
         actions = merge_answer(LlmAnswer.model_validate(result.get("output")), shown) + local[LLM_CANDIDATES:]
     except TimeoutError:
         provenance["fallback"] = f"timeout after {timeout:g}s"

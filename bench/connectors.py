@@ -125,7 +125,8 @@ async def main(actions: int, rate: float, headroom: float | None) -> float:
     fake = FakeProcess(rate)
     with tempfile.TemporaryDirectory() as tmp:
         keys = new_key_line("b1")
-        settings = Settings(data_dir=Path(tmp), vault_keys=keys, task_queue=f"bench-{uuid.uuid4().hex[:8]}")
+        settings = Settings(data_dir=Path(tmp), vault_keys=keys, task_queue=f"bench-{uuid.uuid4().hex[:8]}",
+                        http_allowlist=["127.0.0.1/32"])
         db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'hub.db'}")
         await db.migrate()
         env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(),

@@ -33,13 +33,13 @@ if not __package__:
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from app.runner import SINGLE_PARTITION, temporal_cli
+from app.runner import temporal_cli
 from bench.connectors import achieved, busiest_second
 from connectors.catalogue import RateLimit
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store import Database
-from hub.temporal import data_converter
+from hub.temporal import data_converter, dev_server_args
 from hub.vault import Vault, new_key_line, parse_keys
 from tests.fakes.stripe_server import StripeFake
 from tests.sync.support import record_count, run_sync, seed_connection, sync_workers
@@ -119,11 +119,12 @@ async def main(records: int, rate: float, page_size: int, headroom: float) -> fl
 async def sync_through(url: str, tmp: Path, rate: float, page_size: int, headroom: float):
     """Run the sync against the provider at ``url``: (summary, seconds, records stored, RSS before, MB)."""
     keys = new_key_line("b1")
-    settings = Settings(data_dir=tmp, vault_keys=keys, task_queue=f"bench-{uuid.uuid4().hex[:8]}")
+    settings = Settings(data_dir=tmp, vault_keys=keys, task_queue=f"bench-{uuid.uuid4().hex[:8]}",
+                        http_allowlist=["127.0.0.1/32"])
     db = Database(f"sqlite+aiosqlite:///{tmp / 'hub.db'}")
     await db.migrate()
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(),
-                                                dev_server_extra_args=["--log-level", "error", *SINGLE_PARTITION])
+                                                dev_server_extra_args=["--log-level", "error", *dev_server_args()])
     try:
         client = await Client.connect(env.client.service_client.config.target_host,
                                       data_converter=data_converter(Vault(parse_keys(keys))))

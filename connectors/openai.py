@@ -45,9 +45,11 @@ class CompleteJson(BaseModel):
 async def complete_json(ctx: ActionContext, params: CompleteJson) -> dict:
     """The model's JSON answer (``output``) with the model name, response id and token usage."""
     async with openai.AsyncOpenAI(
-        base_url=ctx.base_url, api_key=await ctx.access_token(), timeout=params.timeout_seconds, max_retries=0
+        base_url=ctx.base_url, api_key=await ctx.access_token(), timeout=params.timeout_seconds, max_retries=0,
+        http_client=ctx.egress.httpx_client(timeout=params.timeout_seconds),
     ) as client:
         try:
+            await ctx.before_request()  # one request: the SDK's retries are off
             if params.api == "chat":
                 text, model, response_id, usage = await _chat(client, params)
             else:

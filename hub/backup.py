@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -41,7 +42,8 @@ async def backup(db: Database, path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     tmp = path.with_suffix(path.suffix + ".partial")
     async with db.engine.connect() as conn:
-        with tmp.open("w") as out:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # secrets stay sealed, but it is all the data
+        with os.fdopen(fd, "w") as out:
             out.write(json.dumps({"format": FORMAT}) + "\n")
             for table in Base.metadata.sorted_tables:
                 result = await conn.stream(select(table))

@@ -10,9 +10,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
-from hub.auth import Principal, authenticate
+from hub.auth import Principal
 from hub.problems import Problem
 from hub.runtime import Hub, TemporalUnavailable
+from hub.sessions import PREFIX as SESSION_PREFIX
+from hub.sessions import authenticate_session
 
 
 def get_hub(request: Request) -> Hub:
@@ -43,27 +45,35 @@ async def get_temporal(hub: HubDep) -> Client:
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
-#: The one reader of ``Authorization: Bearer <key>`` (routes and the idempotency middleware); as a dependency of
-#: every authenticated route it puts the scheme in the OpenAPI document, so ``/docs`` can send a key.
-API_KEY = HTTPBearer(auto_error=False, scheme_name="apiKey",
-                     description="An API key of the org: `Authorization: Bearer <key>` (`fulqrun-hub keys create`).")
-BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)]
+API_KEY = HTTPBearer(
+    auto_error=False,
+    scheme_name="APIKey",
+    bearerFormat="fqh_<id>_<secret>",
+    description="An API key (`fulqrun-hub keys create`), scoped to one org with the role admin, crm or viewer; "
+    "a console session token (`fqs.…`) stands for the key it was opened with.",
+)
 
 
 async def bearer_key(request: Request) -> str | None:
-    """The key of ``Authorization: Bearer <key>``, or None."""
+    """The key of ``Authorization: Bearer <key>``, or None: the one reader of that header (``current_key`` and the
+    idempotency middleware)."""
     credentials = await API_KEY(request)
     token = credentials.credentials.strip() if credentials else ""
     return token or None
 
 
-async def current_key(hub: HubDep, credentials: BearerCredentials) -> Principal:
-    """The principal behind ``Authorization: Bearer <key>``; 401 if absent or invalid."""
+async def current_key(
+    hub: HubDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)]
+) -> Principal:
+    """The principal behind ``Authorization: Bearer <key>`` (or a console session token); 401 if absent or invalid."""
     token = credentials.credentials.strip() if credentials else ""
     if not token:
         raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'", title="Unauthorized")
-    async with hub.db.session() as session:
-        principal = await authenticate(session, token)
+    if token.startswith(SESSION_PREFIX):
+        async with hub.db.session() as session:
+            principal = await authenticate_session(session, hub.vault, token)
+    else:
+        principal = await hub.keys.resolve(hub.db, token)
     if principal is None:
         raise Problem(401, "invalid or revoked API key", title="Unauthorized")
     return principal

@@ -16,6 +16,7 @@ from ai.service import score_lead
 from hub.deps import HubDep, ReaderKey, SessionDep, WriterKey
 from hub.problems import Problem
 from hub.store.ai import Lead
+from rules import limits
 
 router = APIRouter(prefix="/v1/leads", tags=["leads"])
 LeadId = Annotated[str, Path(min_length=1, max_length=200)]
@@ -35,7 +36,9 @@ class LeadIn(BaseModel):
 
 
 class LeadScoreOut(BaseModel):
-    """The lead's score, its 90% interval, the top factors, the model version and the source."""
+    """The lead's score, its 90% interval, the top factors, the model version and the source; ``moment`` says what
+    the score knew: ``creation`` (the lead as created), ``engagement`` (and its website engagement) or ``contact``
+    (and what sales last did with it)."""
 
     score: float
     low: float
@@ -43,6 +46,7 @@ class LeadScoreOut(BaseModel):
     factors: list[dict]
     model_version: str
     source: str
+    moment: str
     scored_at: datetime | None
 
 
@@ -61,6 +65,7 @@ def _public(lead: Lead) -> LeadPublic:
     if lead.score is not None:
         score = LeadScoreOut(score=lead.score, low=lead.low or 0.0, high=lead.high or 0.0, factors=lead.factors,
                              model_version=lead.model_version or "", source=lead.source or "",
+                             moment=lead.moment or "creation",
                              scored_at=lead.scored_at)
     return LeadPublic(id=lead.id, data=lead.data, score=score, created_at=lead.created_at,
                       updated_at=lead.updated_at)
@@ -68,8 +73,11 @@ def _public(lead: Lead) -> LeadPublic:
 
 @router.put("/{lead_id}")
 async def put_lead(lead_id: LeadId, body: LeadIn, hub: HubDep, key: WriterKey) -> LeadPublic:
-    """Register (or replace) a lead and score it."""
-    lead, _ = await score_lead(hub, key.org_id, lead_id, body.model_dump(mode="json", exclude_none=True))
+    """Register (or replace) a lead and score it with what is known of it now; send it again as engagement and
+    sales contact arrive and it is re-scored at that moment."""
+    fields = body.model_dump(mode="json", exclude_none=True)
+    limits.check(fields, "lead")
+    lead, _ = await score_lead(hub, key.org_id, lead_id, fields)
     return _public(lead)
 
 

@@ -2,6 +2,7 @@
 
 from hub.store import (  # noqa: F401
     ai,
+    budgets,
     connections,
     inbox,
     oauth,

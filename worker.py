@@ -25,6 +25,13 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(
         "workflows", "activities", "rules", "hub", "jinja2")
 )
+#: What the tests run the workflows under: Temporal's default sandbox, passing through only the deterministic
+#: helpers (the pure ``rules`` and ``jinja2``; the activities' input/output types are passed through by the
+#: workflows' own ``imports_passed_through``). The workflow modules are re-imported per run, so a clock read,
+#: randomness or I/O in workflow code fails there instead of passing every test.
+CHECKED_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("rules", "jinja2")
+)
 
 
 def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> list[Worker]:

@@ -23,7 +23,7 @@ from hub.store.connections import Connection, secret_owner
 from hub.store.inbox import WebhookEvent
 from hub.store.secrets import put_secret
 from hub.store.sync import SyncedRecord, SyncPage, SyncState
-from worker import WORKFLOW_RUNNER, configure_provider_queues
+from worker import CHECKED_RUNNER, configure_provider_queues
 from workflows.sync import SyncWorkflow
 
 AUTH_MODES = {"stripe": "api_key", "gong": "basic", "docusign": "jwt_grant", "microsoft": "client_credentials"}
@@ -91,7 +91,7 @@ async def sync_workers(client: Client, hub: Hub, prefix: str, source: PageSource
     try:
         async with (
             Worker(client, task_queue=main, workflows=[SyncWorkflow],
-                   activities=[*acts.main_queue(), connections.mark_failed], workflow_runner=WORKFLOW_RUNNER,
+                   activities=[*acts.main_queue(), connections.mark_failed], workflow_runner=CHECKED_RUNNER,
                    disable_eager_activity_execution=True),
             Worker(client, task_queue=provider_task_queue(main, prefix),
                    activities=[fetcher(connections, source).fetch_page]),

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.rule_runs import RuleActivities
 from activities.webhooks import WebhookActivities
@@ -23,11 +24,13 @@ from hub.store.inbox import WebhookEvent
 from hub.store.secrets import put_secret
 from webhooks.inbox import CredentialCache
 from webhooks.receivers import scheme_for
-from worker import WORKFLOW_RUNNER
+from worker import CHECKED_RUNNER, WORKFLOW_RUNNER
 from workflows.webhook_event import WebhookEventWorkflow
 
 ORG = "acme"
-RUNNER = WORKFLOW_RUNNER
+RUNNER = CHECKED_RUNNER  # the default sandbox: a nondeterministic workflow fails here
+#: The failure proofs push hundreds of workflows through at once: they run on production's (faster) runner.
+THROUGHPUT_RUNNER = WORKFLOW_RUNNER
 SECRET = "whsec_test_secret"
 
 
@@ -85,13 +88,14 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0
 
 @asynccontextmanager
 async def webhook_worker(
-    hub: Hub, client: Client, task_queue: str, extra_workflows: tuple[type, ...] = ()
+    hub: Hub, client: Client, task_queue: str, extra_workflows: tuple[type, ...] = (),
+    runner: SandboxedWorkflowRunner = RUNNER,
 ) -> AsyncIterator[Worker]:
     """A worker running WebhookEventWorkflow and its activities (and the rule activities) on ``task_queue``."""
     hooks, rules = WebhookActivities(hub), RuleActivities(hub)
     async with Worker(
         client, task_queue=task_queue, workflows=[WebhookEventWorkflow, *extra_workflows],
         activities=[*hooks.all(), rules.plan, rules.record_runs],
-        workflow_runner=RUNNER,
+        workflow_runner=runner,
     ) as worker:  # fmt: skip
         yield worker

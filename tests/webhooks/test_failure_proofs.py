@@ -28,7 +28,7 @@ from hub.temporal import data_converter
 from tests.conftest import POSTGRES_URL, shared_data
 from tests.webhooks.conftest import (
     ORG,
-    RUNNER,
+    THROUGHPUT_RUNNER,
     inbox_rows,
     make_connection,
     post_signed,
@@ -99,16 +99,16 @@ async def test_1000_events_posted_while_temporal_is_down_are_processed_exactly_o
         asked_for_temporal.append(True)
         raise TemporalUnavailable("Temporal is down")
 
-    monkeypatch.setattr(relay_hub, "temporal", temporal_is_down)  # the API below runs on the hub without Temporal
-    async with _app(relay_hub) as api:
-        for chunk in range(0, 1000, 50):
-            answers = await asyncio.gather(*(
-                post_signed(api, hub, "stripe", con, _event(n, opps[n % 10]), "application/json")
-                for n in range(chunk, chunk + 50)
-            ))  # fmt: skip
-            assert all(r.status_code == 200 and r.json()["accepted"] == 1 for r in answers)
+    with monkeypatch.context() as patched:  # the API below runs on a hub that cannot reach Temporal
+        patched.setattr(relay_hub, "temporal", temporal_is_down)
+        async with _app(relay_hub) as api:
+            for chunk in range(0, 1000, 50):
+                answers = await asyncio.gather(*(
+                    post_signed(api, hub, "stripe", con, _event(n, opps[n % 10]), "application/json")
+                    for n in range(chunk, chunk + 50)
+                ))  # fmt: skip
+                assert all(r.status_code == 200 and r.json()["accepted"] == 1 for r in answers)
     assert asked_for_temporal == []  # acceptance never waited for (or even asked for) Temporal
-    monkeypatch.undo()
     for _ in range(3):
         await relay.run_once()  # Temporal is down: rows are released, none is lost
         await asyncio.sleep(0.2)
@@ -118,7 +118,7 @@ async def test_1000_events_posted_while_temporal_is_down_are_processed_exactly_o
     server = await _start_server(port)  # Temporal is back, same address
     try:
         client = await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter(hub.vault))
-        async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,)):
+        async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,), runner=THROUGHPUT_RUNNER):
             for opp in opps:
                 await client.start_workflow(OpportunityStandIn.run, id=f"opportunity/{ORG}/{opp}", task_queue=task_queue)
             relay._backoff = 0.0  # do not sit out the back-off the outage earned
@@ -150,7 +150,7 @@ async def test_event_acknowledged_by_an_api_that_then_dies_is_still_processed(
     fresh = Relay(hub, task_queue=task_queue)
     assert await fresh.run_once() == 0  # leased by the dead process...
     await asyncio.sleep(1.1)  # ...until its lease runs out
-    async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,)):
+    async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,), runner=THROUGHPUT_RUNNER):
         await client.start_workflow(OpportunityStandIn.run, id=f"opportunity/{ORG}/{task_queue}-0", task_queue=task_queue)
         await fresh.drain()
         await wait_until(lambda: _done(hub, 5))
@@ -173,7 +173,7 @@ async def test_same_event_delivered_3x_concurrently_is_processed_once(
         assert [r.status_code for r in answers] == [200, 200, 200]
         assert sorted(r.json()["accepted"] for r in answers) == [0, 0, 1]
     assert len(await inbox_rows(hub)) == 2
-    async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,)):
+    async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,), runner=THROUGHPUT_RUNNER):
         await client.start_workflow(OpportunityStandIn.run, id=f"opportunity/{ORG}/{task_queue}-1", task_queue=task_queue)
         await asyncio.gather(Relay(hub, task_queue=task_queue).drain(), Relay(hub, task_queue=task_queue).drain())
         await wait_until(lambda: _done(hub, 2))
@@ -230,7 +230,7 @@ async def test_relayed_workflows_survive_a_temporal_restart(hub: Hub, task_queue
         hooks, rules = WebhookActivities(hub), RuleActivities(hub)
         async with Worker(client, task_queue=task_queue, workflows=[WebhookEventWorkflow, OpportunityStandIn],
                           activities=[hooks.complete_event, hooks.fail_event, rules.plan, rules.record_runs],
-                          workflow_runner=RUNNER):
+                          workflow_runner=THROUGHPUT_RUNNER):
             await wait_until(lambda: _done(hub, 20), timeout=120)
             received = await _all_received(client, [f"{task_queue}-3"])
     finally:

@@ -27,6 +27,7 @@ task, and with it the Update's answer, until it finished.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import timedelta
 
 from temporalio import workflow
@@ -57,7 +58,7 @@ with workflow.unsafe.imports_passed_through():
         body_hash,
         stage_of,
     )
-    from activities.rule_types import PlannedActionModel
+    from activities.rule_types import PlannedActionModel, RulePlan
     from rules.pipeline import CompiledPipeline, TransitionContext, Unmet, compile_pipeline
     from rules.templating import TemplateProblem, compile_params
     from workflows.rule_runner import RuleRunner, failure_message
@@ -68,9 +69,13 @@ UNCHANGED = "Unchanged"  # 200, nothing to do
 INVALID = "InvalidRequest"  # 422, details[0] = list of Unmet
 MIGRATION_REFUSED = "MigrationRefused"  # 409, details[0] = list of Unmet
 
+#: Patch: queued transitions' effects go together, the insight computed by ``opportunity.prepare``.
+BATCHED_TRANSITIONS = "transition-effects-batched"
+
 OPPORTUNITIES_ROOT = "Opportunities"
 MAX_FAILURES = 20
 STORE_TIMEOUT = timedelta(seconds=30)
+INSIGHT_TIMEOUT = timedelta(seconds=60)
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 AI_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
 CRM_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=5))  # until the CRM accepts
@@ -94,6 +99,7 @@ class OpportunityWorkflow:
     def __init__(self, input: OpportunityInput) -> None:
         self._id = workflow.info().workflow_id
         self._history_limit = input.history_limit
+        self._registration = input.registration if input.state is None else None
         self._lock = asyncio.Lock()
         pipeline = input.state.pipeline if input.state is not None else input.pipeline
         self._compiled: CompiledPipeline = compile_pipeline(pipeline.spec)
@@ -154,25 +160,75 @@ class OpportunityWorkflow:
                         history_limit=self._history_limit,
                     )
                 )
-            await self._perform(self._state.pending[0])
-            self._state.pending.pop(0)
+            done = await self._perform(self._state.pending[0])
+            del self._state.pending[:done]
 
     def _history_full(self) -> bool:
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._history_limit
 
-    async def _perform(self, effect: Effect) -> None:
+    async def _perform(self, effect: Effect) -> int:
+        """Perform ``effect`` (the first pending one), and with it the transitions queued right after it when
+        they can go together; returns how many pending effects are done."""
         prefix = f"{self._id}/{effect.seq}"
         if effect.kind == "transition":
+            if workflow.patched(BATCHED_TRANSITIONS):
+                return await self._transitions_effects()
             await self._transition_effects(effect, prefix)
-            return
+            return 1
         if effect.kind == "updated":
             await self._run_rules([self._rule_event("opportunity.updated", effect.data)], prefix)
         elif effect.kind == "event":
             await self._run_rules([self._rule_event(effect.data["type"], effect.data)], prefix)
         elif len(self._state.pending) > 1:
-            return  # a plain "project" with more effects queued: the next one projects
+            return 1  # a plain "project" with more effects queued: the next one projects
         await self._project()
+        return 1
+
+    async def _transitions_effects(self) -> int:
+        """The effects of the transitions at the head of the queue, together: one ``opportunity.prepare`` plans
+        every transition's ``stage.exited``/``stage.entered`` rules and computes the AI insight of the state
+        they lead to; then, per transition in order, its rules' actions (keys and runs as one transition
+        alone) and its stage's folders; the insight again only if a rule ran a built-in action (those change the
+        opportunity or its insight; provider actions do not) or it could not be had; one projection; a CRM
+        event per transition."""
+        batch = list(itertools.takewhile(lambda e: e.kind == "transition", self._state.pending))
+        events: list[dict] = []
+        first_event: list[int] = []
+        for effect in batch:
+            first_event.append(len(events))
+            if effect.data["from"]:
+                events.append(self._rule_event("stage.exited", {}, stage=effect.data["from"]))
+            events.append(self._rule_event("stage.entered", {}, stage=effect.data["to"]))
+        prep: Preparation = await workflow.execute_activity(
+            "opportunity.prepare",
+            PrepareInput(org_id=self._state.org_id, events=events, insight=self._insight_input()),
+            result_type=Preparation,
+            start_to_close_timeout=INSIGHT_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        acted = False
+        for index, effect in enumerate(batch):
+            start, prefix = first_event[index], f"{self._id}/{effect.seq}"
+            end = first_event[index + 1] if index + 1 < len(batch) else len(events)
+            own = [o.model_copy(update={"event": o.event - start}) for o in prep.plan.outcomes if start <= o.event < end]
+            runs = await self._rules.execute(RulePlan(outcomes=own), prefix)
+            acted = acted or any(a.name in self._rules.local_actions for run in runs for a in run.actions)
+            self._state.rule_runs = (self._state.rule_runs + runs)[-MAX_RULE_RUNS:]
+            self._touch()
+            if prep.provider_connected:
+                await self._provision(stage_of(self._state.pipeline, effect.data["to"]) or {}, prefix)
+        if acted or prep.insight is None:
+            await self._recompute_insight(f"transition to {batch[-1].data['to']}")
+        else:
+            self._state.insight = prep.insight.model_dump(mode="json")
+            self._touch()
+        await self._project()
+        if prep.crm_callback:
+            for effect in batch:
+                if effect.data["from"] is not None:  # None: just registered by the CRM, nothing to tell it
+                    await self._send_stage_changed(effect)
+        return len(batch)
 
     async def _transition_effects(self, effect: Effect, prefix: str) -> None:
         frm, to = effect.data["from"], effect.data["to"]
@@ -194,6 +250,11 @@ class OpportunityWorkflow:
         await self._project()
         if frm is None or not prep.crm_callback:
             return  # just registered by the CRM (nothing to tell it), or no callback URL
+        await self._send_stage_changed(effect)
+
+    async def _send_stage_changed(self, effect: Effect) -> None:
+        """The signed ``stage.changed`` event of one transition to the org's CRM (retried until accepted)."""
+        frm, to = effect.data["from"], effect.data["to"]
         insight = self._state.insight or {}
         record = next(h for h in reversed(self._state.history) if h.seq == effect.seq)
         await workflow.execute_activity(
@@ -265,20 +326,24 @@ class OpportunityWorkflow:
         except ActivityError as exc:
             self._fail(action, key, exc)
 
+    def _insight_input(self) -> OpportunityInsightInput:
+        s = self._state
+        return OpportunityInsightInput(
+            org_id=s.org_id,
+            opportunity_id=s.opportunity_id,
+            opp=self._rule_opp(),
+            stage=s.stage,
+            checklist=s.checklist,
+            events=s.events,
+            as_of=workflow.now(),
+        )
+
     async def _recompute_insight(self, reason: str) -> dict:
         s = self._state
         try:
             insight: Insight = await workflow.execute_activity(
                 NEXT_ACTION,
-                OpportunityInsightInput(
-                    org_id=s.org_id,
-                    opportunity_id=s.opportunity_id,
-                    opp=self._rule_opp(),
-                    stage=s.stage,
-                    checklist=s.checklist,
-                    events=s.events,
-                    as_of=workflow.now(),
-                ),
+                self._insight_input(),
                 result_type=Insight,
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=AI_RETRY,
@@ -379,11 +444,19 @@ class OpportunityWorkflow:
 
     # ---------------------------------------------------------------- other updates, signals, query
 
+    def _registered_by(self, req: UpsertRequest) -> bool:
+        """Whether ``req`` is the PUT whose Update-with-Start started this workflow (answered with the state)."""
+        return req.registration is not None and req.registration == self._registration
+
     @workflow.update
     async def upsert(self, req: UpsertRequest) -> OpportunityState:
-        """A changed body from the CRM: update the fields and fire ``opportunity.updated`` rules."""
+        """A changed body from the CRM: update the fields and fire ``opportunity.updated`` rules.
+
+        The PUT that started the workflow gets the new state."""
         async with self._lock:
             s = self._state
+            if self._registered_by(req):
+                return s
             if req.body_hash == s.body_hash:
                 raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
             changed = sorted(k for k in set(s.opp) | set(req.opp) if s.opp.get(k) != req.opp.get(k))
@@ -394,7 +467,7 @@ class OpportunityWorkflow:
 
     @upsert.validator
     def _validate_upsert(self, req: UpsertRequest) -> None:
-        if req.body_hash == self._state.body_hash:
+        if req.body_hash == self._state.body_hash and not self._registered_by(req):
             raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
 
     def _unknown_items(self, req: ChecklistRequest) -> list[Unmet]:

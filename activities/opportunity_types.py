@@ -67,6 +67,7 @@ class TransitionRecord(BaseModel):
     actor: Actor | None = None
     at: datetime
     pipeline_version: int
+    reason: str | None = None
 
 
 class StageVisit(BaseModel):
@@ -137,10 +138,11 @@ class UpsertRequest(BaseModel):
 
 
 class TransitionRequest(BaseModel):
-    """Move to another stage."""
+    """Move to another stage (``reason``: why, e.g. a rule's, kept in the history)."""
 
     to: str
     actor: Actor
+    reason: str | None = None
 
 
 class ChecklistRequest(BaseModel):

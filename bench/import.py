@@ -41,13 +41,13 @@ from pathlib import Path
 if not __package__:  # a script: the repository root comes first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import httpx  # noqa: E402
-from sqlalchemy import select  # noqa: E402
+import httpx
+from sqlalchemy import select
 
-from ai.tabular import read_csv  # noqa: E402
-from bench.transitions import ORG, Trivial, peak_rss_mb, percentile, stack  # noqa: E402
-from hub.store import Database  # noqa: E402
-from hub.store.opportunities import OpportunityRecord  # noqa: E402
+from ai.tabular import read_csv
+from bench.transitions import ORG, Trivial, peak_rss_mb, percentile, stack
+from hub.store import Database
+from hub.store.opportunities import OpportunityRecord
 
 #: Maven ``deal_stage`` -> the PEAK stages an opportunity passes through (the first is where it is registered).
 PATHS = {
@@ -152,7 +152,7 @@ async def import_all(
     return out
 
 
-async def run_raw(client, queue: str, opps: list[Opportunity]) -> Run:  # noqa: ANN001 - a temporalio Client
+async def run_raw(client, queue: str, opps: list[Opportunity]) -> Run:
     """The baseline: a trivial workflow started per opportunity, one Update per move."""
     handles = {}
 

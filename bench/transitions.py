@@ -231,7 +231,7 @@ async def run_baseline(client: Client, queue: str) -> Phases:
     handles = await asyncio.gather(*(
         client.start_workflow(Trivial.run, id=f"trivial-{run}-{i}", task_queue=queue) for i in range(ARGS.opps)))
 
-    async def bump(handle, step: int, into: list[float]) -> None:  # noqa: ANN001
+    async def bump(handle, step: int, into: list[float]) -> None:
         began = time.perf_counter()
         await handle.execute_update(Trivial.bump, step)
         into.append(time.perf_counter() - began)
@@ -271,7 +271,7 @@ class Stack:
 async def stack(pipeline_doc: dict, in_memory: bool) -> AsyncIterator[Stack]:
     """A Temporal dev server (file-backed unless ``in_memory``), a hub process (API + worker) whose org has a
     ``crm`` key and ``pipeline_doc``, and the baseline's worker in a process of its own."""
-    from hub.runner import temporal_cli
+    from app.runner import temporal_cli
     from hub.settings import Settings
     from hub.vault import new_key_line
 

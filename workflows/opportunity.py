@@ -1,7 +1,8 @@
 """OpportunityWorkflow: one long-lived workflow per opportunity (``opportunity/{org}/{id}``).
 
-Handlers change state synchronously and queue *effects*; the main loop performs the effects one
-at a time, in order, durably:
+Handlers change state synchronously and queue *effects*; the main loop performs the effects in
+order, durably (transitions queued together have their effects together: one ``opportunity.prepare``
+plans their rules and computes the AI insight, one projection; see ``_transitions_effects``):
 
 - ``transition`` (Update): the validator evaluates the pinned pipeline's ``check_transition`` (pure,
   no I/O) and refuses with every unmet requirement; nothing is recorded for a refused Update.
@@ -11,7 +12,8 @@ at a time, in order, durably:
   SharePoint folders and templates, AI insights, the projection, the signed ``stage.changed``
   CRM event (retried until the CRM accepts it).
 - ``upsert`` (Update, from PUT): a body with an unchanged hash is rejected by the validator (no
-  history event); a changed body updates fields and fires ``opportunity.updated`` rules.
+  history event); a changed body updates fields and fires ``opportunity.updated`` rules. The PUT whose
+  Update-with-Start started the workflow (its ``registration`` id) is answered with the first state.
 - ``set_checklist`` and ``migrate_pipeline`` (Updates), ``domain_event`` (signal: contract.signed,
   payment.received, call.recorded, slack.action, document.changed — deduplicated by source event id).
 - ``state`` (query).
@@ -35,12 +37,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.ai_types import NEXT_ACTION, Insight, OpportunityInsightInput
+    from activities.ai_types import DEAL_RISK, NEXT_ACTION, Insight, OpportunityInsightInput
     from activities.connector_types import ActionCall, execute_action
     from activities.opportunity_types import (
         MAX_EVENTS,
         MAX_RULE_RUNS,
         MAX_SEEN_EVENTS,
+        Actor,
         ChecklistRequest,
         CrmEventInput,
         DomainEvent,
@@ -69,9 +72,10 @@ UNCHANGED = "Unchanged"  # 200, nothing to do
 INVALID = "InvalidRequest"  # 422, details[0] = list of Unmet
 MIGRATION_REFUSED = "MigrationRefused"  # 409, details[0] = list of Unmet
 
+CREATED_PATCH = "opportunity-created"  # workflow.patched: histories before it raise no opportunity.created
 #: Patch: queued transitions' effects go together, the insight computed by ``opportunity.prepare``.
 BATCHED_TRANSITIONS = "transition-effects-batched"
-
+AUTOMATION = Actor(id="automation", role="automation")  # who rule-made transitions are by
 OPPORTUNITIES_ROOT = "Opportunities"
 MAX_FAILURES = 20
 STORE_TIMEOUT = timedelta(seconds=30)
@@ -113,8 +117,10 @@ class OpportunityWorkflow:
             self._id,
             local_actions={
                 "ai.next_action": self._ai_action,
+                "ai.deal_risk": self._deal_risk_action,
                 "opportunity.set_field": self._set_field_action,
                 "opportunity.add_task": self._add_task_action,
+                "opportunity.transition": self._transition_action,
             },
         )
 
@@ -193,31 +199,26 @@ class OpportunityWorkflow:
         opportunity or its insight; provider actions do not) or it could not be had; one projection; a CRM
         event per transition."""
         batch = list(itertools.takewhile(lambda e: e.kind == "transition", self._state.pending))
-        events: list[dict] = []
-        first_event: list[int] = []
-        for effect in batch:
-            first_event.append(len(events))
-            if effect.data["from"]:
-                events.append(self._rule_event("stage.exited", {}, stage=effect.data["from"]))
-            events.append(self._rule_event("stage.entered", {}, stage=effect.data["to"]))
+        own_events = [self._transition_events(e.data["from"], e.data["to"]) for e in batch]
         prep: Preparation = await workflow.execute_activity(
             "opportunity.prepare",
-            PrepareInput(org_id=self._state.org_id, events=events, insight=self._insight_input()),
+            PrepareInput(org_id=self._state.org_id, events=[e for own in own_events for e in own],
+                         insight=self._insight_input()),
             result_type=Preparation,
             start_to_close_timeout=INSIGHT_TIMEOUT,
             retry_policy=STORE_RETRY,
-        )
-        acted = False
-        for index, effect in enumerate(batch):
-            start, prefix = first_event[index], f"{self._id}/{effect.seq}"
-            end = first_event[index + 1] if index + 1 < len(batch) else len(events)
+        )  # fmt: skip
+        acted, start = False, 0
+        for effect, events in zip(batch, own_events, strict=True):
+            end, prefix = start + len(events), f"{self._id}/{effect.seq}"
             own = [o.model_copy(update={"event": o.event - start}) for o in prep.plan.outcomes if start <= o.event < end]
-            runs = await self._rules.execute(RulePlan(outcomes=own), prefix)
+            runs = await self._rules.execute(RulePlan(outcomes=own, on_failure=prep.plan.on_failure), prefix, events)
             acted = acted or any(a.name in self._rules.local_actions for run in runs for a in run.actions)
             self._state.rule_runs = (self._state.rule_runs + runs)[-MAX_RULE_RUNS:]
             self._touch()
             if prep.provider_connected:
                 await self._provision(stage_of(self._state.pipeline, effect.data["to"]) or {}, prefix)
+            start = end
         if acted or prep.insight is None:
             await self._recompute_insight(f"transition to {batch[-1].data['to']}")
         else:
@@ -230,17 +231,30 @@ class OpportunityWorkflow:
                     await self._send_stage_changed(effect)
         return len(batch)
 
+    def _transition_events(self, frm: str | None, to: str) -> list[dict]:
+        """The rule events of one transition: ``stage.exited`` (unless just registered), ``stage.entered``, and
+        ``opportunity.created`` when just registered."""
+        events = [self._rule_event("stage.exited", {}, stage=frm)] if frm else []
+        events.append(self._rule_event("stage.entered", {}, stage=to))
+        if frm is None:
+            events.append(self._rule_event("opportunity.created", {}))
+        return events
+
     async def _transition_effects(self, effect: Effect, prefix: str) -> None:
+        """One transition's effects as before patch ``transition-effects-batched`` (kept for running histories)."""
         frm, to = effect.data["from"], effect.data["to"]
         events = [self._rule_event("stage.exited", {}, stage=frm)] if frm else []
+        events.append(self._rule_event("stage.entered", {}, stage=to))
+        if frm is None and workflow.patched(CREATED_PATCH):  # just registered
+            events.append(self._rule_event("opportunity.created", {}))
         prep: Preparation = await workflow.execute_activity(
             "opportunity.prepare",
-            PrepareInput(org_id=self._state.org_id, events=[*events, self._rule_event("stage.entered", {}, stage=to)]),
+            PrepareInput(org_id=self._state.org_id, events=events),
             result_type=Preparation,
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
         )
-        runs = await self._rules.execute(prep.plan, prefix)
+        runs = await self._rules.execute(prep.plan, prefix, events)
         self._state.rule_runs = (self._state.rule_runs + runs)[-MAX_RULE_RUNS:]
         self._touch()
         stage = stage_of(self._state.pipeline, to) or {}
@@ -338,19 +352,21 @@ class OpportunityWorkflow:
             as_of=workflow.now(),
         )
 
-    async def _recompute_insight(self, reason: str) -> dict:
+    async def _recompute_insight(self, reason: str, activity: str = NEXT_ACTION) -> dict:
         s = self._state
         try:
             insight: Insight = await workflow.execute_activity(
-                NEXT_ACTION,
+                activity,
                 self._insight_input(),
                 result_type=Insight,
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=AI_RETRY,
             )
         except ActivityError as exc:
-            self._fail(NEXT_ACTION, reason, exc)
+            self._fail(activity, reason, exc)
             return {}
+        if activity == DEAL_RISK:  # risk only: the next actions computed before stay
+            insight = insight.model_copy(update={"next_actions": (s.insight or {}).get("next_actions", [])})
         s.insight = insight.model_dump(mode="json")
         self._touch()
         return s.insight
@@ -380,13 +396,27 @@ class OpportunityWorkflow:
 
     # built-in rule actions handled here (see rules.actions)
 
-    async def _ai_action(self, action: PlannedActionModel, key: str) -> dict:
-        insight = await self._recompute_insight(action.params.get("reason") or key)
+    async def _ai_action(self, action: PlannedActionModel, key: str, event: dict, activity: str = NEXT_ACTION) -> dict:
+        insight = await self._recompute_insight(action.params.get("reason") or key, activity)
         if not insight:
             raise ApplicationError("AI insight could not be computed", type="AiUnavailable")
         return {"risk_score": insight.get("risk_score")}
 
-    async def _set_field_action(self, action: PlannedActionModel, key: str) -> dict:
+    async def _deal_risk_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
+        return await self._ai_action(action, key, event, DEAL_RISK)
+
+    async def _transition_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
+        """``opportunity.transition``: the checks and the move of the ``transition`` Update, by ``automation``."""
+        req = TransitionRequest(to=action.params["to"], actor=AUTOMATION, reason=action.params.get("reason"))
+        async with self._lock:
+            unmet = self._unmet(req)
+            if unmet:
+                reasons = "; ".join(f"{u.code}: {u.message}" for u in unmet)
+                raise ApplicationError(f"transition to {req.to!r} refused: {reasons}", type=REFUSED)
+            seq = self._move(req)
+        return {"from": self._state.history[-1].from_stage, "to": req.to, "transition_seq": seq}
+
+    async def _set_field_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
         *parents, leaf = action.params["field"].split(".")
         node = self._state.opp
         for part in parents:
@@ -395,7 +425,7 @@ class OpportunityWorkflow:
         self._touch()
         return {"field": action.params["field"]}
 
-    async def _add_task_action(self, action: PlannedActionModel, key: str) -> dict:
+    async def _add_task_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
         tasks = self._state.opp.setdefault("tasks", [])
         if not any(t.get("key") == key for t in tasks):
             tasks.append({"key": key, **action.params, "created_at": workflow.now().isoformat()})
@@ -422,19 +452,24 @@ class OpportunityWorkflow:
             unmet = self._unmet(req)  # re-checked: an earlier Update may have moved the stage since validation
             if unmet:
                 raise _refusal(REFUSED, f"transition to {req.to!r} refused", unmet)
-            s = self._state
-            now = workflow.now()
-            seq = self._queue("transition", {"from": s.stage, "to": req.to})
-            s.history.append(
-                TransitionRecord(
-                    seq=seq, from_stage=s.stage, to_stage=req.to, actor=req.actor, at=now,
-                    pipeline_version=s.pipeline.version,
-                )
-            )  # fmt: skip
-            s.visits[-1].exited_at = now
-            s.visits.append(StageVisit(stage=req.to, entered_at=now))
-            s.stage = req.to
-            return s
+            self._move(req)
+            return self._state
+
+    def _move(self, req: TransitionRequest) -> int:
+        """Record an accepted transition and queue its effects; returns its sequence number."""
+        s = self._state
+        now = workflow.now()
+        seq = self._queue("transition", {"from": s.stage, "to": req.to})
+        s.history.append(
+            TransitionRecord(
+                seq=seq, from_stage=s.stage, to_stage=req.to, actor=req.actor, at=now,
+                pipeline_version=s.pipeline.version, reason=req.reason,
+            )
+        )  # fmt: skip
+        s.visits[-1].exited_at = now
+        s.visits.append(StageVisit(stage=req.to, entered_at=now))
+        s.stage = req.to
+        return seq
 
     @transition.validator
     def _validate_transition(self, req: TransitionRequest) -> None:

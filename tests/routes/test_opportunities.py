@@ -8,7 +8,7 @@ from datetime import datetime
 
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 
 from activities.opportunity_types import DomainEvent, DomainSource, workflow_id
 from connectors.sharepoint import folder_plan
@@ -328,7 +328,7 @@ async def test_migrate_pipeline_one_and_bulk(
                                headers=h)).status_code == 409  # v1 has no acquire -> engage
 
 
-def accepted_updates(history) -> int:  # noqa: ANN001 - a WorkflowHistory
+def accepted_updates(history: WorkflowHistory) -> int:
     return sum(e.HasField("workflow_execution_update_accepted_event_attributes") for e in history.events)
 
 

@@ -8,7 +8,8 @@ opportunity registered (``PUT /v1/opportunities/{id}``), then its stage moves re
     Prospecting -> prospect                       Won  -> prospect, engage, acquire, keep
     Engaging    -> prospect, engage               Lost -> prospect, engage, lost (closed lost)
 
-``--concurrency`` opportunities at a time (the CRM's import workers), each one's calls in order. The
+``--concurrency`` opportunities at a time (the CRM's import workers), each one's calls in order, each
+transition with an ``Idempotency-Key`` and a 503 or timeout retried, as a careful CRM does. The
 hub process (API + worker as ``fulqrun-hub run`` builds them) runs on a Temporal dev server started
 here, with a PEAK pipeline whose moves have a CEL entry criterion and a role check. Every transition
 takes the full path: HTTP, API key, Update with the pipeline check in its validator, then its effects
@@ -48,6 +49,8 @@ from ai.tabular import read_csv
 from bench.transitions import ORG, Trivial, peak_rss_mb, percentile, stack
 from hub.store import Database
 from hub.store.opportunities import OpportunityRecord
+
+RETRIES = 5  # a 503 (the worker did not answer in time) or a timeout is retried, backing off 0.5 s .. 8 s
 
 #: Maven ``deal_stage`` -> the PEAK stages an opportunity passes through (the first is where it is registered).
 PATHS = {
@@ -116,20 +119,22 @@ def read_history(limit: int) -> list[Opportunity]:
 
 @dataclass
 class Run:
-    """Latencies (seconds) of registrations and transitions, the wall time, and failed calls."""
+    """Latencies (seconds) of registrations and transitions (retries included), the wall time, failed calls
+    (after their retries) and retries."""
 
     registrations: list[float] = field(default_factory=list)
     transitions: list[float] = field(default_factory=list)
     seconds: float = 0.0
     failures: int = 0
+    retries: int = 0
 
 
 async def import_all(
     opps: list[Opportunity], register: Callable[[Opportunity], Awaitable[bool]],
-    move: Callable[[Opportunity, int], Awaitable[bool]],
+    move: Callable[[Opportunity, int], Awaitable[bool]], out: Run | None = None,
 ) -> Run:
     """Register and move every opportunity, ``--concurrency`` at a time, each one's calls in order."""
-    out, queue = Run(), list(reversed(opps))
+    out, queue = out or Run(), list(reversed(opps))
 
     async def timed(call: Awaitable[bool], into: list[float]) -> bool:
         began = time.perf_counter()
@@ -166,27 +171,40 @@ async def run_raw(client, queue: str, opps: list[Opportunity]) -> Run:
     return await import_all(opps, register, move)
 
 
-async def run_hub(url: str, key: str, opps: list[Opportunity]) -> Run:
-    """The import through the HTTP API."""
+async def run_hub(url: str, key: str, opps: list[Opportunity], run: Run) -> Run:
+    """The import through the HTTP API, as a careful CRM does it: each transition carries an ``Idempotency-Key``
+    (the Update's id: a retry never moves twice), and a 503 or a timeout is retried (``run.retries``)."""
     limits = httpx.Limits(max_connections=ARGS.concurrency + 4)
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as http:
 
-        async def check(response: httpx.Response, what: str) -> bool:
-            if response.status_code == 200:
-                return True
-            print(f"  {what}: {response.status_code} {response.text[:200]}", file=sys.stderr)
+        async def send(what: str, method: str, path: str, **kwargs: object) -> bool:
+            for attempt in range(RETRIES + 1):
+                try:
+                    response = await http.request(method, path, **kwargs)
+                except httpx.TimeoutException:
+                    response = None
+                if response is not None and response.status_code == 200:
+                    return True
+                retry = response is None or response.status_code == 503 or (
+                    response.status_code == 409 and "still in progress" in response.text)  # fmt: skip
+                if not retry or attempt == RETRIES:
+                    print(f"  {what}: {response.status_code if response else 'timeout'} "
+                          f"{response.text[:200] if response else ''}", file=sys.stderr)  # fmt: skip
+                    return False
+                run.retries += 1
+                await asyncio.sleep(min(8.0, 0.5 * 2**attempt))
             return False
 
         async def register(opp: Opportunity) -> bool:
-            return await check(await http.put(f"/v1/opportunities/{opp.id}", json=opp.body), f"PUT {opp.id}")
+            return await send(f"PUT {opp.id}", "PUT", f"/v1/opportunities/{opp.id}", json=opp.body)
 
         async def move(opp: Opportunity, step: int) -> bool:
             body = {"to": opp.path[step], "actor": {"id": opp.agent, "role": "ae"}}
-            response = await http.post(f"/v1/opportunities/{opp.id}/transitions", json=body)
-            return await check(response, f"{opp.id} -> {opp.path[step]}")
+            return await send(f"{opp.id} -> {opp.path[step]}", "POST", f"/v1/opportunities/{opp.id}/transitions",
+                              json=body, headers={"Idempotency-Key": f"import-{opp.id}-{step}"})  # fmt: skip
 
-        return await import_all(opps, register, move)
+        return await import_all(opps, register, move, run)
 
 
 async def verify(database_url: str, opps: list[Opportunity], timeout: float) -> tuple[int, int, float]:
@@ -218,7 +236,8 @@ def report(name: str, opps: list[Opportunity], run: Run) -> float:
     calls = len(run.registrations) + len(run.transitions)
     print(f"{name}: {len(opps)} opportunities and {len(run.transitions)} transitions in {run.seconds:.1f} s = "
           f"{len(opps) / run.seconds:.1f} opportunities/s, {len(run.transitions) / run.seconds:.1f} transitions/s; "
-          f"register {figures(run.registrations)}; transition {figures(run.transitions)}; failed {run.failures}")  # fmt: skip
+          f"register {figures(run.registrations)}; transition {figures(run.transitions)}; failed {run.failures}, "
+          f"retried {run.retries}")  # fmt: skip
     return calls / run.seconds
 
 
@@ -230,7 +249,7 @@ async def drive() -> None:
               f"{sum(len(o.path) - 1 for o in opps)} transitions, {ARGS.concurrency} at a time")  # fmt: skip
         raw_rate = report("raw Temporal (start + Updates, trivial workflow)", opps,
                           await run_raw(s.client, s.queue, opps))  # fmt: skip
-        hub = await run_hub(s.url, s.key, opps)
+        hub = await run_hub(s.url, s.key, opps, Run())
         hub_rate = report("hub (PUT + POST transitions through the API)", opps, hub)
         equal, duplicated, waited = await verify(s.database_url, opps, ARGS.settle_timeout)
         print(f"hub peak RSS {peak_rss_mb(s.hub_pid):.0f} MiB")

@@ -173,7 +173,8 @@ async def run_raw(client, queue: str, opps: list[Opportunity]) -> Run:
 
 async def run_hub(url: str, key: str, opps: list[Opportunity], run: Run) -> Run:
     """The import through the HTTP API, as a careful CRM does it: each transition carries an ``Idempotency-Key``
-    (the Update's id: a retry never moves twice), and a 503 or a timeout is retried (``run.retries``)."""
+    (the Update's id: a retry never moves twice), and a 503 or a transport error (timeout, closed connection)
+    is retried (``run.retries``)."""
     limits = httpx.Limits(max_connections=ARGS.concurrency + 4)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as http:
@@ -182,14 +183,14 @@ async def run_hub(url: str, key: str, opps: list[Opportunity], run: Run) -> Run:
             for attempt in range(RETRIES + 1):
                 try:
                     response = await http.request(method, path, **kwargs)
-                except httpx.TimeoutException:
+                except httpx.TransportError:  # a timeout, or a keep-alive connection the server had just closed
                     response = None
                 if response is not None and response.status_code == 200:
                     return True
                 retry = response is None or response.status_code == 503 or (
                     response.status_code == 409 and "still in progress" in response.text)  # fmt: skip
                 if not retry or attempt == RETRIES:
-                    print(f"  {what}: {response.status_code if response else 'timeout'} "
+                    print(f"  {what}: {response.status_code if response else 'transport error'} "
                           f"{response.text[:200] if response else ''}", file=sys.stderr)  # fmt: skip
                     return False
                 run.retries += 1

@@ -9,7 +9,7 @@ opportunity registered (``PUT /v1/opportunities/{id}``), then its stage moves re
     Engaging    -> prospect, engage               Lost -> prospect, engage, lost (closed lost)
 
 ``--concurrency`` opportunities at a time (the CRM's import workers), each one's calls in order, each
-transition with an ``Idempotency-Key`` and a 503 or timeout retried, as a careful CRM does. The
+transition with an ``Idempotency-Key`` and a 5xx or timeout retried, as a careful CRM does. The
 hub process (API + worker as ``fulqrun-hub run`` builds them) runs on a Temporal dev server started
 here, with a PEAK pipeline whose moves have a CEL entry criterion and a role check. Every transition
 takes the full path: HTTP, API key, Update with the pipeline check in its validator, then its effects
@@ -50,7 +50,7 @@ from bench.transitions import ORG, Trivial, peak_rss_mb, percentile, stack
 from hub.store import Database
 from hub.store.opportunities import OpportunityRecord
 
-RETRIES = 5  # a 503 (the worker did not answer in time) or a timeout is retried, backing off 0.5 s .. 8 s
+RETRIES = 5  # a 5xx (e.g. 503: the worker did not answer in time) or a timeout is retried, backing off 0.5 s .. 8 s
 
 #: Maven ``deal_stage`` -> the PEAK stages an opportunity passes through (the first is where it is registered).
 PATHS = {
@@ -173,8 +173,8 @@ async def run_raw(client, queue: str, opps: list[Opportunity]) -> Run:
 
 async def run_hub(url: str, key: str, opps: list[Opportunity], run: Run) -> Run:
     """The import through the HTTP API, as a careful CRM does it: each transition carries an ``Idempotency-Key``
-    (the Update's id: a retry never moves twice), and a 503 or a transport error (timeout, closed connection)
-    is retried (``run.retries``)."""
+    (the Update's id: a retry never moves twice), and a 5xx (kept by no idempotency record) or a transport error
+    (timeout, closed connection) is retried (``run.retries``)."""
     limits = httpx.Limits(max_connections=ARGS.concurrency + 4)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as http:
@@ -187,7 +187,7 @@ async def run_hub(url: str, key: str, opps: list[Opportunity], run: Run) -> Run:
                     response = None
                 if response is not None and response.status_code == 200:
                     return True
-                retry = response is None or response.status_code == 503 or (
+                retry = response is None or response.status_code >= 500 or (
                     response.status_code == 409 and "still in progress" in response.text)  # fmt: skip
                 if not retry or attempt == RETRIES:
                     print(f"  {what}: {response.status_code if response else 'transport error'} "

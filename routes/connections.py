@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
@@ -43,6 +44,7 @@ from connectors.oauth import (
 )
 from connectors.oauth import next_refresh_at as due_refresh
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
+from hub.egress import EgressPolicy
 from hub.problems import Problem
 from hub.runtime import Hub, TemporalUnavailable
 from hub.settings import Settings
@@ -50,7 +52,6 @@ from hub.store.base import utcnow
 from hub.store.connections import Connection, secret_owner
 from hub.store.oauth import (
     OAuthState,
-    as_utc,
     consume_state,
     create_state,
     load_secrets,
@@ -82,7 +83,8 @@ class ConnectionCreate(BaseModel):
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="non-secret settings: client_id, tenant_id, user_id, account_id, scopes, and overrides of "
-        "base_url / token_url / authorization_url; ca_bundle (path) to trust a private CA",
+        "base_url / token_url / authorization_url (reached through the egress policy); ca_bundle (PEM text, or a "
+        "file name under HUB_CA_BUNDLE_DIR) to trust a private CA",
     )
     credentials: dict[str, str | list[str]] = Field(
         default_factory=dict,
@@ -145,22 +147,27 @@ async def _public(session, hub: Hub, conn: Connection, auth_url: str | None = No
         base_url=endpoints.base_url,
         scopes=endpoints.scopes,
         secrets=sorted(names),
-        access_expires_at=as_utc(conn.access_expires_at),
-        last_refresh_at=as_utc(conn.last_refresh_at),
-        next_refresh_at=as_utc(conn.next_refresh_at),
+        access_expires_at=conn.access_expires_at,
+        last_refresh_at=conn.last_refresh_at,
+        next_refresh_at=conn.next_refresh_at,
         last_error=conn.last_error,
         webhook_url=f"{_api_base(hub.settings)}/webhooks/{conn.provider}/{conn.id}"
         if entry.webhook
         else None,
         authorization_url=auth_url,
-        created_at=as_utc(conn.created_at),
-        updated_at=as_utc(conn.updated_at),
+        created_at=conn.created_at,
+        updated_at=conn.updated_at,
     )
 
 
-def _check(entry: Provider, body: ConnectionCreate) -> None:
+def _check(entry: Provider, body: ConnectionCreate, egress: EgressPolicy) -> None:
     """Every problem of the request at once, as one 422."""
     errors = []
+    if "ca_bundle" in body.config:
+        try:
+            egress.ca_file(str(body.config["ca_bundle"]))
+        except ValueError as exc:
+            errors.append(f"config.ca_bundle: {exc}")
     for key, value in body.config.items():
         if key not in ("client_id", *URL_CONFIG) and SECRET_LOOKING.search(key):
             errors.append(f"config.{key} looks secret: send it in credentials")
@@ -240,7 +247,7 @@ async def _first_token(client: Client, hub: Hub, conn: Connection) -> None:
     """Ask the (new) ConnectionWorkflow for the first token; failures end up in the connection's status."""
     ref = ConnectionRef(org_id=conn.org_id, connection_id=conn.id)
     try:
-        await client.execute_update_with_start_workflow(
+        await client.execute_update_with_start_workflow(  # type: ignore[unused-coroutine]  # SDK typing
             ConnectionWorkflow.fresh_token,
             TokenRequest(seen_version=conn.token_version),
             start_workflow_operation=WithStartWorkflowOperation(
@@ -262,7 +269,7 @@ async def create_connection(body: ConnectionCreate, hub: HubDep, key: AdminKey) 
         entry = catalogue().get(body.provider)
     except KeyError as exc:
         raise Problem(422, str(exc.args[0])) from None
-    _check(entry, body)
+    _check(entry, body, hub.egress)
     client = None
     if entry.auth_mode in ("client_credentials", "jwt_grant"):
         try:
@@ -371,16 +378,35 @@ async def delete_connection(
     return Response(status_code=204)
 
 
-@oauth_router.get("/{provider}/callback")
+@oauth_router.get("/{provider}/callback", response_model=ConnectionPublic)
 async def oauth_callback(
     provider: str,
+    request: Request,
     hub: HubDep,
     state: str | None = None,
     code: str | None = None,
     error: str | None = None,
     error_description: str | None = None,
+) -> ConnectionPublic | RedirectResponse:
+    """The provider's redirect after the user's consent: exchange the code, store the tokens, start refreshing.
+
+    A browser (``Accept: text/html``) is sent on to the connection's console page with the outcome."""
+    browser = "text/html" in request.headers.get("accept", "")
+    try:
+        public = await _complete_authorisation(provider, hub, state, code, error, error_description)
+    except Problem as exc:
+        if not browser:
+            raise
+        where = f"/{exc.extra['connection_id']}" if "connection_id" in exc.extra else ""
+        return RedirectResponse(f"/console/connections{where}?authorisation=failed", status_code=303)
+    if browser:
+        return RedirectResponse(f"/console/connections/{public.id}?authorisation=ok", status_code=303)
+    return public
+
+
+async def _complete_authorisation(
+    provider: str, hub: Hub, state: str | None, code: str | None, error: str | None, error_description: str | None
 ) -> ConnectionPublic:
-    """The provider's redirect after the user's consent: exchange the code, store the tokens, start refreshing."""
     if not state:
         raise Problem(400, "missing state")
     async with hub.db.session() as session:
@@ -400,19 +426,20 @@ async def oauth_callback(
             400,
             f"authorisation refused: {error or 'no code'}"
             + (f" ({error_description})" if error_description else ""),
+            connection_id=conn.id,
         )
     else:
         try:
             tokens = await exchange_code(
                 entry,
                 entry.endpoints(conn.config),
-                ClientAuth.for_connection(conn.config, secrets),
+                ClientAuth.for_connection(conn.config, secrets, hub.egress),
                 pending.redirect_uri,
                 code,
                 verifier,
             )
         except TokenEndpointError as exc:
-            failure = Problem(502 if exc.retryable else 400, f"code exchange failed: {exc}")
+            failure = Problem(502 if exc.retryable else 400, f"code exchange failed: {exc}", connection_id=conn.id)
     async with hub.db.session() as session:
         conn = await session.get(Connection, conn.id)
         if failure is not None:

@@ -74,7 +74,7 @@ async def _started() -> ProcessPoolExecutor:
 
 
 def _warm() -> None:
-    import rules.engine  # noqa: F401 - what dry-runs need, imported once per process
+    import rules.engine
     import rules.loader  # noqa: F401
 
 

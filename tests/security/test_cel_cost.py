@@ -160,6 +160,7 @@ async def test_evaluation_runs_elsewhere_per_org_capped_with_a_hard_deadline() -
         await asyncio.sleep(0.2)
         with pytest.raises(Problem) as busy:  # the org's one slot is taken
             await evaluate("acme", sum, [1])
+        assert await evaluate("other", sum, [1, 2]) == 3  # another org is served meanwhile
         with pytest.raises(Problem) as late:  # killed at its deadline, not after 30 s
             await slow
     finally:

@@ -6,13 +6,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from hub.auth import Role, create_key, revoke_key
 from hub.deps import AdminKey, HubDep, SessionDep
 from hub.problems import Problem
-from hub.store.oauth import as_utc
 from hub.store.orgs import ApiKey
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
@@ -34,11 +33,6 @@ class ApiKeyPublic(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
-
-    @field_validator("created_at", "last_used_at", "revoked_at")
-    @classmethod
-    def _in_utc(cls, at: datetime | None) -> datetime | None:
-        return as_utc(at)  # SQLite hands back naive UTC
 
 
 class ApiKeyCreated(ApiKeyPublic):

@@ -2,6 +2,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HUB_DATA_DIR=/var/lib/fulqrun-hub
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY app ./app
 COPY hub ./hub
 COPY workflows ./workflows
 COPY activities ./activities

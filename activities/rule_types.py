@@ -79,6 +79,10 @@ class RecordRunsInput(BaseModel):
     runs: list[RuleRun]
 
 
+#: The workflow type a rule's Schedule starts (workflows/scheduled_rule.py).
+SCHEDULED_RULE_WORKFLOW = "ScheduledRuleWorkflow"
+
+
 class ScheduledRuleInput(BaseModel):
     """One firing of an ``on: schedule`` rule (the version its Schedule was made for; the current one runs)."""
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from temporalio import activity
 
+from activities import sync_schedules
 from activities.opportunity_types import PinnedPipeline, stages_of
 from activities.webhook_types import (
     MATCH_DOCUMENT,
@@ -19,12 +20,10 @@ from activities.webhook_types import (
     FailEventInput,
     SyncNowInput,
 )
-from hub import sync_schedules
 from hub.runtime import Hub
 from hub.store import inbox
 from hub.store.connections import Connection
 from hub.store.opportunities import get_projection
-from webhooks import metrics
 
 COMPLETE = "webhooks.complete_event"
 FAIL = "webhooks.fail_event"
@@ -83,8 +82,6 @@ class WebhookActivities:
                 session, input.inbox_id, input.error, input.generation,
                 self.hub.settings.webhook_max_attempts, RETRY_BACKOFF,
             )  # fmt: skip
-        if status:
-            metrics.FAILURES.labels(status).inc()
         return status
 
     @activity.defn(name=MATCH_DOCUMENT)

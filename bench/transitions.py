@@ -229,7 +229,7 @@ async def run_baseline(client: Client, queue: str) -> Phases:
     handles = await asyncio.gather(*(
         client.start_workflow(Trivial.run, id=f"trivial-{run}-{i}", task_queue=queue) for i in range(ARGS.opps)))
 
-    async def bump(handle, step: int, into: list[float]) -> None:  # noqa: ANN001
+    async def bump(handle, step: int, into: list[float]) -> None:
         began = time.perf_counter()
         await handle.execute_update(Trivial.bump, step)
         into.append(time.perf_counter() - began)
@@ -252,7 +252,7 @@ def report(name: str, p: Phases) -> float:
 
 
 async def drive() -> None:
-    from hub.runner import temporal_cli
+    from app.runner import temporal_cli
     from hub.vault import new_key_line
 
     with tempfile.TemporaryDirectory(prefix="bench-transitions-") as tmp:

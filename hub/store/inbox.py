@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from prometheus_client import Counter
 from sqlalchemy import (
     Index,
     Integer,
@@ -34,6 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hub.store.base import Base, utcnow
+
+FAILURES = Counter(
+    "hub_webhooks_processing_failures_total", "Failed processing attempts, by resulting status", ["status"]
+)
 
 STATUSES = ("pending", "relayed", "done", "ignored", "dead")
 FINISHED = ("done", "ignored")
@@ -211,7 +216,7 @@ async def mark_relayed(
             lease_owner=None, lease_until=now + check_after,
         )
     )  # fmt: skip
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]  # DML: a CursorResult
 
 
 async def release(session: AsyncSession, row_ids: Sequence[str], owner: str, delay: timedelta) -> None:
@@ -241,13 +246,14 @@ async def finish(
     if generation is not None:
         cond.append(WebhookEvent.generation == generation)
     result = await session.execute(update(WebhookEvent).where(*cond).values(**values))
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]  # DML: a CursorResult
 
 
 async def record_failure(
     session: AsyncSession, row_id: str, error: str, generation: int, max_attempts: int, backoff: timedelta
 ) -> str | None:
-    """Count a failed processing attempt: back to ``pending`` after ``backoff``, or ``dead`` at the limit.
+    """Count a failed processing attempt (and the ``hub_webhooks_processing_failures_total`` metric): back to
+    ``pending`` after ``backoff``, or ``dead`` at the limit.
 
     Returns the new status, or None if the row had moved on (another generation, already finished).
     """
@@ -266,6 +272,7 @@ async def record_failure(
         row.status, row.completed_at = "dead", now
     else:
         row.status, row.available_at = "pending", now + backoff * (2 ** (row.attempts - 1))
+    FAILURES.labels(row.status).inc()
     return row.status
 
 
@@ -282,7 +289,7 @@ async def purge(session: AsyncSession, retention: timedelta = RETENTION) -> int:
     result = await session.execute(
         delete(WebhookEvent).where(WebhookEvent.status.in_(FINISHED), WebhookEvent.received_at < cutoff)
     )
-    return result.rowcount
+    return result.rowcount  # type: ignore[attr-defined]  # DML: a CursorResult
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,11 @@ def idp() -> Iterator[OAuthFake]:
 
 @pytest.fixture
 def tls_idp(tmp_path: Path) -> Iterator[tuple[OAuthFake, str]]:
-    """The OAuth fake over https with a self-signed certificate; (fake, CA bundle path)."""
+    """The OAuth fake over https with a self-signed certificate; (fake, its certificate as PEM text)."""
     cert, key = self_signed_cert(tmp_path)
     fake = OAuthFake().start(cert, key)
     try:
-        yield fake, cert
+        yield fake, Path(cert).read_text()  # a connection's ca_bundle is PEM text
     finally:
         fake.stop()
 
@@ -218,7 +218,7 @@ async def test_docusign_jwt_grant_via_the_sdk_over_tls_and_a_bad_key_needs_reaut
 
 
 async def test_demo_org_shows_every_provider_pending_once(api: httpx.AsyncClient, hub: Hub) -> None:
-    from hub import demo
+    from app import demo
 
     key = await demo.bootstrap(hub)
     assert await demo.bootstrap(hub) is None  # second start: nothing new

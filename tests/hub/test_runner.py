@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hub.runner import stop_within
+from app.runner import stop_within
 
 
 async def test_stop_within_cancels_what_outlives_the_grace_and_returns_every_outcome() -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hub.cli import app
 from temporalio.client import Client
 from typer.testing import CliRunner
 
 from hub.auth import create_key
-from hub.cli import app
 from hub.runtime import Hub
 from hub.settings import Settings
 from tests.conftest import bearer
@@ -34,7 +34,7 @@ def settings(tmp_path: Path, vault_keys: str, task_queue: str) -> Settings:
                     http_allowlist=["127.0.0.1/32"])
 
 
-async def until(api: httpx.AsyncClient, key: str, path: str, check, timeout: float = 60) -> dict:  # noqa: ANN001
+async def until(api: httpx.AsyncClient, key: str, path: str, check, timeout: float = 60) -> dict:
     """GET ``path`` until ``check(body)`` holds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

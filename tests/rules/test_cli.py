@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hub.cli import app
+from app.cli import app
 from hub.settings import get_settings
 from rules.defaults import EXAMPLES_DIR, PEAK_PIPELINE
 

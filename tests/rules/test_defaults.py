@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from app.demo import load_demo
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store import Database
 from hub.store.resources import current_versions, select_pipeline
 from hub.vault import Vault
-from rules.defaults import default_files, load_demo
+from rules.defaults import default_files
 from rules.loader import load_path
 
 

@@ -14,6 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from rules.engine import compile_rules
     from rules.loader import load_path
     from rules.pipeline import TransitionContext, compile_pipeline
+    from worker import WORKFLOW_RUNNER
 
 
 @workflow.defn(sandboxed=True)
@@ -44,7 +45,7 @@ async def test_pipeline_and_rules_evaluate_in_the_workflow_sandbox(client: Clien
         },
     }
     docs = {"pipeline": load_path(PEAK_PIPELINE).documents[0].data, "rule": rule}
-    async with Worker(client, task_queue=task_queue, workflows=[EvaluateInWorkflow]):
+    async with Worker(client, task_queue=task_queue, workflows=[EvaluateInWorkflow], workflow_runner=WORKFLOW_RUNNER):
         result = await client.execute_workflow(
             EvaluateInWorkflow.run,
             docs,

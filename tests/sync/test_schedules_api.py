@@ -8,7 +8,7 @@ from datetime import timedelta
 import httpx
 from temporalio.client import Client
 
-from hub import sync_schedules
+from activities import sync_schedules
 from hub.auth import create_key
 from hub.runtime import Hub
 from hub.store.connections import Connection

@@ -15,12 +15,12 @@ from temporalio.worker import Worker
 
 from activities.rule_runs import RuleActivities
 from activities.webhooks import WebhookActivities
+from app.webhooks_cli import signed_request
 from hub.auth import ensure_org
 from hub.runtime import Hub
 from hub.store.connections import Connection, secret_owner
 from hub.store.inbox import WebhookEvent
 from hub.store.secrets import put_secret
-from webhooks.cli import signed_request
 from webhooks.inbox import CredentialCache
 from webhooks.receivers import scheme_for
 from worker import WORKFLOW_RUNNER

@@ -28,7 +28,7 @@ MAPPED = {
 }
 
 
-def _body(path) -> bytes:  # noqa: ANN001
+def _body(path) -> bytes:
     raw = path.read_bytes()
     if path.parent.name == "slack" and path.suffix == ".json":
         doc = json.loads(raw)
@@ -37,7 +37,7 @@ def _body(path) -> bytes:  # noqa: ANN001
     return raw
 
 
-def _ctype(path) -> str:  # noqa: ANN001
+def _ctype(path) -> str:
     if path.parent.name == "slack" and b"payload=" in _body(path)[:8]:
         return "application/x-www-form-urlencoded"
     return content_type(path)
@@ -209,7 +209,7 @@ def test_graph_lifecycle_notifications(lifecycle: str, work: str) -> None:
     assert follow_up("generic", event) is None  # only Graph's own events lead to Graph calls
 
 
-def _document_event(body: bytes):  # noqa: ANN202
+def _document_event(body: bytes):
     [part] = split_delivery("microsoft", body, {"content-type": "application/json"})
     [event] = map_event("microsoft", part.type, part.body, part.content_type).events
     assert event.type == "document.changed" and event.opportunity_id is None

@@ -16,11 +16,12 @@ from temporalio.client import Client, ScheduleActionStartWorkflow, ScheduleHandl
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, Worker
 
+from activities import sync_schedules
 from activities.connections import ConnectionActivities
 from activities.connector_types import provider_task_queue
+from activities.graph_types import GRAPH_SUBSCRIPTION_WORKFLOW, GraphSubscriptionInput, graph_subscription_id
 from activities.sync import SyncActivities, SyncFetcher
 from activities.sync_types import sync_schedule_id
-from hub import sync_schedules
 from hub.runtime import Hub
 from hub.store.connections import Connection, secret_owner
 from hub.store.secrets import put_secret
@@ -29,13 +30,7 @@ from tests.fakes.graph_server import APP_ID, DRIVE_ID, GraphFake
 from tests.webhooks.conftest import ORG, RUNNER, wait_until
 from tests.workflows.opportunity_kit import GRAPH_TOKEN, connect
 from worker import build_workers
-from workflows.graph_subscription import (
-    GRAPH_SUBSCRIPTION_WORKFLOW,
-    GraphSubscriptionInput,
-    GraphSubscriptionResult,
-    GraphSubscriptionWorkflow,
-    graph_subscription_id,
-)
+from workflows.graph_subscription import GraphSubscriptionResult, GraphSubscriptionWorkflow
 from workflows.sync import SyncWorkflow
 
 PUBLIC = "https://hub.example.com"
@@ -165,7 +160,7 @@ async def test_without_a_public_url_no_schedule_is_made_and_the_log_says_why(
     assert hub.settings.public_url is None
     with GraphFake(tokens=(GRAPH_TOKEN,)) as graph:
         conn = await _graph_connection(hub, graph)
-        with caplog.at_level(logging.WARNING, logger="hub.sync_schedules"):
+        with caplog.at_level(logging.WARNING, logger="activities.sync_schedules"):
             assert await sync_schedules.ensure_graph_upkeep(client, hub.settings, conn, run_now=True) is None
     assert await _gone(client, graph_subscription_id(ORG, conn.id))
     assert f"no Graph subscription upkeep for connection {conn.id}: HUB_PUBLIC_URL is not set" in caplog.text

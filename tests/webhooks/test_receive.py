@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import update
 
+from app.webhooks_cli import signed_request
 from connectors import signing
 from hub.runtime import Hub
 from hub.store.connections import secret_owner
@@ -27,7 +28,6 @@ from tests.webhooks.conftest import (
 )
 from tests.webhooks.fixtures import validation_transcripts
 from tests.webhooks.test_signing import PRIVATE, PUBLIC
-from webhooks.cli import signed_request
 from webhooks.inbox import CredentialCache
 
 

@@ -26,11 +26,11 @@ from activities.connector_types import provider_task_queue
 from activities.rule_runs import RuleActivities
 from activities.rule_types import RulePlan, RulePlanInput
 from activities.sync import SyncActivities, SyncFetcher
+from activities.sync_schedules import remove_schedules
 from activities.webhooks import WebhookActivities
 from hub.runtime import Hub
 from hub.store.connections import Connection, secret_owner
 from hub.store.secrets import put_secret
-from hub.sync_schedules import remove_schedules
 from hub.temporal import data_converter
 from hub.vault import Vault, parse_keys
 from tests.conftest import bearer, shared_data

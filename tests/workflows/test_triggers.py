@@ -37,7 +37,7 @@ def with_opportunity(xml: bytes) -> bytes:
     return xml.replace(b"<CustomFields>\n         <CustomField>", b"<CustomFields>" + OPPORTUNITY_FIELD + b"<CustomField>", 1)
 
 
-async def settled(api: httpx.AsyncClient, key: str, check, timeout: float = 60) -> dict:  # noqa: ANN001
+async def settled(api: httpx.AsyncClient, key: str, check, timeout: float = 60) -> dict:
     """The opportunity once ``check(view)`` holds and no effect is pending."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

@@ -37,21 +37,21 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.sync_types import SYNC_WORKFLOW, SyncInput, SyncTarget, sync_schedule_id, sync_workflow_id
-from connectors.catalogue import Duration, catalogue
-from connectors.sync import declared_models
-from hub.runtime import Hub, TemporalUnavailable
-from hub.settings import Settings
-from hub.store.connections import Connection
-from workflows.graph_subscription import (
+from activities.graph_types import (
     CREATE_SUBSCRIPTION,
     GRAPH_SUBSCRIPTION_WORKFLOW,
     UPKEEP_EVERY,
     GraphSubscriptionInput,
     graph_subscription_id,
 )
+from activities.sync_types import SYNC_WORKFLOW, SyncInput, SyncTarget, sync_schedule_id, sync_workflow_id
+from connectors.catalogue import Duration, catalogue
+from connectors.sync import declared_models
+from hub.runtime import Hub, TemporalUnavailable
+from hub.settings import Settings
+from hub.store.connections import Connection
 
-log = logging.getLogger("hub.sync_schedules")
+log = logging.getLogger("activities.sync_schedules")
 
 INTERVALS_KEY = "sync_intervals"  # connection config: {model: interval} overrides
 MIN_INTERVAL = timedelta(minutes=1)

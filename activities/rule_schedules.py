@@ -27,13 +27,12 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.rule_types import ScheduledRuleInput
+from activities.rule_types import SCHEDULED_RULE_WORKFLOW, ScheduledRuleInput
 from hub.runtime import Hub, TemporalUnavailable
 from hub.store.resources import ResourceVersion, current_versions
 from rules.validate import interval_seconds
-from workflows.scheduled_rule import SCHEDULED_RULE
 
-log = logging.getLogger("hub.rule_schedules")
+log = logging.getLogger("activities.rule_schedules")
 PREFIX = "rule/"
 
 
@@ -55,7 +54,7 @@ def _schedule(row: ResourceVersion, task_queue: str) -> Schedule:
     sid = schedule_id(row.org_id, row.name)
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            SCHEDULED_RULE,
+            SCHEDULED_RULE_WORKFLOW,
             ScheduledRuleInput(org_id=row.org_id, rule=row.name, version=row.version, schedule=expression),
             id=sid, task_queue=task_queue,
         ),
@@ -76,7 +75,7 @@ async def sync_rule(client: Client, task_queue: str, org_id: str, name: str, row
                 raise
             return "none"
         return "removed"
-    schedule = _schedule(row, task_queue)  # type: ignore[arg-type]
+    schedule = _schedule(row, task_queue)
     try:
         await client.create_schedule(handle.id, schedule)
         return "created"

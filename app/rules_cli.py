@@ -86,8 +86,8 @@ def apply(
 
 
 async def _apply_files(results: list[LoadResult], org: str | None, dry_run: bool) -> int:
+    from app.cli import load_settings
     from hub.auth import ensure_org
-    from hub.cli import load_settings
     from hub.store import Database
     from hub.store.resources import apply_resource
     from rules.validate import ResourceInvalid, format_path
@@ -142,7 +142,7 @@ async def _apply_files(results: list[LoadResult], org: str | None, dry_run: bool
 
 async def _sync_schedules(settings: Any, db: Any, orgs: list[str]) -> None:
     """Bring the Temporal Schedules of the orgs' ``on: schedule`` rules in line (best effort, 10 s)."""
-    from hub import rule_schedules
+    from activities import rule_schedules
     from hub.runtime import Hub
     from hub.vault import Vault
 
@@ -235,7 +235,7 @@ def _kinds(kind: str | None) -> list[str]:
 
 
 async def _current(org: str, kinds: list[str]) -> list[Any]:
-    from hub.cli import load_settings
+    from app.cli import load_settings
     from hub.store import Database
     from hub.store.resources import list_resources
 

@@ -108,7 +108,7 @@ def send(
     """Sign FIXTURE with the connection's secret and post it to /webhooks/PROVIDER/ID."""
     import httpx
 
-    from hub.cli import fail, load_settings
+    from app.cli import fail, load_settings
     from hub.store import Database
     from hub.vault import Vault
     from webhooks.inbox import CredentialCache

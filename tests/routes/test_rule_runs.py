@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hub.cli import app
+from app.cli import app
 from temporalio.client import Client
 from typer.testing import CliRunner
 

@@ -112,6 +112,7 @@ class OpportunityState(BaseModel):
     runs: int = 1
     closed: dict | None = None  # {"outcome": "lost", "reason", "actor", "at"} once closed lost
     archived: bool = False
+    hub_fields: dict[str, Any] = Field(default_factory=dict)  # dotted path -> value set by rules (hub-owned)
 
     @property
     def owner(self) -> str | None:
@@ -208,6 +209,7 @@ class Preparation(BaseModel):
     plan: RulePlan
     provider_connected: bool
     crm_callback: bool
+    insights: bool = True  # the org's ai.insights flag: recompute the insight on stage changes
 
 
 class CrmEventInput(BaseModel):

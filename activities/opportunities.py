@@ -21,6 +21,7 @@ from activities.rule_runs import current_rules, plan_events
 from connectors.catalogue import catalogue
 from hub import crm_signing
 from hub.egress import DestinationRefused
+from hub.flags import flag_enabled
 from hub.runtime import Hub
 from hub.store.connections import Connection
 from hub.store.opportunities import upsert_projection
@@ -70,10 +71,12 @@ class OpportunityActivities:
                 )
             )
             org = await session.get(Org, input.org_id)
+            insights = await flag_enabled(session, input.org_id, "ai.insights")
         return Preparation(
             plan=plan_events(ruleset, input.events),
             provider_connected=bool(connected),
             crm_callback=bool(org and org.crm_callback_url),
+            insights=insights,
         )
 
     @activity.defn(name=PROJECT)
@@ -92,6 +95,9 @@ class OpportunityActivities:
             "state": state.model_dump(mode="json"),
             "created_at": state.created_at,
             "updated_at": state.updated_at,
+            "branch": state.opp.get("branch"),
+            "owner": state.owner,
+            "archived": state.archived,
         }
         visits = [
             {

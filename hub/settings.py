@@ -80,6 +80,15 @@ class Settings(BaseSettings):
         return [f"http://{host}:{self.temporal_ui_port}" for host in ("127.0.0.1", "localhost")]
 
     @property
+    def base_url(self) -> str:
+        """The hub's URL as providers and browsers reach it: ``HUB_PUBLIC_URL``, else the API's own address."""
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    def webhook_url(self, provider: str, connection_id: str) -> str:
+        """Where a connection's provider posts its webhooks."""
+        return f"{self.base_url}/webhooks/{provider}/{connection_id}"
+
+    @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite under the data dir."""
         if self.database_url:

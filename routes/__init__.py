@@ -17,4 +17,4 @@ from webhooks import router as webhooks_router
 
 ROUTERS: list[APIRouter] = [orgs.router, opportunities.router, webhook_events.router, webhooks_router.router,
                             resources.router, connections.router, connections.oauth_router, syncs.router,
-                            leads.router, ai_models.router, forecasts.router]
+                            leads.router, ai_models.router, ai_models.retraining, forecasts.router]

@@ -3,7 +3,7 @@ the base rate on the newest window.
 
 History is ordered by time (deals by close date, leads by creation). The newest ``WINDOW`` share is held out:
 the challenger's procedure is trained on what came before and scored on it, against the current model (the
-champion, as it is) and the base rate of the older part. The challenger — then refitted on all of the history —
+champion, as it is) and the base rate of the older part (for deals: of their snapshots, the model's own task). The challenger — then refitted on all of the history —
 is promoted only when its Brier score on the window is lower than both. Every decision and its figures are kept
 with the challenger's row in ``ai_models`` (``metrics.challenge``), promoted or not.
 """
@@ -66,8 +66,7 @@ def challenge_deals(deals: Sequence[Deal], champion: DealModel | None,
     trial = train_deals(older, mapping)
     snaps = snapshot(window, trial.typical)
     current = champion.probabilities(snapshot(window, champion.typical)) if champion else None
-    base = float(np.mean([d.won for d in older]))
-    decision = _decide("deals", snaps.y, trial.probabilities(snaps), current, base, len(older),
+    decision = _decide("deals", snaps.y, trial.probabilities(snaps), current, trial.base_rate, len(older),
                        (str(window[0].closed), str(window[-1].closed)))
     return train_deals(history, mapping), decision
 

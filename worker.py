@@ -13,8 +13,9 @@ from activities.ai_types import ai_training_queue
 from activities.connections import ConnectionActivities
 from activities.connector_types import provider_task_queue
 from activities.sync import SyncFetcher
-from connectors.catalogue import catalogue
+from connectors.catalogue import RateLimit, catalogue
 from hub.runtime import Hub
+from hub.temporal import configure_fairness
 from workflows import WORKFLOWS
 
 #: The sandbox re-imports every non-passthrough module for each workflow run; the hub's own packages are
@@ -38,7 +39,7 @@ def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> li
             workflows=WORKFLOWS,
             activities=build_activities(hub),
             workflow_runner=WORKFLOW_RUNNER,
-            disable_eager_activity_execution=True,  # eager activities would bypass task-queue rate limits
+            disable_eager_activity_execution=True,  # eager activities would bypass task-queue fairness
         ),
         *provider_workers(client, queue, ConnectionActivities(hub)),
         Worker(client, task_queue=ai_training_queue(queue),
@@ -47,23 +48,29 @@ def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> li
 
 
 def provider_workers(client: Client, main_queue: str, connectors: ConnectionActivities) -> list[Worker]:
-    """One worker per catalogue provider on its own task queue (``{main}-{action prefix}``), whose
-    ``connector.run_action`` and ``sync.fetch_page`` tasks share the provider's budget.
+    """One worker per catalogue provider on its own task queue (``{main}-{action prefix}``), running its
+    ``connector.run_action`` and ``sync.fetch_page`` tasks.
 
-    The server hands the tasks out at the provider's ``queue_per_second`` (95% of its published rate):
-    the ceiling across every worker process, but a token bucket that lets a second's worth through at once
-    after a pause. ``connectors`` paces the calls of this process at the same average rate and holds them to
-    the limit's hard windows on the times they actually leave. The two run at the same rate on purpose: a
-    faster queue would pile tasks up in the worker (waiting out their start-to-close timeout in the pacer,
-    for minutes on a one-request-a-second provider), a slower one would leave the pacer idle; the server's
-    bucket makes up its own late hand-outs, so the pacer keeps a small backlog and is the one that binds."""
+    No rate is set here: a provider's limit belongs to each connection, not to the queue. The server hands
+    each connection's tasks out at its rate and interactive ones first (task-queue fairness, set up by
+    ``configure_provider_queues``), across every worker process; each request the tasks make then draws
+    from the connection's budget (activities/budgets.py)."""
     fetcher = SyncFetcher(connectors)
     return [
         Worker(
             client,
             task_queue=provider_task_queue(main_queue, entry.action_prefix),
             activities=[connectors.run_action, fetcher.fetch_page],
-            max_task_queue_activities_per_second=connectors.limit(entry).queue_per_second,
         )
         for entry in catalogue().providers.values()
     ]
+
+
+async def configure_provider_queues(client: Client, main_queue: str, limits: dict[str, RateLimit] | None = None) -> None:
+    """On the server, each provider queue's per-fairness-key rate (a key is a connection) is the provider's
+    published limit (``limits`` overrides by action prefix); a connection with a limit of its own gets a
+    matching weight when its first task runs (``ConnectionActivities``)."""
+    for entry in catalogue().providers.values():
+        limit = (limits or {}).get(entry.action_prefix) or entry.rate_limit
+        await configure_fairness(client, provider_task_queue(main_queue, entry.action_prefix),
+                                 key_rate=limit.per_second)

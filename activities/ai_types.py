@@ -84,6 +84,20 @@ class LeadScoreResult(BaseModel):
     source: str
 
 
+def lead_next_action(scored: dict) -> dict:
+    """What to do next with a scored lead (documented bands of its 0-100 score; the top factor is the why)."""
+    score = float(scored.get("score") or 0.0)
+    factors = scored.get("factors") or []
+    why = factors[0].get("text") if factors else None
+    if score >= 70:
+        code, title, within = "call_now", "Call the lead today: it looks sales-ready", 1
+    elif score >= 40:
+        code, title, within = "qualify", "Qualify the lead: book a discovery call this week", 7
+    else:
+        code, title, within = "nurture", "Add the lead to a nurture sequence", 30
+    return {"code": code, "title": title, "due_in_days": within, "score": score, "reasoning": why}
+
+
 class TrainModelInput(BaseModel):
     """Train the model of one stored training job (``ai_training_jobs``)."""
 

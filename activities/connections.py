@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import math
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, TypeVar
 
@@ -29,7 +27,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import sync_schedules
+from activities.budgets import Budgets, budget_key
 from activities.connector_types import (
+    BULK_PRIORITY,
     CONNECTION_FAILED,
     CONNECTION_FAILED_EVENT,
     CONNECTION_REFRESH,
@@ -37,6 +37,7 @@ from activities.connector_types import (
     CONNECTION_WORKFLOW,
     ERR_BAD_PARAMS,
     ERR_CONNECTION,
+    ERR_DESTINATION,
     ERR_GONE,
     ERR_PROVIDER,
     ERR_RATE_LIMITED,
@@ -56,19 +57,20 @@ from activities.connector_types import (
     TokenState,
     connection_workflow_id,
 )
-from connectors.base import ACTIONS, ActionContext, ProviderError
+from connectors.base import ACTIONS, REQUEST_GATE, ActionContext, ProviderError, provider_http_client
 from connectors.catalogue import Provider, RateLimit, catalogue, import_action_modules
-from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, obtain_token
+from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, obtain_token, refresh_lead
+from hub import temporal as hub_temporal
+from hub.egress import DestinationRefused
 from hub.runtime import Hub
 from hub.store.base import utcnow
 from hub.store.connections import Connection
-from hub.store.oauth import as_utc, load_secrets, store_tokens
+from hub.store.oauth import load_secrets, store_tokens
 from hub.store.orgs import record_audit
 
 log = logging.getLogger("activities.connections")
 T = TypeVar("T")
 
-EXPIRY_SKEW = timedelta(seconds=30)
 SECRETS_TTL = 60.0  # seconds a connection's decrypted secrets are reused while its token version holds
 CONNECTION_TTL = 5.0  # seconds provider calls reuse a connection's row (status and config changes apply within)
 STORE_ATTEMPTS = 5
@@ -85,8 +87,8 @@ def token_state(conn: Connection | None, provider: Provider | None = None) -> To
         return TokenState(status="missing", exists=False, refreshes=False)
     entry = provider or catalogue().get(conn.provider)
     return TokenState(
-        status=conn.status, version=conn.token_version, expires_at=as_utc(conn.access_expires_at),
-        next_refresh_at=as_utc(conn.next_refresh_at), refreshes=entry.refreshes,
+        status=conn.status, version=conn.token_version, expires_at=conn.access_expires_at,
+        next_refresh_at=conn.next_refresh_at, refreshes=entry.refreshes,
     )
 
 
@@ -121,7 +123,8 @@ class _StoredTokens:
                  secrets: dict[str, str]) -> None:
         self._owner, self._conn, self._provider, self._secrets = owner, conn, provider, secrets
         self.version = conn.token_version
-        self.expires_at = as_utc(conn.access_expires_at)
+        self.expires_at = conn.access_expires_at
+        self.skew = _expiry_skew(conn)
         self.renewed = False
 
     async def access_token(self) -> str:
@@ -130,8 +133,9 @@ class _StoredTokens:
             return self._secrets["api_key"]
         if mode == "basic":
             raise RuntimeError("a basic-auth connection has no token: use ctx.auth_headers()")
-        expiring = self.expires_at is not None and self.expires_at <= utcnow() + EXPIRY_SKEW
-        if "access_token" not in self._secrets or expiring:
+        expiring = self.expires_at is not None and self.expires_at <= utcnow() + self.skew
+        renewing = self._owner.renewing(self._conn.id, self.version)  # wait for it rather than meet a 401
+        if "access_token" not in self._secrets or expiring or renewing:
             return await self.fresh_token()
         return self._secrets["access_token"]
 
@@ -147,87 +151,73 @@ class _StoredTokens:
     def secret(self, name: str) -> str | None:
         return self._secrets.get(name)
 
-
-class Pacer:
-    """Paces one provider's calls from this process: ``per_second`` on average, and never more than
-    ``requests`` in any window of ``seconds``, for each ``(requests, seconds)`` in ``windows``.
-
-    Callers get the slots of an even schedule in call order; the schedule never runs ahead of time, so there
-    is no burst after an idle spell. When a caller's slot comes, the times calls actually left decide: the
-    windows are checked against a log of them, so they hold however late a busy event loop woke the caller
-    and however many callers it woke at once. A caller may leave half a slot after the previous one, so
-    callers a stall made late catch up with the schedule as far as the windows allow, in a quick succession
-    rather than a burst: a late call does not push back every later one (as spacing from the previous
-    departure would), only, through the windows, the one a window later. ``clock`` and ``sleep`` are
-    injectable for tests.
-    """
-
-    def __init__(self, per_second: float, windows: Sequence[tuple[int, float]] = (), *,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
-        self.interval, self.windows = 1.0 / per_second, list(windows)
-        self._clock, self._sleep = clock, sleep
-        self._kept = max([self.interval, *(seconds for _, seconds in self.windows)])
-        self._sent: deque[float] = deque()  # when the calls of the last ``_kept`` seconds left, oldest first
-        self._next = -math.inf  # the schedule's next slot
-
-    async def wait(self) -> None:
-        """Return when this caller may call the provider (its call is logged as leaving now)."""
-        slot = max(self._clock(), self._next)
-        self._next = slot + self.interval
-        while (pause := self._until(slot)) > 0:
-            await self._sleep(pause)
-        self._sent.append(self._clock())
-
-    def _until(self, slot: float) -> float:
-        """Seconds until ``slot`` has come and the calls already sent leave room for one more."""
-        now = self._clock()
-        while self._sent and self._sent[0] <= now - self._kept:
-            self._sent.popleft()
-        ready = slot
-        if self._sent:
-            ready = max(ready, self._sent[-1] + self.interval / 2)
-        for requests, seconds in self.windows:
-            if len(self._sent) >= requests:  # the call ``requests`` back must have left ``seconds`` ago
-                ready = max(ready, self._sent[-requests] + seconds)
-        return ready - now
+    async def current(self, request: httpx.Request | None) -> None:
+        """Just before a request leaves: if this process is renewing the token it carries, wait for the new one,
+        or if it already holds a newer one, take that; a plain HTTP request is sent with it (no 401 meets a
+        refresh under way or just done; an SDK call, whose token is set, takes it on its re-run)."""
+        if not self._provider.refreshes:
+            return
+        old = self._secrets.get("access_token")
+        latest = self._owner.latest_version(self._conn.id)
+        if self._owner.renewing(self._conn.id, self.version):
+            await self.fresh_token()
+        elif latest > self.version:
+            self._secrets = await self._owner.secrets_of(self._conn.id, latest)
+            self.version, self.renewed = latest, True
+        new = self._secrets.get("access_token")
+        if request is not None and old and new != old and request.headers.get("authorization") == f"Bearer {old}":
+            request.headers["Authorization"] = f"Bearer {new}"
 
 
 class ConnectionActivities:
     """Activities bound to the hub runtime (database, vault, settings) and one shared HTTP client.
 
-    ``limits`` overrides providers' rate limits (by action prefix); the default is the catalogue's. A
-    provider's calls leave through one ``Pacer`` per provider, set from its ``RateLimit``: the same average
-    rate as the worker gives the provider's task queue, plus the limit's hard windows.
+    ``limits`` overrides providers' rate limits (by action prefix); the default is the catalogue's, and a
+    connection's ``config.rate_limit`` overrides that. Every request a provider sees draws from its connection's
+    budget (``budgets``, shared by all worker processes through the database) before it leaves.
     """
 
     def __init__(self, hub: Hub, limits: dict[str, RateLimit] | None = None) -> None:
         self.hub = hub
+        self.budgets = Budgets(hub.db)
         self._http: httpx.AsyncClient | None = None
         self._limits = limits or {}
-        self._pacers: dict[str, Pacer] = {}
+        self._weights: dict[tuple[str, str], float] = {}  # (task queue, fairness key) → weight set on the server
         self._renewals: dict[tuple[str, int], asyncio.Future[TokenState]] = {}
+        self._latest: dict[str, int] = {}  # connection id → the newest token version this process was handed
         self._secret_cache: dict[str, _CachedSecrets] = {}
         self._conn_cache: dict[tuple[str, str, str | None], _CachedConnection] = {}
         import_action_modules()
 
-    def limit(self, provider: Provider) -> RateLimit:
-        """The rate limit this process applies to the provider."""
-        return self._limits.get(provider.action_prefix) or provider.rate_limit
-
-    def _pacer(self, provider: Provider) -> Pacer:
-        pacer = self._pacers.get(provider.key)
-        if pacer is None:
-            limit = self.limit(provider)
-            pacer = self._pacers[provider.key] = Pacer(limit.queue_per_second, limit.windows)
-        return pacer
+    def limit(self, provider: Provider, conn: Connection | None = None) -> RateLimit:
+        """The provider's rate limit (for ``conn``: its own ``config.rate_limit``, if it has one)."""
+        limit = self._limits.get(provider.action_prefix) or provider.rate_limit
+        own = (conn.config or {}).get("rate_limit") if conn is not None else None
+        if not own:
+            return limit
+        try:
+            return RateLimit.model_validate({**limit.model_dump(), **own})
+        except ValidationError as exc:
+            raise ApplicationError(f"connection {conn.id}: invalid config.rate_limit: {exc.errors()[0]['msg']}",
+                                   type=ERR_CONNECTION, non_retryable=True) from None
 
     @property
     def http(self) -> httpx.AsyncClient:
-        """The HTTP client handed to actions (created on first use, in the worker's event loop)."""
+        """The HTTP client handed to actions (created on first use, in the worker's event loop): through the
+        egress policy (connection URLs are the tenant's), and every request it sends first passes the provider
+        call's request gate (its draw from the connection's budget)."""
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30, connect=10))
+            self._http = provider_http_client(transport=self.hub.egress.httpx_transport(),
+                                              timeout=httpx.Timeout(30, connect=10))
         return self._http
+
+    def renewing(self, connection_id: str, version: int) -> bool:
+        """Whether this process is already asking for a token newer than ``version`` of the connection."""
+        return (connection_id, version) in self._renewals
+
+    def latest_version(self, connection_id: str) -> int:
+        """The newest token version of the connection this process was handed by its ConnectionWorkflow."""
+        return self._latest.get(connection_id, 0)
 
     async def aclose(self) -> None:
         """Close the shared HTTP client."""
@@ -299,32 +289,71 @@ class ConnectionActivities:
         fn: Callable[[ActionContext], Awaitable[T]],
     ) -> tuple[T, str]:
         """Run ``fn`` against a provider exactly as an action runs (from an activity): on the given (or the
-        org's single active) connection, paced to the provider's rate, re-run once after a 401 with a fresh
-        token from the ConnectionWorkflow, failures mapped by ``provider_failure``. Returns (result,
-        connection id). An empty ``idempotency_key`` is derived from the workflow and activity ids."""
+        org's single active) connection, every request it makes drawn from the connection's budget (as
+        interactive or bulk work, from the task's priority), re-run once after a 401 with a fresh token from
+        the ConnectionWorkflow, failures mapped by ``provider_failure``. Returns (result, connection id). An
+        empty ``idempotency_key`` is derived from the workflow and activity ids."""
         conn = await self.usable_connection(org_id, provider.key, connection_id)
+        limit = self.limit(provider, conn)
+        info = activity.info()
+        await self._weigh(info, provider, limit)
+        key = budget_key(provider, limit, conn.id)
+        interactive = (info.priority.priority_key or 0) < BULK_PRIORITY
         tokens = _StoredTokens(self, conn, provider, await self.secrets_of(conn.id, conn.token_version))
+
+        async def gate(request: httpx.Request | None = None) -> None:
+            await self.budgets.draw(key, limit, interactive=interactive, provider=provider.key)
+            await tokens.current(request)
+
+        passing = REQUEST_GATE.set(gate)
+        try:
+            return await self._call(provider, conn, tokens, idempotency_key, fn)
+        finally:
+            REQUEST_GATE.reset(passing)
+
+    async def _call(self, provider: Provider, conn: Connection, tokens: _StoredTokens, idempotency_key: str,
+                    fn: Callable[[ActionContext], Awaitable[T]]) -> tuple[T, str]:
         info = activity.info()
         ctx = ActionContext(
             connection_id=conn.id, org_id=conn.org_id, provider=provider.key, config=dict(conn.config),
             base_url=provider.endpoints(conn.config).base_url,
             idempotency_key=idempotency_key or f"{info.workflow_id or 'activity'}/{info.activity_id}",
-            http=self.http, tokens=tokens,
+            http=self.http, tokens=tokens, egress=self.hub.egress,
         )
+        try:  # a refused base_url fails at once and for good; the guarded clients refuse any later hop too
+            await self.hub.egress.admit(ctx.base_url)
+        except DestinationRefused as exc:
+            raise ApplicationError(f"{provider.key} base_url refused: {exc}", type=ERR_DESTINATION,
+                                   non_retryable=True) from None
         for attempt in (1, 2):
-            await self._pacer(provider).wait()
+            version = tokens.version
             try:
                 return await fn(ctx), conn.id
             except (ProviderError, httpx.HTTPStatusError) as exc:
                 err = exc if isinstance(exc, ProviderError) else ProviderError.from_response(exc.response)
-                if err.status == 401 and attempt == 1 and provider.refreshes and not tokens.renewed:
-                    await tokens.fresh_token()
+                if err.status == 401 and attempt == 1 and provider.refreshes and (
+                        tokens.version > version or not tokens.renewed):
+                    if tokens.version == version:  # else renewed while this attempt ran: the newer token now
+                        await tokens.fresh_token()
                     continue
                 raise provider_failure(provider, err) from None
             except httpx.TransportError as exc:
                 raise ApplicationError(f"{provider.key} unreachable: {type(exc).__name__}",
                                        type=ERR_UNAVAILABLE) from None
+            except DestinationRefused as exc:
+                raise ApplicationError(f"{provider.key} request refused: {exc}", type=ERR_DESTINATION,
+                                       non_retryable=True) from None
         raise AssertionError("unreachable")
+
+    async def _weigh(self, info: activity.Info, provider: Provider, limit: RateLimit) -> None:
+        """A connection whose own limit differs from its provider's gets a matching fairness weight on the
+        provider's task queue (the server's per-key rate is the provider's, scaled by the key's weight)."""
+        fairness_key = info.priority.fairness_key
+        weight = round(limit.per_second / provider.rate_limit.per_second, 4)
+        if not fairness_key or self._weights.get((info.task_queue, fairness_key), 1.0) == weight:
+            return
+        await hub_temporal.configure_fairness(activity.client(), info.task_queue, weights={fairness_key: weight})
+        self._weights[(info.task_queue, fairness_key)] = weight
 
     async def request_fresh_token(self, conn: Connection, seen_version: int) -> TokenState:
         """A token state newer than ``seen_version``. Concurrent callers in this process share one request
@@ -335,6 +364,7 @@ class ConnectionActivities:
             pending = self._renewals[key] = asyncio.ensure_future(self._ask_workflow(conn, seen_version))
             pending.add_done_callback(lambda _: self._renewals.pop(key, None))
         state = await asyncio.shield(pending)
+        self._latest[conn.id] = max(self._latest.get(conn.id, 0), state.version)
         self._conn_cache = {k: c for k, c in self._conn_cache.items()
                             if c.conn.id != conn.id or c.conn.token_version >= state.version}
         return state
@@ -404,7 +434,8 @@ class ConnectionActivities:
             secrets = await load_secrets(session, self.hub.vault, conn.id)
         provider = catalogue().get(conn.provider)
         try:
-            tokens = await obtain_token(provider, provider.endpoints(conn.config), ClientAuth.for_connection(conn.config, secrets))
+            auth = ClientAuth.for_connection(conn.config, secrets, self.hub.egress)
+            tokens = await obtain_token(provider, provider.endpoints(conn.config), auth)
         except TokenEndpointError as exc:
             message = str(exc)
             if exc.reauth and interrupted:
@@ -484,6 +515,14 @@ async def _usable_connection(session, org_id: str, provider: str, connection_id:
     if conn.status != "active":
         raise ApplicationError(f"connection {conn.id} is {conn.status}", type=ERR_CONNECTION, non_retryable=True)
     return conn
+
+
+def _expiry_skew(conn: Connection) -> timedelta:
+    """How long before its expiry a caller treats the access token as expired and asks for a newer one: half
+    the refresh lead of its lifetime, so the ConnectionWorkflow's own refresh (a full lead early) comes first."""
+    expires, issued = conn.access_expires_at, conn.last_refresh_at
+    lifetime = expires - issued if expires is not None and issued is not None and expires > issued else None
+    return refresh_lead(lifetime) / 2
 
 
 def retry_delay(provider: Provider, headers: dict[str, str], now: datetime | None = None) -> timedelta | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import Priority, RetryPolicy
 
 # Activity names.
 RUN_ACTION = "connector.run_action"
@@ -32,6 +32,7 @@ CONNECTION_FAILED_EVENT = "connection.failed"
 ERR_RATE_LIMITED = "ProviderRateLimited"
 ERR_PROVIDER = "ProviderError"
 ERR_UNAVAILABLE = "ProviderUnavailable"
+ERR_DESTINATION = "DestinationRefused"  # the egress policy refused a connection URL
 ERR_UNAUTHORIZED = "ProviderUnauthorized"
 ERR_CONNECTION = "ConnectionUnavailable"
 ERR_BAD_PARAMS = "InvalidActionParams"
@@ -43,6 +44,12 @@ ERR_TOKEN_ENDPOINT = "TokenEndpointUnavailable"  # transient: retried
 ERR_TOKEN_REFUSED = "TokenEndpointRefused"  # refused for another reason: not retried by the activity
 ERR_GONE = "ConnectionGone"  # the connection was deleted
 ERR_RETRY_LATER = "RefreshUnavailable"  # the Update's "token endpoint failing, try again later"
+
+# Task priorities on a provider's queue (1 is served first): actions a transition or a webhook caused go before
+# bulk sync pages of the same connection, on the server (priority_key) and in the request budget (a bulk request
+# never reserves a slot ahead of an interactive one: activities/budgets.py).
+INTERACTIVE_PRIORITY = 1
+BULK_PRIORITY = 4
 
 ACTION_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -61,6 +68,12 @@ def provider_of(action: str) -> str:
 def provider_task_queue(main_task_queue: str, provider: str) -> str:
     """The rate-limited task queue of one provider's activities."""
     return f"{main_task_queue}-{provider}"
+
+
+def provider_priority(org_id: str, connection_id: str | None, priority_key: int) -> Priority:
+    """A provider task's priority: its fairness key is its connection (the server hands each key's tasks out at
+    the provider's per-connection rate, fairly between keys), or its org when the task names no connection."""
+    return Priority(priority_key=priority_key, fairness_key=connection_id or f"org:{org_id}"[:64])
 
 
 def connection_workflow_id(org_id: str, connection_id: str) -> str:
@@ -139,10 +152,11 @@ async def execute_action(
     schedule_to_close_timeout: timedelta = timedelta(minutes=30),
     retry_policy: RetryPolicy = ACTION_RETRY,
 ) -> ActionResult:
-    """From a workflow: run ``call`` on its provider's rate-limited task queue and return the result.
+    """From a workflow: run ``call`` on its provider's task queue, as interactive work of its connection (see
+    ``provider_priority``), and return the result.
 
     The provider queue differs from the workflow's own queue, so the activity is never executed eagerly
-    (eager execution would bypass the task-queue rate limit).
+    (eager execution would bypass the task queue's fairness and per-key rate limits).
     """
     return await workflow.execute_activity(
         RUN_ACTION,
@@ -152,4 +166,5 @@ async def execute_action(
         schedule_to_close_timeout=schedule_to_close_timeout,
         retry_policy=retry_policy,
         result_type=ActionResult,
+        priority=provider_priority(call.org_id, call.connection_id, INTERACTIVE_PRIORITY),
     )

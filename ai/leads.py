@@ -289,7 +289,7 @@ class LeadModel:
 
     source = "model"
     moment = MOMENTS[-1]
-    earlier: dict[str, LeadModel] = {}  # noqa: RUF012 - replaced per instance, never mutated
+    earlier: dict[str, LeadModel] = {}
 
     def __init__(
         self,

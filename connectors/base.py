@@ -11,6 +11,9 @@ A provider module registers its actions with the decorator::
         client = AsyncWebClient(token=await ctx.access_token(), base_url=ctx.base_url + "/")
         ...
 
+Every request a provider sees draws from its connection's budget before it leaves: ``ctx.http`` does this
+itself; an action using an SDK with its own HTTP stack awaits ``ctx.before_request()`` before each SDK call.
+
 The activity ``connector.run_action`` (activities/connections.py) finds the action, validates the
 params, builds the ``ActionContext`` and maps failures: an action raises ``ProviderError`` (or lets an
 ``httpx.HTTPStatusError`` escape) and the activity turns 429 into a retry after the provider's
@@ -24,12 +27,14 @@ from __future__ import annotations
 import json
 from base64 import b64encode
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
+from hub.egress import EgressPolicy
 from rules.actions import register_action
 
 P = TypeVar("P", bound=BaseModel)
@@ -65,6 +70,21 @@ class ActionSpec:
 
 ACTIONS: dict[str, ActionSpec] = {}
 
+#: What every request a provider sees awaits before it leaves: its draw from the connection's request budget.
+#: Set by the activity for the provider call it runs (activities/connections.py); None outside one.
+#: Given the request when it is a plain ``httpx`` one (the gate may bring its bearer token up to date).
+REQUEST_GATE: ContextVar[Callable[[httpx.Request | None], Awaitable[object]] | None] = ContextVar(
+    "request_gate", default=None)
+
+
+async def before_request(request: httpx.Request | None = None) -> None:
+    """Pass the current provider call's request gate: once before each request. ``ctx.http`` does it for every
+    request it sends (as its request hook); an SDK client with its own transport calls ``ctx.before_request()``
+    before each SDK call (each makes one request: the SDKs' own retries are off)."""
+    gate = REQUEST_GATE.get()
+    if gate is not None:
+        await gate(request)
+
 
 def action(name: str, params: type[P]) -> Callable[[Callable[[ActionContext, P], Awaitable[dict]]], Any]:
     """Register ``async def f(ctx: ActionContext, params: ParamsModel) -> dict`` as action ``name``."""
@@ -82,9 +102,15 @@ def action(name: str, params: type[P]) -> Callable[[Callable[[ActionContext, P],
     return register
 
 
+def provider_http_client(**kwargs: Any) -> httpx.AsyncClient:
+    """The HTTP client handed to actions as ``ctx.http``: every request it sends passes ``before_request``."""
+    return httpx.AsyncClient(event_hooks={"request": [before_request]}, **kwargs)
+
+
 @dataclass
 class ActionContext:
-    """What an action may use: its connection's identity, config, base URL, credentials and HTTP client."""
+    """What an action may use: its connection's identity, config, base URL, credentials and HTTP clients
+    (``http``, or the egress policy's clients for SDKs that bring their own stack)."""
 
     connection_id: str
     org_id: str
@@ -94,6 +120,8 @@ class ActionContext:
     idempotency_key: str
     http: httpx.AsyncClient
     tokens: TokenSource = field(repr=False)
+    #: the egress policy: SDKs not on ``http`` take their clients from it (``hub.egress``)
+    egress: EgressPolicy = field(default_factory=EgressPolicy, repr=False)
 
     async def access_token(self) -> str:
         """A valid access token (OAuth2 modes) or the API key (api_key mode)."""
@@ -113,6 +141,10 @@ class ActionContext:
         if username is not None and password is not None:
             return {"Authorization": "Basic " + b64encode(f"{username}:{password}".encode()).decode()}
         return {"Authorization": f"Bearer {await self.access_token()}"}
+
+    async def before_request(self) -> None:
+        """Draw one request from the connection's budget (see ``before_request``); SDK clients call it per call."""
+        await before_request()
 
     def url(self, path: str) -> str:
         """``base_url`` joined with a path."""

@@ -66,17 +66,19 @@ class _Strict(BaseModel):
 
 
 class RateLimit(_Strict):
-    """The provider's published request rate, and the share of it the hub uses (on average ``queue_per_second``).
+    """The provider's published request rate, what it belongs to, and the share of it the hub uses.
 
-    ``windows`` are the hard limits the hub keeps to, measured on the times requests leave it: the provider's
-    own limit over a window stretched by ``1 / headroom`` (so a request may reach a per-second provider up to
-    53 ms later than its neighbours, at 0.95, without the provider seeing more than its limit), and
-    ⌈headroom × per_second⌉ in any second (so catching up after a stall never fills the provider's second: the
-    requests left over absorb those a stalled event loop held back after they were counted).
+    ``scope`` says whose budget it is: ``connection`` (the connection's own account, workspace or tenant —
+    each connection has its own budget) or ``app`` (one budget for the hub's app across every connection).
+    Every request the provider sees draws from that budget, across all worker processes, at
+    ``queue_per_second`` (headroom × the limit): requests leave evenly spaced, so however late a busy
+    process sends one (up to ``1 / headroom - 1`` of the provider's window, 53 ms at 0.95 on a per-second
+    limit), the provider never sees more than its limit in any window.
     """
 
     per_second: PositiveFloat
     headroom: float = Field(0.95, gt=0, le=1)
+    scope: Literal["connection", "app"] = "connection"
 
     @property
     def _window(self) -> tuple[int, float]:
@@ -85,16 +87,15 @@ class RateLimit(_Strict):
         return max(1, math.floor(self.per_second * seconds + 1e-9)), seconds
 
     @property
-    def windows(self) -> list[tuple[int, float]]:
-        """(requests, seconds): never more than that many requests leave in any window that long."""
-        requests, seconds = self._window
-        return [(requests, seconds / self.headroom), (math.ceil(self.per_second * self.headroom - 1e-9), 1.0)]
-
-    @property
     def queue_per_second(self) -> float:
-        """The average rate: the task queue's ``max_task_queue_activities_per_second`` and the pacer's."""
+        """The rate the hub draws requests at (headroom × the published limit)."""
         requests, seconds = self._window
         return self.headroom * requests / seconds
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two requests drawn from one budget."""
+        return 1.0 / self.queue_per_second
 
 
 class RetrySpec(_Strict):

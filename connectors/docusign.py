@@ -80,15 +80,14 @@ async def send_envelope(ctx: ActionContext, params: SendEnvelope) -> dict:
     api, account = _api(ctx, await ctx.access_token()), _account(ctx)
     since = (datetime.now(UTC) - DEDUPE_WINDOW).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def send() -> dict:
-        found = api.list_status_changes(account, from_date=since, custom_field=f"{REQUEST_FIELD}={marker}")
-        if found.envelopes:
-            envelope = found.envelopes[0]
-            return {"envelope_id": envelope.envelope_id, "status": envelope.status, "created": False}
-        summary = api.create_envelope(account, envelope_definition=definition)
-        return {"envelope_id": summary.envelope_id, "status": summary.status, "created": True}
-
-    out = await _run(send)
+    found = await _run(ctx, lambda: api.list_status_changes(account, from_date=since,
+                                                            custom_field=f"{REQUEST_FIELD}={marker}"))
+    if found.envelopes:
+        envelope = found.envelopes[0]
+        out = {"envelope_id": envelope.envelope_id, "status": envelope.status, "created": False}
+    else:
+        summary = await _run(ctx, lambda: api.create_envelope(account, envelope_definition=definition))
+        out = {"envelope_id": summary.envelope_id, "status": summary.status, "created": True}
     return {**out, "opportunity_id": params.opportunity_id}
 
 
@@ -96,7 +95,7 @@ async def send_envelope(ctx: ActionContext, params: SendEnvelope) -> dict:
 async def envelope_status(ctx: ActionContext, params: EnvelopeStatus) -> dict:
     """GET the envelope with its custom fields and recipients."""
     api, account = _api(ctx, await ctx.access_token()), _account(ctx)
-    envelope = await _run(lambda: api.get_envelope(account, params.envelope_id, include="custom_fields,recipients"))
+    envelope = await _run(ctx, lambda: api.get_envelope(account, params.envelope_id, include="custom_fields,recipients"))
     fields = (envelope.custom_fields.text_custom_fields or []) if envelope.custom_fields else []
     signers = (envelope.recipients.signers or []) if envelope.recipients else []
     return {
@@ -113,6 +112,7 @@ async def envelope_status(ctx: ActionContext, params: EnvelopeStatus) -> dict:
 
 def _api(ctx: ActionContext, token: str) -> EnvelopesApi:
     client = ApiClient(host=ctx.base_url.rstrip("/"))
+    ctx.egress.guard_pools(client.rest_client.pool_manager)
     # urllib3 would otherwise sleep out a 429's Retry-After and retry inside the thread: retries are the
     # activity's (Temporal's); connection failures may still be retried here.
     client.rest_client.pool_manager.connection_pool_kw["retries"] = Retry(total=2, respect_retry_after_header=False)
@@ -131,9 +131,11 @@ def _template_id(ctx: ActionContext, template: str) -> str:
     return str((ctx.config.get("templates") or {}).get(template, template))
 
 
-async def _run(call: Callable[[], T]) -> T:
-    """Run a blocking SDK call in a thread; DocuSign's error answers become ``ProviderError``."""
+async def _run(ctx: ActionContext, call: Callable[[], T]) -> T:
+    """Run one blocking SDK call (one request) in a thread, drawn from the connection's budget; DocuSign's error
+    answers become ``ProviderError``."""
     try:
+        await ctx.before_request()
         return await asyncio.to_thread(call)
     except ApiException as exc:
         if not exc.status:  # no HTTP answer: a network failure, retried by the activity

@@ -116,6 +116,7 @@ class _Stripe:
     def __init__(self, ctx: ActionContext) -> None:
         self.ctx = ctx
         self.http = HTTPXClient()
+        self.http._client_async = ctx.egress.httpx_client()  # the egress policy's (the SDK has no transport option)
 
     async def __aenter__(self) -> _Stripe:
         self.sdk = StripeClient(await self.ctx.access_token(), base_addresses={"api": self.ctx.base_url},
@@ -133,6 +134,7 @@ class _Stripe:
     async def call(self, request: Callable[[Any], Awaitable[T]], step: str) -> T:
         """Run one SDK request with its idempotency key; Stripe's errors become ``ProviderError``."""
         try:
+            await self.ctx.before_request()
             return await request({"idempotency_key": self.idempotency_key(step)})
         except StripeError as exc:
             if exc.http_status is None:  # network failure: let the activity retry it

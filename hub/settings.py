@@ -41,7 +41,15 @@ class Settings(BaseSettings):
     webhook_relay: bool = Field(default=True, description="run the webhook inbox relay inside the API process")
     webhook_max_attempts: int = Field(default=5, description="failed processing attempts before dead-letter")
     http_allowlist: list[str] = Field(
-        default_factory=list, description="hosts or CIDRs the http.post action may reach although private"
+        default_factory=list,
+        description="hosts or CIDRs a tenant-directed request (connection URLs, CRM callback, http.post) may reach "
+        "although private or loopback: the egress policy's one opening",
+    )
+    ca_bundle_dir: Path | None = Field(
+        default=None, description="the one directory a connection's ca_bundle may name a file in (else PEM text only)"
+    )
+    api_key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="how long a process reuses a resolved API key; bounds a revocation's delay elsewhere"
     )
     shared_data: Path = Path("../shared/data")
     log_level: str = "INFO"

@@ -9,7 +9,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from hub.settings import Settings
 from hub.telemetry import temporal_interceptor
-from hub.vault import EncryptionCodec, Vault
+from hub.vault import DataKeys, EncryptionCodec, Vault
 
 
 def provider_queue(settings: Settings, provider: str) -> str:
@@ -17,16 +17,52 @@ def provider_queue(settings: Settings, provider: str) -> str:
     return f"{settings.task_queue}-{provider}"
 
 
-def data_converter(vault: Vault):  # noqa: ANN201 - temporalio DataConverter
-    """Pydantic-aware converter whose payloads are encrypted by the vault."""
-    return dataclasses.replace(pydantic_data_converter, payload_codec=EncryptionCodec(vault))
+def data_converter(vault: Vault, keys: DataKeys | None = None):  # noqa: ANN201 - temporalio DataConverter
+    """Pydantic-aware converter whose payloads are encrypted: an org's under its data key (``keys``), the rest by
+    the vault."""
+    return dataclasses.replace(pydantic_data_converter, payload_codec=EncryptionCodec(vault, keys))
 
 
-async def connect(settings: Settings, vault: Vault, address: str | None = None) -> Client:
+async def connect(settings: Settings, vault: Vault, address: str | None = None, keys: DataKeys | None = None) -> Client:
     """A Temporal client for the hub's namespace."""
     return await Client.connect(
         address or settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=data_converter(vault),
+        data_converter=data_converter(vault, keys),
         interceptors=[temporal_interceptor()],
     )
+
+
+#: What the Temporal server needs switched on (dynamic config) for the hub's provider queues: the new matcher
+#: with task-queue fairness (per-connection keys, per-key rate limits, priority keys), and one partition per
+#: queue, so that one partition sees every task of a key (rate and priority are kept per partition).
+SERVER_DYNAMIC_CONFIG = {
+    "matching.useNewMatcher": "true",
+    "matching.enableFairness": "true",
+    "matching.numTaskqueueReadPartitions": "1",
+    "matching.numTaskqueueWritePartitions": "1",
+}
+
+
+def dev_server_args() -> list[str]:
+    """``temporal server start-dev`` arguments setting ``SERVER_DYNAMIC_CONFIG``."""
+    return [arg for name, value in SERVER_DYNAMIC_CONFIG.items() for arg in ("--dynamic-config-value", f"{name}={value}")]
+
+
+async def configure_fairness(client: Client, task_queue: str, *, key_rate: float | None = None,
+                             weights: dict[str, float] | None = None) -> None:
+    """Set an activity task queue's fairness configuration on the server (as ``temporal task-queue config set``
+    does): the rate each fairness key's tasks are handed out at (scaled by the key's weight), and weights."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import RateLimit
+    from temporalio.api.workflowservice.v1 import UpdateTaskQueueConfigRequest
+
+    request = UpdateTaskQueueConfigRequest(
+        namespace=client.namespace, identity=client.identity, task_queue=task_queue,
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+        set_fairness_weight_overrides=weights or {},
+    )
+    if key_rate is not None:
+        request.update_fairness_key_rate_limit_default.CopyFrom(UpdateTaskQueueConfigRequest.RateLimitUpdate(
+            rate_limit=RateLimit(requests_per_second=key_rate), reason="fulqrun-hub: per-connection provider budget"))
+    await client.workflow_service.update_task_queue_config(request)

@@ -32,7 +32,6 @@ from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep, TemporalDep
 from hub.problems import Problem
 from hub.store.ai import AiModel, AiTrainingJob, activate_model, new_job_id
 from hub.store.orgs import record_audit
-from routes.leads import as_utc
 from workflows.ai_training import AiTrainingWorkflow
 
 router = APIRouter(prefix="/v1/ai/models", tags=["ai"])
@@ -57,8 +56,8 @@ class AiModelPublic(BaseModel):
 
 def _public(row: AiModel) -> AiModelPublic:
     return AiModelPublic(id=row.id, kind=row.kind, version=row.version, active=row.active, pinned=row.pinned,
-                         origin=row.origin, metrics=row.metrics,
-                         mapping=row.mapping, created_by=row.created_by, created_at=as_utc(row.created_at))
+                         origin=row.origin, metrics=row.metrics, mapping=row.mapping, created_by=row.created_by,
+                         created_at=row.created_at)
 
 
 class TrainingJobPublic(BaseModel):
@@ -82,8 +81,8 @@ class TrainingJobPublic(BaseModel):
 def _job_public(job: AiTrainingJob) -> TrainingJobPublic:
     return TrainingJobPublic(id=job.id, kind=job.kind, status=job.status, stage=job.stage, progress=job.progress,
                              rows=job.rows, columns=job.columns, model_id=job.model_id, error=job.error,
-                             created_by=job.created_by, created_at=as_utc(job.created_at),
-                             updated_at=as_utc(job.updated_at))
+                             created_by=job.created_by, created_at=job.created_at,
+                             updated_at=job.updated_at)
 
 
 def _parse_mapping(kind: str, mapping: str | None) -> dict | None:

@@ -4,10 +4,11 @@ from workflows.ai_training import AiRetrainWorkflow, AiTrainingWorkflow
 from workflows.connection import ConnectionWorkflow
 from workflows.graph_subscription import GraphSubscriptionWorkflow
 from workflows.opportunity import OpportunityWorkflow
+from workflows.scheduled_rule import ScheduledRuleWorkflow
 from workflows.sync import SyncWorkflow
 from workflows.webhook_event import WebhookEventWorkflow
 
 WORKFLOWS: list[type] = [
     OpportunityWorkflow, WebhookEventWorkflow, ConnectionWorkflow, SyncWorkflow, GraphSubscriptionWorkflow,
-    AiTrainingWorkflow, AiRetrainWorkflow,
+    ScheduledRuleWorkflow, AiTrainingWorkflow, AiRetrainWorkflow,
 ]

@@ -29,9 +29,11 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.connector_types import (
+        BULK_PRIORITY,
         CONNECTION_FAILED,
         NON_RETRYABLE_ERRORS,
         FailureInput,
+        provider_priority,
         provider_task_queue,
     )
     from activities.sync_types import (
@@ -109,6 +111,7 @@ class SyncWorkflow:
         self._run = run
         page_size = run.page_size
         queue = provider_task_queue(workflow.info().task_queue, target.prefix)
+        bulk = provider_priority(target.org_id, target.connection_id, BULK_PRIORITY)  # after interactive actions
 
         fetched: list[PageRef] = []  # fetched (staged), not yet stored, in page order
         fetch_failure: list[ActivityError] = []
@@ -122,7 +125,7 @@ class SyncWorkflow:
                 FetchInput(target=target, run_id=run.run_id, cursor=cursor, page_size=page_size, page_no=page_no,
                            chained=chained),
                 task_queue=queue, result_type=PageRef, start_to_close_timeout=timedelta(minutes=2),
-                schedule_to_close_timeout=timedelta(minutes=30), retry_policy=FETCH_RETRY,
+                schedule_to_close_timeout=timedelta(minutes=30), retry_policy=FETCH_RETRY, priority=bulk,
             )
 
         async def fetch_chained(cursor: str | None) -> None:

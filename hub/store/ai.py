@@ -65,7 +65,7 @@ class AiModel(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     metrics: Mapped[dict] = mapped_column(default=dict)
     mapping: Mapped[dict] = mapped_column(default=dict)
-    artifact: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    artifact: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     created_by: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

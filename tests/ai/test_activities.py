@@ -29,7 +29,7 @@ OPP = {"name": "Initech", "amount": 25000.0, "close_date": "2026-06-15",
 EVENTS = [{"type": "payment.failed", "data": {}, "at": (NOW - timedelta(days=1)).isoformat()}]
 
 
-def request(**extra) -> OpportunityInsightInput:  # noqa: ANN003
+def request(**extra) -> OpportunityInsightInput:
     return OpportunityInsightInput(org_id="acme", opportunity_id="opp-1", opp=OPP, stage="engage",
                                    checklist={"discovery_call_done": True}, events=EVENTS, as_of=NOW, **extra)
 

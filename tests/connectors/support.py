@@ -16,12 +16,12 @@ with workflow.unsafe.imports_passed_through():  # the sandbox re-runs this modul
     from activities.connections import ConnectionActivities
     from activities.connector_types import ActionCall, ActionResult, execute_action, provider_task_queue
     from activities.rule_types import RecordRunsInput, RulePlan, RulePlanInput
-    from connectors.catalogue import RateLimit, catalogue
+    from connectors.catalogue import RateLimit
     from hub.runtime import Hub
     from hub.store.base import utcnow
     from hub.store.connections import Connection, secret_owner
     from hub.store.secrets import put_secret
-    from worker import WORKFLOW_RUNNER
+    from worker import WORKFLOW_RUNNER, configure_provider_queues
     from workflows.connection import ConnectionWorkflow
 
 CLIENT_ID = "hub-client"
@@ -105,18 +105,20 @@ async def connection_workers(
     rules: RulesStandIn | None = None,
 ) -> AsyncIterator[ConnectionActivities]:
     """The main queue (ConnectionWorkflow, RunActions, connection.* activities, rule stand-ins) and one
-    provider queue running ``connector.run_action`` under ``limit`` (the catalogue's if None)."""
-    acts = ConnectionActivities(hub, {provider_prefix: limit} if limit else None)
-    rate = acts.limit(catalogue().for_action(f"{provider_prefix}.x")).queue_per_second
+    provider queue running ``connector.run_action`` under ``limit`` (the catalogue's if None), configured on
+    the server as the worker configures it."""
+    limits = {provider_prefix: limit} if limit else None
+    acts = ConnectionActivities(hub, limits)
     rules = rules or RulesStandIn()
     main = hub.settings.task_queue
+    await configure_provider_queues(client, main, limits)
     try:
         async with (
             Worker(client, task_queue=main, workflows=[ConnectionWorkflow, RunActions],
                    activities=[*acts.lifecycle(), rules.plan, rules.record_runs],
                    workflow_runner=WORKFLOW_RUNNER, disable_eager_activity_execution=True),
             Worker(client, task_queue=provider_task_queue(main, provider_prefix), activities=[acts.run_action],
-                   max_task_queue_activities_per_second=rate, max_concurrent_activities=200),
+                   max_concurrent_activities=200),
         ):
             yield acts
     finally:

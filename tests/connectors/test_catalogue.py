@@ -103,16 +103,24 @@ def test_sync_models_are_declared_with_cursor_page_size_and_interval() -> None:
     assert catalogue().get("microsoft").syncs[0].cursor == "delta_link"
 
 
-async def test_worker_runs_each_provider_queue_at_95_percent_of_its_limit_without_eager_activities(
-    hub: Hub, client: Client
-) -> None:
-    from worker import build_workers
+async def test_provider_queues_limit_each_connection_on_the_server_not_the_queue(hub: Hub, client: Client) -> None:
+    """No queue-wide rate (one org's burst would hold every other org back): the server hands out each
+    fairness key's (connection's) tasks at the provider's published limit; no eager activities."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    from worker import build_workers, configure_provider_queues
 
     workers = build_workers(hub, client)
     main, providers = workers[0], workers[1:]
     assert main.config()["disable_eager_activity_execution"] is True
-    rates = {w.task_queue: w.config()["max_task_queue_activities_per_second"] for w in providers}
+    assert all(w.config()["max_task_queue_activities_per_second"] is None for w in providers)
+    await configure_provider_queues(client, hub.settings.task_queue)
     for entry in catalogue().providers.values():
-        queue = f"{hub.settings.task_queue}-{entry.action_prefix}"
-        assert rates[queue] == pytest.approx(entry.rate_limit.per_second * 0.95)
-    assert rates[f"{hub.settings.task_queue}-stripe"] == pytest.approx(23.75)
+        described = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+            namespace="default", task_queue=TaskQueue(name=f"{hub.settings.task_queue}-{entry.action_prefix}"),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, report_config=True))
+        rate = described.config.fairness_keys_rate_limit_default.rate_limit.requests_per_second
+        assert rate == pytest.approx(entry.rate_limit.per_second, rel=1e-6)
+        assert not described.config.HasField("queue_rate_limit")

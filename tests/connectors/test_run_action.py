@@ -98,7 +98,7 @@ async def test_secrets_are_read_once_per_token_version_and_a_rotated_token_is_us
     reads: list[str] = []
     load_secrets = connections.load_secrets
 
-    async def counted(session, vault, connection_id):  # noqa: ANN001, ANN202
+    async def counted(session, vault, connection_id):
         reads.append(connection_id)
         return await load_secrets(session, vault, connection_id)
 
@@ -116,6 +116,22 @@ async def test_secrets_are_read_once_per_token_version_and_a_rotated_token_is_us
     calls = [path for _, path in idp.arrivals if path.startswith("/api/")]
     assert 5 < sum(p.startswith("/api/b/") for p in calls) <= 10  # those that began before the refresh met a 401
     assert sum(p.startswith("/api/c/") for p in calls) == 5  # the rotated token, straight from the cache
+
+
+async def test_a_token_the_provider_dropped_meets_one_401_not_a_storm(
+    client: Client, hub: Hub, idp: OAuthFake
+) -> None:
+    """Forty actions at the provider's pace after it dropped the token: the first request meets a 401 and
+    asks for a refresh; the rest wait for the new token (or take it once it is there) instead of meeting one."""
+    conn = await _connection(hub, idp)
+    idp.token_delay = 0.2  # a token endpoint that takes its time: ten requests' worth at 50/s
+    async with connection_workers(client, hub, limit=RateLimit(per_second=50)):
+        await _run(client, hub, [_call(conn, "/warm")])
+        idp.expire_all()
+        results = await _run(client, hub, [_call(conn, f"/d/{i}") for i in range(40)])
+    assert all(not isinstance(r, str) for r in results)
+    assert idp.token_calls.count("refresh_token") == 1
+    assert len([path for _, path in idp.arrivals if path.startswith("/api/d/")]) <= 41  # one 401 at most
 
 
 async def test_which_connection_an_action_runs_on(client: Client, hub: Hub, idp: OAuthFake) -> None:

@@ -16,14 +16,14 @@ from activities.connections import ConnectionActivities
 from activities.connector_types import provider_task_queue
 from activities.sync import PageSource, SyncActivities, SyncFetcher
 from activities.sync_types import FetchInput, PageData, RecordData, SyncInput, SyncTarget
-from connectors.catalogue import RateLimit, catalogue
+from connectors.catalogue import RateLimit
 from hub.auth import ensure_org
 from hub.runtime import Hub
 from hub.store.connections import Connection, secret_owner
 from hub.store.inbox import WebhookEvent
 from hub.store.secrets import put_secret
 from hub.store.sync import SyncedRecord, SyncPage, SyncState
-from worker import WORKFLOW_RUNNER
+from worker import WORKFLOW_RUNNER, configure_provider_queues
 from workflows.sync import SyncWorkflow
 
 AUTH_MODES = {"stripe": "api_key", "gong": "basic", "docusign": "jwt_grant", "microsoft": "client_credentials"}
@@ -83,18 +83,18 @@ async def sync_workers(client: Client, hub: Hub, prefix: str, source: PageSource
     """The main queue (SyncWorkflow, sync bookkeeping, connection.mark_failed) and ``prefix``'s provider queue
     running ``fetcher``'s ``sync.fetch_page`` (its pages from ``source`` if given, else from the provider) under
     ``limit`` (the catalogue's if None), configured as ``worker.py`` configures them."""
-    connections = ConnectionActivities(hub, {prefix: limit} if limit else None)
-    rate = connections.limit(catalogue().for_action(f"{prefix}.sync")).queue_per_second
+    limits = {prefix: limit} if limit else None
+    connections = ConnectionActivities(hub, limits)
     acts = SyncActivities(hub)
     main = hub.settings.task_queue
+    await configure_provider_queues(client, main, limits)
     try:
         async with (
             Worker(client, task_queue=main, workflows=[SyncWorkflow],
                    activities=[*acts.main_queue(), connections.mark_failed], workflow_runner=WORKFLOW_RUNNER,
                    disable_eager_activity_execution=True),
             Worker(client, task_queue=provider_task_queue(main, prefix),
-                   activities=[fetcher(connections, source).fetch_page],
-                   max_task_queue_activities_per_second=rate),
+                   activities=[fetcher(connections, source).fetch_page]),
         ):
             yield acts
     finally:

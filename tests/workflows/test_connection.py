@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -166,8 +167,10 @@ async def test_invalid_grant_marks_needs_reauth_audits_and_routes_connection_fai
             await h.execute_update(FRESH_TOKEN_UPDATE, TokenRequest(seen_version=1), result_type=TokenState)
 
 
-async def test_scheduled_refresh_ahead_of_expiry(client: Client, hub: Hub, idp: OAuthFake) -> None:
-    idp.expires_in = 32  # refreshed 30 s early: the first refresh is due within ~2 s
+async def test_scheduled_refresh_follows_the_tokens_lifetime(client: Client, hub: Hub, idp: OAuthFake) -> None:
+    """Refreshed a fifth of its lifetime early — a 2-second token every 1.6 s — and never more often than the
+    token lives (a fixed lead longer than the lifetime would refresh without end)."""
+    idp.expires_in = 2
     conn = await _authorised(hub, idp, expires_in=None)
     async with connection_workers(client, hub):
         handle = await client.start_workflow(
@@ -175,14 +178,19 @@ async def test_scheduled_refresh_ahead_of_expiry(client: Client, hub: Hub, idp: 
             id=connection_workflow_id(conn.org_id, conn.id), task_queue=hub.settings.task_queue,
         )
         await handle.execute_update(FRESH_TOKEN_UPDATE, TokenRequest(seen_version=1), result_type=TokenState)
+        started = time.monotonic()
         for _ in range(100):  # the scheduled refresh is stored, not just requested
             state = await handle.query(ConnectionWorkflow.status)
             if state.version >= 3:
                 break
             await asyncio.sleep(0.1)
+        await asyncio.sleep(3)
+        elapsed = time.monotonic() - started
         await handle.signal(ConnectionWorkflow.stop)
     assert idp.token_calls[:2] == ["refresh_token", "refresh_token"]
     assert state.version >= 3
+    scheduled = len(idp.token_calls) - 1  # after the requested one
+    assert 2 <= scheduled <= elapsed / 1.6 + 1, (scheduled, elapsed)
 
 
 async def _ask(handle: WorkflowHandle, seen_version: int) -> TokenState:
@@ -213,7 +221,7 @@ async def test_crash_safety_tokens_are_stored_by_the_activity_that_received_them
     conn = await _authorised(hub, idp)
     writes = []
 
-    async def flaky_store(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    async def flaky_store(*args, **kwargs):
         writes.append(kwargs["from_version"])
         if len(writes) == 1:
             raise OperationalError("UPDATE connections", {}, Exception("database is locked"))

@@ -1,7 +1,7 @@
 """AI: training jobs (uploads trained off the API process), the moment of a lead's score, pinned models.
 
 Revision ID: 0014
-Revises: 0009
+Revises: 0012
 """
 
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0014"
-down_revision = "0009"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

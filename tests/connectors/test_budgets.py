@@ -1,0 +1,66 @@
+"""Request budgets in the hub's database: shared by every process, one per connection, interactive first."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from activities.budgets import BULK_HORIZON, Budgets, budget_key
+from connectors.catalogue import RateLimit, catalogue
+from hub.store import Database
+
+R50 = RateLimit(per_second=50)  # a slot every 1 / 47.5 s
+R5 = RateLimit(per_second=5)  # a slot every 0.21 s
+
+
+def most_in_any_second(slots: list[float]) -> int:
+    slots = sorted(slots)
+    return max(sum(1 for other in slots if start <= other < start + 1.0) for start in slots)
+
+
+async def test_processes_sharing_a_budget_get_evenly_spaced_slots(db: Database) -> None:
+    """Two workers (two Budgets on one database) drawing 60 requests at once from one connection's budget:
+    every slot is one interval after the one before, whoever took it, so no second holds more than the limit."""
+    first, second = Budgets(db), Budgets(db)
+    slots = await asyncio.gather(*(b.draw("generic_oauth2:c1", R50, interactive=True)
+                                   for _ in range(30) for b in (first, second)))
+    ordered = sorted(slots)
+    gaps = [later - earlier for earlier, later in zip(ordered, ordered[1:], strict=False)]
+    assert min(gaps) >= R50.interval - 1e-6
+    assert most_in_any_second(slots) <= 48  # ⌈0.95 × 50⌉: under the provider's 50 in any second
+    assert time.time() >= ordered[-1]  # each draw returned once its slot had come
+
+
+async def test_each_connection_has_its_own_budget(db: Database) -> None:
+    """A backlog on one connection's budget does not hold another connection's request back."""
+    budgets = Budgets(db)
+    busy = [asyncio.ensure_future(budgets.draw("generic_oauth2:busy", R5, interactive=True)) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    quiet = await budgets.draw("generic_oauth2:quiet", R5, interactive=True)
+    assert sum(not task.done() for task in busy) >= 7  # the busy connection is still ~2 s from its last slot
+    busy_slots = await asyncio.gather(*busy)
+    assert quiet < sorted(busy_slots)[3]
+
+
+async def test_interactive_requests_overtake_a_backfill(db: Database) -> None:
+    """Bulk requests waiting on a budget hold no slots ahead: an interactive request arriving behind ten of
+    them leaves within one interval (plus the quarter a bulk request may hold ahead), before most of them."""
+    budgets = Budgets(db)
+    bulk = [asyncio.ensure_future(budgets.draw("generic_oauth2:c2", R5, interactive=False)) for _ in range(10)]
+    await asyncio.sleep(0.3)
+    asked = time.time()
+    urgent = await budgets.draw("generic_oauth2:c2", R5, interactive=True)
+    bulk_slots = await asyncio.gather(*bulk)
+    assert urgent - asked <= R5.interval * (1 + BULK_HORIZON) + 0.1  # 0.1 s: the database round trips
+    assert sum(slot > urgent for slot in bulk_slots) >= 7
+    ordered = sorted([*bulk_slots, urgent])
+    assert min(b - a for a, b in zip(ordered, ordered[1:], strict=False)) >= R5.interval - 1e-6
+
+
+def test_budget_keys_follow_the_catalogue_scope() -> None:
+    slack = catalogue().get("slack")
+    assert budget_key(slack, slack.rate_limit, "con_1") == "slack:con_1"
+    assert budget_key(slack, RateLimit(per_second=1, scope="app"), "con_1") == "slack:app"
+    assert R50.queue_per_second == 47.5 and R50.interval == 1 / 47.5
+    slow = RateLimit(per_second=0.83)  # one request per 1.2 s, at 95%
+    assert slow.queue_per_second == 0.95 / (1 / 0.83)

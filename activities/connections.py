@@ -59,13 +59,13 @@ from activities.connector_types import (
 )
 from connectors.base import ACTIONS, REQUEST_GATE, ActionContext, ProviderError, provider_http_client
 from connectors.catalogue import Provider, RateLimit, catalogue, import_action_modules
-from connectors.egress import DestinationRefused
 from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, obtain_token, refresh_lead
 from hub import temporal as hub_temporal
+from hub.egress import DestinationRefused
 from hub.runtime import Hub
 from hub.store.base import utcnow
 from hub.store.connections import Connection
-from hub.store.oauth import as_utc, load_secrets, store_tokens
+from hub.store.oauth import load_secrets, store_tokens
 from hub.store.orgs import record_audit
 
 log = logging.getLogger("activities.connections")
@@ -87,8 +87,8 @@ def token_state(conn: Connection | None, provider: Provider | None = None) -> To
         return TokenState(status="missing", exists=False, refreshes=False)
     entry = provider or catalogue().get(conn.provider)
     return TokenState(
-        status=conn.status, version=conn.token_version, expires_at=as_utc(conn.access_expires_at),
-        next_refresh_at=as_utc(conn.next_refresh_at), refreshes=entry.refreshes,
+        status=conn.status, version=conn.token_version, expires_at=conn.access_expires_at,
+        next_refresh_at=conn.next_refresh_at, refreshes=entry.refreshes,
     )
 
 
@@ -123,7 +123,7 @@ class _StoredTokens:
                  secrets: dict[str, str]) -> None:
         self._owner, self._conn, self._provider, self._secrets = owner, conn, provider, secrets
         self.version = conn.token_version
-        self.expires_at = as_utc(conn.access_expires_at)
+        self.expires_at = conn.access_expires_at
         self.skew = _expiry_skew(conn)
         self.renewed = False
 
@@ -520,7 +520,7 @@ async def _usable_connection(session, org_id: str, provider: str, connection_id:
 def _expiry_skew(conn: Connection) -> timedelta:
     """How long before its expiry a caller treats the access token as expired and asks for a newer one: half
     the refresh lead of its lifetime, so the ConnectionWorkflow's own refresh (a full lead early) comes first."""
-    expires, issued = as_utc(conn.access_expires_at), as_utc(conn.last_refresh_at)
+    expires, issued = conn.access_expires_at, conn.last_refresh_at
     lifetime = expires - issued if expires is not None and issued is not None and expires > issued else None
     return refresh_lead(lifetime) / 2
 

@@ -1,6 +1,6 @@
 """The ``http.post`` rule action: POST JSON to an outside URL, through the egress policy.
 
-``connectors.egress``: the host is resolved first and every address checked; the request then goes
+``hub.egress``: the host is resolved first and every address checked; the request then goes
 to the checked address itself (Host header and TLS SNI keep the name, so certificates are still
 verified against it), so a second DNS answer cannot rebind it. Redirects are never followed.
 """
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from connectors.egress import DestinationRefused, EgressPolicy, Resolver, resolve
+from hub.egress import DestinationRefused, EgressPolicy, Resolver, resolve
 from hub.runtime import Hub
 from rules.actions import HttpPost
 

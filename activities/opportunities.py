@@ -19,8 +19,8 @@ from activities.opportunity_types import (
 )
 from activities.rule_runs import current_rules, plan_events
 from connectors.catalogue import catalogue
-from connectors.egress import DestinationRefused
 from hub import crm_signing
+from hub.egress import DestinationRefused
 from hub.runtime import Hub
 from hub.store.connections import Connection
 from hub.store.opportunities import upsert_projection

@@ -38,6 +38,14 @@ app.add_typer(ai_app, name="ai")
 ADMIN_KEY_FILE = "admin-api-key"
 
 
+@app.callback()
+def private_files() -> None:
+    """Every file a command creates (data dir, backups) is readable by its owner only."""
+    from hub.datadir import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
+
+
 def load_settings() -> Settings:
     """Settings (and JSON logging at their level), or a clear one-line error and exit 2."""
     try:
@@ -120,7 +128,7 @@ def run(
 
             training = asyncio.create_task(demo.train_models(hub))
             training.add_done_callback(
-                lambda t: t.cancelled() or typer.echo(f"demo AI models: {t.exception() or t.result()}")
+                lambda t: None if t.cancelled() else typer.echo(f"demo AI models: {t.exception() or t.result()}")
             )
             try:
                 await serve(hub, api=True, worker=True, host=host, port=port, on_ready=ready)

@@ -8,6 +8,7 @@ import logging
 import httpx
 from sqlalchemy import select
 
+from activities import rule_schedules
 from activities.sync_schedules import ensure_org_schedules
 from connectors.catalogue import catalogue
 from hub.auth import create_key, ensure_org
@@ -40,6 +41,7 @@ async def bootstrap(hub: Hub) -> str | None:
             session, DEMO_ORG, [(p.key, p.display_name, p.auth_mode) for p in catalogue().providers.values()]
         )
     await ensure_org_schedules(hub, DEMO_ORG)
+    await rule_schedules.reconcile(hub, DEMO_ORG)
     return key
 
 

@@ -81,7 +81,7 @@ def attack_event() -> dict:
     return {"type": "payment.received", "opp": {"contacts": contacts}, "l": list(range(limits.MAX_ITEMS)), "s": text}
 
 
-async def prepare(hub) -> tuple[str, str, str, str]:  # noqa: ANN001
+async def prepare(hub) -> tuple[str, str, str, str]:
     from hub.auth import create_key, ensure_org
     from hub.store.connections import Connection, secret_owner
     from hub.store.resources import apply_resource

@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from connectors.egress import EgressPolicy
+from hub.egress import EgressPolicy
 from rules.actions import register_action
 
 P = TypeVar("P", bound=BaseModel)
@@ -120,7 +120,7 @@ class ActionContext:
     idempotency_key: str
     http: httpx.AsyncClient
     tokens: TokenSource = field(repr=False)
-    #: the egress policy: SDKs not on ``http`` take their clients from it (``connectors.egress``)
+    #: the egress policy: SDKs not on ``http`` take their clients from it (``hub.egress``)
     egress: EgressPolicy = field(default_factory=EgressPolicy, repr=False)
 
     async def access_token(self) -> str:

@@ -21,7 +21,7 @@ from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from connectors.catalogue import Endpoints, Provider
-from connectors.egress import DestinationRefused, EgressPolicy
+from hub.egress import DestinationRefused, EgressPolicy
 
 JWT_LIFETIME = 3600
 _RETRYABLE_OAUTH_ERRORS = {"temporarily_unavailable", "server_error", "slow_down", "ratelimited"}

@@ -43,7 +43,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import ActionContext, ProviderError, action, raise_for_status
-from connectors.egress import DestinationRefused
+from hub.egress import DestinationRefused
 
 ILLEGAL = re.compile(r'["*:<>?\\|]')
 CONFLICT = "@microsoft.graph.conflictBehavior"

@@ -77,7 +77,7 @@ def approval_blocks(params: PostApproval) -> list[dict[str, Any]]:
         buttons.append({
             "type": "button", "action_id": APPROVAL_ACTION_PREFIX + decision, "style": style,
             "text": {"type": "plain_text", "text": label},
-            "value": approval_value(params.opportunity_id, params.request, decision),  # type: ignore[arg-type]
+            "value": approval_value(params.opportunity_id, params.request, decision),
         })
     blocks.append({"type": "actions", "block_id": APPROVAL_BLOCK_ID, "elements": buttons})
     return blocks

@@ -193,7 +193,7 @@ def _safe_next(target: str | None) -> str:
 
 
 @router.get("/signin")
-async def signin_page(request: Request, next: str | None = None) -> HTMLResponse:  # noqa: A002
+async def signin_page(request: Request, next: str | None = None) -> HTMLResponse:
     """The sign-in form; a pre-session cookie carries its CSRF token."""
     token = request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(24)
     response = templates.TemplateResponse(request, "signin.html", {"csrf": token, "next": _safe_next(next)},
@@ -206,7 +206,7 @@ async def signin_page(request: Request, next: str | None = None) -> HTMLResponse
 @router.post("/signin")
 async def signin(
     request: Request, hub: HubDep, api_key: Annotated[str, Form()], csrf: Annotated[str, Form()] = "",
-    next: Annotated[str, Form()] = "/console",  # noqa: A002
+    next: Annotated[str, Form()] = "/console",
 ) -> Response:
     """Exchange an API key for a session cookie (the key itself is never stored in the browser)."""
     expected = request.cookies.get(SIGNIN_COOKIE, "")
@@ -292,7 +292,7 @@ async def sync_progress(c: Signed, connection_id: str) -> JSONResponse:
 
 @router.get("/inbox")
 async def inbox(
-    c: Signed, provider: str = "", status: str = "", type: str = "", cursor: str = "",  # noqa: A002
+    c: Signed, provider: str = "", status: str = "", type: str = "", cursor: str = "",
 ) -> HTMLResponse:
     """Webhook events, newest first, filtered by provider, status and type."""
     params = {k: v for k, v in {"provider": provider, "status": status, "type": type, "cursor": cursor}.items() if v}

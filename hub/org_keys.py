@@ -84,7 +84,7 @@ class OrgKeyring:
             result = await session.execute(delete(OrgDataKey).where(OrgDataKey.org_id == org_id))
         self._keys = {k: v for k, v in self._keys.items() if k[0] != org_id}
         self._current.pop(org_id, None)
-        return result.rowcount or 0
+        return getattr(result, "rowcount", 0) or 0
 
     async def _connection_org(self, connection_id: str) -> str | None:
         org = self._connection_orgs.get(connection_id)
@@ -108,7 +108,9 @@ class OrgKeyring:
         wrapped = self.vault.encrypt(base64.urlsafe_b64encode(raw).decode(), context=_context(org_id, key_id))
         async with self.db.session() as session:
             session.add(OrgDataKey(org_id=org_id, key_id=key_id, wrapped=wrapped))
-        return await self._newest(org_id)  # another process may have made one meanwhile: every one opens
+        newest = await self._newest(org_id)  # another process may have made one meanwhile: every one opens
+        assert newest is not None  # the row just committed, at least
+        return newest
 
     def _remember(self, row: OrgDataKey) -> AESGCM:
         raw = base64.urlsafe_b64decode(self.vault.decrypt(row.wrapped, context=_context(row.org_id, row.key_id)))

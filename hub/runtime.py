@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 from temporalio.client import Client
 
-from connectors.egress import EgressPolicy
 from hub.auth import KeyCache
+from hub.datadir import make_private
+from hub.egress import EgressPolicy
 from hub.org_keys import OrgKeyring
 from hub.settings import Settings
 from hub.store import Database
@@ -40,7 +41,7 @@ class Hub:
     @classmethod
     def from_settings(cls, settings: Settings, temporal_address: str | None = None) -> Hub:
         """Build the runtime; nothing is connected yet."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(settings.data_dir)
         return cls(
             settings=settings,
             db=Database(settings.resolved_database_url),
@@ -70,7 +71,7 @@ class Hub:
                     self._client = await asyncio.wait_for(
                         connect(self.settings, self.vault, self.temporal_address, self.keyring), timeout=5
                     )
-                except Exception as exc:  # noqa: BLE001 - any connect failure means unavailable
+                except Exception as exc:  # any connect failure means unavailable
                     raise TemporalUnavailable(f"Temporal at {self.temporal_address} unreachable: {exc}") from exc
         return self._client
 

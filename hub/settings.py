@@ -34,6 +34,10 @@ class Settings(BaseSettings):
         description="comma-separated 'key_id:base64url-32-bytes' entries, newest last",
     )
     max_body_bytes: int = 1_048_576
+    ai_upload_max_bytes: int = Field(default=16 * 1024 * 1024,
+                                     description="largest training CSV once decompressed (413 past it)")
+    ai_upload_max_rows: int = Field(default=100_000, description="most data rows in a training CSV (422 past it)")
+    ai_upload_max_columns: int = Field(default=200, description="most columns in a training CSV (422 past it)")
     webhook_relay: bool = Field(default=True, description="run the webhook inbox relay inside the API process")
     webhook_max_attempts: int = Field(default=5, description="failed processing attempts before dead-letter")
     http_allowlist: list[str] = Field(

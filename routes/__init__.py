@@ -6,6 +6,7 @@ from routes import (
     ai_models,
     api_keys,
     connections,
+    forecasts,
     leads,
     opportunities,
     orgs,
@@ -17,4 +18,4 @@ from webhooks import router as webhooks_router
 
 ROUTERS: list[APIRouter] = [orgs.router, opportunities.router, webhook_events.router, webhooks_router.router,
                             resources.router, connections.router, connections.oauth_router, syncs.router,
-                            leads.router, ai_models.router, api_keys.router]
+                            leads.router, ai_models.router, api_keys.router, forecasts.router]

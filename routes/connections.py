@@ -35,7 +35,6 @@ from activities.connector_types import (
 )
 from activities.sync_schedules import connection_changed
 from connectors.catalogue import Provider, catalogue
-from connectors.egress import EgressPolicy
 from connectors.oauth import (
     ClientAuth,
     TokenEndpointError,
@@ -45,6 +44,7 @@ from connectors.oauth import (
 )
 from connectors.oauth import next_refresh_at as due_refresh
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
+from hub.egress import EgressPolicy
 from hub.problems import Problem
 from hub.runtime import Hub, TemporalUnavailable
 from hub.settings import Settings
@@ -52,7 +52,6 @@ from hub.store.base import utcnow
 from hub.store.connections import Connection, secret_owner
 from hub.store.oauth import (
     OAuthState,
-    as_utc,
     consume_state,
     create_state,
     load_secrets,
@@ -148,16 +147,16 @@ async def _public(session, hub: Hub, conn: Connection, auth_url: str | None = No
         base_url=endpoints.base_url,
         scopes=endpoints.scopes,
         secrets=sorted(names),
-        access_expires_at=as_utc(conn.access_expires_at),
-        last_refresh_at=as_utc(conn.last_refresh_at),
-        next_refresh_at=as_utc(conn.next_refresh_at),
+        access_expires_at=conn.access_expires_at,
+        last_refresh_at=conn.last_refresh_at,
+        next_refresh_at=conn.next_refresh_at,
         last_error=conn.last_error,
         webhook_url=f"{_api_base(hub.settings)}/webhooks/{conn.provider}/{conn.id}"
         if entry.webhook
         else None,
         authorization_url=auth_url,
-        created_at=as_utc(conn.created_at),
-        updated_at=as_utc(conn.updated_at),
+        created_at=conn.created_at,
+        updated_at=conn.updated_at,
     )
 
 
@@ -248,7 +247,7 @@ async def _first_token(client: Client, hub: Hub, conn: Connection) -> None:
     """Ask the (new) ConnectionWorkflow for the first token; failures end up in the connection's status."""
     ref = ConnectionRef(org_id=conn.org_id, connection_id=conn.id)
     try:
-        await client.execute_update_with_start_workflow(
+        await client.execute_update_with_start_workflow(  # type: ignore[unused-coroutine]  # SDK typing
             ConnectionWorkflow.fresh_token,
             TokenRequest(seen_version=conn.token_version),
             start_workflow_operation=WithStartWorkflowOperation(
@@ -379,7 +378,7 @@ async def delete_connection(
     return Response(status_code=204)
 
 
-@oauth_router.get("/{provider}/callback")
+@oauth_router.get("/{provider}/callback", response_model=ConnectionPublic)
 async def oauth_callback(
     provider: str,
     request: Request,
@@ -388,7 +387,7 @@ async def oauth_callback(
     code: str | None = None,
     error: str | None = None,
     error_description: str | None = None,
-) -> ConnectionPublic:
+) -> ConnectionPublic | RedirectResponse:
     """The provider's redirect after the user's consent: exchange the code, store the tokens, start refreshing.
 
     A browser (``Accept: text/html``) is sent on to the connection's console page with the outcome."""

@@ -116,7 +116,7 @@ def _handle(client: Client, org_id: str, opportunity_id: str):  # noqa: ANN202 -
 
 
 def _view(state: OpportunityState, source: str = "workflow") -> OpportunityView:
-    return build_view(state, utcnow(), source)  # type: ignore[arg-type]
+    return build_view(state, utcnow(), source)
 
 
 def _workflow_error(exc: BaseException, opportunity_id: str) -> ApplicationError:

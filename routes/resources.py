@@ -7,7 +7,7 @@ with ``Accept: application/yaml``. Any key of the org may read, validate and dry
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -15,12 +15,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from activities import rule_schedules
 from hub.bounded import evaluate
-from hub.deps import AdminKey, ReaderKey, SessionDep
+from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
 from hub.problems import Problem
 from hub.store import resources as store
 from hub.store.resources import ResourceVersion, ScopeTie
 from rules import limits
+from rules.actions import placement
 from rules.engine import compile_rules
 from rules.loader import LoadResult, load_data, load_json_text, load_text
 from rules.model import KINDS
@@ -86,10 +88,13 @@ class TestRequest(BaseModel):
 
 
 class PlannedActionPublic(BaseModel):
-    """An action a rule would run, params rendered."""
+    """An action a rule would run, params rendered: where it would run (``opportunity``: in the opportunity's
+    workflow, ``lead``, ``org``) and, when it could not run for this event, why (the run would record that)."""
 
     name: str
     params: dict[str, Any]
+    runs_for: str
+    problem: str | None = None
 
 
 class OutcomePublic(BaseModel):
@@ -119,7 +124,7 @@ def _public(row: ResourceVersion) -> ResourcePublic:
         enabled=row.enabled,
         deleted=row.deleted,
         created_by=row.created_by,
-        created_at=row.created_at,
+        created_at=row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC),  # SQLite
         document=row.spec,
     )
 
@@ -247,7 +252,9 @@ def _add_kind_routes(kind: str) -> None:
         },
         responses={201: {"model": ApplyResult}},
     )
-    async def apply_item(name: str, request: Request, session: SessionDep, key: AdminKey) -> JSONResponse:
+    async def apply_item(
+        name: str, request: Request, session: SessionDep, hub: HubDep, key: AdminKey
+    ) -> JSONResponse:
         loaded = await _load_body(request, key.org_id)
         if loaded.errors:
             raise _invalid([e.as_dict() for e in loaded.errors])
@@ -266,14 +273,18 @@ def _add_kind_routes(kind: str) -> None:
             raise Problem(409, str(exc.issues[0].message), title="Scope conflict") from None
         except ResourceInvalid as exc:
             raise _invalid(_issues_as_errors(exc)) from None
+        if kind == "Rule" and outcome != "unchanged":
+            await rule_schedules.rule_changed(hub, key.org_id, name, row)
         result = ApplyResult(outcome=outcome, resource=_public(row))
         return JSONResponse(result.model_dump(mode="json"), status_code=201 if outcome == "created" else 200)
 
     @router.delete(f"/{plural}/{{name}}", name=f"delete_{label}", summary=f"Delete a {label} (tombstone)")
-    async def delete_item(name: str, session: SessionDep, key: AdminKey) -> ResourcePublic:
+    async def delete_item(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ResourcePublic:
         row = await store.delete_resource(session, key.org_id, kind, name, actor=f"key:{key.key_id}")
         if row is None:
             raise Problem(404, f"{label} {name!r} not found")
+        if kind == "Rule":
+            await rule_schedules.rule_changed(hub, key.org_id, name, row)
         return _public(row)
 
 
@@ -281,25 +292,27 @@ _add_kind_routes("Pipeline")
 _add_kind_routes("Rule")
 
 
-async def _set_enabled(name: str, enabled: bool, session: SessionDep, key: AdminKey) -> ApplyResult:
+async def _set_enabled(name: str, enabled: bool, session: SessionDep, hub: HubDep, key: AdminKey) -> ApplyResult:
     row = await store.get_version(session, key.org_id, "Rule", name)
     if row is None or row.deleted:
         raise Problem(404, f"rule {name!r} not found")
     document = {**row.spec, "spec": {**row.spec["spec"], "enabled": enabled}}
     outcome, new = await store.apply_resource(session, key.org_id, document, actor=f"key:{key.key_id}")
+    if outcome != "unchanged":
+        await rule_schedules.rule_changed(hub, key.org_id, name, new)
     return ApplyResult(outcome=outcome, resource=_public(new))
 
 
 @router.post("/rules/{name}:disable", summary="Disable a rule (a new version)")
-async def disable_rule(name: str, session: SessionDep, key: AdminKey) -> ApplyResult:
+async def disable_rule(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ApplyResult:
     """Keep the rule but stop it from running; ``unchanged`` if it already is disabled."""
-    return await _set_enabled(name, False, session, key)
+    return await _set_enabled(name, False, session, hub, key)
 
 
 @router.post("/rules/{name}:enable", summary="Enable a rule (a new version)")
-async def enable_rule(name: str, session: SessionDep, key: AdminKey) -> ApplyResult:
+async def enable_rule(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ApplyResult:
     """Let a disabled rule run again."""
-    return await _set_enabled(name, True, session, key)
+    return await _set_enabled(name, True, session, hub, key)
 
 
 _BODY = {
@@ -358,11 +371,16 @@ def _report(event: dict[str, Any], rows: list[Any]) -> TestReport:
                 version=o.version,
                 fired=o.fired,
                 reason=o.reason,
-                actions=[PlannedActionPublic(name=a.name, params=a.params) for a in o.actions],
+                actions=[PlannedActionPublic(name=a.name, params=a.params, **_placed(a.name, event)) for a in o.actions],
             )
             for o in outcomes
         ],
     )
+
+
+def _placed(name: str, event: dict[str, Any]) -> dict[str, Any]:
+    runs_for, problem = placement(name, event)
+    return {"runs_for": runs_for, "problem": problem}
 
 
 def _event(body: TestRequest, org_id: str) -> dict[str, Any]:

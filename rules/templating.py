@@ -16,6 +16,7 @@ checked operators is off (so ``{{ 'a' * 10**9 }}`` is refused, not computed, at 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache, wraps
@@ -182,14 +183,14 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             _check_format(left)
         return _sized(super().call_binop(context, operator, left, right))
 
-    def concat(self, parts: tuple) -> str:
+    def concat(self, parts: Iterable[Any]) -> str:
         """``a ~ b ~ …`` (string concatenation), its length checked before it is built."""
         texts = [str(p) for p in parts]
         if sum(map(len, texts)) > MAX_VALUE_CHARS:
             _refuse(f"a string of {sum(map(len, texts)):,} characters, at most {MAX_VALUE_CHARS:,}")
         return "".join(texts)
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         """Every call is a step; string methods that grow their input are checked first."""
         _step()
         method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format

@@ -31,6 +31,8 @@ DB_BACKENDS = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
 BOTH_DATABASES = {
     "tests/connectors/test_budgets.py",
     "tests/hub/test_backup.py",
+    "tests/hub/test_datetimes.py",
+    "tests/hub/test_migrations.py",
     "tests/hub/test_opportunity_store.py",
     "tests/hub/test_secret_canary.py",
     "tests/hub/test_vault.py",
@@ -46,10 +48,14 @@ BOTH_DATABASES = {
 
 
 def shared_data(*parts: str) -> Path:
-    """A path under the shared real-data folder; skips the test with a reason if it is absent."""
+    """A path under the shared real-data folder. Where it is absent the test skips with a reason, except in CI
+    (``CI`` set), where it fails: there the data must be there."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared data not found at {path} (set HUB_SHARED_DATA)")
+        message = f"shared data not found at {path} (set HUB_SHARED_DATA)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 

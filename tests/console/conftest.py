@@ -80,7 +80,7 @@ async def chromium() -> AsyncIterator[object]:
 
 
 @pytest.fixture
-async def page(chromium, live: str) -> AsyncIterator[object]:  # noqa: ANN001 - Playwright's Browser
+async def page(chromium, live: str) -> AsyncIterator[object]:
     """A fresh browser context (no cookies) on the live hub; the test fails if any page logged an error."""
     context = await chromium.new_context(base_url=live, viewport={"width": 1280, "height": 800})
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live)

@@ -145,7 +145,7 @@ async def test_move_an_opportunity_and_see_its_timeline(
 async def test_docs_render_with_no_network(page: Page, live: str) -> None:
     elsewhere: list[str] = []
 
-    async def only_the_hub(route) -> None:  # noqa: ANN001 - Playwright's Route
+    async def only_the_hub(route) -> None:
         if route.request.url.startswith(live):
             await route.continue_()
         else:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from connectors.base import ActionContext
-from connectors.egress import EgressPolicy
+from hub.egress import EgressPolicy
 
 
 @dataclass

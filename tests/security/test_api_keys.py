@@ -6,15 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 from typer.testing import CliRunner
 
+from app.cli import app as cli
 from hub.auth import KeyCache, create_key
-from hub.cli import app as cli
 from hub.runtime import Hub
-from hub.settings import get_settings
 from hub.store.orgs import ApiKey
 from tests.conftest import bearer
+from tests.hub.test_cli import cli_env  # noqa: F401 - the CLI's environment fixture
 
 
 class Clock:
@@ -45,6 +44,7 @@ async def test_admin_lists_creates_and_revokes_keys_and_a_revoked_key_is_refused
     assert all("key" not in k and "secret_hash" not in k for k in listed)
     used = next(k for k in listed if k["id"] == _id(crm))
     assert used["role"] == "crm" and used["name"] == "crm-sync" and used["last_used_at"] and not used["revoked_at"]
+    assert used["created_at"].endswith(("+00:00", "Z")) and used["last_used_at"].endswith(("+00:00", "Z"))
 
     assert (await api.post("/v1/api-keys", json={"role": "crm"}, headers=bearer(crm))).status_code == 403
     assert (await api.delete(f"/v1/api-keys/{_id(other_org)}", headers=bearer(admin_key))).status_code == 404
@@ -95,17 +95,7 @@ async def test_last_use_is_recorded_to_the_minute_not_per_request(hub: Hub, admi
         assert first is not None and (await s.get(ApiKey, _id(admin_key))).last_used_at == first
 
 
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in ("HUB_VAULT_KEYS", "HUB_DATABASE_URL", "HUB_ENV"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HUB_DATA_DIR", str(tmp_path / "data"))
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
-
-
-def test_keys_list_and_revoke_from_the_cli(cli_env: Path) -> None:
+def test_keys_list_and_revoke_from_the_cli(cli_env: Path) -> None:  # noqa: F811 - the imported fixture
     runner = CliRunner()
     key = runner.invoke(cli, ["keys", "create", "--org", "acme", "--role", "viewer", "--name", "board"]).stdout.strip()
     listed = runner.invoke(cli, ["keys", "list", "--org", "acme"])

@@ -37,7 +37,7 @@ async def _raw_request(port: int, head: bytes) -> bytes:
 
 
 async def test_request_heads_are_capped_with_431(unused_tcp_port: int) -> None:
-    async def app(scope, receive, send):  # noqa: ANN001, ANN202
+    async def app(scope, receive, send):
         if scope["type"] != "http":
             return
         await send({"type": "http.response.start", "status": 200, "headers": []})

@@ -27,6 +27,7 @@ from hub.runtime import Hub
 from hub.temporal import data_converter
 from hub.vault import ORG_METADATA, EncryptionCodec, Vault, VaultError, parse_keys
 from tests.conftest import bearer
+from tests.hub.test_cli import cli_env  # noqa: F401 - the CLI's environment fixture
 from tests.workflows.test_opportunity_replay import HISTORIES, HISTORY_VAULT_KEYS
 from workflows.opportunity import OpportunityWorkflow
 
@@ -54,7 +55,7 @@ async def _org_client(temporal_env: WorkflowEnvironment, hub: Hub) -> Client:
 def _payloads(history: WorkflowHistory) -> list[Payload]:
     found: list[Payload] = []
 
-    def walk(message) -> None:  # noqa: ANN001 - any protobuf message
+    def walk(message) -> None:
         for field, value in message.ListFields():
             if field.message_type is None:
                 continue
@@ -152,50 +153,37 @@ async def test_kept_histories_replay_with_the_per_org_converter(hub: Hub) -> Non
         await replayer.replay_workflow(WorkflowHistory.from_json(doc["workflow_id"], doc["history"]))
 
 
-def test_deleting_an_org_from_the_cli_revokes_its_keys_and_shreds_its_data_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_deleting_an_org_from_the_cli_revokes_its_keys_and_shreds_its_data_key(cli_env: Path) -> None:  # noqa: F811
     import asyncio
 
     from typer.testing import CliRunner
 
-    from hub.cli import app as cli
-    from hub.settings import Settings, get_settings
+    from app.cli import app as cli
+    from hub.settings import Settings
     from hub.store import Database
 
-    for var in ("HUB_VAULT_KEYS", "HUB_DATABASE_URL", "HUB_ENV"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HUB_DATA_DIR", str(tmp_path / "data"))
-    get_settings.cache_clear()
     runner = CliRunner()
-    try:
-        assert runner.invoke(cli, ["keys", "create", "--org", "acme", "--role", "admin"]).exit_code == 0
-        settings = Settings()
+    assert runner.invoke(cli, ["keys", "create", "--org", "acme", "--role", "admin"]).exit_code == 0
+    settings = Settings()
 
-        async def seal() -> Payload:
-            db = Database(settings.resolved_database_url)
-            vault = Vault.from_settings(settings)
-            try:
-                [sealed] = await EncryptionCodec(vault, OrgKeyring(db, vault), org="acme").encode(
-                    [Payload(metadata={"encoding": b"json/plain"}, data=b'"x"')])
-                return sealed
-            finally:
-                await db.dispose()
+    async def with_keyring(fn):
+        db = Database(settings.resolved_database_url)
+        vault = Vault.from_settings(settings)
+        try:
+            return await fn(EncryptionCodec(vault, OrgKeyring(db, vault), org="acme"))
+        finally:
+            await db.dispose()
 
-        sealed = asyncio.run(seal())
-        assert runner.invoke(cli, ["orgs", "delete", "acme"]).exit_code == 1  # needs --yes
-        done = runner.invoke(cli, ["orgs", "delete", "acme", "--yes"])
-        assert done.exit_code == 0 and "revoked 1 API keys, shredded 1 data keys" in done.stdout
+    async def seal(codec: EncryptionCodec) -> Payload:
+        return (await codec.encode([Payload(metadata={"encoding": b"json/plain"}, data=b'"x"')]))[0]
 
-        async def reopen() -> None:
-            db = Database(settings.resolved_database_url)
-            vault = Vault.from_settings(settings)
-            try:
-                with pytest.raises(VaultError, match="shredded"):
-                    await EncryptionCodec(vault, OrgKeyring(db, vault)).decode([sealed])
-            finally:
-                await db.dispose()
+    sealed = asyncio.run(with_keyring(seal))
+    assert runner.invoke(cli, ["orgs", "delete", "acme"]).exit_code == 1  # needs --yes
+    done = runner.invoke(cli, ["orgs", "delete", "acme", "--yes"])
+    assert done.exit_code == 0 and "revoked 1 API keys, shredded 1 data keys" in done.stdout
 
-        asyncio.run(reopen())
-    finally:
-        get_settings.cache_clear()
+    async def reopen(codec: EncryptionCodec) -> None:
+        with pytest.raises(VaultError, match="shredded"):
+            await codec.decode([sealed])
+
+    asyncio.run(with_keyring(reopen))

@@ -88,7 +88,7 @@ class EgressPolicy:
         self.pem_dir = pem_dir
 
     @classmethod
-    def from_settings(cls, settings: Any) -> EgressPolicy:  # noqa: ANN401 - hub.settings.Settings
+    def from_settings(cls, settings: Any) -> EgressPolicy:
         """From ``HUB_HTTP_ALLOWLIST`` and ``HUB_CA_BUNDLE_DIR``; PEM bundles are written under the data dir."""
         return cls(settings.http_allowlist, ca_dir=settings.ca_bundle_dir, pem_dir=settings.data_dir / "ca-bundles")
 
@@ -146,11 +146,11 @@ class EgressPolicy:
         return path
 
     # --- adapters -----------------------------------------------------------------------------------
-    def httpx_transport(self, verify: Any = True, inner: httpx.AsyncBaseTransport | None = None) -> GuardedTransport:  # noqa: ANN401
+    def httpx_transport(self, verify: Any = True, inner: httpx.AsyncBaseTransport | None = None) -> GuardedTransport:
         """An httpx transport that admits every request (``verify``: True, a CA file or an SSL context)."""
         return GuardedTransport(self, inner or httpx.AsyncHTTPTransport(verify=verify))
 
-    def httpx2_transport(self, verify: Any = True) -> Any:  # noqa: ANN401
+    def httpx2_transport(self, verify: Any = True) -> Any:
         """The same for httpx2 (what authlib's OAuth2 client runs on)."""
         import httpx2
 
@@ -159,11 +159,11 @@ class EgressPolicy:
 
         return Guarded2(self, httpx2.AsyncHTTPTransport(verify=verify))
 
-    def httpx_client(self, **kwargs: Any) -> httpx.AsyncClient:  # noqa: ANN401
+    def httpx_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` on ``httpx_transport()`` (kwargs as for httpx, ``verify`` included)."""
         return httpx.AsyncClient(transport=self.httpx_transport(kwargs.pop("verify", True)), **kwargs)
 
-    def aiohttp_session(self) -> Any:  # noqa: ANN401 - aiohttp.ClientSession
+    def aiohttp_session(self) -> Any:
         """An aiohttp session (for slack-sdk) that only connects to admitted addresses."""
         import aiohttp
         import yarl
@@ -181,14 +181,14 @@ class EgressPolicy:
             async def close(self) -> None:
                 return None
 
-        async def literal_host(url: Any) -> None:  # noqa: ANN401 - a yarl.URL
+        async def literal_host(url: Any) -> None:
             if _is_ip(url.host or ""):  # aiohttp skips the resolver for addresses: check them here
                 await policy.admit(str(url))
 
-        async def on_start(_session: object, _ctx: object, params: Any) -> None:  # noqa: ANN401
+        async def on_start(_session: object, _ctx: object, params: Any) -> None:
             await literal_host(params.url)
 
-        async def on_redirect(_session: object, _ctx: object, params: Any) -> None:  # noqa: ANN401
+        async def on_redirect(_session: object, _ctx: object, params: Any) -> None:
             location = params.response.headers.get("Location")
             if location:
                 await literal_host(params.url.join(yarl.URL(location)))
@@ -198,7 +198,7 @@ class EgressPolicy:
         trace.on_request_redirect.append(on_redirect)
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=Resolver()), trace_configs=[trace])
 
-    def guard_pools(self, pool_manager: Any) -> Any:  # noqa: ANN401 - urllib3.PoolManager
+    def guard_pools(self, pool_manager: Any) -> Any:
         """Make a urllib3 ``PoolManager`` (docusign-esign, requests) open connections only to admitted
         addresses; returns it."""
         from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
@@ -207,12 +207,16 @@ class EgressPolicy:
         policy = self
 
         class Pinning:
+            _dns_host: str
+            host: str
+            port: int
+
             def _new_conn(self) -> socket.socket:
                 scheme = "https" if isinstance(self, HTTPSConnection) else "http"
                 name = self._dns_host  # also ``host``: the Host header and TLS name keep it
                 self._dns_host = policy.admit_sync(f"{scheme}://{_bracket(self.host)}:{self.port}/").ip
                 try:
-                    return super()._new_conn()  # type: ignore[misc]
+                    return super()._new_conn()  # type: ignore[misc,unused-ignore]
                 finally:
                     self._dns_host = name
 
@@ -231,7 +235,7 @@ class EgressPolicy:
         pool_manager.pool_classes_by_scheme = {"http": HttpPool, "https": HttpsPool}
         return pool_manager
 
-    def requests_session(self, verify: str | bool = True) -> Any:  # noqa: ANN401 - requests.Session
+    def requests_session(self, verify: str | bool = True) -> Any:
         """A requests session (for msal) on guarded urllib3 pools; environment CA/proxy settings ignored."""
         import requests
         from requests.adapters import HTTPAdapter
@@ -239,7 +243,7 @@ class EgressPolicy:
         policy = self
 
         class Adapter(HTTPAdapter):
-            def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+            def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
                 super().init_poolmanager(*args, **kwargs)
                 policy.guard_pools(self.poolmanager)
 
@@ -253,11 +257,11 @@ class EgressPolicy:
 class _Pinning:
     """Admit each request, then send it to the checked address (Host header and SNI keep the name)."""
 
-    def __init__(self, policy: EgressPolicy, inner: Any) -> None:  # noqa: ANN401
+    def __init__(self, policy: EgressPolicy, inner: Any) -> None:
         self.policy = policy
         self.inner = inner
 
-    async def handle_async_request(self, request: Any) -> Any:  # noqa: ANN401 - httpx(2).Request/Response
+    async def handle_async_request(self, request: Any) -> Any:
         destination = await self.policy.admit(str(request.url))
         original = request.url
         request.url = original.copy_with(host=destination.ip)

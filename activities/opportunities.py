@@ -23,6 +23,7 @@ from activities.rule_runs import current_rules, plan_events
 from connectors.catalogue import catalogue
 from hub import crm_signing
 from hub.egress import DestinationRefused
+from hub.flags import flag_enabled
 from hub.runtime import Hub
 from hub.store.connections import Connection
 from hub.store.opportunities import upsert_projection
@@ -78,12 +79,14 @@ class OpportunityActivities:
                 )
             )
             org = await session.get(Org, input.org_id)
+            insights = await flag_enabled(session, input.org_id, "ai.insights")
         prep = Preparation(
             plan=plan_events(ruleset, input.events),
             provider_connected=bool(connected),
             crm_callback=bool(org and org.crm_callback_url),
+            insights=insights,
         )
-        if input.insight is not None:
+        if input.insight is not None and insights:
             if self.insight is None:
                 prep.insight_error = "no AI insight in this worker"
             else:
@@ -109,6 +112,9 @@ class OpportunityActivities:
             "state": state.model_dump(mode="json"),
             "created_at": state.created_at,
             "updated_at": state.updated_at,
+            "branch": state.opp.get("branch"),
+            "owner": state.owner,
+            "archived": state.archived,
         }
         visits = [
             {

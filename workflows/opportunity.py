@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         MAX_SEEN_EVENTS,
         Actor,
         ChecklistRequest,
+        CloseRequest,
         CrmEventInput,
         DomainEvent,
         Effect,
@@ -61,9 +62,10 @@ with workflow.unsafe.imports_passed_through():
         body_hash,
         stage_of,
     )
-    from activities.rule_types import PlannedActionModel, RulePlan
+    from activities.rule_types import PlannedActionModel, RetryActionInput, RulePlan
     from rules.pipeline import CompiledPipeline, TransitionContext, Unmet, compile_pipeline
     from rules.templating import TemplateProblem, compile_params
+    from workflows.rule_retry import retry_and_record
     from workflows.rule_runner import RuleRunner, failure_message
 
 # ApplicationError types the API maps to HTTP answers.
@@ -73,6 +75,7 @@ INVALID = "InvalidRequest"  # 422, details[0] = list of Unmet
 MIGRATION_REFUSED = "MigrationRefused"  # 409, details[0] = list of Unmet
 
 CREATED_PATCH = "opportunity-created"  # workflow.patched: histories before it raise no opportunity.created
+CRM_EVENTS_PATCH = "crm-rule-events"  # workflow.patched: histories before it sent rules' changes to no CRM
 #: Patch: queued transitions' effects go together, the insight computed by ``opportunity.prepare``.
 BATCHED_TRANSITIONS = "transition-effects-batched"
 AUTOMATION = Actor(id="automation", role="automation")  # who rule-made transitions are by
@@ -87,6 +90,25 @@ CRM_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=5))  # until the CRM 
 
 def _refusal(kind: str, message: str, unmet: list[Unmet]) -> ApplicationError:
     return ApplicationError(message, [u.model_dump() for u in unmet], type=kind, non_retryable=True)
+
+
+def set_path(doc: dict, path: str, value: object) -> None:
+    """Set ``a.b.c`` in a nested document (maps made on the way)."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        if not isinstance(doc.get(part), dict):
+            doc[part] = {}
+        doc = doc[part]
+    doc[leaf] = value
+
+
+def get_path(doc: dict, path: str, default: object = None) -> object:
+    """``a.b.c`` of a nested document, or ``default`` where the path is absent."""
+    for part in path.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return default
+        doc = doc[part]
+    return doc
 
 
 def opportunity_folder(opportunity_id: str) -> str:
@@ -186,6 +208,8 @@ class OpportunityWorkflow:
             await self._run_rules([self._rule_event("opportunity.updated", effect.data)], prefix)
         elif effect.kind == "event":
             await self._run_rules([self._rule_event(effect.data["type"], effect.data)], prefix)
+        elif effect.kind == "retry":
+            await self._retry(RetryActionInput.model_validate(effect.data))
         elif len(self._state.pending) > 1:
             return 1  # a plain "project" with more effects queued: the next one projects
         await self._project()
@@ -219,7 +243,9 @@ class OpportunityWorkflow:
             if prep.provider_connected:
                 await self._provision(stage_of(self._state.pipeline, effect.data["to"]) or {}, prefix)
             start = end
-        if acted or prep.insight is None:
+        if not prep.insights:
+            pass  # the org's ai.insights flag is off
+        elif acted or prep.insight is None:
             await self._recompute_insight(f"transition to {batch[-1].data['to']}")
         else:
             self._state.insight = prep.insight.model_dump(mode="json")
@@ -260,7 +286,8 @@ class OpportunityWorkflow:
         stage = stage_of(self._state.pipeline, to) or {}
         if prep.provider_connected:
             await self._provision(stage, prefix)
-        await self._recompute_insight(f"transition to {to}")
+        if prep.insights:
+            await self._recompute_insight(f"transition to {to}")
         await self._project()
         if frm is None or not prep.crm_callback:
             return  # just registered by the CRM (nothing to tell it), or no callback URL
@@ -396,10 +423,25 @@ class OpportunityWorkflow:
 
     # built-in rule actions handled here (see rules.actions)
 
+    async def _tell_crm(self, kind: str, key: str, data: dict) -> None:
+        """What a rule changed, as a signed CRM event (``opportunity.updated``, ``task.created``,
+        ``insight.updated``) through the callback of ``stage.changed``: retried until accepted, id from ``key``."""
+        if not workflow.patched(CRM_EVENTS_PATCH):
+            return
+        await workflow.execute_activity(
+            "opportunity.send_crm_event",
+            CrmEventInput(org_id=self._state.org_id, event_id=f"evt_{key}", type=kind, occurred_at=workflow.now(),
+                          data={"opportunity_id": self._state.opportunity_id, **data}),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=CRM_RETRY,
+        )  # fmt: skip
+
     async def _ai_action(self, action: PlannedActionModel, key: str, event: dict, activity: str = NEXT_ACTION) -> dict:
         insight = await self._recompute_insight(action.params.get("reason") or key, activity)
         if not insight:
             raise ApplicationError("AI insight could not be computed", type="AiUnavailable")
+        await self._tell_crm("insight.updated", key, {"ai_risk_score": insight.get("risk_score"),
+                                                      "ai_next_action": (insight.get("next_actions") or [None])[0]})
         return {"risk_score": insight.get("risk_score")}
 
     async def _deal_risk_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
@@ -417,19 +459,20 @@ class OpportunityWorkflow:
         return {"from": self._state.history[-1].from_stage, "to": req.to, "transition_seq": seq}
 
     async def _set_field_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
-        *parents, leaf = action.params["field"].split(".")
-        node = self._state.opp
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = action.params.get("value")
+        field, value = action.params["field"], action.params.get("value")
+        set_path(self._state.opp, field, value)
+        self._state.hub_fields[field] = value  # hub-owned from now on: survives the CRM's next update
         self._touch()
-        return {"field": action.params["field"]}
+        await self._tell_crm("opportunity.updated", key, {"fields": {field: value}, "by": "automation"})
+        return {"field": field}
 
     async def _add_task_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
         tasks = self._state.opp.setdefault("tasks", [])
         if not any(t.get("key") == key for t in tasks):
-            tasks.append({"key": key, **action.params, "created_at": workflow.now().isoformat()})
+            task = {"key": key, **action.params, "created_at": workflow.now().isoformat()}
+            tasks.append(task)
             self._touch()
+            await self._tell_crm("task.created", key, {"task": task})
         return {"task": key}
 
     # ---------------------------------------------------------------- transition (Update)
@@ -443,7 +486,10 @@ class OpportunityWorkflow:
             documents=dict(s.documents),
             actor=req.actor.model_dump(),
         )
-        return self._compiled.check_transition(ctx, req.to)
+        unmet = self._compiled.check_transition(ctx, req.to)
+        if s.closed is not None:
+            unmet.append(Unmet(code="closed", field="stage", message=f"the opportunity is closed {s.closed['outcome']}"))
+        return unmet
 
     @workflow.update
     async def transition(self, req: TransitionRequest) -> OpportunityState:
@@ -477,6 +523,21 @@ class OpportunityWorkflow:
         if unmet:
             raise _refusal(REFUSED, f"transition to {req.to!r} refused", unmet)
 
+    # ---------------------------------------------------------------- retrying a rule action
+
+    async def _retry(self, input: RetryActionInput) -> None:
+        outcome = await retry_and_record(self._rules, input, self._rule_event("retry", {"run": input.run_key}))
+        for run in self._state.rule_runs:
+            if run.key == input.run_key and input.index < len(run.actions):
+                attempts = run.actions[input.index].attempts + 1
+                run.actions[input.index] = outcome.model_copy(update={"attempts": attempts})
+        self._touch()
+
+    @workflow.update
+    async def retry_action(self, input: RetryActionInput) -> int:
+        """Queue one recorded rule action to run again under its key; answers the effect's sequence number."""
+        return self._queue("retry", input.model_dump(mode="json"))
+
     # ---------------------------------------------------------------- other updates, signals, query
 
     def _registered_by(self, req: UpsertRequest) -> bool:
@@ -497,7 +558,10 @@ class OpportunityWorkflow:
             changed = sorted(k for k in set(s.opp) | set(req.opp) if s.opp.get(k) != req.opp.get(k))
             keep = {k: s.opp[k] for k in ("tasks",) if k in s.opp}  # hub-owned fields survive a CRM update
             s.opp, s.body_hash = {**req.opp, **keep}, req.body_hash
-            self._queue("updated", {"changed": changed})
+            conflicts = sorted(p for p, v in s.hub_fields.items() if get_path(s.opp, p, v) != v)
+            for path, value in s.hub_fields.items():  # fields rules set stay the hub's (README: merge policy)
+                set_path(s.opp, path, value)
+            self._queue("updated", {"changed": changed, **({"conflicts": conflicts} if conflicts else {})})
             return s
 
     @upsert.validator
@@ -594,3 +658,40 @@ class OpportunityWorkflow:
     def state(self) -> OpportunityState:
         """The whole current state."""
         return self._state
+
+    @workflow.query
+    def check_transition(self, req: TransitionRequest) -> list[Unmet]:
+        """Every requirement a move to ``req.to`` by ``req.actor`` still misses (empty: it would be accepted)."""
+        return self._unmet(req)
+
+    def _close_problems(self, req: CloseRequest) -> list[Unmet]:
+        problems = []
+        if req.outcome is None and not req.archive:
+            problems.append(Unmet(code="nothing_to_do", field="outcome", message="give an outcome, archive, or both"))
+        if req.outcome == "lost" and not (req.reason or "").strip():
+            problems.append(Unmet(code="reason_missing", field="reason", message="closing lost needs a reason"))
+        if req.outcome is not None and self._state.closed is not None:
+            problems.append(Unmet(code="already_closed", field="outcome",
+                                  message=f"already closed {self._state.closed.get('outcome')}"))
+        return problems
+
+    @workflow.update
+    async def close(self, req: CloseRequest) -> OpportunityState:
+        """Close the opportunity lost with a reason, and/or archive it (it leaves the default lists)."""
+        async with self._lock:
+            problems = self._close_problems(req)
+            if problems:
+                raise _refusal(INVALID, "opportunity not closed", problems)
+            s = self._state
+            if req.outcome is not None:
+                s.closed = {"outcome": req.outcome, "reason": req.reason, "actor": req.actor.model_dump(),
+                            "at": workflow.now().isoformat()}
+            s.archived = s.archived or req.archive
+            self._queue("project")
+            return s
+
+    @close.validator
+    def _validate_close(self, req: CloseRequest) -> None:
+        problems = self._close_problems(req)
+        if problems:
+            raise _refusal(INVALID, "opportunity not closed", problems)

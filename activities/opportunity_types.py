@@ -80,7 +80,7 @@ class StageVisit(BaseModel):
 class Effect(BaseModel):
     """Durable work queued by a handler and done in order by the workflow's main loop."""
 
-    kind: Literal["transition", "updated", "event", "project"]
+    kind: Literal["transition", "updated", "event", "project", "retry"]
     seq: int
     data: dict = Field(default_factory=dict)
 

@@ -58,9 +58,10 @@ with workflow.unsafe.imports_passed_through():
         body_hash,
         stage_of,
     )
-    from activities.rule_types import PlannedActionModel
+    from activities.rule_types import PlannedActionModel, RetryActionInput
     from rules.pipeline import CompiledPipeline, TransitionContext, Unmet, compile_pipeline
     from rules.templating import TemplateProblem, compile_params
+    from workflows.rule_retry import retry_and_record
     from workflows.rule_runner import RuleRunner, failure_message
 
 # ApplicationError types the API maps to HTTP answers.
@@ -175,6 +176,8 @@ class OpportunityWorkflow:
             await self._run_rules([self._rule_event("opportunity.updated", effect.data)], prefix)
         elif effect.kind == "event":
             await self._run_rules([self._rule_event(effect.data["type"], effect.data)], prefix)
+        elif effect.kind == "retry":
+            await self._retry(RetryActionInput.model_validate(effect.data))
         elif len(self._state.pending) > 1:
             return  # a plain "project" with more effects queued: the next one projects
         await self._project()
@@ -405,6 +408,21 @@ class OpportunityWorkflow:
         unmet = self._unmet(req)
         if unmet:
             raise _refusal(REFUSED, f"transition to {req.to!r} refused", unmet)
+
+    # ---------------------------------------------------------------- retrying a rule action
+
+    async def _retry(self, input: RetryActionInput) -> None:
+        outcome = await retry_and_record(self._rules, input, self._rule_event("retry", {"run": input.run_key}))
+        for run in self._state.rule_runs:
+            if run.key == input.run_key and input.index < len(run.actions):
+                attempts = run.actions[input.index].attempts + 1
+                run.actions[input.index] = outcome.model_copy(update={"attempts": attempts})
+        self._touch()
+
+    @workflow.update
+    async def retry_action(self, input: RetryActionInput) -> int:
+        """Queue one recorded rule action to run again under its key; answers the effect's sequence number."""
+        return self._queue("retry", input.model_dump(mode="json"))
 
     # ---------------------------------------------------------------- other updates, signals, query
 

@@ -7,6 +7,7 @@ The workflow is the source of truth; these rows are written by activities (``opp
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Boolean, Integer, String, UniqueConstraint, delete, func, select
@@ -64,6 +65,25 @@ class RuleRunRecord(Base):
     reason: Mapped[str] = mapped_column(String(2000))
     actions: Mapped[list] = mapped_column(default=list)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | failed | skipped
+
+
+def run_status(fired: bool, actions: list[dict]) -> str:
+    """``skipped`` (the rule did not fire), ``failed`` (an action failed) or ``ok``."""
+    if not fired:
+        return "skipped"
+    return "failed" if any(not a.get("ok") for a in actions) else "ok"
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """What ``GET /v1/rule-runs`` filters on (None: any)."""
+
+    rule: str | None = None
+    status: str | None = None
+    trigger: str | None = None
+    subject: str | None = None
+    since: datetime | None = None
 
 
 def _insert(session: AsyncSession):  # noqa: ANN202 - dialect-specific insert construct
@@ -111,6 +131,7 @@ async def record_rule_runs(session: AsyncSession, runs: list[dict]) -> int:
     """Insert rule runs, skipping keys already recorded (activity retries); returns rows inserted."""
     if not runs:
         return 0
+    runs = [{**run, "status": run_status(run["fired"], run["actions"])} for run in runs]
     stmt = _insert(session)(RuleRunRecord).values(runs).on_conflict_do_nothing(index_elements=["key"])
     return len((await session.execute(stmt.returning(RuleRunRecord.id))).all())
 
@@ -124,6 +145,39 @@ async def rule_runs_for(session: AsyncSession, org_id: str, subject: str, limit:
         .limit(limit)
     )
     return list((await session.scalars(query)).all())
+
+
+async def list_rule_runs(
+    session: AsyncSession, org_id: str, where: RunFilter, limit: int, before_id: int | None = None
+) -> list[RuleRunRecord]:
+    """An org's rule runs, newest first, matching ``where``; ``before_id`` continues a page."""
+    query = select(RuleRunRecord).where(RuleRunRecord.org_id == org_id)
+    for column, value in ((RuleRunRecord.rule, where.rule), (RuleRunRecord.status, where.status),
+                          (RuleRunRecord.trigger, where.trigger), (RuleRunRecord.subject, where.subject)):
+        if value is not None:
+            query = query.where(column == value)
+    if where.since is not None:
+        query = query.where(RuleRunRecord.at >= where.since)
+    if before_id is not None:
+        query = query.where(RuleRunRecord.id < before_id)
+    return list((await session.scalars(query.order_by(RuleRunRecord.id.desc()).limit(limit))).all())
+
+
+async def get_rule_run(session: AsyncSession, org_id: str, run_id: int) -> RuleRunRecord | None:
+    """One of the org's rule runs, or None."""
+    run = await session.get(RuleRunRecord, run_id)
+    return run if run is not None and run.org_id == org_id else None
+
+
+async def record_action_retry(session: AsyncSession, org_id: str, run_id: int, index: int, outcome: dict) -> bool:
+    """Store the outcome of a retried action (its attempts counted on) and the run's new status."""
+    run = await get_rule_run(session, org_id, run_id)
+    if run is None or not 0 <= index < len(run.actions):
+        return False
+    actions = list(run.actions)
+    actions[index] = {**outcome, "attempts": int(actions[index].get("attempts", 1)) + 1}
+    run.actions, run.status = actions, run_status(run.fired, actions)
+    return True
 
 
 async def pipeline_metrics(session: AsyncSession, org_id: str, pipeline_name: str, stages: list[str]) -> dict:

@@ -441,3 +441,32 @@ async def validate(c: Signed, request: Request) -> JSONResponse:
     answer = await c.api("POST", "/v1/resources:validate", content=await request.body(),
                          headers={"Content-Type": "application/yaml"})
     return JSONResponse(answer.body, status_code=answer.status)
+
+
+# --- rule runs and audit ---------------------------------------------------------------------------------
+
+
+@router.get("/runs")
+async def runs(c: Signed, rule: str = "", status: str = "", opportunity: str = "", cursor: str = "") -> HTMLResponse:
+    """Rule runs, newest first, with each action's params, output or error, and retry for failed ones."""
+    filters = {"rule": rule, "status": status, "opportunity": opportunity}
+    params = {k: v for k, v in {**filters, "cursor": cursor}.items() if v}
+    answer = await c.api("GET", "/v1/rule-runs", params={**params, "limit": 50})
+    return c.render("runs.html", answer=answer, filters=filters)
+
+
+@router.post("/runs/{run_id}/actions/{index}/retry")
+async def retry_action(c: Posted, run_id: int, index: int) -> Response:
+    """Run one failed action again (under its original idempotency key)."""
+    answer = await c.api("POST", f"/v1/rule-runs/{run_id}/actions/{index}:retry")
+    attempt = answer.body.get("attempt") if isinstance(answer.body, dict) else None
+    return back("/console/runs", answer, ok=f"Retry started (attempt {attempt}).")
+
+
+@router.get("/audit")
+async def audit(c: Signed, resource: str = "", actor: str = "", action: str = "", cursor: str = "") -> HTMLResponse:
+    """Who changed what, when."""
+    filters = {"resource": resource, "actor": actor, "action": action}
+    params = {k: v for k, v in {**filters, "cursor": cursor}.items() if v}
+    answer = await c.api("GET", "/v1/audit", params={**params, "limit": 100})
+    return c.render("audit.html", answer=answer, filters=filters)

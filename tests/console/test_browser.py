@@ -114,6 +114,9 @@ async def test_replay_a_dead_lettered_event(page: Page, hub: Hub, admin_key: str
     await page.get_by_role("button", name="Replay dead-lettered event").click()
     await expect(page.get_by_role("status")).to_contain_text("Replay queued")
     await expect(page.locator("#event-status")).not_to_have_text("dead")
+    await page.get_by_role("link", name="Audit").click()
+    await expect(page.get_by_role("cell", name="webhook_event.replayed")).to_be_visible()
+    await check(page, "audit")
 
 
 async def test_move_an_opportunity_and_see_its_timeline(
@@ -140,6 +143,9 @@ async def test_move_an_opportunity_and_see_its_timeline(
     key_id = admin_key.split("_")[1]
     await expect(page.locator("#timeline li").first).to_contain_text(f"prospect → engage by console:{key_id} (ae)")
     await check(page, "opportunity-moved")
+    await page.goto(f"/console/runs?opportunity={oid}")
+    await expect(page.get_by_role("heading", name="Rule runs")).to_be_visible()
+    await check(page, "runs")
 
 
 async def test_docs_render_with_no_network(page: Page, live: str) -> None:

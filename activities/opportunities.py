@@ -92,6 +92,9 @@ class OpportunityActivities:
             "state": state.model_dump(mode="json"),
             "created_at": state.created_at,
             "updated_at": state.updated_at,
+            "branch": state.opp.get("branch"),
+            "owner": state.owner,
+            "archived": state.archived,
         }
         visits = [
             {

@@ -110,6 +110,26 @@ class OpportunityState(BaseModel):
     created_at: datetime
     updated_at: datetime
     runs: int = 1
+    closed: dict | None = None  # {"outcome": "lost", "reason", "actor", "at"} once closed lost
+    archived: bool = False
+
+    @property
+    def owner(self) -> str | None:
+        """The owner's id: ``opp.owner.id``, ``opp.owner`` as a string, or ``opp.owner_id``."""
+        owner = self.opp.get("owner")
+        if isinstance(owner, dict):
+            owner = owner.get("id")
+        owner = owner or self.opp.get("owner_id")
+        return str(owner) if owner else None
+
+
+class CloseRequest(BaseModel):
+    """Close the opportunity lost (``reason`` required), and/or archive it (out of the default lists)."""
+
+    outcome: Literal["lost"] | None = None
+    reason: str | None = None
+    actor: Actor
+    archive: bool = False
 
 
 class OpportunityInput(BaseModel):
@@ -240,7 +260,34 @@ class OpportunityView(BaseModel):
     pending_effects: int
     revision: int
     updated_at: datetime
+    closed: dict | None = None
+    archived: bool = False
     source: Literal["workflow", "projection"] = "workflow"
+
+
+class OpportunitySummary(BaseModel):
+    """One opportunity in ``GET /v1/opportunities``."""
+
+    id: str
+    name: str | None
+    stage: str
+    pipeline: str
+    pipeline_version: int
+    branch: str | None
+    owner: str | None
+    amount: float | None
+    close_date: str | None
+    closed: dict | None
+    archived: bool
+    updated_at: datetime
+
+
+class TransitionCheck(BaseModel):
+    """Whether a move could be made now, and every requirement still unmet (nothing is changed)."""
+
+    to: str
+    allowed: bool
+    unmet: list[dict]
 
 
 def _pct(values: dict[str, bool]) -> float:
@@ -289,5 +336,7 @@ def build_view(state: OpportunityState, now: datetime, source: Literal["workflow
         pending_effects=len(state.pending),
         revision=state.revision,
         updated_at=state.updated_at,
+        closed=state.closed,
+        archived=state.archived,
         source=source,
     )

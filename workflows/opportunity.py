@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         MAX_SEEN_EVENTS,
         Actor,
         ChecklistRequest,
+        CloseRequest,
         CrmEventInput,
         DomainEvent,
         Effect,
@@ -375,7 +376,10 @@ class OpportunityWorkflow:
             documents=dict(s.documents),
             actor=req.actor.model_dump(),
         )
-        return self._compiled.check_transition(ctx, req.to)
+        unmet = self._compiled.check_transition(ctx, req.to)
+        if s.closed is not None:
+            unmet.append(Unmet(code="closed", field="stage", message=f"the opportunity is closed {s.closed['outcome']}"))
+        return unmet
 
     @workflow.update
     async def transition(self, req: TransitionRequest) -> OpportunityState:
@@ -533,3 +537,40 @@ class OpportunityWorkflow:
     def state(self) -> OpportunityState:
         """The whole current state."""
         return self._state
+
+    @workflow.query
+    def check_transition(self, req: TransitionRequest) -> list[Unmet]:
+        """Every requirement a move to ``req.to`` by ``req.actor`` still misses (empty: it would be accepted)."""
+        return self._unmet(req)
+
+    def _close_problems(self, req: CloseRequest) -> list[Unmet]:
+        problems = []
+        if req.outcome is None and not req.archive:
+            problems.append(Unmet(code="nothing_to_do", field="outcome", message="give an outcome, archive, or both"))
+        if req.outcome == "lost" and not (req.reason or "").strip():
+            problems.append(Unmet(code="reason_missing", field="reason", message="closing lost needs a reason"))
+        if req.outcome is not None and self._state.closed is not None:
+            problems.append(Unmet(code="already_closed", field="outcome",
+                                  message=f"already closed {self._state.closed.get('outcome')}"))
+        return problems
+
+    @workflow.update
+    async def close(self, req: CloseRequest) -> OpportunityState:
+        """Close the opportunity lost with a reason, and/or archive it (it leaves the default lists)."""
+        async with self._lock:
+            problems = self._close_problems(req)
+            if problems:
+                raise _refusal(INVALID, "opportunity not closed", problems)
+            s = self._state
+            if req.outcome is not None:
+                s.closed = {"outcome": req.outcome, "reason": req.reason, "actor": req.actor.model_dump(),
+                            "at": workflow.now().isoformat()}
+            s.archived = s.archived or req.archive
+            self._queue("project")
+            return s
+
+    @close.validator
+    def _validate_close(self, req: CloseRequest) -> None:
+        problems = self._close_problems(req)
+        if problems:
+            raise _refusal(INVALID, "opportunity not closed", problems)

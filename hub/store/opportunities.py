@@ -34,6 +34,9 @@ class OpportunityRecord(Base):
     state: Mapped[dict] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    branch: Mapped[str | None] = mapped_column(String(64), default=None)
+    owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class StageVisitRecord(Base):
@@ -113,6 +116,32 @@ async def upsert_projection(session: AsyncSession, row: dict, visits: list[dict]
 async def get_projection(session: AsyncSession, org_id: str, opportunity_id: str) -> OpportunityRecord | None:
     """The projected opportunity, or None."""
     return await session.get(OpportunityRecord, (org_id, opportunity_id))
+
+
+@dataclass(frozen=True)
+class OpportunityFilter:
+    """What ``GET /v1/opportunities`` filters on (None: any)."""
+
+    stage: str | None = None
+    pipeline: str | None = None
+    branch: str | None = None
+    owner: str | None = None
+    archived: bool = False
+
+
+async def list_opportunities(
+    session: AsyncSession, org_id: str, where: OpportunityFilter, limit: int, after_id: str | None = None
+) -> list[OpportunityRecord]:
+    """The org's projected opportunities by id, matching ``where``; ``after_id`` continues a page."""
+    query = select(OpportunityRecord).where(OpportunityRecord.org_id == org_id,
+                                            OpportunityRecord.archived.is_(where.archived))
+    for column, value in ((OpportunityRecord.stage, where.stage), (OpportunityRecord.pipeline_name, where.pipeline),
+                          (OpportunityRecord.branch, where.branch), (OpportunityRecord.owner, where.owner)):
+        if value is not None:
+            query = query.where(column == value)
+    if after_id is not None:
+        query = query.where(OpportunityRecord.id > after_id)
+    return list((await session.scalars(query.order_by(OpportunityRecord.id).limit(limit))).all())
 
 
 async def list_for_pipeline(

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hub.cli import app
 from temporalio.client import Client
 from typer.testing import CliRunner
 
+from app.cli import app
 from hub.auth import create_key
 from hub.runtime import Hub
 from hub.settings import Settings

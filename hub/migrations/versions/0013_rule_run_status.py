@@ -1,4 +1,5 @@
-"""Rule runs: a status (``ok``, ``failed``, ``skipped``) to list and filter them by.
+"""Rule runs: a status (``ok``, ``failed``, ``skipped``) to list and filter them by; opportunities: branch,
+owner and archived, to list and filter them by.
 
 Revision ID: 0013
 Revises: 0009
@@ -16,6 +17,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("opportunities") as batch:
+        batch.add_column(sa.Column("branch", sa.String(64)))
+        batch.add_column(sa.Column("owner", sa.String(200)))
+        batch.add_column(sa.Column("archived", sa.Boolean, nullable=False, server_default=sa.false()))
+        batch.create_index("ix_opportunities_org_stage", ["org_id", "stage"])
     with op.batch_alter_table("rule_runs") as batch:
         batch.add_column(sa.Column("status", sa.String(16), nullable=False, server_default="ok"))
         batch.create_index("ix_rule_runs_org_status", ["org_id", "status"])
@@ -33,3 +39,7 @@ def downgrade() -> None:
     with op.batch_alter_table("rule_runs") as batch:
         batch.drop_index("ix_rule_runs_org_status")
         batch.drop_column("status")
+    with op.batch_alter_table("opportunities") as batch:
+        batch.drop_index("ix_opportunities_org_stage")
+        for column in ("archived", "owner", "branch"):
+            batch.drop_column(column)

@@ -87,11 +87,13 @@ async def test_edit_a_rule_see_its_error_at_its_line_and_dry_run_it(page: Page, 
     text = await editor.input_value()
     lines = text.splitlines()
     at = lines.index("spec:") + 1
-    await editor.fill("\n".join(lines[:at]))  # then type the rest, as a person would, with a typo
-    await editor.press("End")
-    await editor.type("\n  stgae: acquire\n" + "\n".join(lines[at:]) + "\n", delay=0)
+    await editor.fill("\n".join([*lines[:at], "  stga: acquire", *lines[at:]]))
+    await editor.focus()  # then finish typing the misspelt key, as a person would
+    await editor.evaluate("el => el.setSelectionRange(el.value.indexOf('stga') + 4, el.value.indexOf('stga') + 4)")
+    await page.keyboard.type("e")
+    assert "  stgae: acquire" in await editor.input_value()
     errors = page.locator("#yaml-errors li")
-    await expect(errors.first).to_contain_text(f"line {at + 1}, column 3")
+    await expect(errors.first).to_contain_text(f"line {at + 1}, column 3", timeout=15000)
     await expect(errors.first).to_contain_text("stgae")
     await errors.first.get_by_role("button").click()  # the caret goes to the error
     caret = await editor.evaluate("el => el.value.slice(0, el.selectionStart).split('\\n').length")

@@ -59,6 +59,7 @@ class Outcome:
     """An opportunity as the deal model and the forecast read it."""
 
     record: OpportunityRecord
+    created: date
     won: bool | None
     closed: date | None
     value: float
@@ -83,7 +84,8 @@ async def opportunity_outcomes(session, org_id: str, pipeline: str | None = None
         won_at = entered.get((r.id, last)) if r.stage == last else None
         lost = str(opp.get("status") or "").casefold() == LOST
         closed = _day(won_at) if won_at else _day(r.updated_at) if lost else None
-        out.append(Outcome(r, True if won_at else False if lost else None, closed, to_float(opp.get("amount")) or 0.0))
+        out.append(Outcome(r, _day(r.created_at), True if won_at else False if lost else None, closed,
+                           to_float(opp.get("amount")) or 0.0))
     return out
 
 
@@ -92,7 +94,7 @@ def as_deal(o: Outcome) -> Deal:
     opp = o.record.state.get("opp") or {}
     return Deal(id=o.record.id, stage=o.record.stage, won=None if o.won is None else int(o.won),
                 product=opp.get("product"), account=opp.get("account") or opp.get("company"), owner=opp.get("owner"),
-                value=o.value or None, created=_day(o.record.created_at), closed=o.closed, expected_close=None)
+                value=o.value or None, created=o.created, closed=o.closed, expected_close=None)
 
 
 class AiRetraining:

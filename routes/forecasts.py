@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from activities.ai_retraining import as_deal, opportunity_outcomes
+from activities.ai_retraining import opportunity_outcomes
 from ai.forecast import Forecast, ForecastDeal, Horizon, forecast
 from hub.deps import ReaderKey, SessionDep
 from hub.problems import Problem
@@ -37,7 +37,7 @@ async def get_forecast(
     outcomes = await opportunity_outcomes(session, key.org_id, pipeline)
     if not outcomes:
         raise Problem(404, f"no opportunities on pipeline {pipeline!r}")
-    deals = [ForecastDeal(id=o.record.id, created=as_deal(o).created, value=o.value, closed=o.closed, won=o.won,
+    deals = [ForecastDeal(id=o.record.id, created=o.created, value=o.value, closed=o.closed, won=o.won,
                           stage=o.record.stage) for o in outcomes]
     when = as_of or datetime.now(UTC).date()
     return await asyncio.to_thread(forecast, deals, when, horizon, periods, SIMULATIONS)

@@ -166,7 +166,7 @@ async def _seed_demo(base: str, key: str) -> None:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             reached = await demo.seed_opportunities(http, key)
         typer.echo(f"demo opportunities: {', '.join(f'{k} in {v}' for k, v in reached.items())} "
-                   f"(timeline: {base}/console/opportunities/demo-stark)")
+                   f"(board: {base}/console/opportunities)")
     except httpx.HTTPError as exc:
         typer.echo(f"demo opportunities not seeded: {exc}")
 

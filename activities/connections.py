@@ -349,7 +349,7 @@ class ConnectionActivities:
         """A connection whose own limit differs from its provider's gets a matching fairness weight on the
         provider's task queue (the server's per-key rate is the provider's, scaled by the key's weight)."""
         fairness_key = info.priority.fairness_key
-        weight = round(limit.per_second / provider.rate_limit.per_second, 4)
+        weight = round(limit.per_second / self.limit(provider).per_second, 4)  # over the queue's per-key rate
         if not fairness_key or self._weights.get((info.task_queue, fairness_key), 1.0) == weight:
             return
         await hub_temporal.configure_fairness(activity.client(), info.task_queue, weights={fairness_key: weight})

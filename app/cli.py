@@ -166,7 +166,7 @@ async def _seed_demo(base: str, key: str) -> None:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             reached = await demo.seed_opportunities(http, key)
         typer.echo(f"demo opportunities: {', '.join(f'{k} in {v}' for k, v in reached.items())} "
-                   f"(timeline: {base}/console/opportunities/demo-stark)")
+                   f"(board: {base}/console/opportunities)")
     except httpx.HTTPError as exc:
         typer.echo(f"demo opportunities not seeded: {exc}")
 
@@ -249,6 +249,31 @@ def restore_cmd(src: Path = typer.Argument(..., exists=True, dir_okay=False, hel
     except RestoreError as exc:
         fail(str(exc))
     typer.echo(f"restored {sum(counts.values())} rows into {len(counts)} tables")
+
+
+@app.command("audit")
+def audit_cmd(
+    org: str = typer.Option(..., help="the org whose audit log to read"),
+    resource: str = typer.Option(None, help="e.g. rule/big-deal, connection/c1 (and what is under it)"),
+    actor: str = typer.Option(None),
+    action: str = typer.Option(None, help="e.g. rule.changed"),
+    limit: int = typer.Option(50, min=1, max=1000),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line, as GET /v1/audit answers"),
+) -> None:
+    """The audit log, newest first: when, who, what, on which resource."""
+    from hub.store.orgs import list_audit
+    from routes.audit import public
+
+    async def read(db) -> list:  # noqa: ANN001
+        async with db.session() as session:
+            return [public(e) for e in await list_audit(session, org, resource=resource, actor=actor, action=action,
+                                                        limit=limit)]
+
+    for entry in _with_db(read):
+        if as_json:
+            typer.echo(entry.model_dump_json())
+        else:
+            typer.echo(f"{entry.at.isoformat()}  {entry.actor:<24} {entry.action:<32} {entry.resource}")
 
 
 @keys_app.command("create")

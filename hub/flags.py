@@ -16,7 +16,7 @@ from hub.store.orgs import Org
 
 KNOWN_FLAGS: dict[str, bool] = {
     "openai": False,  # refine next-best-actions with OpenAI when a connection exists
-    "ai.insights": True,  # recompute AI insights on stage changes and domain events
+    "ai.insights": True,  # recompute the AI insight on every stage change (rules' ai.* actions run regardless)
 }
 
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
@@ -32,7 +32,7 @@ from activities.connector_types import (
     connection_workflow_id,
 )
 from activities.sync_schedules import connection_changed
-from connectors.catalogue import Provider, catalogue
+from connectors.catalogue import Provider, RateLimit, catalogue
 from connectors.oauth import (
     ClientAuth,
     TokenEndpointError,
@@ -81,13 +81,27 @@ class ConnectionCreate(BaseModel):
         default_factory=dict,
         description="non-secret settings: client_id, tenant_id, user_id, account_id, scopes, and overrides of "
         "base_url / token_url / authorization_url (reached through the egress policy); ca_bundle (PEM text, or a "
-        "file name under HUB_CA_BUNDLE_DIR) to trust a private CA",
+        "file name under HUB_CA_BUNDLE_DIR) to trust a private CA; rate_limit ({per_second}) when this "
+        "connection's provider account allows more (or less) than the catalogue's rate",
     )
     credentials: dict[str, str | list[str]] = Field(
         default_factory=dict,
         description="secrets (client_secret, api_key, username, password, private_key, webhook_secrets); "
         "stored encrypted, never returned",
     )
+
+    @field_validator("config")
+    @classmethod
+    def _rate_limit(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """``config.rate_limit`` is a ``RateLimit`` (``per_second`` > 0, optional ``headroom``)."""
+        if "rate_limit" in config:
+            try:
+                RateLimit.model_validate(config["rate_limit"])
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in ("rate_limit", *first["loc"]))
+                raise ValueError(f"{where}: {first['msg']}") from None
+        return config
 
 
 class ConnectionPublic(BaseModel):

@@ -1,4 +1,4 @@
-"""The HTTP API: /v1 admin and CRM API, /webhooks, /oauth, /healthz, /readyz, /metrics, /codec."""
+"""The HTTP API: /v1 admin and CRM API, /webhooks, /oauth, /healthz, /readyz, /metrics, /codec; /console, /docs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp
 from temporalio.api.common.v1 import Payloads
 
+import console
 from connectors.catalogue import import_action_modules
 from hub import problems
 from hub.deps import AdminKey, HubDep
@@ -107,6 +108,8 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         version="1",
         description="Integration hub and workflow-automation engine of the FulQrun CRM.",
         lifespan=lifespan,
+        docs_url=None,  # served by console.install from packaged assets, no CDN
+        redoc_url=None,
         # RequestTelemetry below makes the one server span and the request metrics of each request
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -118,6 +121,7 @@ def create_app(hub: Hub | None = None) -> FastAPI:
     app.add_middleware(RequestTelemetry)
     for router in ROUTERS:
         app.include_router(router)
+    console.install(app)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict:
@@ -148,13 +152,19 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/codec/{op}", tags=["ops"], include_in_schema=False)
-    async def codec(op: str, request: Request, hub: HubDep, _: AdminKey) -> JSONResponse:
-        """Temporal UI codec server: decode (or encode) payloads for an admin."""
+    async def codec(op: str, request: Request, hub: HubDep, key: AdminKey) -> JSONResponse:
+        """Temporal UI codec server for an org's admin: decodes the payloads sealed for the caller's org (any
+        other payload comes back as it was sent); encodes under the caller's org's data key."""
         if op not in ("encode", "decode"):
             return problem_response(404, f"unknown codec operation {op!r}")
-        payloads = json_format.Parse(await request.body(), Payloads())
-        codec = EncryptionCodec(hub.vault)
-        result = await (codec.decode if op == "decode" else codec.encode)(payloads.payloads)
+        try:
+            payloads = json_format.Parse(await request.body(), Payloads())
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
+            return problem_response(400, f"not a Payloads JSON document: {exc}")
+        if op == "decode":
+            result = await EncryptionCodec(hub.vault, hub.keyring).decode_for(key.org_id, payloads.payloads)
+        else:
+            result = await EncryptionCodec(hub.vault, hub.keyring, org=key.org_id).encode(payloads.payloads)
         return JSONResponse(json_format.MessageToDict(Payloads(payloads=result)))
 
     return app

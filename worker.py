@@ -7,6 +7,8 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
+from activities.ai_training import AiTraining
+from activities.ai_types import ai_training_queue
 from activities.connections import ConnectionActivities
 from activities.connector_types import provider_task_queue
 from activities.sync import SyncFetcher
@@ -26,7 +28,8 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 
 
 def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> list[Worker]:
-    """The workers this process runs: the main queue (workflows and core activities) and one per provider."""
+    """The workers this process runs: the main queue (workflows and core activities), one per provider and
+    the AI training queue (one job at a time, each trained in a child process)."""
     queue = task_queue or hub.settings.task_queue
     return [
         Worker(
@@ -38,6 +41,8 @@ def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> li
             disable_eager_activity_execution=True,  # eager activities would bypass task-queue fairness
         ),
         *provider_workers(client, queue, ConnectionActivities(hub)),
+        Worker(client, task_queue=ai_training_queue(queue), activities=[AiTraining(hub).train_model],
+               max_concurrent_activities=1),
     ]
 
 

@@ -9,6 +9,7 @@ connector's), under the connection's ``timeout_seconds`` (default 8 s) with its 
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -27,6 +28,7 @@ from activities.connections import ConnectionActivities
 from activities.connector_types import ActionCall
 from ai import service
 from ai.deals import DealModel
+from ai.monitoring import observe_llm, observe_score
 from ai.next_action import Complete, recommend
 from ai.risk import RULES_VERSION, assess
 from hub.flags import flag_enabled
@@ -80,11 +82,13 @@ class AiActivities:
         """Risk, factors and ranked next best actions; refined by OpenAI when the org has it on."""
         now = input.as_of or datetime.now(UTC)
         complete, llm_model, timeout = await self.openai_for(input.org_id)
+        started, model = time.perf_counter(), await self._deal_model(input.org_id)
         result = await recommend(
-            input.opp, input.stage, input.checklist, input.events, now, await self._deal_model(input.org_id),
+            input.opp, input.stage, input.checklist, input.events, now, model,
             opportunity_id=input.opportunity_id, complete=complete, llm_model=llm_model, timeout=timeout,
         )
         insight = Insight.model_validate(result)
+        _observe(input.org_id, "next_action", insight, model, time.perf_counter() - started)
         await self._store(input, "next_action", insight)
         return insight
 
@@ -92,8 +96,8 @@ class AiActivities:
     async def deal_risk(self, input: OpportunityInsightInput) -> Insight:
         """Risk and its factors only (no next actions, never OpenAI)."""
         now = input.as_of or datetime.now(UTC)
-        found = assess(input.opp, input.stage, input.events, now, await self._deal_model(input.org_id),
-                       input.opportunity_id)
+        started, model = time.perf_counter(), await self._deal_model(input.org_id)
+        found = assess(input.opp, input.stage, input.events, now, model, input.opportunity_id)
         insight = Insight(
             risk_score=found.risk_score,
             win_probability=found.win_probability,
@@ -103,6 +107,7 @@ class AiActivities:
             provenance={"engine": "local", "rules_version": RULES_VERSION, "as_of": now.isoformat(),
                         "output": [s.code for s in found.signals]},
         )
+        _observe(input.org_id, "deal_risk", insight, model, time.perf_counter() - started)
         await self._store(input, "deal_risk", insight)
         return insight
 
@@ -121,3 +126,11 @@ class AiActivities:
                 insight.source, inputs=input.model_dump(mode="json"),
                 output=insight.model_dump(mode="json", exclude={"provenance"}), provenance=insight.provenance,
             )
+
+
+def _observe(org_id: str, kind: str, insight: Insight, model: DealModel | None, seconds: float) -> None:
+    """Metrics of one insight (``ai.monitoring``): the model's win probability feeds the drift gauge."""
+    p = insight.win_probability
+    observe_score(org_id, kind, insight.model_version, insight.source, seconds,
+                  bins=model.metrics.get("score_bins") if model else None, score=None if p is None else 100 * p)
+    observe_llm(org_id, insight.provenance)

@@ -9,6 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field
 NEXT_ACTION = "ai.next_action"
 DEAL_RISK = "ai.deal_risk"
 SCORE_LEAD = "ai.score_lead"
+TRAIN_MODEL = "ai.train_model"
+AI_TRAINING_WORKFLOW = "AiTrainingWorkflow"
+TRAIN_ATTEMPTS = 3
+
+
+def ai_training_queue(main_queue: str) -> str:
+    """The task queue of ``ai.train_model``: one job at a time per worker, apart from the main queue."""
+    return f"{main_queue}-ai-training"
+
+
+def ai_training_workflow_id(org_id: str, job_id: str) -> str:
+    """The id of the workflow that runs one training job."""
+    return f"ai-training/{org_id}/{job_id}"
 
 
 class OpportunityInsightInput(BaseModel):
@@ -62,3 +75,33 @@ class LeadScoreResult(BaseModel):
     factors: list[dict] = Field(default_factory=list)
     model_version: str
     source: str
+
+
+def lead_next_action(scored: dict) -> dict:
+    """What to do next with a scored lead (documented bands of its 0-100 score; the top factor is the why)."""
+    score = float(scored.get("score") or 0.0)
+    factors = scored.get("factors") or []
+    why = factors[0].get("text") if factors else None
+    if score >= 70:
+        code, title, within = "call_now", "Call the lead today: it looks sales-ready", 1
+    elif score >= 40:
+        code, title, within = "qualify", "Qualify the lead: book a discovery call this week", 7
+    else:
+        code, title, within = "nurture", "Add the lead to a nurture sequence", 30
+    return {"code": code, "title": title, "due_in_days": within, "score": score, "reasoning": why}
+
+
+class TrainModelInput(BaseModel):
+    """Train the model of one stored training job (``ai_training_jobs``)."""
+
+    org_id: str
+    job_id: str
+
+
+class TrainModelResult(BaseModel):
+    """How the job ended: ``succeeded`` with the new model's id, or ``failed`` with the reason."""
+
+    job_id: str
+    status: str
+    model_id: str | None = None
+    error: str | None = None

@@ -37,6 +37,7 @@ from activities.connector_types import (
     CONNECTION_WORKFLOW,
     ERR_BAD_PARAMS,
     ERR_CONNECTION,
+    ERR_DESTINATION,
     ERR_GONE,
     ERR_PROVIDER,
     ERR_RATE_LIMITED,
@@ -60,10 +61,11 @@ from connectors.base import ACTIONS, REQUEST_GATE, ActionContext, ProviderError,
 from connectors.catalogue import Provider, RateLimit, catalogue, import_action_modules
 from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, obtain_token, refresh_lead
 from hub import temporal as hub_temporal
+from hub.egress import DestinationRefused
 from hub.runtime import Hub
 from hub.store.base import utcnow
 from hub.store.connections import Connection
-from hub.store.oauth import as_utc, load_secrets, store_tokens
+from hub.store.oauth import load_secrets, store_tokens
 from hub.store.orgs import record_audit
 
 log = logging.getLogger("activities.connections")
@@ -85,8 +87,8 @@ def token_state(conn: Connection | None, provider: Provider | None = None) -> To
         return TokenState(status="missing", exists=False, refreshes=False)
     entry = provider or catalogue().get(conn.provider)
     return TokenState(
-        status=conn.status, version=conn.token_version, expires_at=as_utc(conn.access_expires_at),
-        next_refresh_at=as_utc(conn.next_refresh_at), refreshes=entry.refreshes,
+        status=conn.status, version=conn.token_version, expires_at=conn.access_expires_at,
+        next_refresh_at=conn.next_refresh_at, refreshes=entry.refreshes,
     )
 
 
@@ -121,7 +123,7 @@ class _StoredTokens:
                  secrets: dict[str, str]) -> None:
         self._owner, self._conn, self._provider, self._secrets = owner, conn, provider, secrets
         self.version = conn.token_version
-        self.expires_at = as_utc(conn.access_expires_at)
+        self.expires_at = conn.access_expires_at
         self.skew = _expiry_skew(conn)
         self.renewed = False
 
@@ -201,10 +203,12 @@ class ConnectionActivities:
 
     @property
     def http(self) -> httpx.AsyncClient:
-        """The HTTP client handed to actions (created on first use, in the worker's event loop); every request
-        it sends first passes the provider call's request gate (its draw from the connection's budget)."""
+        """The HTTP client handed to actions (created on first use, in the worker's event loop): through the
+        egress policy (connection URLs are the tenant's), and every request it sends first passes the provider
+        call's request gate (its draw from the connection's budget)."""
         if self._http is None:
-            self._http = provider_http_client(timeout=httpx.Timeout(30, connect=10))
+            self._http = provider_http_client(transport=self.hub.egress.httpx_transport(),
+                                              timeout=httpx.Timeout(30, connect=10))
         return self._http
 
     def renewing(self, connection_id: str, version: int) -> bool:
@@ -314,8 +318,13 @@ class ConnectionActivities:
             connection_id=conn.id, org_id=conn.org_id, provider=provider.key, config=dict(conn.config),
             base_url=provider.endpoints(conn.config).base_url,
             idempotency_key=idempotency_key or f"{info.workflow_id or 'activity'}/{info.activity_id}",
-            http=self.http, tokens=tokens,
+            http=self.http, tokens=tokens, egress=self.hub.egress,
         )
+        try:  # a refused base_url fails at once and for good; the guarded clients refuse any later hop too
+            await self.hub.egress.admit(ctx.base_url)
+        except DestinationRefused as exc:
+            raise ApplicationError(f"{provider.key} base_url refused: {exc}", type=ERR_DESTINATION,
+                                   non_retryable=True) from None
         for attempt in (1, 2):
             version = tokens.version
             try:
@@ -331,6 +340,9 @@ class ConnectionActivities:
             except httpx.TransportError as exc:
                 raise ApplicationError(f"{provider.key} unreachable: {type(exc).__name__}",
                                        type=ERR_UNAVAILABLE) from None
+            except DestinationRefused as exc:
+                raise ApplicationError(f"{provider.key} request refused: {exc}", type=ERR_DESTINATION,
+                                       non_retryable=True) from None
         raise AssertionError("unreachable")
 
     async def _weigh(self, info: activity.Info, provider: Provider, limit: RateLimit) -> None:
@@ -422,7 +434,8 @@ class ConnectionActivities:
             secrets = await load_secrets(session, self.hub.vault, conn.id)
         provider = catalogue().get(conn.provider)
         try:
-            tokens = await obtain_token(provider, provider.endpoints(conn.config), ClientAuth.for_connection(conn.config, secrets))
+            auth = ClientAuth.for_connection(conn.config, secrets, self.hub.egress)
+            tokens = await obtain_token(provider, provider.endpoints(conn.config), auth)
         except TokenEndpointError as exc:
             message = str(exc)
             if exc.reauth and interrupted:
@@ -507,7 +520,7 @@ async def _usable_connection(session, org_id: str, provider: str, connection_id:
 def _expiry_skew(conn: Connection) -> timedelta:
     """How long before its expiry a caller treats the access token as expired and asks for a newer one: half
     the refresh lead of its lifetime, so the ConnectionWorkflow's own refresh (a full lead early) comes first."""
-    expires, issued = as_utc(conn.access_expires_at), as_utc(conn.last_refresh_at)
+    expires, issued = conn.access_expires_at, conn.last_refresh_at
     lifetime = expires - issued if expires is not None and issued is not None and expires > issued else None
     return refresh_lead(lifetime) / 2
 

@@ -32,6 +32,7 @@ CONNECTION_FAILED_EVENT = "connection.failed"
 ERR_RATE_LIMITED = "ProviderRateLimited"
 ERR_PROVIDER = "ProviderError"
 ERR_UNAVAILABLE = "ProviderUnavailable"
+ERR_DESTINATION = "DestinationRefused"  # the egress policy refused a connection URL
 ERR_UNAUTHORIZED = "ProviderUnauthorized"
 ERR_CONNECTION = "ConnectionUnavailable"
 ERR_BAD_PARAMS = "InvalidActionParams"

@@ -1,28 +1,25 @@
-"""The ``http.post`` rule action: POST JSON to an outside URL, guarded against SSRF.
+"""The ``http.post`` rule action: POST JSON to an outside URL, through the egress policy.
 
-The host is resolved first and every address checked (``rules.netguard``); the request then goes
+``hub.egress``: the host is resolved first and every address checked; the request then goes
 to the checked address itself (Host header and TLS SNI keep the name, so certificates are still
 verified against it), so a second DNS answer cannot rebind it. Redirects are never followed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import httpx
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from hub.egress import DestinationRefused, EgressPolicy, Resolver, resolve
 from hub.runtime import Hub
 from rules.actions import HttpPost
-from rules.netguard import DestinationRefused, check_addresses, parse_url
 
 HTTP_POST = "http.post"
 MAX_RESPONSE_CHARS = 65_536
-Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 
 class HttpPostCall(BaseModel):
@@ -33,56 +30,41 @@ class HttpPostCall(BaseModel):
     idempotency_key: str
 
 
-async def resolve(host: str, port: int) -> list[str]:
-    """Every address the host resolves to (IPv4 and IPv6)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({info[4][0] for info in infos})
-
-
 class HttpActions:
-    """The http.post activity; the allow-list, resolver and transport are injected."""
+    """The http.post activity; the egress policy (or its allow-list and resolver) and transport are injected."""
 
     def __init__(
         self,
         allowlist: Sequence[str] = (),
         resolver: Resolver = resolve,
         transport: httpx.AsyncBaseTransport | None = None,
+        policy: EgressPolicy | None = None,
     ) -> None:
-        self.allowlist = list(allowlist)
-        self.resolver = resolver
+        self.policy = policy or EgressPolicy(allowlist, resolver)
         self.transport = transport
 
     @classmethod
     def from_hub(cls, hub: Hub) -> HttpActions:
-        """Built from the runtime's settings (``HUB_HTTP_ALLOWLIST``)."""
-        return cls(hub.settings.http_allowlist)
+        """On the runtime's egress policy (``HUB_HTTP_ALLOWLIST``)."""
+        return cls(policy=hub.egress)
 
     @activity.defn(name=HTTP_POST)
     async def post(self, call: HttpPostCall) -> dict:
         """POST the params' JSON body; returns ``{status, body}``. Refusals and 4xx are not retried."""
         try:
             params = HttpPost.model_validate(call.params)
-            scheme, host, port = parse_url(params.url)
-            addresses = check_addresses(host, await self._resolve(host, port), self.allowlist)
+            await self.policy.admit(params.url)  # refused before any connection (a clear, final failure)
         except (ValidationError, DestinationRefused) as exc:
             raise ApplicationError(str(exc), type="DestinationRefused", non_retryable=True) from None
-        address = addresses[0]
-        literal = f"[{address}]" if address.version == 6 else str(address)
-        default_port = 443 if scheme == "https" else 80
-        url = httpx.URL(params.url).copy_with(host=literal.strip("[]"), port=port)
-        headers = {
-            **params.headers,
-            "Host": host if port == default_port else f"{host}:{port}",
-            "Idempotency-Key": call.idempotency_key,
-        }
-        extensions = {"sni_hostname": host} if scheme == "https" else {}
+        headers = {**params.headers, "Idempotency-Key": call.idempotency_key}
         async with httpx.AsyncClient(
-            transport=self.transport, follow_redirects=False, timeout=params.timeout_seconds
+            transport=self.policy.httpx_transport(inner=self.transport), follow_redirects=False,
+            timeout=params.timeout_seconds,
         ) as client:
             try:
-                response = await client.post(
-                    url, json=params.json_body, headers=headers, extensions=extensions
-                )
+                response = await client.post(params.url, json=params.json_body, headers=headers)
+            except DestinationRefused as exc:  # the name now resolves elsewhere
+                raise ApplicationError(str(exc), type="DestinationRefused", non_retryable=True) from None
             except httpx.HTTPError as exc:
                 raise ApplicationError(
                     f"POST {params.url} failed: {type(exc).__name__}: {exc}", type="HttpError"
@@ -103,9 +85,3 @@ class HttpActions:
                 non_retryable=True,
             )
         return {"status": response.status_code, "body": body}
-
-    async def _resolve(self, host: str, port: int) -> Sequence[str]:
-        try:
-            return await self.resolver(host, port)
-        except OSError as exc:
-            raise DestinationRefused(f"{host} does not resolve: {exc}") from None

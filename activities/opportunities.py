@@ -20,6 +20,7 @@ from activities.opportunity_types import (
 from activities.rule_runs import current_rules, plan_events
 from connectors.catalogue import catalogue
 from hub import crm_signing
+from hub.egress import DestinationRefused
 from hub.runtime import Hub
 from hub.store.connections import Connection
 from hub.store.opportunities import upsert_projection
@@ -52,9 +53,9 @@ class OpportunityActivities:
 
     @property
     def http(self) -> httpx.AsyncClient:
-        """One pooled HTTP client for CRM callbacks."""
+        """One pooled HTTP client for CRM callbacks, through the egress policy (the URL is the tenant's)."""
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=CRM_TIMEOUT, follow_redirects=False)
+            self._http = self.hub.egress.httpx_client(timeout=CRM_TIMEOUT, follow_redirects=False)
         return self._http
 
     @activity.defn(name=PREPARE)
@@ -134,6 +135,9 @@ class OpportunityActivities:
         }
         try:
             response = await self.http.post(url, content=body, headers=headers)
+        except DestinationRefused as exc:
+            raise ApplicationError(f"CRM callback refused: {exc}", type="DestinationRefused",
+                                   non_retryable=True) from None
         except httpx.HTTPError as exc:
             raise ApplicationError(f"CRM callback unreachable: {type(exc).__name__}", type="CrmUnreachable") from None
         if not 200 <= response.status_code < 300:

@@ -66,6 +66,7 @@ class TransitionRecord(BaseModel):
     actor: Actor | None = None
     at: datetime
     pipeline_version: int
+    reason: str | None = None
 
 
 class StageVisit(BaseModel):
@@ -131,10 +132,11 @@ class UpsertRequest(BaseModel):
 
 
 class TransitionRequest(BaseModel):
-    """Move to another stage."""
+    """Move to another stage (``reason``: why, e.g. a rule's, kept in the history)."""
 
     to: str
     actor: Actor
+    reason: str | None = None
 
 
 class ChecklistRequest(BaseModel):

@@ -23,14 +23,16 @@ RECORD_RUNS = "rules.record_runs"
 
 def relevant(ruleset: RuleSet, event: dict) -> set[str]:
     """Rules that listen to this event (its trigger, and its stage for stage rules): their outcomes are runs.
+    An event naming a ``rule`` (a scheduled rule's firing) is for that rule only.
 
     Outcomes of every other rule ("trigger mismatch") say nothing about this event and are not kept.
     """
-    kind, stage = event.get("type"), event.get("stage")
+    kind, stage, only = event.get("type"), event.get("stage"), event.get("rule")
     return {
         r.name
         for r in ruleset.rules
         if r.compiled is not None
+        and only in (None, r.name)
         and r.compiled.enabled
         and r.compiled.trigger == kind
         and (r.compiled.stage is None or r.compiled.stage == stage)
@@ -56,7 +58,7 @@ def plan_events(ruleset: RuleSet, events: list[dict]) -> RulePlan:
                     actions=[PlannedActionModel(name=a.name, params=a.params) for a in outcome.actions],
                 )
             )
-    return RulePlan(outcomes=outcomes)
+    return RulePlan(outcomes=outcomes, on_failure="automation.failed" in ruleset.triggers)
 
 
 async def current_rules(session: AsyncSession, org_id: str) -> RuleSet:

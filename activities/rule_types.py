@@ -40,16 +40,22 @@ class RulePlan(BaseModel):
     """Every outcome for the planned events, in event order then rule order."""
 
     outcomes: list[RuleOutcomeModel] = Field(default_factory=list)
+    on_failure: bool = Field(default=False, description="a rule listens to automation.failed")
 
 
 class ActionOutcome(BaseModel):
-    """The result of one executed action."""
+    """The result of one executed action: its rendered params, output or error, how many times the hub ran
+    it (1, plus one per retry through the API; Temporal's own activity retries are inside one attempt) and
+    how long the last attempt took."""
 
     name: str
     idempotency_key: str
     ok: bool
     error: str | None = None
     output: dict = Field(default_factory=dict)
+    params: dict = Field(default_factory=dict)
+    attempts: int = 1
+    duration_ms: int | None = None
 
 
 class RuleRun(BaseModel):
@@ -71,3 +77,16 @@ class RecordRunsInput(BaseModel):
     org_id: str
     subject: str
     runs: list[RuleRun]
+
+
+#: The workflow type a rule's Schedule starts (workflows/scheduled_rule.py).
+SCHEDULED_RULE_WORKFLOW = "ScheduledRuleWorkflow"
+
+
+class ScheduledRuleInput(BaseModel):
+    """One firing of an ``on: schedule`` rule (the version its Schedule was made for; the current one runs)."""
+
+    org_id: str
+    rule: str
+    version: int
+    schedule: str

@@ -34,6 +34,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import SplineTransformer
 
+from ai.monitoring import score_bins
 from ai.tabular import CategoryCoder, DataError, clean, fingerprint, one_thread, points, read_csv, to_float
 
 MODEL_FORMAT = "fulqrun-deal-model/1"  # bump when training changes: versions and demo caches follow
@@ -386,4 +387,6 @@ def train_deals(deals: Sequence[Deal], mapping: DealMapping | None = None) -> De
           "v": str(d.value), "c": str(d.created), "x": str(d.closed), "e": str(d.expected_close)} for d in history],
         mapping.model_dump_json(), MODEL_FORMAT, sklearn.__version__,
     )
-    return DealModel(mapping, fit, float(data.y.mean()), shrink, C, typical, reference, version, metrics)
+    model = DealModel(mapping, fit, float(data.y.mean()), shrink, C, typical, reference, version, metrics)
+    metrics["score_bins"] = score_bins(100 * model.probabilities(data))  # for drift (ai.monitoring)
+    return model

@@ -5,7 +5,13 @@
   Brier score, mean interval width, and calibration by score decile against the stated intervals:
   a decile *holds* when its observed conversion rate lies between its mean low and mean high. The
   same check per fold × decile (groups about the size the intervals are learned for) gives a coverage
-  that should be near or above 90%.
+  that should be near or above 90%. The same folds fit a **baseline**: gradient-boosted trees with
+  default settings on the same features (native categorical splits).
+* Leads per moment — that evaluation for the features known at creation, after engagement and after
+  sales contact (``ai.leads.MOMENTS``), over several fold seeds; each moment's model should beat its
+  baseline in both AUC and Brier.
+* Forecast — ``ai.forecast.backtest`` over the months of the Maven history from the third month with
+  closings (``pipeline_backtest``): MAPE and 80% interval coverage against two naive baselines.
 * Deals — a time-ordered split: train on the deals that closed first, test on the latest-closing
   ones. AUC, Brier and the Brier of predicting the training base rate, over the held-out deals'
   snapshots (seen open at 0, 7, 14, ... days, the model's own task) and at engagement (age 0).
@@ -15,14 +21,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from ai.deals import Deal, DealMapping, closed_deals, snapshot, train_deals
-from ai.leads import LeadMapping, train_leads
+from ai.forecast import Backtest, backtest, maven_deals, period_bounds
+from ai.leads import MOMENTS, LeadMapping, LeadModel, train_leads
+from ai.tabular import DataError, one_thread, read_csv, to_float
 
 
 class DecileRow(BaseModel):
@@ -49,6 +59,32 @@ class LeadEvaluation(BaseModel):
     deciles_holding: int
     fold_decile_coverage: float
     seconds: float
+    moment: str | None = None
+    features: int = 0
+    baseline_auc: float = 0.0
+    baseline_brier: float = 0.0
+
+
+class MomentRow(BaseModel):
+    """One moment's figures over several fold seeds (means, and the range of AUC), with its baseline's."""
+
+    moment: str
+    features: int
+    seeds: int
+    auc: float
+    auc_min: float
+    auc_max: float
+    brier: float
+    fold_decile_coverage: float
+    deciles_holding: float
+    mean_width: float
+    baseline_auc: float
+    baseline_brier: float
+
+    @property
+    def beats_baseline(self) -> bool:
+        """Higher AUC and lower Brier than the gradient-boosting baseline."""
+        return self.auc > self.baseline_auc and self.brier < self.baseline_brier
 
 
 class DealView(BaseModel):
@@ -85,20 +121,46 @@ def _decile_index(scores: np.ndarray) -> np.ndarray:
     return ranks * 10 // len(scores)
 
 
+def moment_mapping(rows: Sequence[dict], mapping: LeadMapping, moment: str) -> LeadMapping:
+    """``mapping`` restricted to the features known at ``moment``."""
+    features = mapping.known_at(mapping.feature_columns(list(rows[0].keys())), moment)
+    numeric = None if mapping.numeric is None else [c for c in mapping.numeric if c in features]
+    return mapping.model_copy(update={"features": features, "numeric": numeric})
+
+
+def _baseline(model: LeadModel, train: Sequence[dict], y: np.ndarray, test: Sequence[dict], seed: int) -> np.ndarray:
+    """P(convert) of gradient-boosted trees (default settings) on the model's features, fitted on ``train``."""
+    def matrix(rows: Sequence[dict]) -> np.ndarray:
+        cats, nums = model.matrices(rows)
+        return np.hstack([model.learner.coder.encode(cats), nums])
+
+    k = len(model.categorical)
+    with one_thread():
+        trees = HistGradientBoostingClassifier(categorical_features=list(range(k)) or None, random_state=seed)
+        return trees.fit(matrix(train), y).predict_proba(matrix(test))[:, 1]
+
+
 def evaluate_leads(rows: Sequence[dict], mapping: LeadMapping | None = None, folds: int = 5,
-                   seed: int = 0) -> LeadEvaluation:
-    """Stratified ``folds``-fold cross-validation of ``train_leads`` on labelled rows."""
+                   seed: int = 0, moment: str | None = None) -> LeadEvaluation:
+    """Stratified ``folds``-fold cross-validation of ``train_leads`` on labelled rows (only the features known
+    at ``moment`` when given), and of the gradient-boosting baseline in the same folds."""
     started = time.perf_counter()
     mapping = mapping or LeadMapping()
+    if moment is not None:
+        mapping = moment_mapping(rows, mapping, moment)
     labelled = [(r, y) for r in rows if (y := mapping.outcome(r)) is not None]
     data = [r for r, _ in labelled]
     y = np.array([y for _, y in labelled], dtype=int)
-    scores, low, high = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y))
+    scores, low, high, base = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y))
     fold_of = np.zeros(len(y), dtype=int)
+    features = 0
     for f, (train, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(data, y)):
-        model = train_leads([data[i] for i in train], mapping, seed=seed)
-        s, lo, hi = model.predict([data[i] for i in test])
+        train_rows, test_rows = [data[i] for i in train], [data[i] for i in test]
+        model = train_leads(train_rows, mapping, seed=seed, moments=False)
+        s, lo, hi = model.predict(test_rows)
         scores[test], low[test], high[test], fold_of[test] = s, lo, hi, f
+        base[test] = _baseline(model, train_rows, y[train], test_rows, seed)
+        features = len(model.features)
     decile = _decile_index(scores)
     table = []
     for d in range(10):
@@ -125,7 +187,34 @@ def evaluate_leads(rows: Sequence[dict], mapping: LeadMapping | None = None, fol
         deciles=table, deciles_holding=sum(r.holds for r in table),
         fold_decile_coverage=round(held / total, 3),
         seconds=round(time.perf_counter() - started, 1),
+        moment=moment, features=features,
+        baseline_auc=round(float(roc_auc_score(y, base)), 4),
+        baseline_brier=round(float(brier_score_loss(y, base)), 4),
     )
+
+
+def evaluate_lead_moments(rows: Sequence[dict], mapping: LeadMapping | None = None, folds: int = 5,
+                          seeds: Sequence[int] = (0, 1, 2)) -> list[MomentRow]:
+    """``evaluate_leads`` at each moment that has features of its own, for each fold seed, summarised."""
+    mapping = mapping or LeadMapping()
+    features = mapping.feature_columns(list(rows[0].keys()))
+    table = []
+    for moment in MOMENTS:
+        if moment not in {mapping.moment_of(c) for c in features}:
+            continue
+        runs = [evaluate_leads(rows, mapping, folds, seed, moment) for seed in seeds]
+        aucs = [r.auc for r in runs]
+
+        def mean(name: str, places: int = 4, runs: list[LeadEvaluation] = runs) -> float:
+            return round(float(np.mean([getattr(r, name) for r in runs])), places)
+
+        table.append(MomentRow(
+            moment=moment, features=runs[0].features, seeds=len(runs), auc=mean("auc"), auc_min=min(aucs),
+            auc_max=max(aucs), brier=mean("brier"), fold_decile_coverage=mean("fold_decile_coverage", 3),
+            deciles_holding=mean("deciles_holding", 1), mean_width=mean("mean_width", 2),
+            baseline_auc=mean("baseline_auc"), baseline_brier=mean("baseline_brier"),
+        ))
+    return table
 
 
 def _view(model_p: np.ndarray, y: np.ndarray, base: float) -> DealView:
@@ -168,6 +257,38 @@ def lead_report(ev: LeadEvaluation) -> str:
     lines.append(f"  deciles holding: {ev.deciles_holding}/10; fold x decile coverage "
                  f"{ev.fold_decile_coverage:.0%} (nominal 90%)")
     return "\n".join(lines)
+
+
+def moment_report(table: Sequence[MomentRow], folds: int) -> str:
+    """The per-moment lead evaluation as text."""
+    lines = [
+        f"leads by moment (stratified {folds}-fold CV, {table[0].seeds if table else 0} fold seeds; "
+        "baseline: gradient-boosted trees, default settings, same folds and features)",
+        "  moment       features   AUC (min-max)            Brier    interval cover  deciles   baseline AUC  Brier"
+        "    beats",
+    ]
+    for r in table:
+        lines.append(
+            f"  {r.moment:<12} {r.features:>8}   {r.auc:.4f} ({r.auc_min:.4f}-{r.auc_max:.4f})  {r.brier:.4f}"
+            f"   {r.fold_decile_coverage:>13.0%}  {r.deciles_holding:>5.1f}/10   {r.baseline_auc:>12.4f}  "
+            f"{r.baseline_brier:.4f}   {'yes' if r.beats_baseline else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+def pipeline_backtest(pipeline_csv: Path, simulations: int = 1000) -> Backtest:
+    """The monthly forecast backtest on a Maven-layout ``sales_pipeline.csv`` (``products.csv`` beside it gives the
+    list prices open deals are valued at): each month from the third after the first closing to the last one
+    with closings, forecast from what was known at its start."""
+    products = pipeline_csv.with_name("products.csv")
+    prices = {r["product"]: p for r in read_csv(products) if (p := to_float(r.get("sales_price"))) is not None} \
+        if products.exists() else {}
+    deals, actual = maven_deals(read_csv(pipeline_csv), prices)
+    closings = sorted(d.closed for d in deals if d.closed is not None)
+    if not closings:
+        raise DataError("no closed deals to backtest the forecast on")
+    first = period_bounds(closings[0], "month", 3)[2][0]
+    return backtest(deals, actual, first, closings[-1].replace(day=1), simulations)
 
 
 def deal_report(ev: DealEvaluation) -> str:

@@ -29,6 +29,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Literal
 
 import numpy as np
 import sklearn
@@ -42,11 +43,15 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, PolynomialFeatures, SplineTransformer
 
+from ai.monitoring import score_bins
 from ai.tabular import CategoryCoder, DataError, clean, fingerprint, one_thread, points, to_float
 
 #: Sales-assigned labels known only after contact: never features (glob patterns, case-insensitive).
 LEAKAGE_COLUMNS: tuple[str, ...] = ("Tags", "Lead Quality", "Lead Profile", "Asymmetrique*")
-MODEL_FORMAT = "fulqrun-lead-model/2"  # bump when training changes: versions and demo caches follow
+MODEL_FORMAT = "fulqrun-lead-model/3"  # bump when training changes: versions and demo caches follow
+#: When a lead's fields become known, in order: when it is created (form, source, profile), after it engages
+#: (website visits and time), after sales contact (what the sales team last did with it).
+MOMENTS: tuple[str, ...] = ("creation", "engagement", "contact")
 MISSING = "(missing)"
 Z90 = 1.6448536269514722
 MIN_ROWS = 50
@@ -73,6 +78,27 @@ class LeadMapping(BaseModel):
     features: list[str] | None = Field(default=None, description="None: every other non-leakage column")
     numeric: list[str] | None = Field(default=None, description="None: detected from the data")
     placeholders: list[str] = Field(default_factory=lambda: ["Select"], description="values meaning missing")
+    known_after: dict[Literal["engagement", "contact"], list[str]] = Field(
+        default_factory=lambda: {
+            "engagement": ["TotalVisits", "Total Time Spent on Website", "Page Views Per Visit", "visits",
+                           "time_on_site", "page_views"],
+            "contact": ["Last Activity", "Last Notable Activity", "last_activity"],
+        },
+        description="columns (glob patterns, case-insensitive) known only after engagement / sales contact; "
+        "every other feature is known when the lead is created",
+    )
+
+    def moment_of(self, column: str) -> str:
+        """The moment a column becomes known: ``creation``, ``engagement`` or ``contact``."""
+        for moment in reversed(MOMENTS[1:]):
+            if any(fnmatch.fnmatchcase(column.casefold(), p.casefold()) for p in self.known_after.get(moment, [])):
+                return moment
+        return MOMENTS[0]
+
+    def known_at(self, columns: Sequence[str], moment: str) -> list[str]:
+        """The columns known at ``moment`` (in their order)."""
+        last = MOMENTS.index(moment)
+        return [c for c in columns if MOMENTS.index(self.moment_of(c)) <= last]
 
     def feature_columns(self, header: Sequence[str]) -> list[str]:
         """The feature columns for a CSV header; leakage columns are refused or left out."""
@@ -119,6 +145,7 @@ class LeadScore(BaseModel):
     factors: list[Factor]
     model_version: str
     source: str  # "model" (trained on the org's history) or "prior"
+    moment: str = MOMENTS[0]  # what the score knew: creation, engagement or contact (``MOMENTS``)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -255,9 +282,14 @@ def learn_intervals(scores: np.ndarray, y: np.ndarray, folds: np.ndarray, bands:
 
 
 class LeadModel:
-    """A trained lead model: featurisers, learners, stacker, interval table and typical values."""
+    """A trained lead model: featurisers, learners, stacker, interval table and typical values.
+
+    It reads the features known at its ``moment`` (the latest one among its columns); ``earlier`` holds the
+    models trained on what is known at each earlier moment, and ``for_lead`` picks the one for a lead."""
 
     source = "model"
+    moment = MOMENTS[-1]
+    earlier: dict[str, LeadModel] = {}
 
     def __init__(
         self,
@@ -280,6 +312,19 @@ class LeadModel:
     def features(self) -> list[str]:
         """Every feature column, categorical first."""
         return self.categorical + self.numeric
+
+    def known_moment(self, record: dict) -> str:
+        """The latest moment for which the lead has a value among this model's features."""
+        present = [self.mapping.moment_of(c) for c in self.features
+                   if clean(record.get(c), self.mapping.placeholders) is not None]
+        return max(present, key=MOMENTS.index, default=MOMENTS[0])
+
+    def for_lead(self, record: dict) -> LeadModel:
+        """The model for what is known of this lead now: the latest moment it has reached that a model covers."""
+        by_moment = {**self.earlier, self.moment: self}
+        reached = MOMENTS.index(self.known_moment(record))
+        usable = [m for m in by_moment if MOMENTS.index(m) <= reached]
+        return by_moment[max(usable, key=MOMENTS.index)] if usable else by_moment[min(by_moment, key=MOMENTS.index)]
 
     def matrices(self, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
         """(categorical strings, numbers with NaN) for records keyed by column name."""
@@ -345,6 +390,7 @@ class LeadModel:
                     factors=self._factors(cats[i], nums[i], effects[:, i]),
                     model_version=self.version,
                     source=self.source,
+                    moment=self.moment,
                 )
             )
         return out
@@ -421,8 +467,10 @@ def detect_numeric(cells: np.ndarray, columns: list[str]) -> list[str]:
     return numeric
 
 
-def train_leads(rows: Sequence[dict], mapping: LeadMapping | None = None, folds: int = 5, seed: int = 0) -> LeadModel:
-    """Train a lead model on historical leads (dicts keyed by column name, with the outcome column)."""
+def train_leads(rows: Sequence[dict], mapping: LeadMapping | None = None, folds: int = 5, seed: int = 0,
+                moments: bool = True) -> LeadModel:
+    """Train a lead model on historical leads (dicts keyed by column name, with the outcome column); with
+    ``moments``, also one per earlier moment on the features known by then (``LeadModel.earlier``)."""
     mapping = mapping or LeadMapping()
     if not rows:
         raise DataError("no rows to train on")
@@ -472,11 +520,37 @@ def train_leads(rows: Sequence[dict], mapping: LeadMapping | None = None, folds:
         "oof_brier": round(float(brier_score_loss(y, oof_scores / 100)), 4),
         "mean_interval_width": round(float(np.mean(high - low)), 2),
         "folds": k,
+        "score_bins": score_bins(oof_scores),
     }
     version = "leads-" + fingerprint(
         data, mapping.model_dump_json(), MODEL_FORMAT, sklearn.__version__, str(folds), str(seed)
     )
-    return LeadModel(mapping, categorical, numeric, learner, stacker, intervals, reference, version, metrics)
+    model = LeadModel(mapping, categorical, numeric, learner, stacker, intervals, reference, version, metrics)
+    model.moment = max((mapping.moment_of(c) for c in features), key=MOMENTS.index)
+    if moments:
+        model.earlier = _earlier_models(data, mapping, features, numeric, model.moment, folds, seed, version)
+        metrics["moments"] = {m: _moment_metrics(model.earlier.get(m, model)) for m in (*model.earlier, model.moment)}
+    return model
+
+
+def _earlier_models(rows: Sequence[dict], mapping: LeadMapping, features: list[str], numeric: list[str],
+                    last: str, folds: int, seed: int, version: str) -> dict[str, LeadModel]:
+    """One model per moment before ``last`` that has features of its own, trained on those known by then."""
+    out: dict[str, LeadModel] = {}
+    for moment in MOMENTS[: MOMENTS.index(last)]:
+        known = mapping.known_at(features, moment)
+        if not known or moment not in {mapping.moment_of(c) for c in known}:
+            continue
+        subset = mapping.model_copy(update={"features": known, "numeric": [c for c in numeric if c in known]})
+        model = train_leads(rows, subset, folds, seed, moments=False)
+        model.version, model.moment = version, moment  # one model version; the moment says which part scored
+        out[moment] = model
+    return out
+
+
+def _moment_metrics(model: LeadModel) -> dict:
+    return {"features": len(model.features), "oof_auc": model.metrics["oof_auc"],
+            "oof_brier": model.metrics["oof_brier"], "mean_interval_width": model.metrics["mean_interval_width"]}
 
 
 class LeadPrior:
@@ -523,6 +597,7 @@ class LeadPrior:
                            text=f"{why}: {verb} the score by {points(pts)} (prior scorecard)")
                 )
             lead_id = ids[i] if ids is not None else clean(record.get("id")) or str(i + 1)
+            known = [self.mapping.moment_of(k) for k, v in record.items() if clean(v, ["Select"]) is not None]
             out.append(
                 LeadScore(
                     id=lead_id,
@@ -532,6 +607,7 @@ class LeadPrior:
                     factors=out_factors,
                     model_version=self.version,
                     source=self.source,
+                    moment=max(known, key=MOMENTS.index, default=MOMENTS[0]),
                 )
             )
         return out

@@ -125,7 +125,7 @@ def _bump(urgency: Urgency, close_soon: bool) -> Urgency:
 
 
 def _action(code: str, title: str, reasoning: str, source: str, reduction: float, urgency: Urgency) -> NextAction:
-    return NextAction(code=code, title=title, reasoning=reasoning, source=source,  # type: ignore[arg-type]
+    return NextAction(code=code, title=title, reasoning=reasoning, source=source,
                       expected_risk_reduction=reduction, urgency=urgency,
                       priority=round((max(reduction, 0.0) + 1) * URGENCY_WEIGHT[urgency], 2))
 
@@ -139,7 +139,7 @@ def candidates(assessment: Assessment, stage: str, checklist: dict) -> list[Next
         reduction = round(assessment.risk_score - assessment.risk_without({signal.code}), 1)
         out.append(_action(signal.code, play.title,
                            f"{signal.text}. {play.why} Resolving it lowers the risk by about {points(reduction)}.",
-                           "rule", reduction, _bump(signal.urgency, close_soon)))  # type: ignore[arg-type]
+                           "rule", reduction, _bump(signal.urgency, close_soon)))
     if assessment.age_factor >= 1:
         play = CATALOGUE["model.aging"]
         reduction = round(assessment.age_factor / 2, 1)
@@ -273,6 +273,7 @@ async def refine(opp: dict, stage: str, assessment: Assessment, local: list[Next
         provenance["output"] = result.get("output")
         provenance["model"] = result.get("model") or model
         provenance["response_id"] = result.get("id")
+        provenance["usage"] = result.get("usage") or {}
         actions = merge_answer(LlmAnswer.model_validate(result.get("output")), shown) + local[LLM_CANDIDATES:]
     except TimeoutError:
         provenance["fallback"] = f"timeout after {timeout:g}s"

@@ -150,7 +150,7 @@ def _aware(value: object) -> datetime | None:
 
 def _score(value: object) -> int:
     try:
-        return max(0, min(3, int(float(value))))  # type: ignore[arg-type]
+        return max(0, min(3, int(float(value))))
     except (TypeError, ValueError):
         return 0
 

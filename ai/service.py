@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,9 +21,10 @@ import sklearn
 
 from ai import artifacts, deals, leads
 from ai.artifacts import Model
-from ai.deals import DealMapping, deals_from_rows, read_deals, train_deals
-from ai.leads import LeadMapping, LeadModel, LeadPrior, LeadScore, train_leads
-from ai.tabular import decode_csv_bytes, parse_csv, read_csv
+from ai.deals import read_deals, train_deals
+from ai.leads import LeadModel, LeadPrior, LeadScore, train_leads
+from ai.monitoring import observe_score
+from ai.tabular import read_csv
 from hub.store.ai import (
     AiModel,
     Lead,
@@ -51,23 +53,18 @@ _models: OrderedDict[str, Model] = OrderedDict()  # model id → loaded model (i
 LEAD_PRIOR = LeadPrior()
 
 
-def train_csv(kind: str, raw: bytes, mapping: dict | None = None) -> tuple[Model, dict]:
-    """Train a model of ``kind`` on CSV bytes (plain or gzip); returns the model and the mapping used."""
-    rows = parse_csv(decode_csv_bytes(raw))
-    if kind == "leads":
-        return train_leads(rows, LeadMapping.model_validate(mapping or {}))
-    deal_mapping = DealMapping.model_validate(mapping or {})
-    return train_deals(deals_from_rows(rows, deal_mapping), deal_mapping)
-
-
-async def register_model(hub: Hub, org_id: str, model: Model, actor: str) -> AiModel:
-    """Store a trained model as the org's active model of its kind."""
+async def register_model(hub: Hub, org_id: str, model: Model, actor: str, data: bytes | None = None,
+                         origin: str = "upload") -> AiModel:
+    """Store a trained model (``data``: its artifact bytes, when already made) as the org's active model of its
+    kind."""
     from hub.auth import ensure_org
 
-    data = await asyncio.to_thread(artifacts.dumps, model)
+    if data is None:
+        data = await asyncio.to_thread(artifacts.dumps, model)
     kind = artifacts.kind_of(model)
     row = AiModel(id=new_model_id(), org_id=org_id, kind=kind, version=model.version, metrics=model.metrics,
-                  mapping=model.mapping.model_dump(), artifact=data, artifact_sha256=artifacts.sha256(data), created_by=actor)
+                  mapping=model.mapping.model_dump(), artifact=data, artifact_sha256=artifacts.sha256(data),
+                  created_by=actor, origin=origin)
     async with hub.db.session() as session:
         await ensure_org(session, org_id)
         row = await activate_model(session, row)
@@ -114,12 +111,12 @@ def lead_created(org_id: str, lead_id: str, data: dict, score: LeadScore) -> New
 
 
 async def score_lead(hub: Hub, org_id: str, lead_id: str, data: dict | None = None) -> tuple[Lead, LeadScore]:
-    """Score a lead with the org's model (or the prior), store the lead and its score and the insight; a new lead
+    """Score a lead with the org's model for what is known of it now (``LeadModel.for_lead``: at creation, after
+    engagement, after sales contact) or the prior, store the lead and its score and the insight; a new lead
     raises ``lead.created`` through the webhook inbox (in the same transaction: durable, once per lead).
 
     ``data`` None: rescore the stored lead. Raises ``LookupError`` if there is no such lead."""
     model = await active_model(hub, org_id, "leads")
-    scorer: LeadModel | LeadPrior = model if isinstance(model, LeadModel) else LEAD_PRIOR
     async with hub.db.session() as session:
         lead = await session.get(Lead, (org_id, lead_id))
         if data is None:
@@ -127,7 +124,11 @@ async def score_lead(hub: Hub, org_id: str, lead_id: str, data: dict | None = No
                 raise LookupError(f"lead {lead_id!r} not found")
             data = lead.data
     record = lead_record(data)
+    scorer: LeadModel | LeadPrior = model.for_lead(record) if isinstance(model, LeadModel) else LEAD_PRIOR
+    started = time.perf_counter()
     score = (await asyncio.to_thread(scorer.score_records, [record], [lead_id]))[0]
+    observe_score(org_id, "lead_score", score.model_version, score.source, time.perf_counter() - started,
+                  score.moment, getattr(scorer, "metrics", {}).get("score_bins"), score.score)
     now = utcnow()
     async with hub.db.session() as session:
         lead = await session.get(Lead, (org_id, lead_id))
@@ -139,6 +140,7 @@ async def score_lead(hub: Hub, org_id: str, lead_id: str, data: dict | None = No
         lead.score, lead.low, lead.high = score.score, score.low, score.high
         lead.factors = [f.model_dump() for f in score.factors]
         lead.model_version, lead.source, lead.scored_at, lead.updated_at = score.model_version, score.source, now, now
+        lead.moment = score.moment
         await record_insight(session, org_id, "lead", lead_id, "lead_score", score.model_version, score.source,
                              inputs={"lead": record}, output=score.model_dump(),
                              provenance={"engine": "local", "model_version": score.model_version,
@@ -170,7 +172,7 @@ async def _demo_model(hub: Hub, org_id: str, kind: str, path: Path, cached: Path
         row = await active_model_row(session, org_id, kind)
     if row is not None and row.version == model.version:
         return f"unchanged {model.version}"
-    await register_model(hub, org_id, model, "demo")
+    await register_model(hub, org_id, model, "demo", origin="demo")
     log.info("demo %s model %s (%s)", kind, model.version, model.metrics)
     return f"activated {model.version}"
 

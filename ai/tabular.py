@@ -28,9 +28,13 @@ class DataError(ValueError):
 
 
 def decode_csv_bytes(raw: bytes) -> str:
-    """CSV text from bytes: gunzipped if gzip-compressed, UTF-8 (BOM stripped), cp1252 as a fallback."""
-    if raw[:2] == GZIP_MAGIC:
-        raw = gzip.decompress(raw)
+    """CSV text from the bytes of a trusted local file: gunzipped if gzip-compressed (uploads go through
+    ``ai.upload``, which caps what they inflate to), then ``decode_text``."""
+    return decode_text(gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw)
+
+
+def decode_text(raw: bytes) -> str:
+    """CSV text from uncompressed bytes: UTF-8 (BOM stripped), cp1252 as a fallback."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:

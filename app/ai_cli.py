@@ -48,7 +48,7 @@ def _register(org: str, model) -> None:  # noqa: ANN001 - LeadModel | DealModel
         hub = Hub.from_settings(load_settings())
         try:
             await hub.db.migrate()
-            return (await register_model(hub, org, model, actor="cli")).id
+            return (await register_model(hub, org, model, actor="cli", origin="cli")).id
         finally:
             await hub.close()
 
@@ -167,12 +167,24 @@ def evaluate_cmd(
     deals: Path | None = typer.Option(None, "--deals", help="deal CSV (default: Maven under HUB_SHARED_DATA)"),
     folds: int = typer.Option(5, min=2, max=10, help="cross-validation folds for leads"),
     seed: int = typer.Option(0, help="random seed of the folds"),
+    seeds: int = typer.Option(3, min=1, max=10, help="fold seeds (seed, seed+1, ...) of the per-moment table"),
     as_json: bool = typer.Option(False, "--json", help="print the figures as JSON"),
 ) -> None:
-    """Leads: stratified K-fold CV (AUC, Brier, calibration by decile vs intervals). Deals: time-ordered
-    holdout (AUC, Brier, base-rate Brier)."""
+    """Leads: stratified K-fold CV (AUC, Brier, calibration by decile vs intervals), then per moment (known at
+    creation, after engagement, after sales contact) over several seeds against a gradient-boosting baseline.
+    Deals: time-ordered holdout (AUC, Brier, base-rate Brier), and the revenue forecast backtested month by month
+    against two naive baselines."""
     from ai.deals import read_deals
-    from ai.evaluate import deal_report, evaluate_deals, evaluate_leads, lead_report
+    from ai.evaluate import (
+        deal_report,
+        evaluate_deals,
+        evaluate_lead_moments,
+        evaluate_leads,
+        lead_report,
+        moment_report,
+        pipeline_backtest,
+    )
+    from ai.forecast import backtest_report
     from ai.tabular import read_csv
     from app.cli import load_settings
 
@@ -181,19 +193,25 @@ def evaluate_cmd(
     deals = deals or shared / "maven_crm_sales_opportunities" / "sales_pipeline.csv"
     report: dict = {}
     if leads.exists():
-        report["leads"] = evaluate_leads(read_csv(leads), folds=folds, seed=seed)
+        lead_rows = read_csv(leads)
+        report["leads"] = evaluate_leads(lead_rows, folds=folds, seed=seed)
+        report["lead_moments"] = evaluate_lead_moments(lead_rows, folds=folds, seeds=range(seed, seed + seeds))
     if deals.exists():
         report["deals"] = evaluate_deals(read_deals(deals)[0])
+        report["forecast"] = pipeline_backtest(deals)
     if not report:
         _fail(f"no data: neither {leads} nor {deals} exists (set HUB_SHARED_DATA or pass --leads/--deals)")
     if as_json:
-        typer.echo(json.dumps({k: v.model_dump() for k, v in report.items()}, indent=2))
+        typer.echo(json.dumps({k: [r.model_dump() for r in v] if isinstance(v, list) else v.model_dump()
+                               for k, v in report.items()}, indent=2))
         return
     if "leads" in report:
         typer.echo(lead_report(report["leads"]))
+        typer.echo(moment_report(report["lead_moments"], folds))
     else:
         typer.echo(f"leads: skipped ({leads} not found)")
     if "deals" in report:
         typer.echo(deal_report(report["deals"]))
+        typer.echo(backtest_report(report["forecast"]))
     else:
         typer.echo(f"deals: skipped ({deals} not found)")

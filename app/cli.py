@@ -18,7 +18,9 @@ from hub.settings import Settings, get_settings
 app = typer.Typer(help="FulQrun Hub: integration hub and workflow automation for FulQrun.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Secrets at rest.", no_args_is_help=True)
+orgs_app = typer.Typer(help="Orgs.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(orgs_app, name="orgs")
 app.add_typer(secrets_app, name="secrets")
 
 
@@ -34,6 +36,14 @@ app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(ai_app, name="ai")
 
 ADMIN_KEY_FILE = "admin-api-key"
+
+
+@app.callback()
+def private_files() -> None:
+    """Every file a command creates (data dir, backups) is readable by its owner only."""
+    from hub.datadir import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
 
 
 def load_settings() -> Settings:
@@ -101,6 +111,7 @@ def run(
             def banner() -> None:
                 typer.echo(
                     f"FulQrun Hub is running (data in {settings.data_dir.resolve()})\n"
+                    f"  Console:     {base}/console  (sign in with the admin key)\n"
                     f"  API docs:    {base}/docs\n"
                     f"  Temporal UI: http://127.0.0.1:{settings.temporal_ui_port}\n"
                     f"  admin key:   {shown}\n"
@@ -108,15 +119,23 @@ def run(
                     "Ctrl-C stops everything."
                 )
 
+            seeding: list[asyncio.Task] = []
+
+            def ready() -> None:
+                banner()
+                if key:  # first start: the demo deals, moved through PEAK by the API as a CRM would
+                    seeding.append(asyncio.create_task(_seed_demo(base, key)))
+
             training = asyncio.create_task(demo.train_models(hub))
             training.add_done_callback(
-                lambda t: t.cancelled() or typer.echo(f"demo AI models: {t.exception() or t.result()}")
+                lambda t: None if t.cancelled() else typer.echo(f"demo AI models: {t.exception() or t.result()}")
             )
             try:
-                await serve(hub, api=True, worker=True, host=host, port=port, on_ready=banner)
+                await serve(hub, api=True, worker=True, host=host, port=port, on_ready=ready)
             finally:
-                training.cancel()
-                await asyncio.gather(training, return_exceptions=True)
+                for task in (training, *seeding):
+                    task.cancel()
+                await asyncio.gather(training, *seeding, return_exceptions=True)
                 await hub.close()
 
         run_event_loop(main())
@@ -130,6 +149,21 @@ def run(
             except Exception:  # noqa: BLE001
                 proc.kill()
     typer.echo("stopped.")
+
+
+async def _seed_demo(base: str, key: str) -> None:
+    """Seed the demo opportunities through the running API and say where they are (or why not)."""
+    import httpx
+
+    from app import demo
+
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            reached = await demo.seed_opportunities(http, key)
+        typer.echo(f"demo opportunities: {', '.join(f'{k} in {v}' for k, v in reached.items())} "
+                   f"(timeline: {base}/console/opportunities/demo-stark)")
+    except httpx.HTTPError as exc:
+        typer.echo(f"demo opportunities not seeded: {exc}")
 
 
 def _serve_part(api: bool, worker: bool, host: str | None, port: int | None) -> None:
@@ -229,6 +263,66 @@ def keys_create(
         typer.echo(_with_db(make))
     except ValueError as exc:
         fail(str(exc))
+
+
+@keys_app.command("list")
+def keys_list(org: str = typer.Option(..., help="org id")) -> None:
+    """List an org's API keys: id, role, name, created, last used (to the minute), revoked."""
+    from hub.auth import list_keys
+
+    async def rows(db) -> list:  # noqa: ANN001
+        async with db.sessions() as session:
+            return await list_keys(session, org)
+
+    def when(value) -> str:  # noqa: ANN001
+        return value.isoformat(timespec="seconds") if value else "-"
+
+    typer.echo("id\trole\tname\tcreated\tlast_used\trevoked")
+    for key in _with_db(rows):
+        typer.echo("\t".join([key.id, key.role, key.name or "-", when(key.created_at), when(key.last_used_at),
+                              when(key.revoked_at)]))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="the key's id (the part after 'fqh_')")) -> None:
+    """Revoke an API key: refused (401) from now on; running API processes stop accepting it within
+    HUB_API_KEY_CACHE_SECONDS."""
+    from hub.auth import revoke_key
+
+    async def revoke(db) -> bool:  # noqa: ANN001
+        async with db.session() as session:
+            return await revoke_key(session, None, key_id, actor="cli") is not None
+
+    if not _with_db(revoke):
+        fail(f"no API key {key_id!r}")
+    typer.echo(f"revoked {key_id}")
+
+
+@orgs_app.command("delete")
+def orgs_delete(
+    org: str = typer.Argument(..., help="org id"),
+    yes: bool = typer.Option(False, "--yes", help="confirm: this cannot be undone"),
+) -> None:
+    """Delete an org's access and crypto-shred its Temporal data: every API key is revoked and its data keys
+    are deleted, so no payload sealed for it (history, /codec) can be read again. Running processes drop the
+    key from memory within hub.org_keys.CACHE_SECONDS."""
+    from hub.auth import list_keys, revoke_key
+    from hub.org_keys import OrgKeyring
+    from hub.vault import Vault
+
+    if not yes:
+        fail("deleting an org cannot be undone: pass --yes")
+    vault = Vault.from_settings(load_settings())
+
+    async def delete(db) -> tuple[int, int]:  # noqa: ANN001
+        async with db.session() as session:
+            keys = [k for k in await list_keys(session, org) if k.revoked_at is None]
+            for key in keys:
+                await revoke_key(session, org, key.id, actor="cli")
+        return len(keys), await OrgKeyring(db, vault).shred(org)
+
+    revoked, shredded = _with_db(delete)
+    typer.echo(f"org {org}: revoked {revoked} API keys, shredded {shredded} data keys")
 
 
 @secrets_app.command("rotate")

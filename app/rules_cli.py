@@ -92,8 +92,10 @@ async def _apply_files(results: list[LoadResult], org: str | None, dry_run: bool
     from hub.store.resources import apply_resource
     from rules.validate import ResourceInvalid, format_path
 
-    db = Database(load_settings().resolved_database_url)
+    settings = load_settings()
+    db = Database(settings.resolved_database_url)
     failed = 0
+    applied: set[str] = set()
     try:
         await db.migrate()
         for result in results:
@@ -130,9 +132,29 @@ async def _apply_files(results: list[LoadResult], org: str | None, dry_run: bool
             prefix = "(dry run) " if dry_run else ""
             for line in lines:
                 typer.echo(f"{prefix}{line}")
+            applied |= set() if dry_run else set(targets)
+        if applied:
+            await _sync_schedules(settings, db, sorted(applied))
     finally:
         await db.dispose()
     return failed
+
+
+async def _sync_schedules(settings: Any, db: Any, orgs: list[str]) -> None:
+    """Bring the Temporal Schedules of the orgs' ``on: schedule`` rules in line (best effort, 10 s)."""
+    from activities import rule_schedules
+    from hub.runtime import Hub
+    from hub.vault import Vault
+
+    hub = Hub(settings=settings, db=db, vault=Vault.from_settings(settings))
+    try:
+        for org in orgs:
+            done = await asyncio.wait_for(rule_schedules.reconcile(hub, org), timeout=10)
+            for schedule, what in sorted(done.items()):
+                typer.echo(f"schedule {schedule}: {what}")
+    except Exception as exc:  # noqa: BLE001 - Temporal away: the hub reconciles at its next start
+        typer.echo(f"warning: rule schedules not synced now ({type(exc).__name__}); they follow at the next start",
+                   err=True)
 
 
 def _read_event(path: Path) -> dict[str, Any]:
@@ -158,6 +180,7 @@ def test(
     as_json: bool = typer.Option(False, "--json", help="print the outcomes as JSON"),
 ) -> None:
     """Dry-run: which rules fire for the event, which do not and why, and the rendered actions."""
+    from rules.actions import placement
     from rules.engine import compile_rules
 
     payload = _read_event(event)
@@ -178,7 +201,11 @@ def test(
                         "rule": o.rule,
                         "fired": o.fired,
                         "reason": o.reason,
-                        "actions": [{"name": a.name, "params": a.params} for a in o.actions],
+                        "actions": [
+                            dict(zip(("name", "params", "runs_for", "problem"),
+                                     (a.name, a.params, *placement(a.name, payload)), strict=True))
+                            for a in o.actions
+                        ],
                     }
                     for o in outcomes
                 ],
@@ -189,7 +216,9 @@ def test(
         for o in outcomes:
             typer.echo(f"{'FIRES' if o.fired else 'skips'} {o.rule}: {o.reason}")
             for action in o.actions:
-                typer.echo(f"    {action.name} {json.dumps(action.params, ensure_ascii=False)}")
+                runs_for, problem = placement(action.name, payload)
+                where = f"WOULD FAIL: {problem}" if problem else f"runs for the {runs_for}"
+                typer.echo(f"    {action.name} {json.dumps(action.params, ensure_ascii=False)}  ({where})")
         typer.echo(f"{sum(o.fired for o in outcomes)} of {len(outcomes)} rule(s) fire for {payload['type']}")
     if errors:
         raise typer.Exit(1)

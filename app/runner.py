@@ -6,17 +6,20 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 
 import uvicorn
 from temporalio.client import Client
 
+from hub.datadir import PRIVATE_UMASK, make_private
+from hub.http_server import server_config
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.temporal import dev_server_args
@@ -51,7 +54,9 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
 
 
 def _die_with_parent() -> None:
-    """In the child: receive SIGTERM if the hub process dies, so no temporal server is orphaned."""
+    """In the child: receive SIGTERM if the hub process dies, so no temporal server is orphaned; create files
+    (its database and WAL) readable by the owner only."""
+    os.umask(PRIVATE_UMASK)
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -60,8 +65,9 @@ def start_temporal_dev_server(settings: Settings, port: int) -> subprocess.Popen
     """Start ``temporal server start-dev`` file-backed under the data dir, in our process group."""
     ensure_port_free("127.0.0.1", port, "Temporal frontend")
     ensure_port_free("127.0.0.1", settings.temporal_ui_port, "Temporal UI")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    log = open(settings.data_dir / "temporal.log", "ab")  # noqa: SIM115 - lives as long as the child
+    make_private(settings.data_dir)
+    log_fd = os.open(settings.data_dir / "temporal.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = open(log_fd, "ab")  # lives as long as the child
     cmd = [
         temporal_cli(), "server", "start-dev",
         "--db-filename", str(settings.data_dir / "temporal.db"),
@@ -69,7 +75,7 @@ def start_temporal_dev_server(settings: Settings, port: int) -> subprocess.Popen
         "--namespace", settings.temporal_namespace, "--log-level", "warn",
         *dev_server_args(),  # fairness on, one partition per queue
     ]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=_die_with_parent)  # noqa: PLW1509
+    return subprocess.Popen(cmd, stdout=log, stderr=log, preexec_fn=_die_with_parent)
 
 
 async def wait_for_temporal(address: str, namespace: str, timeout: float = 30) -> None:
@@ -80,7 +86,7 @@ async def wait_for_temporal(address: str, namespace: str, timeout: float = 30) -
             client = await Client.connect(address, namespace=namespace)
             await client.service_client.check_health()
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise StartupError(f"Temporal at {address} did not become ready: {exc}") from exc
             await asyncio.sleep(0.3)
@@ -105,6 +111,14 @@ async def stop_within(tasks: list[asyncio.Task], grace: float) -> list[object]:
     return await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: ``serve`` owns SIGINT/SIGTERM for the API and the worker."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_ready=None) -> None:  # noqa: ANN001
     """Run the API and/or the worker in this event loop until SIGINT/SIGTERM."""
     from api import create_app
@@ -125,11 +139,11 @@ async def serve(hub: Hub, *, api: bool, worker: bool, host: str, port: int, on_r
         workers = build_workers(hub, client)
         await configure_provider_queues(client, hub.settings.task_queue)
         tasks += [asyncio.create_task(w.run()) for w in workers]
+        from activities import rule_schedules
+
+        await rule_schedules.reconcile(hub)  # rules applied while no worker ran (e.g. from the CLI)
     if api:
-        config = uvicorn.Config(create_app(hub), host=host, port=port, log_level="warning", lifespan="on",
-                                access_log=False)  # never shown at level warning, yet its arguments cost CPU
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # we own the signals
+        server = _Server(server_config(create_app(hub), host, port, lifespan="on"))
         tasks.append(asyncio.create_task(server.serve()))
         while not server.started and not tasks[-1].done():
             await asyncio.sleep(0.05)

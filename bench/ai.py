@@ -29,18 +29,18 @@ from pathlib import Path
 if not __package__:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import httpx  # noqa: E402
+import httpx
 
-from ai.deals import DealMapping, deals_from_rows, read_deals, train_deals  # noqa: E402
-from ai.leads import train_leads  # noqa: E402
-from ai.next_action import recommend  # noqa: E402
-from ai.risk import assess  # noqa: E402
-from ai.tabular import read_csv  # noqa: E402
-from connectors.openai import CompleteJson, complete_json  # noqa: E402
-from hub.settings import Settings  # noqa: E402
-from tests.ai.synthetic import deal_rows, lead_rows  # noqa: E402
-from tests.fakes.context import action_context  # noqa: E402
-from tests.fakes.openai_server import OpenAIFake  # noqa: E402
+from ai.deals import DealMapping, deals_from_rows, read_deals, train_deals
+from ai.leads import train_leads
+from ai.next_action import recommend
+from ai.risk import assess
+from ai.tabular import read_csv
+from connectors.openai import CompleteJson, complete_json
+from hub.settings import Settings
+from tests.ai.synthetic import deal_rows, lead_rows
+from tests.fakes.context import action_context
+from tests.fakes.openai_server import OpenAIFake
 
 NOW = datetime(2017, 12, 31, tzinfo=UTC)
 OPP = {
@@ -60,7 +60,7 @@ def p50_ms(samples: list[float]) -> float:
     return 1000 * statistics.median(samples)
 
 
-def timed(fn, repeat: int) -> list[float]:  # noqa: ANN001
+def timed(fn, repeat: int) -> list[float]:
     out = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -69,7 +69,7 @@ def timed(fn, repeat: int) -> list[float]:  # noqa: ANN001
     return out
 
 
-async def atimed(fn, repeat: int) -> list[float]:  # noqa: ANN001
+async def atimed(fn, repeat: int) -> list[float]:
     out = []
     for _ in range(repeat):
         started = time.perf_counter()

@@ -31,31 +31,31 @@ from pathlib import Path
 if not __package__:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import httpx  # noqa: E402
-from temporalio.client import Client  # noqa: E402
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
+import httpx
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
-from activities.connector_types import ActionCall  # noqa: E402
-from app.runner import temporal_cli  # noqa: E402
-from connectors.catalogue import RateLimit, catalogue  # noqa: E402
-from hub.runtime import Hub  # noqa: E402
-from hub.settings import Settings  # noqa: E402
-from hub.store import Database  # noqa: E402
-from hub.temporal import data_converter, dev_server_args  # noqa: E402
-from hub.vault import Vault, new_key_line, parse_keys  # noqa: E402
-from tests.connectors.support import (  # noqa: E402
+from activities.connector_types import ActionCall
+from app.runner import temporal_cli
+from connectors.catalogue import RateLimit, catalogue
+from hub.runtime import Hub
+from hub.settings import Settings
+from hub.store import Database
+from hub.temporal import data_converter, dev_server_args
+from hub.vault import Vault, new_key_line, parse_keys
+from tests.connectors.support import (
     CLIENT_ID,
     CLIENT_SECRET,
     RunActions,
     connection_workers,
     seed_connection,
 )
-from tests.fakes.oauth_server import OAuthFake  # noqa: E402
+from tests.fakes.oauth_server import OAuthFake
 
 WORKFLOWS = 5
 
 
-def serve_fake(pipe, rate: float) -> None:  # noqa: ANN001 - a multiprocessing Connection
+def serve_fake(pipe, rate: float) -> None:  # a multiprocessing Connection
     """In a child process (so its clock readings are not delayed by the hub's work): the fake provider,
     driven by commands over ``pipe``."""
     fake = OAuthFake(limit_per_second=rate).start()
@@ -124,7 +124,8 @@ async def main(actions: int, rate: float, headroom: float | None) -> float:
     fake = FakeProcess(rate)
     with tempfile.TemporaryDirectory() as tmp:
         keys = new_key_line("b1")
-        settings = Settings(data_dir=Path(tmp), vault_keys=keys, task_queue=f"bench-{uuid.uuid4().hex[:8]}")
+        settings = Settings(data_dir=Path(tmp), vault_keys=keys, task_queue=f"bench-{uuid.uuid4().hex[:8]}",
+                        http_allowlist=["127.0.0.1/32"])
         db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'hub.db'}")
         await db.migrate()
         env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(),

@@ -25,8 +25,8 @@ from pathlib import Path
 if not __package__:  # run as a script: bench/ (this file is rules.py) must not shadow the `rules` package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from rules.engine import RuleSet, compile_rules  # noqa: E402
-from rules.expr import activation  # noqa: E402
+from rules.engine import RuleSet, compile_rules
+from rules.expr import activation
 
 TRIGGERS = [
     "opportunity.created",

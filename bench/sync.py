@@ -30,19 +30,19 @@ from pathlib import Path
 if not __package__:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from temporalio.client import Client  # noqa: E402
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
-from app.runner import temporal_cli  # noqa: E402
-from bench.connectors import achieved, busiest_second  # noqa: E402
-from connectors.catalogue import RateLimit  # noqa: E402
-from hub.runtime import Hub  # noqa: E402
-from hub.settings import Settings  # noqa: E402
-from hub.store import Database  # noqa: E402
-from hub.temporal import data_converter, dev_server_args  # noqa: E402
-from hub.vault import Vault, new_key_line, parse_keys  # noqa: E402
-from tests.fakes.stripe_server import StripeFake  # noqa: E402
-from tests.sync.support import record_count, run_sync, seed_connection, sync_workers  # noqa: E402
+from app.runner import temporal_cli
+from bench.connectors import achieved, busiest_second
+from connectors.catalogue import RateLimit
+from hub.runtime import Hub
+from hub.settings import Settings
+from hub.store import Database
+from hub.temporal import data_converter, dev_server_args
+from hub.vault import Vault, new_key_line, parse_keys
+from tests.fakes.stripe_server import StripeFake
+from tests.sync.support import record_count, run_sync, seed_connection, sync_workers
 
 MODEL = "stripe.customers"
 
@@ -58,7 +58,7 @@ class LimitedStripe(StripeFake):
         self.throttled = 0
         self._recent: collections.deque[float] = collections.deque()
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             now = time.monotonic()
             while self._recent and now - self._recent[0] >= 1.0:
@@ -72,7 +72,7 @@ class LimitedStripe(StripeFake):
         await super().__call__(scope, receive, send)
 
 
-def serve_provider(records: int, rate: float, pipe) -> None:  # noqa: ANN001 - a multiprocessing Connection
+def serve_provider(records: int, rate: float, pipe) -> None:  # a multiprocessing Connection
     """In its own process (as a real provider is): serve ``records`` customers at ``rate``; report at the end."""
     with LimitedStripe(rate) as fake:
         fake.seed_customers(records)
@@ -116,10 +116,11 @@ async def main(records: int, rate: float, page_size: int, headroom: float) -> fl
     return rate_hub / rate
 
 
-async def sync_through(url: str, tmp: Path, rate: float, page_size: int, headroom: float):  # noqa: ANN201
+async def sync_through(url: str, tmp: Path, rate: float, page_size: int, headroom: float):
     """Run the sync against the provider at ``url``: (summary, seconds, records stored, RSS before, MB)."""
     keys = new_key_line("b1")
-    settings = Settings(data_dir=tmp, vault_keys=keys, task_queue=f"bench-{uuid.uuid4().hex[:8]}")
+    settings = Settings(data_dir=tmp, vault_keys=keys, task_queue=f"bench-{uuid.uuid4().hex[:8]}",
+                        http_allowlist=["127.0.0.1/32"])
     db = Database(f"sqlite+aiosqlite:///{tmp / 'hub.db'}")
     await db.migrate()
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(),

@@ -229,7 +229,7 @@ async def run_baseline(client: Client, queue: str) -> Phases:
     handles = await asyncio.gather(*(
         client.start_workflow(Trivial.run, id=f"trivial-{run}-{i}", task_queue=queue) for i in range(ARGS.opps)))
 
-    async def bump(handle, step: int, into: list[float]) -> None:  # noqa: ANN001
+    async def bump(handle, step: int, into: list[float]) -> None:
         began = time.perf_counter()
         await handle.execute_update(Trivial.bump, step)
         into.append(time.perf_counter() - began)

@@ -38,16 +38,16 @@ from pathlib import Path
 if not __package__:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from fastapi import FastAPI, Request  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
+from fastapi import FastAPI, Request
+from sqlalchemy import func, select
 
-from connectors.signing import sign_stripe  # noqa: E402
-from hub.auth import ensure_org  # noqa: E402
-from hub.store import Database  # noqa: E402
-from hub.store.connections import Connection, secret_owner  # noqa: E402
-from hub.store.inbox import WebhookEvent  # noqa: E402
-from hub.store.secrets import put_secret  # noqa: E402
-from hub.vault import Vault, new_key_line, parse_keys  # noqa: E402
+from connectors.signing import sign_stripe
+from hub.auth import ensure_org
+from hub.store import Database
+from hub.store.connections import Connection, secret_owner
+from hub.store.inbox import WebhookEvent
+from hub.store.secrets import put_secret
+from hub.vault import Vault, new_key_line, parse_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).with_suffix(".lua")

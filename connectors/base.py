@@ -34,6 +34,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from hub.egress import EgressPolicy
 from rules.actions import register_action
 
 P = TypeVar("P", bound=BaseModel)
@@ -108,7 +109,8 @@ def provider_http_client(**kwargs: Any) -> httpx.AsyncClient:
 
 @dataclass
 class ActionContext:
-    """What an action may use: its connection's identity, config, base URL, credentials and HTTP client."""
+    """What an action may use: its connection's identity, config, base URL, credentials and HTTP clients
+    (``http``, or the egress policy's clients for SDKs that bring their own stack)."""
 
     connection_id: str
     org_id: str
@@ -118,6 +120,8 @@ class ActionContext:
     idempotency_key: str
     http: httpx.AsyncClient
     tokens: TokenSource = field(repr=False)
+    #: the egress policy: SDKs not on ``http`` take their clients from it (``hub.egress``)
+    egress: EgressPolicy = field(default_factory=EgressPolicy, repr=False)
 
     async def access_token(self) -> str:
         """A valid access token (OAuth2 modes) or the API key (api_key mode)."""

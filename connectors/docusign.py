@@ -112,6 +112,7 @@ async def envelope_status(ctx: ActionContext, params: EnvelopeStatus) -> dict:
 
 def _api(ctx: ActionContext, token: str) -> EnvelopesApi:
     client = ApiClient(host=ctx.base_url.rstrip("/"))
+    ctx.egress.guard_pools(client.rest_client.pool_manager)
     # urllib3 would otherwise sleep out a 429's Retry-After and retry inside the thread: retries are the
     # activity's (Temporal's); connection failures may still be retried here.
     client.rest_client.pool_manager.connection_pool_kw["retries"] = Retry(total=2, respect_retry_after_header=False)

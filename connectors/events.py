@@ -15,6 +15,8 @@ Domain event mapping (the first column is the provider's signing scheme / event 
 | stripe | ``invoice.payment_failed`` | ``payment.failed`` | same |
 | stripe | ``customer.subscription.deleted`` | ``subscription.canceled`` | subscription ``metadata.opportunity_id`` |
 | docusign | envelope completed (JSON ``envelope-completed`` or legacy XML ``Status=Completed``) | ``contract.signed`` | envelope custom field ``opportunity_id`` |
+| docusign | envelope sent | ``contract.sent`` | same |
+| docusign | envelope declined or voided (``data.status``, ``data.reason``) | ``contract.declined`` | same |
 | gong | a call (``callData.metaData.id``) | ``call.recorded`` | the CRM context object of type ``Opportunity`` |
 | slack | ``block_actions`` (a button) | ``slack.action`` (+ ``approval`` when it is an approve/reject button) | the button value's ``opportunity_id`` |
 | microsoft | change notification on a driveItem or a SharePoint list | ``document.changed`` | — (the item's folder, ``Opportunities/{id}/…``, found by the event's processing) |
@@ -43,11 +45,17 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 from pydantic import BaseModel, Field
 
+from rules import limits
+
 REDACTED = "[redacted]"
 
 
 class MalformedEvent(ValueError):
     """A verified delivery whose content cannot be read (bad JSON/XML/form, no event id)."""
+
+
+class EventTooLarge(MalformedEvent):
+    """A body nested, listing or holding strings beyond the input limits; refused before any signature check."""
 
 
 class DomainEvent(BaseModel):
@@ -86,14 +94,21 @@ def _digest(data: bytes) -> str:
 
 
 def _json(body: bytes) -> object:
+    """The parsed body, within the input limits (``rules.limits``) that bound what rules cost."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass  # integers beyond 64 bits or NaN: valid for the json module, which also words the error
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:  # integers beyond 64 bits or NaN: valid for the json module, which
+        try:  # also words the error
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedEvent(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise EventTooLarge(f"body nested deeper than {limits.MAX_DEPTH} levels") from None
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedEvent(f"body is not valid JSON: {exc}") from None
+        limits.check(doc)
+    except limits.LimitExceeded as exc:
+        raise EventTooLarge(f"body beyond the input limits: {exc}") from None
+    return doc
 
 
 def _media(content_type: str) -> str:
@@ -391,9 +406,19 @@ def _opportunity_field(name: object) -> bool:
     return norm in ("opportunityid", "fulqrunopportunityid")
 
 
+#: DocuSign envelope events → domain events.
+DOCUSIGN_EVENTS = {
+    "envelope-completed": "contract.signed",
+    "envelope-sent": "contract.sent",
+    "envelope-declined": "contract.declined",
+    "envelope-voided": "contract.declined",
+}
+
+
 def _map_docusign(event_type: str, body: bytes, ctype: str) -> Mapped:
-    if event_type != "envelope-completed":
-        return Mapped(ignored=f"DocuSign {event_type}: only completed envelopes are mapped")
+    kind = DOCUSIGN_EVENTS.get(event_type)
+    if kind is None:
+        return Mapped(ignored=f"DocuSign {event_type}: only sent, completed, declined and voided envelopes are mapped")
     if _is_xml(body, ctype):
         status = _docusign_xml(body)
         fields_node = _xml_child(status, "CustomFields")
@@ -407,12 +432,14 @@ def _map_docusign(event_type: str, body: bytes, ctype: str) -> Mapped:
             for r in (recipients if recipients is not None else [])
             if _xml_text(r, "Type") == "Signer"
         ]
+        reasons = [_xml_text(r, "DeclineReason") for r in (recipients if recipients is not None else [])]
         data = {
             "envelope_id": _xml_text(status, "EnvelopeID"),
             "subject": _xml_text(status, "Subject"),
             "completed_at": _xml_text(status, "Completed"),
             "signers": signers,
             "format": "xml",
+            "reason": _xml_text(status, "VoidReason") or next((r for r in reasons if r), None),
         }
     else:
         doc = _json(body)
@@ -430,17 +457,21 @@ def _map_docusign(event_type: str, body: bytes, ctype: str) -> Mapped:
             for s in ((summary.get("recipients") or {}).get("signers") or [])
             if isinstance(s, dict)
         ]
+        declined = [s.get("declinedReason") for s in ((summary.get("recipients") or {}).get("signers") or [])
+                    if isinstance(s, dict)]
         data = {
             "envelope_id": payload.get("envelopeId"),
             "subject": summary.get("emailSubject"),
             "completed_at": summary.get("completedDateTime"),
             "signers": signers,
             "format": "json",
+            "reason": summary.get("voidedReason") or next((r for r in declined if r), None),
         }
     opp = next((str(v) for k, v in fields.items() if _opportunity_field(k) and v), None)
     data["custom_fields"] = fields
     data["opportunity_id"] = opp
-    return Mapped(events=[DomainEvent(type="contract.signed", opportunity_id=opp, data=data)])
+    data["status"] = event_type.removeprefix("envelope-")
+    return Mapped(events=[DomainEvent(type=kind, opportunity_id=opp, data=data)])
 
 
 def _map_gong(event_type: str, doc: object) -> Mapped:

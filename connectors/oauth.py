@@ -2,7 +2,9 @@
 
 authlib for the standard OAuth2 flows, msal for Microsoft client credentials, the DocuSign SDK for its
 JWT grant (which only speaks https). Pure I/O helpers: callers decide where tokens are stored and who
-may call ``obtain_token`` (only the ``connection.refresh`` activity and the OAuth callback do).
+may call ``obtain_token`` (only the ``connection.refresh`` activity and the OAuth callback do). Every
+token endpoint is a tenant's URL: it is admitted by the egress policy first (a refusal needs a new
+configuration: ``reauth``) and each SDK's connections go through the policy's guarded clients.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from connectors.catalogue import Endpoints, Provider
+from hub.egress import DestinationRefused, EgressPolicy
 
 JWT_LIFETIME = 3600
 _RETRYABLE_OAUTH_ERRORS = {"temporarily_unavailable", "server_error", "slow_down", "ratelimited"}
@@ -43,18 +46,25 @@ class ClientAuth:
     private_key: str | None = field(default=None, repr=False)
     refresh_token: str | None = field(default=None, repr=False)
     user_id: str | None = None  # DocuSign: the user the JWT grant impersonates
-    verify: str | bool = True  # a CA bundle path for private endpoints (and local fakes)
+    verify: str | bool = True  # a CA file the egress policy wrote (from the connection's ca_bundle)
+    egress: EgressPolicy = field(default_factory=EgressPolicy, repr=False)
 
     @classmethod
-    def for_connection(cls, config: dict, secrets: dict[str, str]) -> ClientAuth:
-        """From a connection's config (client_id, user_id, ca_bundle) and decrypted secrets."""
+    def for_connection(cls, config: dict, secrets: dict[str, str], egress: EgressPolicy) -> ClientAuth:
+        """From a connection's config (client_id, user_id, ca_bundle) and decrypted secrets; a ca_bundle the
+        egress policy refuses is a ``TokenEndpointError`` needing a new configuration."""
+        try:
+            verify = egress.ca_file(config.get("ca_bundle")) or True
+        except ValueError as exc:
+            raise TokenEndpointError(str(exc), reauth=True) from None
         return cls(
             client_id=str(config.get("client_id", "")),
             client_secret=secrets.get("client_secret"),
             private_key=secrets.get("private_key"),
             refresh_token=secrets.get("refresh_token"),
             user_id=config.get("user_id"),
-            verify=config.get("ca_bundle") or True,
+            verify=verify,
+            egress=egress,
         )
 
 
@@ -90,6 +100,7 @@ async def exchange_code(
     provider: Provider, endpoints: Endpoints, auth: ClientAuth, redirect_uri: str, code: str, code_verifier: str
 ) -> TokenSet:
     """Authorization code (+ PKCE verifier) → tokens."""
+    await _admit(auth, endpoints.token_url)
     async with _authlib_client(provider, endpoints, auth, redirect_uri=redirect_uri) as client:
         return await _authlib_call(
             provider,
@@ -100,6 +111,7 @@ async def exchange_code(
 
 async def obtain_token(provider: Provider, endpoints: Endpoints, auth: ClientAuth) -> TokenSet:
     """A new access token by the connection's grant: refresh token, client credentials or JWT."""
+    await _admit(auth, endpoints.token_url)
     if provider.auth_mode == "oauth2_code_pkce":
         if not auth.refresh_token:
             raise TokenEndpointError("no refresh token: the connection must be authorised again", reauth=True)
@@ -123,6 +135,13 @@ async def obtain_token(provider: Provider, endpoints: Endpoints, auth: ClientAut
     raise ValueError(f"auth mode {provider.auth_mode} has no token endpoint")
 
 
+async def _admit(auth: ClientAuth, token_url: str | None) -> None:
+    try:
+        await auth.egress.admit(token_url or "")
+    except DestinationRefused as exc:
+        raise TokenEndpointError(f"token_url refused: {exc}", reauth=True) from None
+
+
 def _authlib_client(provider: Provider, endpoints: Endpoints, auth: ClientAuth,
                     redirect_uri: str | None = None) -> AsyncOAuth2Client:
     return AsyncOAuth2Client(
@@ -130,7 +149,7 @@ def _authlib_client(provider: Provider, endpoints: Endpoints, auth: ClientAuth,
         client_secret=auth.client_secret,
         token_endpoint_auth_method=provider.token_auth_method if auth.client_secret else "none",
         redirect_uri=redirect_uri,
-        verify=auth.verify,
+        transport=auth.egress.httpx2_transport(auth.verify),
         timeout=30,
     )
 
@@ -148,6 +167,8 @@ async def _authlib_call(provider: Provider, call) -> TokenSet:  # noqa: ANN001 -
                                  retryable=status == 429 or status >= 500) from None
     except httpx2.TransportError as exc:
         raise TokenEndpointError(f"token endpoint unreachable: {type(exc).__name__}", retryable=True) from None
+    except DestinationRefused as exc:  # a redirect, or the name resolving elsewhere now
+        raise TokenEndpointError(f"token endpoint refused: {exc}", reauth=True) from None
     return _token_set(token)
 
 
@@ -181,18 +202,17 @@ def _msal_client_credentials(endpoints: Endpoints, auth: ClientAuth) -> TokenSet
     authority = token_url.removesuffix("/oauth2/v2.0/token")
     if authority == token_url:
         raise TokenEndpointError("a Microsoft token_url must end with /oauth2/v2.0/token")
-    options: dict = {"verify": auth.verify, "timeout": 30}
-    if isinstance(auth.verify, str):  # requests lets REQUESTS_CA_BUNDLE override Session.verify: opt out of env
-        session = requests.Session()
-        session.verify, session.trust_env = auth.verify, False
-        session.request = functools.partial(session.request, timeout=30)
-        options = {"http_client": session}
+    # the egress policy's session; it ignores REQUESTS_CA_BUNDLE & co, which would override Session.verify
+    session = auth.egress.requests_session(auth.verify)
+    session.request = functools.partial(session.request, timeout=30)
     try:
         app = msal.ConfidentialClientApplication(
             auth.client_id, client_credential=auth.client_secret, authority=authority, instance_discovery=False,
-            **options,
+            http_client=session,
         )
         result = app.acquire_token_for_client(scopes=endpoints.scopes)
+    except DestinationRefused as exc:
+        raise TokenEndpointError(f"token endpoint refused: {exc}", reauth=True) from None
     except requests.RequestException as exc:
         raise TokenEndpointError(f"token endpoint unreachable: {type(exc).__name__}", retryable=True) from None
     except ValueError as exc:  # msal: authority discovery failed
@@ -225,6 +245,7 @@ def _docusign_jwt(provider: Provider, endpoints: Endpoints, auth: ClientAuth) ->
         config = Configuration()
         config.ssl_ca_cert = auth.verify
         client.rest_client = RESTClientObject(configuration=config)
+    auth.egress.guard_pools(client.rest_client.pool_manager)
     try:
         token = client.request_jwt_user_token(
             auth.client_id, auth.user_id, url.netloc, auth.private_key.encode(), JWT_LIFETIME,
@@ -237,6 +258,8 @@ def _docusign_jwt(provider: Provider, endpoints: Endpoints, auth: ClientAuth) ->
             raise _oauth_error(provider, error, description) from None
         raise TokenEndpointError(f"token endpoint answered HTTP {status}", status=status,
                                  retryable=status == 429 or status >= 500 or status == 0) from None
+    except DestinationRefused as exc:
+        raise TokenEndpointError(f"token endpoint refused: {exc}", reauth=True) from None
     except urllib3.exceptions.HTTPError as exc:
         raise TokenEndpointError(f"token endpoint unreachable: {type(exc).__name__}", retryable=True) from None
     return _token_set({"access_token": token.access_token, "expires_in": token.expires_in,

@@ -45,7 +45,8 @@ class CompleteJson(BaseModel):
 async def complete_json(ctx: ActionContext, params: CompleteJson) -> dict:
     """The model's JSON answer (``output``) with the model name, response id and token usage."""
     async with openai.AsyncOpenAI(
-        base_url=ctx.base_url, api_key=await ctx.access_token(), timeout=params.timeout_seconds, max_retries=0
+        base_url=ctx.base_url, api_key=await ctx.access_token(), timeout=params.timeout_seconds, max_retries=0,
+        http_client=ctx.egress.httpx_client(timeout=params.timeout_seconds),
     ) as client:
         try:
             await ctx.before_request()  # one request: the SDK's retries are off
@@ -83,7 +84,7 @@ def _options(params: CompleteJson, max_tokens_name: str) -> dict[str, Any]:
 async def _chat(client: openai.AsyncOpenAI, params: CompleteJson) -> tuple[str, str, str, dict]:
     response = await client.chat.completions.create(
         model=params.model,
-        messages=[m.model_dump() for m in params.messages],  # type: ignore[misc]
+        messages=[m.model_dump() for m in params.messages],
         response_format={
             "type": "json_schema",
             "json_schema": {"name": params.schema_name, "schema": params.json_schema, "strict": True},
@@ -102,7 +103,7 @@ async def _chat(client: openai.AsyncOpenAI, params: CompleteJson) -> tuple[str, 
 async def _responses(client: openai.AsyncOpenAI, params: CompleteJson) -> tuple[str, str, str, dict]:
     response = await client.responses.create(
         model=params.model,
-        input=[m.model_dump() for m in params.messages],  # type: ignore[misc]
+        input=[m.model_dump() for m in params.messages],
         text={"format": {"type": "json_schema", "name": params.schema_name, "schema": params.json_schema,
                          "strict": True}},
         **_options(params, "max_output_tokens"),

@@ -32,16 +32,18 @@ Graph's documented maximum for driveItem; the shorter default bounds how long a 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import ActionContext, ProviderError, action, raise_for_status
+from hub.egress import DestinationRefused
 
 ILLEGAL = re.compile(r'["*:<>?\\|]')
 CONFLICT = "@microsoft.graph.conflictBehavior"
@@ -163,6 +165,7 @@ async def copy_template(ctx: ActionContext, params: CopyTemplate) -> dict:
 @action("sharepoint.create_subscription", Subscribe)
 async def create_subscription(ctx: ActionContext, params: Subscribe) -> dict:
     """``{"id", "resource", "expiration", "created"}``; ``created`` False if a live subscription was renewed."""
+    await _check_notification_url(ctx, params.notification_url)
     graph = await Graph.open(ctx, params.drive_id)
     resource = f"drives/{graph.drive}/root"
     expiry = _expiry(params.minutes)
@@ -186,6 +189,23 @@ async def renew_subscription(ctx: ActionContext, params: RenewSubscription) -> d
     if renewed is None:
         return await create_subscription(ctx, Subscribe.model_validate(params.model_dump(exclude={"subscription_id"})))
     return _subscription(renewed, created=False)
+
+
+async def _check_notification_url(ctx: ActionContext, url: str) -> None:
+    """Graph may only be aimed at this connection's own webhook endpoint; an address (rather than a name, which
+    Graph resolves, not the hub) must be one the egress policy admits."""
+    parts = urlsplit(url)
+    if not parts.path.endswith(f"/webhooks/{ctx.provider}/{ctx.connection_id}"):
+        raise ProviderError(400, f"notification_url must be this connection's /webhooks/{ctx.provider}/"
+                                 f"{ctx.connection_id}", code="notification_url_refused")
+    try:
+        ipaddress.ip_address(parts.hostname or "")
+    except ValueError:
+        return
+    try:
+        await ctx.egress.admit(url)
+    except DestinationRefused as exc:
+        raise ProviderError(400, f"notification_url refused: {exc}", code="notification_url_refused") from None
 
 
 @action("sharepoint.get_item", GetItem)

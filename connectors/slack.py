@@ -77,7 +77,7 @@ def approval_blocks(params: PostApproval) -> list[dict[str, Any]]:
         buttons.append({
             "type": "button", "action_id": APPROVAL_ACTION_PREFIX + decision, "style": style,
             "text": {"type": "plain_text", "text": label},
-            "value": approval_value(params.opportunity_id, params.request, decision),  # type: ignore[arg-type]
+            "value": approval_value(params.opportunity_id, params.request, decision),
         })
     blocks.append({"type": "actions", "block_id": APPROVAL_BLOCK_ID, "elements": buttons})
     return blocks
@@ -98,13 +98,15 @@ async def post_approval(ctx: ActionContext, params: PostApproval) -> dict:
 
 
 async def _post(ctx: ActionContext, message: dict[str, Any]) -> AsyncSlackResponse:
-    client = AsyncWebClient(token=await ctx.access_token(), base_url=ctx.base_url.rstrip("/") + "/",
-                            retry_handlers=[])  # retries belong to the activity (Temporal), not the SDK
-    try:
-        await ctx.before_request()
-        return await client.chat_postMessage(**message)
-    except SlackApiError as exc:
-        raise slack_error(exc.response) from None
+    async with ctx.egress.aiohttp_session() as session:
+        client = AsyncWebClient(token=await ctx.access_token(), base_url=ctx.base_url.rstrip("/") + "/",
+                                session=session,  # the egress policy's
+                                retry_handlers=[])  # retries belong to the activity (Temporal), not the SDK
+        try:
+            await ctx.before_request()
+            return await client.chat_postMessage(**message)
+        except SlackApiError as exc:
+            raise slack_error(exc.response) from None
 
 
 def slack_error(response: AsyncSlackResponse) -> ProviderError:

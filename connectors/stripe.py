@@ -116,6 +116,7 @@ class _Stripe:
     def __init__(self, ctx: ActionContext) -> None:
         self.ctx = ctx
         self.http = HTTPXClient()
+        self.http._client_async = ctx.egress.httpx_client()  # the egress policy's (the SDK has no transport option)
 
     async def __aenter__(self) -> _Stripe:
         self.sdk = StripeClient(await self.ctx.access_token(), base_addresses={"api": self.ctx.base_url},

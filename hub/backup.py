@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sqlalchemy import DateTime, Integer, LargeBinary, func, select, text
 
 import hub.store.models  # noqa: F401  (registers every table)
 from hub.store import Base, Database
+from hub.store.base import UtcDateTime
 
 FORMAT = "fulqrun-hub-backup/1"
 
@@ -28,7 +30,7 @@ def _encode(value: object) -> object:
 
 
 def _decoder(column):  # noqa: ANN001, ANN202
-    if isinstance(column.type, DateTime):
+    if isinstance(column.type, UtcDateTime | DateTime):
         return lambda v: None if v is None else datetime.fromisoformat(v)
     if isinstance(column.type, LargeBinary):
         return lambda v: None if v is None else base64.b64decode(v)
@@ -40,7 +42,8 @@ async def backup(db: Database, path: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     tmp = path.with_suffix(path.suffix + ".partial")
     async with db.engine.connect() as conn:
-        with tmp.open("w") as out:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # secrets stay sealed, but it is all the data
+        with os.fdopen(fd, "w") as out:
             out.write(json.dumps({"format": FORMAT}) + "\n")
             for table in Base.metadata.sorted_tables:
                 result = await conn.stream(select(table))

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
-from hub.auth import Principal, authenticate
+from hub.auth import Principal
 from hub.problems import Problem
 from hub.runtime import Hub, TemporalUnavailable
+from hub.sessions import PREFIX as SESSION_PREFIX
+from hub.sessions import authenticate_session
 
 
 def get_hub(request: Request) -> Hub:
@@ -42,14 +45,27 @@ async def get_temporal(hub: HubDep) -> Client:
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
-async def current_key(request: Request, hub: HubDep) -> Principal:
-    """The principal behind ``Authorization: Bearer <key>``; 401 if absent or invalid."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+API_KEY = HTTPBearer(
+    auto_error=False,
+    scheme_name="APIKey",
+    bearerFormat="fqh_<id>_<secret>",
+    description="An API key (`fulqrun-hub keys create`), scoped to one org with the role admin, crm or viewer; "
+    "a console session token (`fqs.…`) stands for the key it was opened with.",
+)
+
+
+async def current_key(
+    hub: HubDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)]
+) -> Principal:
+    """The principal behind ``Authorization: Bearer <key>`` (or a console session token); 401 if absent or invalid."""
+    token = credentials.credentials.strip() if credentials else ""
+    if not token:
         raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'", title="Unauthorized")
-    async with hub.db.session() as session:
-        principal = await authenticate(session, token.strip())
+    if token.startswith(SESSION_PREFIX):
+        async with hub.db.session() as session:
+            principal = await authenticate_session(session, hub.vault, token)
+    else:
+        principal = await hub.keys.resolve(hub.db, token)
     if principal is None:
         raise Problem(401, "invalid or revoked API key", title="Unauthorized")
     return principal

@@ -2,7 +2,8 @@
 
 An ASGI middleware, so each route gets it without code of its own. For a POST/PUT/PATCH/DELETE
 under ``/v1/`` carrying the header and a valid API key, the key is claimed in
-``idempotency_keys`` (scoped to the caller's org) before the route runs:
+``idempotency_keys`` (scoped to the caller's org and API key, ``scoped_key``) before the route runs;
+so a replay only ever goes back to the key whose request was authorised the first time:
 
 - a retry with the same key and the same request (method, path, query, body) replays the stored
   status and body, with ``Idempotent-Replayed: true``;
@@ -22,7 +23,6 @@ from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.auth import authenticate
 from hub.problems import problem_response
 from hub.runtime import Hub
 from hub.store.base import utcnow
@@ -59,6 +59,14 @@ def request_hash(method: str, path: str, query: bytes, body: bytes) -> str:
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     return h.hexdigest()
+
+
+def scoped_key(api_key_id: str, key: str) -> str:
+    """The stored key: the caller's API key id and a hash of the ``Idempotency-Key`` it sent.
+
+    Answers belong to the API key that made them: another key (even of the same org, even an admin's)
+    sending the same ``Idempotency-Key`` gets a fresh claim and its own authorisation, never a replay."""
+    return f"{api_key_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def _context(org_id: str, key: str) -> str:
@@ -133,8 +141,7 @@ class IdempotencyMiddleware:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         principal = None
         if scheme.lower() == "bearer" and token.strip():
-            async with hub.db.session() as session:
-                principal = await authenticate(session, token.strip())
+            principal = await hub.keys.resolve(hub.db, token.strip())
         if principal is None:  # the route answers 401 itself
             return await self.app(scope, receive, send)
 
@@ -145,6 +152,7 @@ class IdempotencyMiddleware:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         fingerprint = request_hash(scope["method"], scope["path"], scope.get("query_string", b""), body)
+        key = scoped_key(principal.key_id, key)
         try:
             stored = await claim(hub, principal.org_id, key, fingerprint, self.ttl)
         except KeyConflict as exc:

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rules.limits import LimitExceeded
+
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -44,6 +46,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
         return problem_response(exc.status, exc.detail, exc.title, **exc.extra)
+
+    @app.exception_handler(LimitExceeded)
+    async def _too_large(_: Request, exc: LimitExceeded) -> JSONResponse:
+        return problem_response(422, f"input beyond the limits: {exc}", "Input too large", field=exc.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

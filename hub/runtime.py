@@ -1,4 +1,4 @@
-"""The process-wide runtime: settings, database, vault and (once reachable) the Temporal client."""
+"""The process-wide runtime: settings, database, vault, the API key cache, the egress policy, the orgs' data keys and (once reachable) the Temporal client."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 from temporalio.client import Client
 
+from hub.auth import KeyCache
+from hub.datadir import make_private
+from hub.egress import EgressPolicy
+from hub.org_keys import OrgKeyring
 from hub.settings import Settings
 from hub.store import Database
 from hub.temporal import connect
@@ -28,19 +32,30 @@ class Hub:
     db: Database
     vault: Vault
     temporal_address: str | None = None
+    keys: KeyCache | None = None
+    egress: EgressPolicy | None = None
+    keyring: OrgKeyring | None = None
     _client: Client | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, temporal_address: str | None = None) -> Hub:
         """Build the runtime; nothing is connected yet."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(settings.data_dir)
         return cls(
             settings=settings,
             db=Database(settings.resolved_database_url),
             vault=Vault.from_settings(settings),
             temporal_address=temporal_address or settings.temporal_address,
         )
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            self.keys = KeyCache(ttl=self.settings.api_key_cache_seconds)
+        if self.egress is None:
+            self.egress = EgressPolicy.from_settings(self.settings)
+        if self.keyring is None:
+            self.keyring = OrgKeyring(self.db, self.vault)
 
     def use_client(self, client: Client) -> None:
         """Adopt an already connected Temporal client (tests, the worker)."""
@@ -54,9 +69,9 @@ class Hub:
             if self._client is None:
                 try:
                     self._client = await asyncio.wait_for(
-                        connect(self.settings, self.vault, self.temporal_address), timeout=5
+                        connect(self.settings, self.vault, self.temporal_address, self.keyring), timeout=5
                     )
-                except Exception as exc:  # noqa: BLE001 - any connect failure means unavailable
+                except Exception as exc:  # any connect failure means unavailable
                     raise TemporalUnavailable(f"Temporal at {self.temporal_address} unreachable: {exc}") from exc
         return self._client
 

@@ -34,10 +34,22 @@ class Settings(BaseSettings):
         description="comma-separated 'key_id:base64url-32-bytes' entries, newest last",
     )
     max_body_bytes: int = 1_048_576
+    ai_upload_max_bytes: int = Field(default=16 * 1024 * 1024,
+                                     description="largest training CSV once decompressed (413 past it)")
+    ai_upload_max_rows: int = Field(default=100_000, description="most data rows in a training CSV (422 past it)")
+    ai_upload_max_columns: int = Field(default=200, description="most columns in a training CSV (422 past it)")
     webhook_relay: bool = Field(default=True, description="run the webhook inbox relay inside the API process")
     webhook_max_attempts: int = Field(default=5, description="failed processing attempts before dead-letter")
     http_allowlist: list[str] = Field(
-        default_factory=list, description="hosts or CIDRs the http.post action may reach although private"
+        default_factory=list,
+        description="hosts or CIDRs a tenant-directed request (connection URLs, CRM callback, http.post) may reach "
+        "although private or loopback: the egress policy's one opening",
+    )
+    ca_bundle_dir: Path | None = Field(
+        default=None, description="the one directory a connection's ca_bundle may name a file in (else PEM text only)"
+    )
+    api_key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="how long a process reuses a resolved API key; bounds a revocation's delay elsewhere"
     )
     shared_data: Path = Path("../shared/data")
     log_level: str = "INFO"

@@ -1,7 +1,9 @@
 """Secrets at rest and in Temporal payloads: AES-256-GCM under named, rotatable keys.
 
 A ciphertext is ``fqv1.<key_id>.<base64url(nonce || ciphertext+tag)>``, so it names the key that
-sealed it; several keys can be active at once and the newest (last listed) seals new data.
+sealed it; several keys can be active at once and the newest (last listed) seals new data. Temporal
+payloads of an org's workflows are sealed under that org's data key instead (``hub.org_keys``,
+wrapped by these keys), see ``EncryptionCodec``.
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ import os
 import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import PayloadCodec
+from temporalio.converter import PayloadCodec, SerializationContext, WithSerializationContext
 
 from hub.settings import Settings
 
 PREFIX = "fqv1"
 KEY_FILE = "vault-keys"
 PAYLOAD_ENCODING = b"binary/encrypted"
+KEY_METADATA = "encryption-key-id"
+ORG_METADATA = "encryption-org"
 
 
 class VaultError(Exception):
@@ -133,30 +138,86 @@ def add_dev_key(data_dir: Path) -> str:
     return line.split(":", 1)[0]
 
 
-class EncryptionCodec(PayloadCodec):
-    """Temporal payload codec: every workflow/activity payload is sealed by the vault."""
+class DataKeys(Protocol):
+    """Per-org data keys (``hub.org_keys.OrgKeyring``)."""
 
-    def __init__(self, vault: Vault) -> None:
+    async def sealing_key(self, org_id: str) -> tuple[str, AESGCM]:
+        """(key id, key) to seal the org's new payloads with."""
+
+    async def opening_key(self, org_id: str, key_id: str) -> AESGCM | None:
+        """The named key, or None if it is gone (shredded)."""
+
+    async def org_of(self, workflow_id: str | None) -> str | None:
+        """The org a workflow id belongs to, if any."""
+
+
+class EncryptionCodec(PayloadCodec, WithSerializationContext):
+    """Temporal payload codec: every workflow/activity payload is sealed.
+
+    With ``keys``, a payload of an org's workflow (known from the serialization context's workflow id, or
+    ``org`` given) is sealed under that org's data key, its metadata naming the org (``encryption-org``,
+    bound to the ciphertext as associated data) and the key; other payloads, and every payload without
+    ``keys``, are sealed by the vault's newest key as before. Decoding reads the metadata, so payloads of
+    either kind, from any history, open wherever their key is known.
+    """
+
+    def __init__(self, vault: Vault, keys: DataKeys | None = None, *, workflow_id: str | None = None,
+                 org: str | None = None) -> None:
         self.vault = vault
+        self.keys = keys
+        self.workflow_id = workflow_id
+        self.org = org
+
+    def with_context(self, context: SerializationContext) -> EncryptionCodec:
+        """A copy that knows which workflow its payloads belong to."""
+        workflow_id = getattr(context, "workflow_id", None)
+        if self.keys is None or self.org is not None or workflow_id == self.workflow_id:
+            return self
+        return EncryptionCodec(self.vault, self.keys, workflow_id=workflow_id)
 
     async def encode(self, payloads: Iterable[Payload]) -> list[Payload]:
+        org = self.org or (await self.keys.org_of(self.workflow_id) if self.keys is not None else None)
+        if org is not None and self.keys is not None:
+            key_id, aead = await self.keys.sealing_key(org)
+            out = []
+            for p in payloads:
+                nonce = os.urandom(12)
+                out.append(Payload(
+                    metadata={"encoding": PAYLOAD_ENCODING, KEY_METADATA: key_id.encode(), ORG_METADATA: org.encode()},
+                    data=nonce + aead.encrypt(nonce, p.SerializeToString(), org.encode()),
+                ))
+            return out
         out = []
         for p in payloads:
             kid, blob = self.vault.seal(p.SerializeToString())
-            out.append(
-                Payload(
-                    metadata={"encoding": PAYLOAD_ENCODING, "encryption-key-id": kid.encode()},
-                    data=blob,
-                )
-            )
+            out.append(Payload(metadata={"encoding": PAYLOAD_ENCODING, KEY_METADATA: kid.encode()}, data=blob))
         return out
 
     async def decode(self, payloads: Iterable[Payload]) -> list[Payload]:
+        return [await self._open(p) for p in payloads]
+
+    async def decode_for(self, org_id: str, payloads: Iterable[Payload]) -> list[Payload]:
+        """Decode only the payloads sealed for ``org_id`` (whose key is not shredded); every other payload is
+        returned as it came."""
         out = []
         for p in payloads:
-            if p.metadata.get("encoding", b"") != PAYLOAD_ENCODING:
+            try:
+                out.append(await self._open(p) if p.metadata.get(ORG_METADATA, b"").decode() == org_id else p)
+            except VaultError:
                 out.append(p)
-                continue
-            kid = p.metadata["encryption-key-id"].decode()
-            out.append(Payload.FromString(self.vault.unseal(kid, p.data)))
         return out
+
+    async def _open(self, p: Payload) -> Payload:
+        if p.metadata.get("encoding", b"") != PAYLOAD_ENCODING:
+            return p
+        key_id = p.metadata[KEY_METADATA].decode()
+        org = p.metadata.get(ORG_METADATA, b"").decode()
+        if not org:
+            return Payload.FromString(self.vault.unseal(key_id, p.data))
+        aead = await self.keys.opening_key(org, key_id) if self.keys is not None else None
+        if aead is None:
+            raise VaultError(f"payload sealed with org {org!r}'s data key {key_id!r}, which is unknown or shredded")
+        try:
+            return Payload.FromString(aead.decrypt(p.data[:12], p.data[12:], org.encode()))
+        except InvalidTag as exc:
+            raise VaultError("payload failed authentication") from exc

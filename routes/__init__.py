@@ -2,9 +2,20 @@
 
 from fastapi import APIRouter
 
-from routes import ai_models, connections, leads, opportunities, orgs, resources, syncs, webhook_events
+from routes import (
+    ai_models,
+    api_keys,
+    connections,
+    forecasts,
+    leads,
+    opportunities,
+    orgs,
+    resources,
+    syncs,
+    webhook_events,
+)
 from webhooks import router as webhooks_router
 
 ROUTERS: list[APIRouter] = [orgs.router, opportunities.router, webhook_events.router, webhooks_router.router,
                             resources.router, connections.router, connections.oauth_router, syncs.router,
-                            leads.router, ai_models.router]
+                            leads.router, ai_models.router, api_keys.router, forecasts.router]

@@ -2,8 +2,12 @@
 
 ``POST`` takes ``multipart/form-data``: ``kind`` (``leads`` | ``deals``), ``file`` (the CSV, plain or
 gzip-compressed — compress large files to stay under the request size limit) and optionally ``mapping``
-(JSON: the column mapping, defaults fit the X Education / Maven layouts). Training takes seconds; the new
-model becomes the org's active model of its kind at once.
+(JSON: the column mapping, defaults fit the X Education / Maven layouts). The upload is checked at once —
+inflated as a stream up to ``HUB_AI_UPLOAD_MAX_BYTES`` (413 past it), at most ``HUB_AI_UPLOAD_MAX_ROWS`` rows
+and ``HUB_AI_UPLOAD_MAX_COLUMNS`` columns (422) — and answered ``202`` with a training job
+(``Location: /v1/ai/models/jobs/{id}``). Training runs outside the API process (``workflows.ai_training``);
+the job says its stage, progress and, at the end, the new model (then the org's active model of its kind)
+or why the file could not be used.
 """
 
 from __future__ import annotations
@@ -13,16 +17,20 @@ import json
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
+from temporalio.service import RPCError
 
-from ai.service import register_model, train_csv
+from activities.ai_training import upload_limits
+from activities.ai_types import TrainModelInput, ai_training_workflow_id
 from ai.tabular import DataError
-from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
+from ai.upload import UploadTooLarge, mapping_for, read_upload
+from hub.auth import ensure_org
+from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep, TemporalDep
 from hub.problems import Problem
-from hub.store.ai import AiModel
-from routes.leads import as_utc
+from hub.store.ai import AiModel, AiTrainingJob, new_job_id
+from workflows.ai_training import AiTrainingWorkflow
 
 router = APIRouter(prefix="/v1/ai/models", tags=["ai"])
 Kind = Literal["leads", "deals"]
@@ -43,34 +51,94 @@ class AiModelPublic(BaseModel):
 
 def _public(row: AiModel) -> AiModelPublic:
     return AiModelPublic(id=row.id, kind=row.kind, version=row.version, active=row.active, metrics=row.metrics,
-                         mapping=row.mapping, created_by=row.created_by, created_at=as_utc(row.created_at))
+                         mapping=row.mapping, created_by=row.created_by, created_at=row.created_at)
 
 
-@router.post("", status_code=201)
-async def train_model(
-    hub: HubDep,
-    key: AdminKey,
-    kind: Annotated[Kind, Form()],
-    file: Annotated[UploadFile, File(description="CSV of historical leads or deals (may be gzip-compressed)")],
-    mapping: Annotated[str | None, Form(description="column mapping as JSON")] = None,
-) -> AiModelPublic:
-    """Train the org's model of ``kind`` on the uploaded history and make it the active one."""
+class TrainingJobPublic(BaseModel):
+    """A training job: ``queued`` → ``running`` (stage, progress 0–1) → ``succeeded`` (``model_id``) or
+    ``failed`` (``error``)."""
+
+    id: str
+    kind: str
+    status: str
+    stage: str
+    progress: float
+    rows: int
+    columns: int
+    model_id: str | None
+    error: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _job_public(job: AiTrainingJob) -> TrainingJobPublic:
+    return TrainingJobPublic(id=job.id, kind=job.kind, status=job.status, stage=job.stage, progress=job.progress,
+                             rows=job.rows, columns=job.columns, model_id=job.model_id, error=job.error,
+                             created_by=job.created_by, created_at=job.created_at,
+                             updated_at=job.updated_at)
+
+
+def _parse_mapping(kind: str, mapping: str | None) -> dict | None:
     try:
         parsed = json.loads(mapping) if mapping else None
     except json.JSONDecodeError as exc:
         raise Problem(422, f"mapping is not valid JSON: {exc.msg}") from None
     if parsed is not None and not isinstance(parsed, dict):
         raise Problem(422, "mapping must be a JSON object")
-    raw = await file.read()
     try:
-        model = await asyncio.to_thread(train_csv, kind, raw, parsed)
+        mapping_for(kind, parsed)
     except ValidationError as exc:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise Problem(422, f"invalid mapping: {detail}") from None
+    return parsed
+
+
+@router.post("", status_code=202, responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
+async def train_model(
+    hub: HubDep,
+    client: TemporalDep,
+    key: AdminKey,
+    response: Response,
+    kind: Annotated[Kind, Form()],
+    file: Annotated[UploadFile, File(description="CSV of historical leads or deals (may be gzip-compressed)")],
+    mapping: Annotated[str | None, Form(description="column mapping as JSON")] = None,
+) -> TrainingJobPublic:
+    """Check the upload and start training the org's model of ``kind`` on it (a job, trained off the API)."""
+    parsed = _parse_mapping(kind, mapping)
+    raw = await file.read()
+    limits = upload_limits(hub.settings)
+    try:
+        _, rows, columns = await asyncio.to_thread(read_upload, raw, limits)
+    except UploadTooLarge as exc:
+        raise Problem(413, f"file: {exc}") from None
     except DataError as exc:
-        raise Problem(422, f"cannot train on this file: {exc}") from None
-    row = await register_model(hub, key.org_id, model, actor=key.key_id)
-    return _public(row)
+        raise Problem(422, f"file: {exc}") from None
+    job = AiTrainingJob(id=new_job_id(), org_id=key.org_id, kind=kind, mapping=parsed, upload=raw, rows=rows,
+                        columns=columns, created_by=key.key_id)
+    async with hub.db.session() as session:
+        await ensure_org(session, key.org_id)
+        session.add(job)
+    try:
+        await client.start_workflow(
+            AiTrainingWorkflow.run, TrainModelInput(org_id=key.org_id, job_id=job.id),
+            id=ai_training_workflow_id(key.org_id, job.id), task_queue=hub.settings.task_queue,
+        )
+    except RPCError as exc:
+        async with hub.db.session() as session:
+            await session.delete(await session.get(AiTrainingJob, job.id))
+        raise Problem(503, f"training could not be started: {exc.message}", title="Temporal unavailable") from None
+    response.headers["Location"] = f"/v1/ai/models/jobs/{job.id}"
+    return _job_public(job)
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, session: SessionDep, key: ReaderKey) -> TrainingJobPublic:
+    """A training job of the org: its stage, progress and result; another org's is 404."""
+    job = await session.get(AiTrainingJob, job_id)
+    if job is None or job.org_id != key.org_id:
+        raise Problem(404, f"training job {job_id!r} not found")
+    return _job_public(job)
 
 
 @router.get("")

@@ -11,12 +11,15 @@ Creating a connection stores its secrets encrypted and, by auth mode:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
@@ -41,6 +44,7 @@ from connectors.oauth import (
 )
 from connectors.oauth import next_refresh_at as due_refresh
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
+from hub.egress import EgressPolicy
 from hub.problems import Problem
 from hub.runtime import Hub, TemporalUnavailable
 from hub.settings import Settings
@@ -48,7 +52,6 @@ from hub.store.base import utcnow
 from hub.store.connections import Connection, secret_owner
 from hub.store.oauth import (
     OAuthState,
-    as_utc,
     consume_state,
     create_state,
     load_secrets,
@@ -67,6 +70,7 @@ oauth_router = APIRouter(prefix="/oauth", tags=["connections"])
 
 SECRET_LOOKING = re.compile(r"secret|password|passwd|token|private_key|api_key|apikey", re.IGNORECASE)
 URL_CONFIG = ("base_url", "token_url", "authorization_url")
+_URL = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?([/?#][^\s{}]*)?$")
 
 
 class ConnectionCreate(BaseModel):
@@ -79,8 +83,9 @@ class ConnectionCreate(BaseModel):
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="non-secret settings: client_id, tenant_id, user_id, account_id, scopes, and overrides of "
-        "base_url / token_url / authorization_url; ca_bundle (path) to trust a private CA; rate_limit "
-        "({per_second}) when this connection's provider account allows more (or less) than the catalogue's rate",
+        "base_url / token_url / authorization_url (reached through the egress policy); ca_bundle (PEM text, or a "
+        "file name under HUB_CA_BUNDLE_DIR) to trust a private CA; rate_limit ({per_second}) when this "
+        "connection's provider account allows more (or less) than the catalogue's rate",
     )
     credentials: dict[str, str | list[str]] = Field(
         default_factory=dict,
@@ -156,28 +161,39 @@ async def _public(session, hub: Hub, conn: Connection, auth_url: str | None = No
         base_url=endpoints.base_url,
         scopes=endpoints.scopes,
         secrets=sorted(names),
-        access_expires_at=as_utc(conn.access_expires_at),
-        last_refresh_at=as_utc(conn.last_refresh_at),
-        next_refresh_at=as_utc(conn.next_refresh_at),
+        access_expires_at=conn.access_expires_at,
+        last_refresh_at=conn.last_refresh_at,
+        next_refresh_at=conn.next_refresh_at,
         last_error=conn.last_error,
         webhook_url=f"{_api_base(hub.settings)}/webhooks/{conn.provider}/{conn.id}"
         if entry.webhook
         else None,
         authorization_url=auth_url,
-        created_at=as_utc(conn.created_at),
-        updated_at=as_utc(conn.updated_at),
+        created_at=conn.created_at,
+        updated_at=conn.updated_at,
     )
 
 
-def _check(entry: Provider, body: ConnectionCreate) -> None:
+def _check(entry: Provider, body: ConnectionCreate, egress: EgressPolicy) -> None:
     """Every problem of the request at once, as one 422."""
     errors = []
+    if "ca_bundle" in body.config:
+        try:
+            egress.ca_file(str(body.config["ca_bundle"]))
+        except ValueError as exc:
+            errors.append(f"config.ca_bundle: {exc}")
     for key, value in body.config.items():
         if key not in ("client_id", *URL_CONFIG) and SECRET_LOOKING.search(key):
             errors.append(f"config.{key} looks secret: send it in credentials")
         if key in URL_CONFIG and not (isinstance(value, str) and re.match(r"^https?://", value)):
             errors.append(f"config.{key} must be an http(s) URL")
     errors += [f"config.{k} is required for {entry.key}" for k in entry.missing_config(body.config)]
+    if not errors:
+        errors += _url_errors(entry, body.config)
+    if entry.auth_mode == "oauth2_code_pkce" and not body.config.get("client_id"):
+        errors.append(f"config.client_id is required for {entry.auth_mode}")
+    if entry.webhook is not None and entry.webhook.signing == "generic":
+        errors += _standard_webhooks_secret_errors(body.credentials.get("webhook_secrets"))
     allowed = entry.allowed_credentials
     errors += [
         f"credentials.{k} is not used by {entry.auth_mode} (allowed: {', '.join(allowed)})"
@@ -193,6 +209,33 @@ def _check(entry: Provider, body: ConnectionCreate) -> None:
         raise Problem(422, "; ".join(errors), errors=errors)
 
 
+def _url_errors(entry: Provider, config: dict) -> list[str]:
+    """The connection's URLs, filled in from its config, must be URLs with a host (a ``{`` left over is not)."""
+    errors = [f"config.{k} has a '{{' or '}}' in it" for k in URL_CONFIG if re.search("[{}]", str(config.get(k, "")))]
+    try:
+        endpoints = entry.endpoints(config)
+    except (ValueError, KeyError, IndexError) as exc:
+        return errors or [f"config: the provider's URLs cannot be filled in from config ({exc})"]
+    for name in URL_CONFIG:
+        url = getattr(endpoints, name, None)
+        if url and not _URL.match(url):
+            errors.append(f"config.{name} is not a valid http(s) URL: {url!r}")
+    return errors
+
+
+def _standard_webhooks_secret_errors(value: str | list[str] | None) -> list[str]:
+    """Standard Webhooks secrets are ``whsec_<base64>``: one that does not decode would fail every delivery."""
+    lines = value if isinstance(value, list) else (value or "").splitlines()
+    errors = []
+    for line in (v.strip() for v in lines):
+        if line.startswith("whsec_"):
+            try:
+                base64.b64decode(line.removeprefix("whsec_"), validate=True)
+            except (binascii.Error, ValueError):
+                errors.append("credentials.webhook_secrets: a whsec_ secret must be base64 after 'whsec_'")
+    return errors
+
+
 async def _own(session, org_id: str, connection_id: str) -> Connection:  # noqa: ANN001
     conn = await session.get(Connection, connection_id)
     if conn is None or conn.org_id != org_id or conn.status == "disabled":
@@ -203,6 +246,8 @@ async def _own(session, org_id: str, connection_id: str) -> Connection:  # noqa:
 async def _authorization(session, hub: Hub, conn: Connection) -> str:  # noqa: ANN001
     """A fresh authorization URL for an OAuth2 code-flow connection (state + encrypted PKCE verifier stored)."""
     entry = catalogue().get(conn.provider)
+    if not conn.config.get("client_id"):
+        raise Problem(422, "config.client_id is missing: this connection cannot be authorised; create it again")
     verifier = new_code_verifier()
     uri = redirect_uri(hub.settings, conn.provider)
     await purge_expired_states(session)
@@ -216,7 +261,7 @@ async def _first_token(client: Client, hub: Hub, conn: Connection) -> None:
     """Ask the (new) ConnectionWorkflow for the first token; failures end up in the connection's status."""
     ref = ConnectionRef(org_id=conn.org_id, connection_id=conn.id)
     try:
-        await client.execute_update_with_start_workflow(
+        await client.execute_update_with_start_workflow(  # type: ignore[unused-coroutine]  # SDK typing
             ConnectionWorkflow.fresh_token,
             TokenRequest(seen_version=conn.token_version),
             start_workflow_operation=WithStartWorkflowOperation(
@@ -238,7 +283,7 @@ async def create_connection(body: ConnectionCreate, hub: HubDep, key: AdminKey) 
         entry = catalogue().get(body.provider)
     except KeyError as exc:
         raise Problem(422, str(exc.args[0])) from None
-    _check(entry, body)
+    _check(entry, body, hub.egress)
     client = None
     if entry.auth_mode in ("client_credentials", "jwt_grant"):
         try:
@@ -347,16 +392,35 @@ async def delete_connection(
     return Response(status_code=204)
 
 
-@oauth_router.get("/{provider}/callback")
+@oauth_router.get("/{provider}/callback", response_model=ConnectionPublic)
 async def oauth_callback(
     provider: str,
+    request: Request,
     hub: HubDep,
     state: str | None = None,
     code: str | None = None,
     error: str | None = None,
     error_description: str | None = None,
+) -> ConnectionPublic | RedirectResponse:
+    """The provider's redirect after the user's consent: exchange the code, store the tokens, start refreshing.
+
+    A browser (``Accept: text/html``) is sent on to the connection's console page with the outcome."""
+    browser = "text/html" in request.headers.get("accept", "")
+    try:
+        public = await _complete_authorisation(provider, hub, state, code, error, error_description)
+    except Problem as exc:
+        if not browser:
+            raise
+        where = f"/{exc.extra['connection_id']}" if "connection_id" in exc.extra else ""
+        return RedirectResponse(f"/console/connections{where}?authorisation=failed", status_code=303)
+    if browser:
+        return RedirectResponse(f"/console/connections/{public.id}?authorisation=ok", status_code=303)
+    return public
+
+
+async def _complete_authorisation(
+    provider: str, hub: Hub, state: str | None, code: str | None, error: str | None, error_description: str | None
 ) -> ConnectionPublic:
-    """The provider's redirect after the user's consent: exchange the code, store the tokens, start refreshing."""
     if not state:
         raise Problem(400, "missing state")
     async with hub.db.session() as session:
@@ -376,19 +440,20 @@ async def oauth_callback(
             400,
             f"authorisation refused: {error or 'no code'}"
             + (f" ({error_description})" if error_description else ""),
+            connection_id=conn.id,
         )
     else:
         try:
             tokens = await exchange_code(
                 entry,
                 entry.endpoints(conn.config),
-                ClientAuth.for_connection(conn.config, secrets),
+                ClientAuth.for_connection(conn.config, secrets, hub.egress),
                 pending.redirect_uri,
                 code,
                 verifier,
             )
         except TokenEndpointError as exc:
-            failure = Problem(502 if exc.retryable else 400, f"code exchange failed: {exc}")
+            failure = Problem(502 if exc.retryable else 400, f"code exchange failed: {exc}", connection_id=conn.id)
     async with hub.db.session() as session:
         conn = await session.get(Connection, conn.id)
         if failure is not None:

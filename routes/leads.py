@@ -6,7 +6,7 @@ documented prior scorecard (``source: prior``). Every score is also recorded in 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -16,6 +16,7 @@ from ai.service import score_lead
 from hub.deps import HubDep, ReaderKey, SessionDep, WriterKey
 from hub.problems import Problem
 from hub.store.ai import Lead
+from rules import limits
 
 router = APIRouter(prefix="/v1/leads", tags=["leads"])
 LeadId = Annotated[str, Path(min_length=1, max_length=200)]
@@ -35,7 +36,9 @@ class LeadIn(BaseModel):
 
 
 class LeadScoreOut(BaseModel):
-    """The lead's score, its 90% interval, the top factors, the model version and the source."""
+    """The lead's score, its 90% interval, the top factors, the model version and the source; ``moment`` says what
+    the score knew: ``creation`` (the lead as created), ``engagement`` (and its website engagement) or ``contact``
+    (and what sales last did with it)."""
 
     score: float
     low: float
@@ -43,6 +46,7 @@ class LeadScoreOut(BaseModel):
     factors: list[dict]
     model_version: str
     source: str
+    moment: str
     scored_at: datetime | None
 
 
@@ -56,25 +60,24 @@ class LeadPublic(BaseModel):
     updated_at: datetime
 
 
-def as_utc(at: datetime | None) -> datetime | None:
-    """SQLite returns naive UTC datetimes: make them aware."""
-    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
-
-
 def _public(lead: Lead) -> LeadPublic:
     score = None
     if lead.score is not None:
         score = LeadScoreOut(score=lead.score, low=lead.low or 0.0, high=lead.high or 0.0, factors=lead.factors,
                              model_version=lead.model_version or "", source=lead.source or "",
-                             scored_at=as_utc(lead.scored_at))
-    return LeadPublic(id=lead.id, data=lead.data, score=score, created_at=as_utc(lead.created_at),
-                      updated_at=as_utc(lead.updated_at))
+                             moment=lead.moment or "creation",
+                             scored_at=lead.scored_at)
+    return LeadPublic(id=lead.id, data=lead.data, score=score, created_at=lead.created_at,
+                      updated_at=lead.updated_at)
 
 
 @router.put("/{lead_id}")
 async def put_lead(lead_id: LeadId, body: LeadIn, hub: HubDep, key: WriterKey) -> LeadPublic:
-    """Register (or replace) a lead and score it."""
-    lead, _ = await score_lead(hub, key.org_id, lead_id, body.model_dump(mode="json", exclude_none=True))
+    """Register (or replace) a lead and score it with what is known of it now; send it again as engagement and
+    sales contact arrive and it is re-scored at that moment."""
+    fields = body.model_dump(mode="json", exclude_none=True)
+    limits.check(fields, "lead")
+    lead, _ = await score_lead(hub, key.org_id, lead_id, fields)
     return _public(lead)
 
 

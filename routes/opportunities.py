@@ -47,6 +47,7 @@ from hub.problems import Problem
 from hub.store.base import utcnow
 from hub.store.opportunities import get_projection, list_for_pipeline, pipeline_metrics
 from hub.store.resources import ResourceVersion, get_version, select_pipeline
+from rules import limits
 from rules.pipeline import compile_pipeline
 from workflows.opportunity import INVALID, MIGRATION_REFUSED, REFUSED, UNCHANGED, OpportunityWorkflow
 
@@ -115,7 +116,7 @@ def _handle(client: Client, org_id: str, opportunity_id: str):  # noqa: ANN202 -
 
 
 def _view(state: OpportunityState, source: str = "workflow") -> OpportunityView:
-    return build_view(state, utcnow(), source)  # type: ignore[arg-type]
+    return build_view(state, utcnow(), source)
 
 
 def _workflow_error(exc: BaseException, opportunity_id: str) -> ApplicationError:
@@ -174,6 +175,7 @@ async def put_opportunity(
     if body.org is not None and body.org != key.org_id:
         raise Problem(422, "org must be the API key's org (or omitted)")
     opp = body.model_dump(mode="json", exclude_none=True, exclude={"org"})
+    limits.check(opp, "opp")  # conditions are bounded on inputs within these limits
     async with hub.db.session() as session:  # not held while waiting for the workflow
         row = await select_pipeline(session, key.org_id, body.branch, body.owner_role)
     if row is None:

@@ -7,7 +7,7 @@ with ``Accept: application/yaml``. Any key of the org may read, validate and dry
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -15,10 +15,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from hub.deps import AdminKey, ReaderKey, SessionDep
+from activities import rule_schedules
+from hub.bounded import evaluate
+from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
 from hub.problems import Problem
 from hub.store import resources as store
 from hub.store.resources import ResourceVersion, ScopeTie
+from rules import limits
+from rules.actions import placement
 from rules.engine import compile_rules
 from rules.loader import LoadResult, load_data, load_json_text, load_text
 from rules.model import KINDS
@@ -29,6 +33,7 @@ router = APIRouter(prefix="/v1", tags=["pipelines and rules"])
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 PLURALS = {"Pipeline": "pipelines", "Rule": "rules"}
+MAX_VERSION = 2**31 - 1  # what the database's integer column holds
 
 
 class ResourcePublic(BaseModel):
@@ -83,10 +88,13 @@ class TestRequest(BaseModel):
 
 
 class PlannedActionPublic(BaseModel):
-    """An action a rule would run, params rendered."""
+    """An action a rule would run, params rendered: where it would run (``opportunity``: in the opportunity's
+    workflow, ``lead``, ``org``) and, when it could not run for this event, why (the run would record that)."""
 
     name: str
     params: dict[str, Any]
+    runs_for: str
+    problem: str | None = None
 
 
 class OutcomePublic(BaseModel):
@@ -116,7 +124,7 @@ def _public(row: ResourceVersion) -> ResourcePublic:
         enabled=row.enabled,
         deleted=row.deleted,
         created_by=row.created_by,
-        created_at=row.created_at,
+        created_at=row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC),  # SQLite
         document=row.spec,
     )
 
@@ -130,14 +138,15 @@ def _invalid(errors: list[dict[str, Any]], detail: str | None = None) -> Problem
     return Problem(422, f"invalid resource: {summary}{more}", title="Invalid resource", errors=errors)
 
 
-async def _load_body(request: Request) -> LoadResult:
+async def _load_body(request: Request, org_id: str) -> LoadResult:
+    """Parse and validate the body's documents (CEL and templates compiled) off the event loop."""
     raw = await request.body()
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type in YAML_TYPES:
-        return load_text(raw, "<body>")
+        return await evaluate(org_id, load_text, raw, "<body>")
     if content_type not in ("application/json", ""):
         raise Problem(415, f"send application/json or application/yaml, not {content_type!r}")
-    return load_json_text(raw, "<body>")
+    return await evaluate(org_id, load_json_text, raw, "<body>")
 
 
 def _issues_as_errors(exc: ResourceInvalid) -> list[dict[str, Any]]:
@@ -199,7 +208,7 @@ def _add_kind_routes(kind: str) -> None:
         request: Request,
         session: SessionDep,
         key: ReaderKey,
-        version: Annotated[int | None, Query(ge=1, description="a past version")] = None,
+        version: Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="a past version")] = None,
     ) -> Any:
         row = await get_existing(session, key.org_id, name, version)
         if _wants_yaml(request) and not row.deleted:
@@ -218,8 +227,8 @@ def _add_kind_routes(kind: str) -> None:
     ) -> ResourcePage:
         after = None
         if cursor:
-            if not cursor.isdigit():
-                raise Problem(400, "invalid cursor")
+            if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 10) or int(cursor) > MAX_VERSION:
+                raise Problem(422, "invalid cursor")
             after = int(cursor)
         rows, next_cursor = await store.list_versions(session, key.org_id, kind, name, limit, after)
         if not rows and after is None:
@@ -243,8 +252,10 @@ def _add_kind_routes(kind: str) -> None:
         },
         responses={201: {"model": ApplyResult}},
     )
-    async def apply_item(name: str, request: Request, session: SessionDep, key: AdminKey) -> JSONResponse:
-        loaded = await _load_body(request)
+    async def apply_item(
+        name: str, request: Request, session: SessionDep, hub: HubDep, key: AdminKey
+    ) -> JSONResponse:
+        loaded = await _load_body(request, key.org_id)
         if loaded.errors:
             raise _invalid([e.as_dict() for e in loaded.errors])
         if len(loaded.documents) != 1:
@@ -262,14 +273,18 @@ def _add_kind_routes(kind: str) -> None:
             raise Problem(409, str(exc.issues[0].message), title="Scope conflict") from None
         except ResourceInvalid as exc:
             raise _invalid(_issues_as_errors(exc)) from None
+        if kind == "Rule" and outcome != "unchanged":
+            await rule_schedules.rule_changed(hub, key.org_id, name, row)
         result = ApplyResult(outcome=outcome, resource=_public(row))
         return JSONResponse(result.model_dump(mode="json"), status_code=201 if outcome == "created" else 200)
 
     @router.delete(f"/{plural}/{{name}}", name=f"delete_{label}", summary=f"Delete a {label} (tombstone)")
-    async def delete_item(name: str, session: SessionDep, key: AdminKey) -> ResourcePublic:
+    async def delete_item(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ResourcePublic:
         row = await store.delete_resource(session, key.org_id, kind, name, actor=f"key:{key.key_id}")
         if row is None:
             raise Problem(404, f"{label} {name!r} not found")
+        if kind == "Rule":
+            await rule_schedules.rule_changed(hub, key.org_id, name, row)
         return _public(row)
 
 
@@ -277,25 +292,27 @@ _add_kind_routes("Pipeline")
 _add_kind_routes("Rule")
 
 
-async def _set_enabled(name: str, enabled: bool, session: SessionDep, key: AdminKey) -> ApplyResult:
+async def _set_enabled(name: str, enabled: bool, session: SessionDep, hub: HubDep, key: AdminKey) -> ApplyResult:
     row = await store.get_version(session, key.org_id, "Rule", name)
     if row is None or row.deleted:
         raise Problem(404, f"rule {name!r} not found")
     document = {**row.spec, "spec": {**row.spec["spec"], "enabled": enabled}}
     outcome, new = await store.apply_resource(session, key.org_id, document, actor=f"key:{key.key_id}")
+    if outcome != "unchanged":
+        await rule_schedules.rule_changed(hub, key.org_id, name, new)
     return ApplyResult(outcome=outcome, resource=_public(new))
 
 
 @router.post("/rules/{name}:disable", summary="Disable a rule (a new version)")
-async def disable_rule(name: str, session: SessionDep, key: AdminKey) -> ApplyResult:
+async def disable_rule(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ApplyResult:
     """Keep the rule but stop it from running; ``unchanged`` if it already is disabled."""
-    return await _set_enabled(name, False, session, key)
+    return await _set_enabled(name, False, session, hub, key)
 
 
 @router.post("/rules/{name}:enable", summary="Enable a rule (a new version)")
-async def enable_rule(name: str, session: SessionDep, key: AdminKey) -> ApplyResult:
+async def enable_rule(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ApplyResult:
     """Let a disabled rule run again."""
-    return await _set_enabled(name, True, session, key)
+    return await _set_enabled(name, True, session, hub, key)
 
 
 _BODY = {
@@ -314,7 +331,7 @@ _BODY = {
 )
 async def validate_resources(request: Request, session: SessionDep, key: ReaderKey) -> ValidationReport:
     """Every error with line, column and field; for valid documents, what applying would do."""
-    loaded = await _load_body(request)
+    loaded = await _load_body(request, key.org_id)
     errors = [e.as_dict() for e in loaded.errors]
     resources: list[ValidatedResource] = []
     for doc in loaded.documents:
@@ -343,6 +360,7 @@ async def validate_resources(request: Request, session: SessionDep, key: ReaderK
 
 
 def _report(event: dict[str, Any], rows: list[Any]) -> TestReport:
+    """Compile and dry-run; CPU-bound, so routes run it through ``hub.bounded.evaluate``."""
     outcomes = compile_rules(rows).evaluate(event)
     return TestReport(
         event=event,
@@ -353,14 +371,20 @@ def _report(event: dict[str, Any], rows: list[Any]) -> TestReport:
                 version=o.version,
                 fired=o.fired,
                 reason=o.reason,
-                actions=[PlannedActionPublic(name=a.name, params=a.params) for a in o.actions],
+                actions=[PlannedActionPublic(name=a.name, params=a.params, **_placed(a.name, event)) for a in o.actions],
             )
             for o in outcomes
         ],
     )
 
 
+def _placed(name: str, event: dict[str, Any]) -> dict[str, Any]:
+    runs_for, problem = placement(name, event)
+    return {"runs_for": runs_for, "problem": problem}
+
+
 def _event(body: TestRequest, org_id: str) -> dict[str, Any]:
+    limits.check(body.event, "event")
     event = dict(body.event)
     if event.get("org") not in (None, org_id):
         raise Problem(422, f"event.org {event['org']!r} is not your org")
@@ -376,14 +400,15 @@ async def test_rules(body: TestRequest, session: SessionDep, key: ReaderKey) -> 
     event = _event(body, key.org_id)
     if body.rules is None:
         rows: list[Any] = await store.current_versions(session, key.org_id, "Rule")
-        return _report(event, rows)
+        return await evaluate(key.org_id, _report, event, rows)
+    limits.check(body.rules, "rules")
     drafts = []
     for i, doc in enumerate(body.rules):
-        loaded = load_data(doc, f"rules[{i}]")
+        loaded = await evaluate(key.org_id, load_data, doc, f"rules[{i}]")
         if loaded.errors:
             raise _invalid([e.as_dict() for e in loaded.errors])
         drafts.append({**doc, "version": 0})
-    return _report(event, drafts)
+    return await evaluate(key.org_id, _report, event, drafts)
 
 
 @router.post("/rules/{name}:test", summary="Dry-run one rule against an event")
@@ -392,14 +417,14 @@ async def test_rule(
     body: TestRequest,
     session: SessionDep,
     key: ReaderKey,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
 ) -> TestReport:
     """The named rule's outcome for the event (its latest version, or ``?version=``)."""
     event = _event(body, key.org_id)
     row = await store.get_version(session, key.org_id, "Rule", name, version)
     if row is None or row.deleted:
         raise Problem(404, f"rule {name!r} not found")
-    return _report(event, [row])
+    return await evaluate(key.org_id, _report, event, [row])
 
 
 @router.get("/schemas/{kind}", summary="JSON Schema of a resource kind, for editors")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -59,19 +59,13 @@ class WebhookEventPage(BaseModel):
     next_cursor: str | None
 
 
-def _utc(at: datetime | None) -> datetime | None:
-    if at is None:
-        return None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
 def _public(row: WebhookEvent) -> dict:
     return {
         "id": row.id, "provider": row.provider, "connection_id": row.connection_id, "event_id": row.event_id,
         "event_type": row.event_type, "domain_types": row.domain_types, "status": row.status,
         "attempts": row.attempts, "last_error": row.last_error, "workflow_id": row.workflow_id,
-        "received_at": _utc(row.received_at), "relayed_at": _utc(row.relayed_at),
-        "completed_at": _utc(row.completed_at),
+        "received_at": row.received_at, "relayed_at": row.relayed_at,
+        "completed_at": row.completed_at,
     }  # fmt: skip
 
 
@@ -87,14 +81,14 @@ def _detail(row: WebhookEvent) -> WebhookEventDetail:
 
 
 def _encode_cursor(row: WebhookEvent) -> str:
-    raw = json.dumps([_utc(row.received_at).isoformat(), row.id]).encode()
+    raw = json.dumps([row.received_at.isoformat(), row.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         at, last_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return _utc(datetime.fromisoformat(at)), str(last_id)
+        return datetime.fromisoformat(at), str(last_id)
     except (ValueError, TypeError, binascii.Error):
         raise Problem(400, "invalid cursor") from None
 
@@ -119,7 +113,7 @@ async def list_webhook_events(
     cursor: str | None = None,
 ) -> WebhookEventPage:
     """The org's inbox, newest first, filtered by provider, status, event type and time."""
-    filt = EventFilter(provider=provider, status=status, type=type, since=_utc(since), until=_utc(until))
+    filt = EventFilter(provider=provider, status=status, type=type, since=since, until=until)
     after = _decode_cursor(cursor) if cursor else None
     rows = await inbox.list_events(session, key.org_id, filt, limit + 1, after)
     page = rows[:limit]

@@ -1,4 +1,10 @@
-"""The registry of action names a rule may use, with the params model of each.
+"""The registry of action names a rule may use: the params model of each and where it can run.
+
+Where an action runs follows from what the event names (its *subject*): ``opportunity`` actions need the
+event's opportunity (its OpportunityWorkflow does them), ``lead`` actions the event's lead, and ``org``
+actions (``http.post``, every provider action) run for any event. ``rules.model.TRIGGER_SUBJECTS`` says
+what each trigger's events can name; validation refuses an action that can never run for its trigger, and
+:func:`placement` says, for one concrete event, where an action would run or why it cannot.
 
 Built-ins are registered here; provider actions (``slack.post_message``, …) are registered by the
 connectors (``connectors.base`` calls :func:`register_action`). Because validation can run in a
@@ -20,23 +26,41 @@ from pydantic import BaseModel, ConfigDict, Field
 CATALOGUE = Path(__file__).resolve().parent.parent / "connectors" / "providers.yaml"
 
 
+ANYWHERE = frozenset({"opportunity", "lead", "org"})
+#: What each subject means, for messages.
+SUBJECT_TEXT = {"opportunity": "an opportunity", "lead": "a lead", "org": "the org"}
+
+
 @dataclass(frozen=True)
 class ActionInfo:
-    """A known action: its name and params model (``None`` when only declared in the catalogue)."""
+    """A known action: its name, params model (``None`` when only declared in the catalogue) and the
+    subjects it can run for (``runs_on``: ``opportunity``, ``lead``, ``org``; ``org`` means any event)."""
 
     name: str
     params_model: type[BaseModel] | None
     description: str = ""
+    runs_on: frozenset[str] = ANYWHERE
+
+    def runs_for(self, subjects: frozenset[str]) -> bool:
+        """Whether the action can run for an event naming one of ``subjects``."""
+        return "org" in self.runs_on or bool(self.runs_on & subjects)
+
+    @property
+    def needs(self) -> str:
+        """What the action needs, in words (``an opportunity or a lead``)."""
+        return " or ".join(SUBJECT_TEXT[s] for s in sorted(self.runs_on))
 
 
 _REGISTRY: dict[str, ActionInfo] = {}
 
 
-def register_action(name: str, params_model: type[BaseModel] | None, description: str = "") -> None:
+def register_action(
+    name: str, params_model: type[BaseModel] | None, description: str = "", runs_on: frozenset[str] = ANYWHERE
+) -> None:
     """Make ``name`` (``provider.action``) usable in rules, its params checked against ``params_model``."""
     if "." not in name or name.startswith(".") or name.endswith("."):
         raise ValueError(f"action name {name!r} must be '<provider>.<action>'")
-    _REGISTRY[name] = ActionInfo(name, params_model, description or (params_model.__doc__ or "").strip())
+    _REGISTRY[name] = ActionInfo(name, params_model, description or (params_model.__doc__ or "").strip(), runs_on)
 
 
 def get_action(name: str) -> ActionInfo | None:
@@ -46,6 +70,29 @@ def get_action(name: str) -> ActionInfo | None:
     if name in catalogue_actions(CATALOGUE):
         return ActionInfo(name, None, "declared in connectors/providers.yaml")
     return None
+
+
+def event_subjects(event: dict[str, Any]) -> frozenset[str]:
+    """What a rule event names: its opportunity (``opp``), its lead (``lead``), and always the org."""
+    found = {"org"}
+    if event.get("opp"):
+        found.add("opportunity")
+    if event.get("lead"):
+        found.add("lead")
+    return frozenset(found)
+
+
+def placement(name: str, event: dict[str, Any]) -> tuple[str, str | None]:
+    """Where action ``name`` runs for ``event`` (``opportunity``, ``lead`` or ``org``) and, if it cannot,
+    why (else None). The workflows and the dry-run use this one answer."""
+    info = get_action(name)
+    if info is None:
+        return "org", f"unknown action {name!r}"
+    subjects = event_subjects(event)
+    for subject in ("org", "opportunity", "lead"):
+        if subject in info.runs_on and subject in subjects:
+            return subject, None
+    return sorted(info.runs_on)[0], f"{name} needs {info.needs}; this {event.get('type')} event names none"
 
 
 def known_actions() -> list[str]:
@@ -107,7 +154,8 @@ class AddTask(_Params):
 
 
 class NextAction(_Params):
-    """Recompute the AI risk score and next best actions of the opportunity."""
+    """Recompute the AI risk score and next best actions of the opportunity (or, for a lead, score it and
+    say what to do next)."""
 
     reason: str | None = None
 
@@ -129,11 +177,28 @@ class HttpPost(_Params):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-for _name, _model in {
-    "opportunity.set_field": SetField,
-    "opportunity.add_task": AddTask,
-    "ai.next_action": NextAction,
-    "ai.score_lead": ScoreLead,
-    "http.post": HttpPost,
-}.items():
-    register_action(_name, _model)
+class DealRisk(_Params):
+    """Recompute the opportunity's AI risk score and factors (no next actions, never OpenAI)."""
+
+    reason: str | None = None
+
+
+class Transition(_Params):
+    """Move the opportunity to another stage, as actor ``automation``, through the same checks as a person's
+    transition; a refusal fails the action with every unmet requirement."""
+
+    to: str = Field(min_length=1, max_length=100)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+_OPPORTUNITY = frozenset({"opportunity"})
+for _name, _model, _runs_on in (
+    ("opportunity.set_field", SetField, _OPPORTUNITY),
+    ("opportunity.add_task", AddTask, _OPPORTUNITY),
+    ("opportunity.transition", Transition, _OPPORTUNITY),
+    ("ai.next_action", NextAction, frozenset({"opportunity", "lead"})),
+    ("ai.deal_risk", DealRisk, _OPPORTUNITY),
+    ("ai.score_lead", ScoreLead, frozenset({"lead"})),
+    ("http.post", HttpPost, ANYWHERE),
+):
+    register_action(_name, _model, runs_on=_runs_on)

@@ -29,6 +29,8 @@ from typing import Any
 
 import cel
 
+from rules.cost import CostError, estimate
+
 MAX_CHARS = 2000
 MAX_TOKENS = 300
 MAX_DEPTH = 12
@@ -127,6 +129,10 @@ def _compile(source: str) -> Condition:
             )
             raise ExpressionError(f"CEL syntax error: {detail}", int(found.group(2))) from None
         raise ExpressionError(f"CEL syntax error: {_first_line(text)}") from None
+    try:
+        estimate(source)
+    except CostError as exc:
+        raise ExpressionError(exc.message, exc.column) from None
     return Condition(source, program)
 
 

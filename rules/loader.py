@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from rules.limits import MAX_DEPTH
 from rules.model import Resource
 from rules.validate import Issue, format_path, validate_document
 
@@ -107,6 +108,8 @@ class _Builder:
             raise _Fail(
                 f"document too large: more than {MAX_NODES} YAML nodes (aliases included)", node.start_mark
             )
+        if len(path) > MAX_DEPTH:
+            raise _Fail(f"nested deeper than {MAX_DEPTH} levels", node.start_mark, path[:MAX_DEPTH])
         self.positions[path] = _pos(node.start_mark)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
@@ -169,6 +172,11 @@ def load_text(text: str | bytes, file: str = "<input>") -> LoadResult:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             return LoadResult(file, [], [ResourceError(file, 1, 1, "", f"not UTF-8 text: {exc.reason}")])
+    too_deep = _flow_too_deep(text)
+    if too_deep is not None:
+        line = text.count("\n", 0, too_deep) + 1
+        column = too_deep - text.rfind("\n", 0, too_deep)
+        return LoadResult(file, [], [ResourceError(file, line, column, "", f"nested deeper than {MAX_DEPTH} levels")])
     documents: list[LoadedDocument] = []
     errors: list[ResourceError] = []
     index = 0
@@ -211,9 +219,32 @@ def load_text(text: str | bytes, file: str = "<input>") -> LoadResult:
         errors.append(ResourceError(file, line, col, "", f"YAML syntax error: {problem}", index))
     except yaml.YAMLError as exc:
         errors.append(ResourceError(file, 1, 1, "", f"YAML error: {exc}", index))
+    except RecursionError:  # PyYAML composes recursively: a few hundred levels exhaust the stack
+        errors.append(ResourceError(file, 1, 1, "", f"YAML error: nested deeper than {MAX_DEPTH} levels", index))
     if not documents and not errors:
         errors.append(ResourceError(file, 1, 1, "", "no resource in file"))
     return LoadResult(file, documents, errors)
+
+
+_FLOW = re.compile(r"""[\[\]{}]|"(?:[^"\\]|\\.)*"|'[^']*'""")
+
+
+def _flow_too_deep(text: str) -> int | None:
+    """Offset of a ``[``/``{`` nested deeper than ``MAX_DEPTH``, else None (quoted strings skipped).
+
+    Checked before PyYAML sees the text: its scanner takes quadratic time in the nesting of flow
+    collections (a thousand ``[`` took seconds).
+    """
+    depth = 0
+    for match in _FLOW.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return match.start()
+        elif token in "]}":
+            depth = max(depth - 1, 0)
+    return None
 
 
 def load_data(data: Any, file: str = "<body>") -> LoadResult:
@@ -236,6 +267,8 @@ def load_json_text(text: str | bytes, file: str = "<body>") -> LoadResult:
         return LoadResult(
             file, [], [ResourceError(file, exc.lineno, exc.colno, "", f"JSON syntax error: {exc.msg}")]
         )
+    except RecursionError:
+        return LoadResult(file, [], [ResourceError(file, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels")])
     return load_data(data, file)
 
 

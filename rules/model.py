@@ -36,9 +36,34 @@ TRIGGERS = (
     "document.changed",
     "subscription.canceled",
     "connection.failed",
+    "automation.failed",
     "schedule",
 )
 STAGE_TRIGGERS = ("stage.entered", "stage.exited")
+
+_OPP, _ORG = frozenset({"opportunity"}), frozenset({"org"})
+_WEBHOOK = frozenset({"opportunity", "org"})  # mapped provider events name an opportunity when they can
+#: What the events of each trigger can name (see ``rules.actions``): an ``opportunity`` (the rule runs in its
+#: workflow), a ``lead``, or only the ``org``. An action that can run for none of them is refused.
+TRIGGER_SUBJECTS: dict[str, frozenset[str]] = {
+    "opportunity.created": _OPP,
+    "opportunity.updated": _OPP,
+    "stage.entered": _OPP,
+    "stage.exited": _OPP,
+    "lead.created": frozenset({"lead"}),
+    "payment.received": _WEBHOOK,
+    "payment.failed": _WEBHOOK,
+    "contract.sent": _WEBHOOK,
+    "contract.signed": _WEBHOOK,
+    "contract.declined": _WEBHOOK,
+    "call.recorded": _WEBHOOK,
+    "slack.action": _WEBHOOK,
+    "document.changed": _WEBHOOK,
+    "subscription.canceled": _WEBHOOK,
+    "connection.failed": _ORG,
+    "automation.failed": _WEBHOOK,
+    "schedule": _ORG,
+}
 
 ScopeItem = Annotated[str, Field(pattern=SCOPE_PATTERN)]
 StageKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
@@ -124,7 +149,9 @@ class RuleSpec(_Strict):
 
     on: str = Field(description="trigger: " + ", ".join(TRIGGERS))
     stage: str | None = Field(default=None, description="for stage.entered / stage.exited: the stage key")
-    schedule: str | None = Field(default=None, description="for on: schedule, a 5-field cron expression")
+    schedule: str | None = Field(
+        default=None, description="for on: schedule, a 5-field cron expression (UTC) or '@every 15m'"
+    )
     when: str | None = Field(
         default=None, description="CEL condition over opp, event, stage, org, branch, role"
     )

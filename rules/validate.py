@@ -22,6 +22,7 @@ from rules.model import (
     NAME_PATTERN,
     SCOPE_PATTERN,
     STAGE_TRIGGERS,
+    TRIGGER_SUBJECTS,
     TRIGGERS,
     PipelineSpec,
     Resource,
@@ -307,6 +308,12 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
                 Issue(base, f"unknown action {name!r}{_suggest(name, actions.known_actions())}", at_key=True)
             )
             continue
+        subjects = TRIGGER_SUBJECTS.get(spec.on)
+        if info is not None and subjects is not None and not info.runs_for(subjects):
+            names = " or ".join(actions.SUBJECT_TEXT[s] for s in sorted(subjects))
+            issues.append(
+                Issue(base, f"{name} needs {info.needs}, but {spec.on} events name {names} only", at_key=True)
+            )
         try:
             compile_params(params)
         except TemplateProblem as exc:
@@ -351,8 +358,25 @@ def _suggest(name: str, known: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(known)}"
 
 
+_EVERY = re.compile(r"^@every\s+(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MIN_INTERVAL_SECONDS = 60
+
+
+def interval_seconds(expression: str) -> int | None:
+    """The seconds of an interval schedule (``@every 15m``; units s, m, h, d), or None for anything else."""
+    match = _EVERY.match(expression.strip())
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else None
+
+
 def cron_problem(expression: str) -> str | None:
-    """Why a 5-field cron expression is invalid, or None (``*``, ``*/n``, ``a-b``, ``a,b``)."""
+    """Why a schedule is invalid, or None: a 5-field cron expression (``*``, ``*/n``, ``a-b``, ``a,b``; UTC)
+    or an interval ``@every <n><s|m|h|d>`` of at least a minute."""
+    if expression.strip().startswith("@every"):
+        seconds = interval_seconds(expression)
+        if seconds is None:
+            return f"interval must look like '@every 15m' (units s, m, h, d), got {expression!r}"
+        return None if seconds >= MIN_INTERVAL_SECONDS else "interval must be at least a minute"
     fields = expression.split()
     if len(fields) != 5:
         return f"cron expression must have 5 fields (minute hour day month weekday), got {len(fields)}"

@@ -74,11 +74,21 @@ def test_run_starts_everything_prints_a_working_curl_and_stops_cleanly(tmp_path:
     proc = start(data_dir, port, env)
     banner = wait_ready(proc, port)
     assert f"http://127.0.0.1:{port}/docs" in banner and "Temporal UI" in banner
+    urls = re.findall(r"https?://\S+", banner)
+    assert urls[0] == f"http://127.0.0.1:{port}/console"  # the console leads
     key_file = data_dir / "admin-api-key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     curl = re.search(r"try:\s+(curl .+)", banner).group(1)
     result = subprocess.run(["bash", "-c", curl + " -s -o /dev/null -w '%{http_code}'"], capture_output=True, text=True)
     assert result.stdout == "200", (curl, result)
+    auth = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+    deadline = time.monotonic() + 90
+    while True:  # the demo deals are moved through PEAK in the background on first start
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/opportunities/demo-stark", headers=auth, timeout=10)
+        if r.status_code == 200 and r.json()["stage"] == "keep":
+            break
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.5)
     stop(proc, data_dir)
 
     # A second start reuses the data: same key, same schema, the key still works.

@@ -259,7 +259,7 @@ class SqliteWriter:
         try:
             async with self.db.engine.connect() as conn:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        except Exception:  # noqa: BLE001 - the next one catches up; other connections checkpoint too
+        except Exception:  # the next one catches up; other connections checkpoint too
             log.warning("inbox WAL checkpoint failed", exc_info=True)
 
 

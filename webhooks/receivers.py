@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from connectors import signing
 from connectors.catalogue import catalogue
-from connectors.events import MalformedEvent, graph_notifications
+from connectors.events import EventTooLarge, MalformedEvent, graph_notifications
 from connectors.signing import SignatureError
 
 SENSITIVE_HEADER_PARTS = ("signature", "authorization", "cookie", "token", "secret", "api-key", "apikey")
@@ -89,6 +89,8 @@ def verify(scheme: str, delivery: Delivery, creds: Credentials, now: float | Non
     elif scheme == "microsoft":
         try:
             notes = graph_notifications(body)
+        except EventTooLarge:
+            raise
         except MalformedEvent:
             raise SignatureError("missing_signature", "not a Graph notification collection") from None
         signing.verify_graph_client_state(notes, creds.client_states or creds.webhook_secrets)

@@ -31,7 +31,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from fastapi import FastAPI
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -63,11 +63,6 @@ GRAPH_LIFECYCLE_FOLLOW_UPS: dict[str, FollowUp] = {
     "subscriptionRemoved": "create_subscription",
     "missed": "sync_documents",
 }
-
-
-def _aware(at: datetime) -> datetime:
-    """SQLite hands back naive UTC datetimes; PostgreSQL aware ones."""
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def follow_up(scheme: str, event: DomainEvent) -> FollowUp | None:
@@ -143,7 +138,7 @@ class Relay:
         while not self._stop.is_set():
             try:
                 handled = await self.run_once()
-            except Exception:  # noqa: BLE001 - the relay must outlive any one bad round
+            except Exception:  # the relay must outlive any one bad round
                 log.exception("webhook relay round failed")
                 handled = 0
                 self._backoff = min(max(self._backoff * 2, 1.0), 10.0)
@@ -230,7 +225,7 @@ class Relay:
 
     def _relayed(self, row: WebhookEvent, outcome: str) -> None:
         metrics.RELAYED.labels(row.provider, outcome).inc()
-        metrics.RELAY_LAG.observe(max(0.0, (utcnow() - _aware(row.received_at)).total_seconds()))
+        metrics.RELAY_LAG.observe(max(0.0, (utcnow() - row.received_at).total_seconds()))
 
     # ---------------------------------------------------------------- Temporal
 
@@ -324,7 +319,7 @@ class Relay:
                 self._last_purge = self._last_housekeeping
                 await inbox.purge(session)
             oldest = await inbox.pending_lag(session)
-        age = 0.0 if oldest is None else (utcnow() - _aware(oldest)).total_seconds()
+        age = 0.0 if oldest is None else (utcnow() - oldest).total_seconds()
         metrics.OLDEST_PENDING.set(max(0.0, age))
         if stuck:
             await self._reconcile(stuck)

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from connectors.events import MalformedEvent, slack_payload, split_delivery
+from connectors.events import EventTooLarge, MalformedEvent, slack_payload, split_delivery
 from connectors.signing import SignatureError
 from hub.problems import problem_response
 from hub.runtime import Hub
@@ -101,6 +101,8 @@ async def receive(provider: str, connection_id: str, request: Request) -> Respon
     delivery = Delivery(body, headers, query, request.scope["method"], url)
     try:
         verify(scheme, delivery, creds)
+    except EventTooLarge as exc:  # the Graph scheme reads the body to find its clientState
+        return _reject(provider, 400, "malformed_event", str(exc))
     except SignatureError as first:
         fresh, reloaded = await box.credentials.get(connection_id, reload=True)
         error: SignatureError | None = first

@@ -159,7 +159,7 @@ class ConnectionWorkflow:
             if seen_version > self.state.version:  # the caller knows a newer version: we are behind the store
                 self.state = await self._load()
             if self.state.version > seen_version and self.state.status == "active":
-                return self.state
+                return self.state  # type: ignore[return-value]  # loaded: the version check above read it
             if self.state.status == "needs_reauth" or not self.state.exists:
                 raise ApplicationError(f"the connection needs re-authorisation: {self.last_failure}".rstrip(": "),
                                        type=ERR_REAUTH)

@@ -34,12 +34,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.ai_types import NEXT_ACTION, Insight, OpportunityInsightInput
+    from activities.ai_types import DEAL_RISK, NEXT_ACTION, Insight, OpportunityInsightInput
     from activities.connector_types import ActionCall, execute_action
     from activities.opportunity_types import (
         MAX_EVENTS,
         MAX_RULE_RUNS,
         MAX_SEEN_EVENTS,
+        Actor,
         ChecklistRequest,
         CrmEventInput,
         DomainEvent,
@@ -68,6 +69,8 @@ UNCHANGED = "Unchanged"  # 200, nothing to do
 INVALID = "InvalidRequest"  # 422, details[0] = list of Unmet
 MIGRATION_REFUSED = "MigrationRefused"  # 409, details[0] = list of Unmet
 
+CREATED_PATCH = "opportunity-created"  # workflow.patched: histories before it raise no opportunity.created
+AUTOMATION = Actor(id="automation", role="automation")  # who rule-made transitions are by
 OPPORTUNITIES_ROOT = "Opportunities"
 MAX_FAILURES = 20
 STORE_TIMEOUT = timedelta(seconds=30)
@@ -107,8 +110,10 @@ class OpportunityWorkflow:
             self._id,
             local_actions={
                 "ai.next_action": self._ai_action,
+                "ai.deal_risk": self._deal_risk_action,
                 "opportunity.set_field": self._set_field_action,
                 "opportunity.add_task": self._add_task_action,
+                "opportunity.transition": self._transition_action,
             },
         )
 
@@ -177,14 +182,17 @@ class OpportunityWorkflow:
     async def _transition_effects(self, effect: Effect, prefix: str) -> None:
         frm, to = effect.data["from"], effect.data["to"]
         events = [self._rule_event("stage.exited", {}, stage=frm)] if frm else []
+        events.append(self._rule_event("stage.entered", {}, stage=to))
+        if frm is None and workflow.patched(CREATED_PATCH):  # just registered
+            events.append(self._rule_event("opportunity.created", {}))
         prep: Preparation = await workflow.execute_activity(
             "opportunity.prepare",
-            PrepareInput(org_id=self._state.org_id, events=[*events, self._rule_event("stage.entered", {}, stage=to)]),
+            PrepareInput(org_id=self._state.org_id, events=events),
             result_type=Preparation,
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
         )
-        runs = await self._rules.execute(prep.plan, prefix)
+        runs = await self._rules.execute(prep.plan, prefix, events)
         self._state.rule_runs = (self._state.rule_runs + runs)[-MAX_RULE_RUNS:]
         self._touch()
         stage = stage_of(self._state.pipeline, to) or {}
@@ -265,11 +273,11 @@ class OpportunityWorkflow:
         except ActivityError as exc:
             self._fail(action, key, exc)
 
-    async def _recompute_insight(self, reason: str) -> dict:
+    async def _recompute_insight(self, reason: str, activity: str = NEXT_ACTION) -> dict:
         s = self._state
         try:
             insight: Insight = await workflow.execute_activity(
-                NEXT_ACTION,
+                activity,
                 OpportunityInsightInput(
                     org_id=s.org_id,
                     opportunity_id=s.opportunity_id,
@@ -284,8 +292,10 @@ class OpportunityWorkflow:
                 retry_policy=AI_RETRY,
             )
         except ActivityError as exc:
-            self._fail(NEXT_ACTION, reason, exc)
+            self._fail(activity, reason, exc)
             return {}
+        if activity == DEAL_RISK:  # risk only: the next actions computed before stay
+            insight = insight.model_copy(update={"next_actions": (s.insight or {}).get("next_actions", [])})
         s.insight = insight.model_dump(mode="json")
         self._touch()
         return s.insight
@@ -315,13 +325,27 @@ class OpportunityWorkflow:
 
     # built-in rule actions handled here (see rules.actions)
 
-    async def _ai_action(self, action: PlannedActionModel, key: str) -> dict:
-        insight = await self._recompute_insight(action.params.get("reason") or key)
+    async def _ai_action(self, action: PlannedActionModel, key: str, event: dict, activity: str = NEXT_ACTION) -> dict:
+        insight = await self._recompute_insight(action.params.get("reason") or key, activity)
         if not insight:
             raise ApplicationError("AI insight could not be computed", type="AiUnavailable")
         return {"risk_score": insight.get("risk_score")}
 
-    async def _set_field_action(self, action: PlannedActionModel, key: str) -> dict:
+    async def _deal_risk_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
+        return await self._ai_action(action, key, event, DEAL_RISK)
+
+    async def _transition_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
+        """``opportunity.transition``: the checks and the move of the ``transition`` Update, by ``automation``."""
+        req = TransitionRequest(to=action.params["to"], actor=AUTOMATION, reason=action.params.get("reason"))
+        async with self._lock:
+            unmet = self._unmet(req)
+            if unmet:
+                reasons = "; ".join(f"{u.code}: {u.message}" for u in unmet)
+                raise ApplicationError(f"transition to {req.to!r} refused: {reasons}", type=REFUSED)
+            seq = self._move(req)
+        return {"from": self._state.history[-1].from_stage, "to": req.to, "transition_seq": seq}
+
+    async def _set_field_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
         *parents, leaf = action.params["field"].split(".")
         node = self._state.opp
         for part in parents:
@@ -330,7 +354,7 @@ class OpportunityWorkflow:
         self._touch()
         return {"field": action.params["field"]}
 
-    async def _add_task_action(self, action: PlannedActionModel, key: str) -> dict:
+    async def _add_task_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
         tasks = self._state.opp.setdefault("tasks", [])
         if not any(t.get("key") == key for t in tasks):
             tasks.append({"key": key, **action.params, "created_at": workflow.now().isoformat()})
@@ -357,19 +381,24 @@ class OpportunityWorkflow:
             unmet = self._unmet(req)  # re-checked: an earlier Update may have moved the stage since validation
             if unmet:
                 raise _refusal(REFUSED, f"transition to {req.to!r} refused", unmet)
-            s = self._state
-            now = workflow.now()
-            seq = self._queue("transition", {"from": s.stage, "to": req.to})
-            s.history.append(
-                TransitionRecord(
-                    seq=seq, from_stage=s.stage, to_stage=req.to, actor=req.actor, at=now,
-                    pipeline_version=s.pipeline.version,
-                )
-            )  # fmt: skip
-            s.visits[-1].exited_at = now
-            s.visits.append(StageVisit(stage=req.to, entered_at=now))
-            s.stage = req.to
-            return s
+            self._move(req)
+            return self._state
+
+    def _move(self, req: TransitionRequest) -> int:
+        """Record an accepted transition and queue its effects; returns its sequence number."""
+        s = self._state
+        now = workflow.now()
+        seq = self._queue("transition", {"from": s.stage, "to": req.to})
+        s.history.append(
+            TransitionRecord(
+                seq=seq, from_stage=s.stage, to_stage=req.to, actor=req.actor, at=now,
+                pipeline_version=s.pipeline.version, reason=req.reason,
+            )
+        )  # fmt: skip
+        s.visits[-1].exited_at = now
+        s.visits.append(StageVisit(stage=req.to, entered_at=now))
+        s.stage = req.to
+        return seq
 
     @transition.validator
     def _validate_transition(self, req: TransitionRequest) -> None:

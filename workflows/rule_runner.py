@@ -9,10 +9,12 @@ recorded in the history, so replays are deterministic and each run names the ver
 Each action becomes one activity: provider actions (``slack.post_message``, ...) run through
 ``connector.run_action`` on the provider's task queue; ``http.post`` runs as the main-queue activity of
 ``activities.http_action``; built-ins the calling workflow handles itself (``opportunity.set_field``,
-``ai.next_action``, ...) are passed in as ``local_actions``, other built-ins are recorded as unavailable.
-Every action gets a deterministic idempotency key ``{key_prefix}/{event}.{trigger}/{rule}/{index}``, so a
-retried or replayed run never repeats a side effect under a new key. A failing action is recorded
-and does not stop the other actions or rules.
+``ai.next_action``, ...) are passed in as ``local_actions``; a built-in the event cannot run (an
+``opportunity.*`` action for an event naming no opportunity) fails with the reason ``rules.actions.placement``
+gives. Every action gets a deterministic idempotency key ``{key_prefix}/{event}.{trigger}/{rule}/{index}``, so a
+retried or replayed run never repeats a side effect under a new key. A failing action is recorded with its
+params, error, attempts and duration, does not stop the other actions or rules, and raises
+``automation.failed`` (once: failures of ``automation.failed`` rules raise nothing), run by the same runner.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         RulePlanInput,
         RuleRun,
     )
+    from rules.actions import placement
 
 PLAN = "rules.plan"
 RECORD_RUNS = "rules.record_runs"
@@ -43,8 +46,11 @@ HTTP_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=
 #: Action namespaces of the hub itself (see ``rules.actions``): never sent to a provider queue.
 BUILTIN_NAMESPACES = frozenset({"opportunity", "ai", "http"})
 
-#: A built-in action handled by the calling workflow: (action, idempotency key) -> output.
-LocalAction = Callable[[PlannedActionModel, str], Awaitable[dict]]
+AUTOMATION_FAILED = "automation.failed"
+FAILED_PATCH = "automation-failed"  # workflow.patched: histories before it raise no automation.failed
+
+#: A built-in action handled by the calling workflow: (action, idempotency key, rule event) -> output.
+LocalAction = Callable[[PlannedActionModel, str, dict], Awaitable[dict]]
 
 
 def failure_message(exc: BaseException) -> str:
@@ -66,7 +72,7 @@ class RuleRunner:
 
     async def run(self, events: list[dict], key_prefix: str) -> list[RuleRun]:
         """Evaluate the rules for ``events``, run the fired rules' actions in order, record every outcome."""
-        return await self.execute(await self.plan(events), key_prefix)
+        return await self.execute(await self.plan(events), key_prefix, events)
 
     async def plan(self, events: list[dict]) -> RulePlan:
         """What the org's current rules do with ``events`` (activity ``rules.plan``)."""
@@ -78,16 +84,20 @@ class RuleRunner:
             retry_policy=STORE_RETRY,
         )
 
-    async def execute(self, plan: RulePlan, key_prefix: str) -> list[RuleRun]:
+    async def execute(self, plan: RulePlan, key_prefix: str, events: list[dict] | None = None) -> list[RuleRun]:
         """Run a plan's fired actions in order under keys ``{key_prefix}/{event}.{trigger}/{rule}/{index}``;
-        record every outcome (activity ``rules.record_runs``)."""
+        record every outcome (activity ``rules.record_runs``); then the ``automation.failed`` rules for the
+        actions that failed. ``events``: the planned events (what the actions' subject is)."""
+        events = events or []
         runs: list[RuleRun] = []
+        failed: list[dict] = []
         for outcome in plan.outcomes:
             key = f"{key_prefix}/{outcome.event}.{outcome.trigger}/{outcome.rule}"
+            event = events[outcome.event] if outcome.event < len(events) else {"type": outcome.trigger}
             actions = []
             if outcome.fired:
                 for index, action in enumerate(outcome.actions):
-                    actions.append(await self.run_action(action, f"{key}/{index}"))
+                    actions.append(await self.run_action(action, f"{key}/{index}", event))
             runs.append(
                 RuleRun(
                     key=key,
@@ -100,6 +110,8 @@ class RuleRunner:
                     at=workflow.now(),
                 )
             )
+            if outcome.trigger != AUTOMATION_FAILED:
+                failed += [self._failure_event(runs[-1], i, a, event) for i, a in enumerate(actions) if not a.ok]
         if runs:
             await workflow.execute_activity(
                 RECORD_RUNS,
@@ -107,31 +119,47 @@ class RuleRunner:
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=STORE_RETRY,
             )
+        if failed and plan.on_failure and workflow.patched(FAILED_PATCH):
+            runs += await self.execute(await self.plan(failed), f"{key_prefix}/failed", failed)
         return runs
 
-    async def run_action(self, action: PlannedActionModel, key: str) -> ActionOutcome:
-        """Run one action under ``key``; a failure is returned as an outcome, never raised."""
+    def _failure_event(self, run: RuleRun, index: int, action: ActionOutcome, event: dict) -> dict:
+        """The ``automation.failed`` event of one failed action, about the same opportunity as its event."""
+        return {
+            **{k: event.get(k) for k in ("opp", "branch", "role")},
+            "org": self.org_id,
+            "type": AUTOMATION_FAILED,
+            "stage": None,
+            "event": {"rule": run.rule, "version": run.version, "trigger": run.trigger, "run": run.key,
+                      "subject": self.subject, "action": action.name, "index": index, "error": action.error},
+        }  # fmt: skip
+
+    async def run_action(self, action: PlannedActionModel, key: str, event: dict | None = None) -> ActionOutcome:
+        """Run one action under ``key`` for ``event``; a failure is returned as an outcome, never raised."""
+        started = workflow.now()
+        outcome = ActionOutcome(name=action.name, idempotency_key=key, ok=False, params=action.params)
         try:
-            local = self.local_actions.get(action.name)
-            if local is not None:
-                output = await local(action, key)
-            elif action.name == HTTP_POST:  # activities.http_action (main queue; params checked there)
-                output = await workflow.execute_activity(
-                    HTTP_POST,
-                    {"org_id": self.org_id, "params": action.params, "idempotency_key": key},
-                    result_type=dict,
-                    start_to_close_timeout=timedelta(seconds=60),
-                    retry_policy=HTTP_RETRY,
-                )
-            elif action.name.split(".", 1)[0] in BUILTIN_NAMESPACES:
-                return ActionOutcome(
-                    name=action.name, idempotency_key=key, ok=False, error=f"{action.name} is not available here"
-                )
-            else:
-                result = await execute_action(
-                    ActionCall(org_id=self.org_id, action=action.name, params=action.params, idempotency_key=key)
-                )
-                output = result.output
+            outcome.output = await self._dispatch(action, key, event or {})
+            outcome.ok = True
         except (ActivityError, ApplicationError) as exc:
-            return ActionOutcome(name=action.name, idempotency_key=key, ok=False, error=failure_message(exc))
-        return ActionOutcome(name=action.name, idempotency_key=key, ok=True, output=output)
+            outcome.error = failure_message(exc)
+        outcome.duration_ms = int((workflow.now() - started).total_seconds() * 1000)
+        return outcome
+
+    async def _dispatch(self, action: PlannedActionModel, key: str, event: dict) -> dict:
+        local = self.local_actions.get(action.name)
+        if local is not None:
+            return await local(action, key, event)
+        if action.name == HTTP_POST:  # activities.http_action (main queue; params checked there)
+            return await workflow.execute_activity(
+                HTTP_POST,
+                {"org_id": self.org_id, "params": action.params, "idempotency_key": key},
+                result_type=dict,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=HTTP_RETRY,
+            )
+        if action.name.split(".", 1)[0] in BUILTIN_NAMESPACES:
+            _, problem = placement(action.name, event)
+            raise ApplicationError(problem or f"{action.name} cannot run in {self.subject}", type="NotRunnableHere")
+        call = ActionCall(org_id=self.org_id, action=action.name, params=action.params, idempotency_key=key)
+        return (await execute_action(call)).output

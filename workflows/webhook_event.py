@@ -14,7 +14,8 @@ Then:
 - an event about an opportunity is signalled (``domain_event``) to ``opportunity/{org}/{id}``, whose
   workflow records it and runs the rules listening to it with the opportunity's data;
 - an event about no opportunity, or whose opportunity has no workflow (recorded as such), runs the
-  org's rules listening to it here, through ``workflows.rule_runner``.
+  org's rules listening to it here, through ``workflows.rule_runner``; here ``ai.score_lead`` and
+  ``ai.next_action`` act on the event's lead (``ai.score_lead`` activity).
 Then the inbox row is marked done. A failure is recorded on the row (retried as a new generation,
 dead-lettered after the configured number of attempts) and the workflow ends.
 """
@@ -28,8 +29,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.ai_types import SCORE_LEAD, LeadScoreResult, ScoreLeadInput, lead_next_action
     from activities.connector_types import ActionCall, execute_action
     from activities.opportunity_types import DomainEvent, DomainSource
+    from activities.rule_types import PlannedActionModel
     from activities.webhook_types import (
         MATCH_DOCUMENT,
         SYNC_NOW,
@@ -42,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         SyncNowInput,
         WebhookEventInput,
     )
+    from rules.actions import placement
     from workflows.opportunity import OPPORTUNITIES_ROOT
     from workflows.rule_runner import RuleRunner, failure_message
 
@@ -52,6 +56,7 @@ STORE_TIMEOUT = timedelta(seconds=30)
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 FOLLOW_UPS = "graph-follow-ups"  # workflow.patched: histories before follow-ups existed run none
 DOCUMENTS_SYNC = "sharepoint.documents"
+AI_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30), non_retryable_error_types=["LookupError"])
 
 
 def workflow_id(provider: str, connection_id: str, event_id: str, generation: int = 0) -> str:
@@ -184,6 +189,25 @@ class WebhookEventWorkflow:
              "role": None, "lead": e.data.get("lead")}
             for _, e in unbound
         ]  # fmt: skip
-        runs = await RuleRunner(input.org_id, subject=wid).run(events, key_prefix=wid)
+        local = {"ai.score_lead": self._score_lead, "ai.next_action": self._lead_next_action}
+        runs = await RuleRunner(input.org_id, subject=wid, local_actions=local).run(events, key_prefix=wid)
         for index, event in unbound:
             outcomes[index].rules_fired = [r.rule for r in runs if r.fired and r.trigger == event.type]
+
+    async def _score_lead(self, action: PlannedActionModel, key: str, event: dict) -> dict:
+        """``ai.score_lead``: score the event's lead (or ``lead_id``) and store its score."""
+        lead_id = action.params.get("lead_id") or (event.get("lead") or {}).get("id")
+        if not lead_id:
+            raise ApplicationError(placement(action.name, event)[1] or "no lead", type="NotRunnableHere")
+        result: LeadScoreResult = await workflow.execute_activity(
+            SCORE_LEAD, ScoreLeadInput(org_id=event["org"], lead_id=str(lead_id)), result_type=LeadScoreResult,
+            start_to_close_timeout=timedelta(seconds=60), retry_policy=AI_RETRY,
+        )  # fmt: skip
+        return result.model_dump(mode="json")
+
+    async def _lead_next_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
+        """``ai.next_action`` for a lead: its score and what to do next with it."""
+        if not event.get("lead"):
+            raise ApplicationError(placement(action.name, event)[1] or "no lead", type="NotRunnableHere")
+        scored = await self._score_lead(action, key, event)
+        return {"lead_id": scored["lead_id"], "score": scored["score"], "next_action": lead_next_action(scored)}

@@ -29,6 +29,7 @@ class Lead(Base):
     factors: Mapped[list] = mapped_column(default=list)
     model_version: Mapped[str | None] = mapped_column(String(100), default=None)
     source: Mapped[str | None] = mapped_column(String(16), default=None)
+    moment: Mapped[str | None] = mapped_column(String(24), default=None)  # what the score knew (ai.moments)
     scored_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -64,10 +65,40 @@ class AiModel(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     metrics: Mapped[dict] = mapped_column(default=dict)
     mapping: Mapped[dict] = mapped_column(default=dict)
-    artifact: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    artifact: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     created_by: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)  # retraining never replaces a pinned model
+    origin: Mapped[str] = mapped_column(String(16), default="upload")  # upload | retrain | cli | demo
+
+
+class AiTrainingJob(Base):
+    """Training on an uploaded CSV, run by the ``ai.train_model`` activity: its progress and result.
+
+    ``upload`` holds the file as sent (at most the request body limit) until the job ends."""
+
+    __tablename__ = "ai_training_jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | succeeded | failed
+    stage: Mapped[str] = mapped_column(String(32), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    mapping: Mapped[dict | None] = mapped_column(default=None)
+    upload: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, default=None))
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    columns: Mapped[int] = mapped_column(Integer, default=0)
+    model_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    error: Mapped[str | None] = mapped_column(String(2000), default=None)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def new_job_id() -> str:
+    """``job_`` and 16 hex digits."""
+    return "job_" + secrets.token_hex(8)
 
 
 def new_model_id() -> str:

@@ -216,7 +216,7 @@ async def mark_relayed(
             lease_owner=None, lease_until=now + check_after,
         )
     )  # fmt: skip
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]  # DML: a CursorResult
 
 
 async def release(session: AsyncSession, row_ids: Sequence[str], owner: str, delay: timedelta) -> None:
@@ -246,7 +246,7 @@ async def finish(
     if generation is not None:
         cond.append(WebhookEvent.generation == generation)
     result = await session.execute(update(WebhookEvent).where(*cond).values(**values))
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]  # DML: a CursorResult
 
 
 async def record_failure(
@@ -289,7 +289,7 @@ async def purge(session: AsyncSession, retention: timedelta = RETENTION) -> int:
     result = await session.execute(
         delete(WebhookEvent).where(WebhookEvent.status.in_(FINISHED), WebhookEvent.received_at < cutoff)
     )
-    return result.rowcount
+    return result.rowcount  # type: ignore[attr-defined]  # DML: a CursorResult
 
 
 @dataclass(frozen=True)

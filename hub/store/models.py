@@ -1,14 +1,14 @@
 """Imports every table module so that ``Base.metadata`` knows the whole schema."""
 
 from hub.store import (  # noqa: F401
-    ai,  # noqa: F401
-    budgets,  # noqa: F401
+    ai,
+    budgets,
     connections,
-    inbox,  # noqa: F401
-    oauth,  # noqa: F401
-    opportunities,  # noqa: F401
+    inbox,
+    oauth,
+    opportunities,
     orgs,
-    resources,  # noqa: F401
+    resources,
     secrets,
-    sync,  # noqa: F401
+    sync,
 )

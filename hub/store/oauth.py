@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import ForeignKey, String, Text, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,11 +36,6 @@ class OAuthState(Base):
     redirect_uri: Mapped[str] = mapped_column(String(2000))
     expires_at: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """A stored timestamp as an aware UTC datetime (SQLite hands them back naive)."""
-    return moment if moment is None or moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _hash(state: str) -> str:
@@ -69,7 +64,7 @@ async def consume_state(session: AsyncSession, vault: Vault, provider: str, stat
     if row is None:
         return None
     await session.delete(row)
-    if row.provider != provider or as_utc(row.expires_at) <= utcnow():
+    if row.provider != provider or row.expires_at <= utcnow():
         return None
     return row, vault.decrypt(row.verifier, context=f"oauth_state/{digest}")
 
@@ -112,7 +107,7 @@ async def store_tokens(
         )
         .execution_options(synchronize_session=False)
     )
-    if changed.rowcount != 1:
+    if changed.rowcount != 1:  # type: ignore[attr-defined]  # DML: a CursorResult
         return False
     owner = secret_owner(conn.id)
     await put_secret(session, vault, conn.org_id, owner, "access_token", access_token)

@@ -17,18 +17,16 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import (
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
-    TypeDecorator,
     UniqueConstraint,
     bindparam,
     delete,
@@ -51,16 +49,6 @@ def payload_hash(payload: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class AwareDateTime(TypeDecorator):
-    """A timezone-aware timestamp on every backend (SQLite hands back naive values: they are UTC)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
-        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 class SyncedRecord(Base):
     """The latest version of one provider record seen by a sync."""
 
@@ -73,9 +61,9 @@ class SyncedRecord(Base):
     provider_id: Mapped[str] = mapped_column(String(300))
     payload: Mapped[dict] = mapped_column(default=dict)
     hash: Mapped[str] = mapped_column(String(64))
-    changed_at: Mapped[datetime | None] = mapped_column(AwareDateTime, default=None)
-    first_seen_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
-    last_changed_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
+    changed_at: Mapped[datetime | None] = mapped_column(default=None)
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SyncState(Base):
@@ -90,12 +78,12 @@ class SyncState(Base):
     cursor: Mapped[str | None] = mapped_column(Text, default=None)
     state: Mapped[str] = mapped_column(String(16), default="idle")
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
-    last_success_at: Mapped[datetime | None] = mapped_column(AwareDateTime, default=None)
+    last_success_at: Mapped[datetime | None] = mapped_column(default=None)
     records_seen: Mapped[int] = mapped_column(Integer, default=0)
     records_changed: Mapped[int] = mapped_column(Integer, default=0)
     run_id: Mapped[str | None] = mapped_column(String(200), default=None)
-    run_started_at: Mapped[datetime | None] = mapped_column(AwareDateTime, default=None)
-    run_finished_at: Mapped[datetime | None] = mapped_column(AwareDateTime, default=None)
+    run_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    run_finished_at: Mapped[datetime | None] = mapped_column(default=None)
     run_pages: Mapped[int] = mapped_column(Integer, default=0)
     run_records: Mapped[int] = mapped_column(Integer, default=0)
     run_changed: Mapped[int] = mapped_column(Integer, default=0)
@@ -103,8 +91,8 @@ class SyncState(Base):
     run_rate: Mapped[float] = mapped_column(Float, default=0.0)
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
-    last_error_at: Mapped[datetime | None] = mapped_column(AwareDateTime, default=None)
-    updated_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow, onupdate=utcnow)
+    last_error_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     @property
     def display_state(self) -> str:
@@ -134,7 +122,7 @@ class SyncPage(Base):
     run_id: Mapped[str] = mapped_column(String(200))
     cursor: Mapped[str | None] = mapped_column(Text, default=None)
     page: Mapped[dict] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 async def stage_page(session: AsyncSession, connection_id: str, model: str, run_id: str, cursor: str | None,
@@ -163,7 +151,7 @@ async def drop_pages(session: AsyncSession, connection_id: str, model: str, run_
         query = query.where(SyncPage.run_id == run_id)
     if exclude_run is not None:
         query = query.where(SyncPage.run_id != exclude_run)
-    return (await session.execute(query)).rowcount
+    return (await session.execute(query)).rowcount  # type: ignore[attr-defined]  # DML: a CursorResult
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 from temporalio import workflow
 from temporalio.client import Client
@@ -28,7 +29,7 @@ OPP = {"name": "Initech", "amount": 25000.0, "close_date": "2026-06-15",
 EVENTS = [{"type": "payment.failed", "data": {}, "at": (NOW - timedelta(days=1)).isoformat()}]
 
 
-def request(**extra) -> OpportunityInsightInput:  # noqa: ANN003
+def request(**extra) -> OpportunityInsightInput:
     return OpportunityInsightInput(org_id="acme", opportunity_id="opp-1", opp=OPP, stage="engage",
                                    checklist={"discovery_call_done": True}, events=EVENTS, as_of=NOW, **extra)
 
@@ -75,11 +76,22 @@ async def test_openai_needs_the_flag_and_an_active_connection(hub: Hub, flag: bo
     assert insight.provenance["engine"] == "local"
 
 
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_openai_refines_with_the_connection_settings(hub: Hub) -> None:
+    prompt = sample("hub_ai_openai_tokens_total", org="acme", model="gpt-test", type="prompt")
+    served = sample("hub_ai_scores_total", org="acme", kind="next_action", model="deals-prior-1", source="prior",
+                    moment="")
     with OpenAIFake(answer=good_answer) as fake:
         await setup_openai(hub, fake.url)
         insight = await ActivityEnvironment().run(AiActivities(hub).next_action, request())
         [sent] = fake.requests
+    used = insight.provenance["usage"]["prompt_tokens"]
+    assert used > 0 and sample("hub_ai_openai_tokens_total", org="acme", model="gpt-test", type="prompt") == prompt + used
+    assert sample("hub_ai_scores_total", org="acme", kind="next_action", model="deals-prior-1", source="prior",
+                  moment="") == served + 1
     assert sent.headers["authorization"] == "Bearer test-token" and sent.json()["model"] == "gpt-test"
     assert insight.provenance["engine"] == "openai" and insight.provenance["fallback"] is None
     assert all(a["refined"] for a in insight.next_actions)
@@ -94,12 +106,16 @@ async def test_openai_refines_with_the_connection_settings(hub: Hub) -> None:
 ])
 async def test_openai_failures_fall_back_and_say_why(hub: Hub, answer: object, delay: float, reason: str) -> None:
     local = await ActivityEnvironment().run(AiActivities(hub).next_action, request())
+    errors = sum(sample("hub_ai_openai_errors_total", org="acme", reason=r)
+                 for r in ("timeout", "invalid_answer", "provider_error"))
     with OpenAIFake(answer=answer) as fake:  # type: ignore[arg-type]
         fake.delay = delay
         await setup_openai(hub, fake.url)
         insight = await ActivityEnvironment().run(AiActivities(hub).next_action, request())
     assert insight.next_actions == local.next_actions
     assert reason in insight.provenance["fallback"]
+    assert sum(sample("hub_ai_openai_errors_total", org="acme", reason=r)
+               for r in ("timeout", "invalid_answer", "provider_error")) == errors + 1
     rows = await insights(hub)
     assert reason in rows[-1].provenance["fallback"]
 

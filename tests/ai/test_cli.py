@@ -103,8 +103,11 @@ def test_evaluate_prints_both_reports(cli_env: Path) -> None:
     (cli_env / "leads.csv").write_bytes(to_csv(lead_rows(500), LEAD_HEADER))
     (cli_env / "deals.csv").write_bytes(to_csv(deal_rows(400), DEAL_HEADER))
     out = invoke("evaluate", "--leads", str(cli_env / "leads.csv"), "--deals", str(cli_env / "deals.csv"),
-                 "--folds", "3")
+                 "--folds", "3", "--seeds", "1")
     assert "leads: 500 rows, stratified 3-fold CV" in out and "deciles holding:" in out
+    assert "leads by moment (stratified 3-fold CV, 1 fold seeds" in out
+    assert "\n  creation " in out and "\n  engagement " in out and "\n  contact " not in out  # no contact columns
     assert "deals: time-ordered split, train 288 deals" in out and "snapshots" in out
+    assert "forecast backtest" in out and "MAPE forecast" in out
     nothing = runner.invoke(app, ["ai", "evaluate"])
     assert nothing.exit_code == 1 and "no data" in nothing.stderr

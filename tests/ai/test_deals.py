@@ -22,7 +22,7 @@ from tests.ai.synthetic import DEAL_HEADER, PRODUCTS_CSV, deal_rows, to_csv
 from tests.conftest import shared_data
 
 
-def test_product_names_match_across_files(tmp_path) -> None:  # noqa: ANN001
+def test_product_names_match_across_files(tmp_path) -> None:
     assert product_key("GTXPro") == product_key("GTX Pro") == "gtxpro"
     (tmp_path / "products.csv").write_bytes(PRODUCTS_CSV)
     (tmp_path / "sales_pipeline.csv").write_bytes(to_csv(deal_rows(30), DEAL_HEADER, trailing_comma=False))

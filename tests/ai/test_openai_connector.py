@@ -17,12 +17,12 @@ PARAMS = {"model": "gpt-test", "messages": [{"role": "user", "content": "give x"
 
 
 @pytest.fixture
-def fake():  # noqa: ANN201
+def fake():
     with OpenAIFake(answer={"x": 1}) as server:
         yield server
 
 
-async def call(fake: OpenAIFake, token: str = "test-token", **extra) -> dict:  # noqa: ANN003
+async def call(fake: OpenAIFake, token: str = "test-token", **extra) -> dict:
     async with httpx.AsyncClient() as http:
         ctx = action_context("openai", fake.url + "/v1", http, token=token)
         return await complete_json(ctx, CompleteJson.model_validate({**PARAMS, **extra}))

@@ -19,7 +19,7 @@ def ago(days: float) -> str:
     return (NOW - timedelta(days=days)).isoformat()
 
 
-def codes(signals) -> list[str]:  # noqa: ANN001
+def codes(signals) -> list[str]:
     return [s.code for s in signals]
 
 

@@ -15,11 +15,11 @@ from tests.ai.synthetic import DEAL_HEADER, LEAD_HEADER, PRODUCTS_CSV, deal_rows
 
 
 @pytest.fixture(scope="module")
-def lead_model():  # noqa: ANN201
+def lead_model():
     return train_leads(lead_rows(300))
 
 
-async def test_register_activate_and_load(hub: Hub, lead_model) -> None:  # noqa: ANN001
+async def test_register_activate_and_load(hub: Hub, lead_model) -> None:
     assert await service.active_model(hub, "acme", "leads") is None
     first = await service.register_model(hub, "acme", lead_model, actor="test")
     other = train_leads(lead_rows(300, seed=7))
@@ -35,7 +35,7 @@ async def test_register_activate_and_load(hub: Hub, lead_model) -> None:  # noqa
     assert await service.active_model(hub, "other", "leads") is None
 
 
-def test_artifacts_are_checked(lead_model) -> None:  # noqa: ANN001
+def test_artifacts_are_checked(lead_model) -> None:
     data = artifacts.dumps(lead_model)
     assert artifacts.loads(data, artifacts.sha256(data)).version == lead_model.version
     with pytest.raises(artifacts.ArtifactError, match="checksum"):
@@ -44,7 +44,7 @@ def test_artifacts_are_checked(lead_model) -> None:  # noqa: ANN001
         artifacts.loads(data, kind="deals")
 
 
-async def test_score_lead_with_prior_then_model(hub: Hub, lead_model) -> None:  # noqa: ANN001
+async def test_score_lead_with_prior_then_model(hub: Hub, lead_model) -> None:
     body = {"email": "a@b.example", "source": "Reference", "fields": {"Lead Source": "Reference",
                                                                      "Total Time Spent on Website": "900"}}
     lead, score = await service.score_lead(hub, "acme", "L1", body)

@@ -34,11 +34,11 @@ def idp() -> Iterator[OAuthFake]:
 
 @pytest.fixture
 def tls_idp(tmp_path: Path) -> Iterator[tuple[OAuthFake, str]]:
-    """The OAuth fake over https with a self-signed certificate; (fake, CA bundle path)."""
+    """The OAuth fake over https with a self-signed certificate; (fake, its certificate as PEM text)."""
     cert, key = self_signed_cert(tmp_path)
     fake = OAuthFake().start(cert, key)
     try:
-        yield fake, cert
+        yield fake, Path(cert).read_text()  # a connection's ca_bundle is PEM text
     finally:
         fake.stop()
 

@@ -98,7 +98,7 @@ async def test_secrets_are_read_once_per_token_version_and_a_rotated_token_is_us
     reads: list[str] = []
     load_secrets = connections.load_secrets
 
-    async def counted(session, vault, connection_id):  # noqa: ANN001, ANN202
+    async def counted(session, vault, connection_id):
         reads.append(connection_id)
         return await load_secrets(session, vault, connection_id)
 

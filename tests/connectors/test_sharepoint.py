@@ -250,7 +250,7 @@ async def test_subscription_needs_a_client_state_and_a_lifetime_graph_allows(gra
     with pytest.raises(ValidationError):
         Subscribe(notification_url=HOOK, minutes=MAX_SUBSCRIPTION_MINUTES + 1)
     with pytest.raises(ProviderError) as err:  # Graph refuses http notification URLs
-        await create_subscription(ctx_for(graph, http), Subscribe(notification_url="http://localhost:8000/x"))
+        await create_subscription(ctx_for(graph, http), Subscribe(notification_url="http://localhost:8000/webhooks/microsoft/con_test"))
     assert err.value.status == 400 and "HTTPS" in err.value.message
 
 

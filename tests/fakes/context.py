@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from connectors.base import ActionContext
+from hub.egress import EgressPolicy
 
 
 @dataclass
@@ -45,4 +46,5 @@ def action_context(
     return ActionContext(
         connection_id="con_test", org_id="acme", provider=provider, config=config or {}, base_url=base_url,
         idempotency_key=idempotency_key, http=http, tokens=StaticTokens(token, secrets=secrets or {}),
+        egress=EgressPolicy(["127.0.0.1/32"]),  # the fakes' address: the SDKs' own clients may reach it
     )

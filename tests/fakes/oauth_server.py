@@ -109,7 +109,7 @@ class OAuthFake(FakeServer):
         self._recent: deque[float] = deque()
         self._token_lock = threading.Lock()
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI
+    async def __call__(self, scope, receive, send) -> None:  # ASGI
         if scope["type"] == "http":
             self.arrivals.append((time.monotonic(), scope["path"]))
         await super().__call__(scope, receive, send)

@@ -33,6 +33,7 @@ class OpenAIFake(FakeServer):
     def __init__(self, tokens: tuple[str, ...] = ("test-token",), answer: Answer | None = None) -> None:
         self.answer: Answer = answer if answer is not None else {"ok": True}
         self.delay = 0.0
+        self.delayed_answers = 0  # answers that waited out ``delay`` (a client that timed out never gets one)
         self._seq = itertools.count(1)
         super().__init__(tokens)
 
@@ -55,6 +56,7 @@ class OpenAIFake(FakeServer):
             return self.error(400, "missing_model", "you must provide a model parameter")
         if self.delay:
             await asyncio.sleep(self.delay)
+            self.delayed_answers += 1
         answer = self.answer(body) if callable(self.answer) else self.answer
         return body, answer if isinstance(answer, str) else json.dumps(answer)
 

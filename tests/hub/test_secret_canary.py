@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 from hub.logs import json_handler
 from hub.runtime import Hub
 from hub.store.secrets import get_secret, put_secret
+from hub.temporal import data_converter
 from tests.conftest import bearer
 
 CANARY = "canary-" + uuid.uuid4().hex
@@ -52,9 +53,12 @@ async def test_canary_absent_from_db_logs_and_history(
         assert await get_secret(s, hub.vault, "connection:canary", "access_token") == CANARY
     logging.getLogger("hub.test").info("refreshing with access_token=%s and Bearer %s", CANARY, CANARY)
 
+    # the hub's converter: an org's workflow (its id names the org) is sealed under the org's data key
+    client = Client(client.service_client, namespace="default", data_converter=data_converter(hub.vault, hub.keyring))
     async with Worker(client, task_queue=task_queue, workflows=[CarrySecretWorkflow]):
         handle = await client.start_workflow(
-            CarrySecretWorkflow.run, CarryInput(token=CANARY), id=f"canary-{uuid.uuid4()}", task_queue=task_queue
+            CarrySecretWorkflow.run, CarryInput(token=CANARY), id=f"opportunity/acme/canary-{uuid.uuid4()}",
+            task_queue=task_queue,
         )
         assert (await handle.result()).token == CANARY  # the hub's own client decodes it
     history = await handle.fetch_history()
@@ -62,7 +66,7 @@ async def test_canary_absent_from_db_logs_and_history(
     for event in history.events:
         assert CANARY.encode() not in event.SerializeToString()
 
-    # A plain client (no codec) sees only ciphertext; the codec endpoint decodes for admins only.
+    # A plain client (no codec) sees only ciphertext; the codec endpoint decodes for the org's admins only.
     raw = await Client.connect(client.service_client.config.target_host, namespace="default")
     raw_history = await raw.get_workflow_handle(handle.id).fetch_history()
     payload = raw_history.events[0].workflow_execution_started_event_attributes.input.payloads[0]

@@ -58,7 +58,7 @@ def test_production_refuses_missing_or_placeholder_keys(monkeypatch: pytest.Monk
     assert Settings(_env_file=None).env == "production"
 
 
-async def test_rotation_reencrypts_every_secret_under_newest_key(db: Database, tmp_path) -> None:  # noqa: ANN001
+async def test_rotation_reencrypts_every_secret_under_newest_key(db: Database, tmp_path) -> None:
     data_dir = tmp_path / "vault"
     vault = Vault.from_settings(Settings(data_dir=data_dir))
     assert (data_dir / "vault-keys").stat().st_mode & 0o777 == 0o600

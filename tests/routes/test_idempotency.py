@@ -28,8 +28,10 @@ async def test_retry_with_same_key_replays_first_answer_and_runs_once(
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json() and again.json()["name"] == "Acme One"
     assert await _audits(hub) == 2  # the first request and the un-keyed one; the retry ran nothing
+    from hub.idempotency import scoped_key
+
     async with hub.db.session() as s:
-        row = await s.get(IdempotencyRecord, ("acme", "k-1"))
+        row = await s.get(IdempotencyRecord, ("acme", scoped_key(admin_key.split("_")[1], "k-1")))
     assert "Acme One" not in str(row.response)  # stored answers are sealed by the vault
 
 
@@ -42,11 +44,11 @@ async def test_same_key_different_request_is_422(api: httpx.AsyncClient, admin_k
 
 async def test_key_in_flight_is_409_and_keys_are_per_org(api: httpx.AsyncClient, hub: Hub, admin_key: str) -> None:
     from hub.auth import create_key
-    from hub.idempotency import request_hash
+    from hub.idempotency import request_hash, scoped_key
 
     body = b'{"name":"A"}'
     async with hub.db.session() as s:
-        s.add(IdempotencyRecord(org_id="acme", key="k-3", request_hash=request_hash("PATCH", "/v1/orgs/acme", b"",
+        s.add(IdempotencyRecord(org_id="acme", key=scoped_key(admin_key.split("_")[1], "k-3"), request_hash=request_hash("PATCH", "/v1/orgs/acme", b"",
                                                                                     body), status_code=0, response={}))
         other = await create_key(s, "globex", "admin")
     headers = {**bearer(admin_key), "Idempotency-Key": "k-3", "content-type": "application/json"}

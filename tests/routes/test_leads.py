@@ -6,10 +6,12 @@ import gzip
 import json
 
 import httpx
+from temporalio.client import Client
 
 from hub.auth import create_key
 from hub.runtime import Hub
 from tests.ai.synthetic import LEAD_HEADER, lead_rows, to_csv
+from tests.ai.training import finished_job, training_workers
 from tests.conftest import bearer
 
 LEAD = {"email": "pat@initech.example", "company": "Initech", "source": "Reference",
@@ -22,7 +24,8 @@ async def key(hub: Hub, org: str, role: str) -> str:
         return await create_key(session, org, role)
 
 
-async def test_put_scores_with_the_prior_until_the_org_trains(api: httpx.AsyncClient, hub: Hub, admin_key: str) -> None:
+async def test_put_scores_with_the_prior_until_the_org_trains(api: httpx.AsyncClient, hub: Hub, client: Client,
+                                                              admin_key: str) -> None:
     crm = await key(hub, "acme", "crm")
     put = await api.put("/v1/leads/L-1", json=LEAD, headers=bearer(crm))
     assert put.status_code == 200, put.text
@@ -34,12 +37,14 @@ async def test_put_scores_with_the_prior_until_the_org_trains(api: httpx.AsyncCl
     got = await api.get("/v1/leads/L-1", headers=bearer(await key(hub, "acme", "viewer")))
     assert got.status_code == 200 and got.json() == body
 
-    upload = await api.post(
-        "/v1/ai/models", headers=bearer(admin_key), data={"kind": "leads"},
-        files={"file": ("leads.csv.gz", gzip.compress(to_csv(lead_rows(300), LEAD_HEADER)), "application/gzip")},
-    )
-    assert upload.status_code == 201, upload.text
-    model = upload.json()
+    async with training_workers(hub, client):
+        upload = await api.post(
+            "/v1/ai/models", headers=bearer(admin_key), data={"kind": "leads"},
+            files={"file": ("leads.csv.gz", gzip.compress(to_csv(lead_rows(300), LEAD_HEADER)), "application/gzip")},
+        )
+        assert upload.status_code == 202, upload.text
+        job = await finished_job(api, admin_key, upload.headers["location"])
+    model = (await api.get(f"/v1/ai/models/{job['model_id']}", headers=bearer(admin_key))).json()
     assert model["kind"] == "leads" and model["active"] and model["version"].startswith("leads-")
     assert model["metrics"]["rows"] == 300 and "Tags" not in json.dumps(model["metrics"])
 
@@ -67,7 +72,7 @@ async def test_other_orgs_and_roles(api: httpx.AsyncClient, hub: Hub, admin_key:
     assert (await api.get("/v1/leads/L-2")).status_code == 401
 
 
-async def test_training_problems_are_422(api: httpx.AsyncClient, admin_key: str) -> None:
+async def test_training_problems(api: httpx.AsyncClient, hub: Hub, client: Client, admin_key: str) -> None:
     csv_bytes = to_csv(lead_rows(300), LEAD_HEADER)
 
     async def post(mapping: str | None, data: bytes = csv_bytes, kind: str = "leads") -> httpx.Response:
@@ -75,13 +80,32 @@ async def test_training_problems_are_422(api: httpx.AsyncClient, admin_key: str)
         return await api.post("/v1/ai/models", headers=bearer(admin_key), data=form,
                               files={"file": ("l.csv", data, "text/csv")})
 
-    leak = await post(json.dumps({"features": ["Lead Source", "Lead Quality"]}))
-    assert leak.status_code == 422
-    assert leak.json()["detail"] == "cannot train on this file: leakage columns can never be features: Lead Quality"
     assert "not valid JSON" in (await post("{")).json()["detail"]
     assert "invalid mapping: outcome_colum" in (await post('{"outcome_colum": "x"}')).json()["detail"]
-    few = await post(None, to_csv(lead_rows(20), LEAD_HEADER))
-    assert few.status_code == 422 and "at least 50 labelled leads" in few.json()["detail"]
-    deals = await post(None, kind="deals")
-    assert deals.status_code == 422 and "closed deals" in deals.json()["detail"]
     assert (await post(None, kind="widgets")).status_code == 422
+    async with training_workers(hub, client):
+        few = await finished_job(api, admin_key, (await post(None, to_csv(lead_rows(20), LEAD_HEADER))).headers["location"])
+        deals = await finished_job(api, admin_key, (await post(None, kind="deals")).headers["location"])
+    assert few["status"] == "failed" and "at least 50 labelled leads" in few["error"]
+    assert deals["status"] == "failed" and "closed deals" in deals["error"]
+
+
+async def test_a_lead_is_rescored_as_engagement_and_contact_arrive(api: httpx.AsyncClient, hub: Hub) -> None:
+    from ai.leads import train_leads
+    from ai.service import register_model
+    from tests.ai.synthetic import with_last_activity
+
+    model = train_leads(with_last_activity(lead_rows(300)))
+    await register_model(hub, "acme", model, actor="test")
+    crm = await key(hub, "acme", "crm")
+    created = {"email": "kim@hooli.example", "fields": {"Lead Source": "Reference", "Occupation": "Student"}}
+    engaged = {**created, "fields": {**created["fields"], "TotalVisits": 5, "Total Time Spent on Website": 1400}}
+    contacted = {**engaged, "fields": {**engaged["fields"], "Last Activity": "Had a Phone Conversation"}}
+    seen = []
+    for body in (created, engaged, contacted):
+        put = await api.put("/v1/leads/L-9", json=body, headers=bearer(crm))
+        got = (await api.get("/v1/leads/L-9", headers=bearer(crm))).json()["score"]
+        assert put.json()["score"] == got and got["model_version"] == model.version
+        seen.append((got["moment"], got["score"]))
+    assert [m for m, _ in seen] == ["creation", "engagement", "contact"]
+    assert len({s for _, s in seen}) == 3

@@ -120,7 +120,7 @@ def test_dry_run_test_command(cli: CliRunner, tmp_path: Path) -> None:
     )
     assert (
         '    slack.post_message {"channel": "#enterprise-leads", "text": "New enterprise lead: Initech '
-        '(cto@initech.example)"}' in lines
+        '(cto@initech.example)"}  (runs for the org)' in lines
     )
     assert (
         "skips big-deal-to-acquire: trigger mismatch: rule runs on 'stage.entered', event is 'lead.created'"

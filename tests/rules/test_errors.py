@@ -213,3 +213,26 @@ def test_every_error_of_a_multi_document_file_and_no_partial_resources() -> None
     ]
     assert [d.resource is not None for d in result.documents] == [True, False, False]
     assert not result.ok
+
+
+@pytest.mark.parametrize(
+    ("trigger", "action", "needs", "names"),
+    [
+        ("lead.created", "opportunity.set_field: {field: x, value: 1}", "an opportunity", "a lead"),
+        ("schedule", "ai.next_action: {}", "a lead or an opportunity", "the org"),
+        ("payment.received", "ai.score_lead: {}", "a lead", "an opportunity or the org"),
+        ("connection.failed", "opportunity.transition: {to: keep}", "an opportunity", "the org"),
+    ],
+)
+def test_an_action_that_cannot_run_for_its_trigger_is_refused_at_its_line(
+    trigger: str, action: str, needs: str, names: str
+) -> None:
+    schedule = '\n  schedule: "0 9 * * 1"' if trigger == "schedule" else ""
+    text = RULE.replace("  stage: acquire\n", "").replace("on: stage.entered", f"on: {trigger}{schedule}")
+    text = text.replace('slack.post_message: {channel: "#deals", text: "{{ opp.name }} entered Acquire"}', action)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if action in t)
+    name = action.split(":")[0]
+    assert only_error(text) == (
+        f'r.yaml:{line}:{col(text, line, name)}: spec.do[0]["{name}"]: {name} needs {needs}, '
+        f"but {trigger} events name {names} only"
+    )

@@ -34,7 +34,7 @@ def wid() -> str:
     return f"sync-test-{uuid.uuid4().hex[:10]}"
 
 
-def domain_types(row) -> list[str]:  # noqa: ANN001
+def domain_types(row) -> list[str]:
     return [e.type for e in map_event(row.provider, row.event_type, row.body, row.content_type).events]
 
 

@@ -303,7 +303,7 @@ async def _most_fetches_in_flight(client: Client, workflow_id: str) -> int:
     return most
 
 
-def _input(conn: Connection, page_size: int):  # noqa: ANN202
+def _input(conn: Connection, page_size: int):
     from activities.sync_types import SyncInput
 
     return SyncInput(target=SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=MODEL), page_size=page_size)

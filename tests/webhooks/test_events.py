@@ -20,6 +20,7 @@ MAPPED = {
     ("stripe", "invoice.payment_failed.json"): "payment.failed",
     ("stripe", "customer.subscription.deleted.json"): "subscription.canceled",
     ("docusign", "envelope-completed.legacy_xml.xml"): "contract.signed",
+    ("docusign", "envelope-sent.legacy_xml.xml"): "contract.sent",
     ("gong", "call_matched_rule.json"): "call.recorded",
     ("slack", "block_actions.json"): "slack.action",
     ("msgraph", "change_notification.driveItem.onedrive.json"): "document.changed",
@@ -27,7 +28,7 @@ MAPPED = {
 }
 
 
-def _body(path) -> bytes:  # noqa: ANN001
+def _body(path) -> bytes:
     raw = path.read_bytes()
     if path.parent.name == "slack" and path.suffix == ".json":
         doc = json.loads(raw)
@@ -36,7 +37,7 @@ def _body(path) -> bytes:  # noqa: ANN001
     return raw
 
 
-def _ctype(path) -> str:  # noqa: ANN001
+def _ctype(path) -> str:
     if path.parent.name == "slack" and b"payload=" in _body(path)[:8]:
         return "application/x-www-form-urlencoded"
     return content_type(path)
@@ -137,7 +138,38 @@ def test_contract_signed_from_connect_json() -> None:
     [event] = map_event("docusign", part.type, body, "application/json").events
     assert (event.type, event.opportunity_id, event.data["subject"]) == ("contract.signed", "opp_3", "MSA")
     sent = body.replace(b"envelope-completed", b"envelope-sent")
-    assert "only completed" in map_event("docusign", "envelope-sent", sent, "application/json").ignored
+    [event] = map_event("docusign", "envelope-sent", sent, "application/json").events
+    assert (event.type, event.opportunity_id, event.data["status"]) == ("contract.sent", "opp_3", "sent")
+    voided = json.loads(body.replace(b"envelope-completed", b"envelope-voided"))
+    voided["data"]["envelopeSummary"]["voidedReason"] = "Customer chose another vendor"
+    [event] = map_event("docusign", "envelope-voided", json.dumps(voided).encode(), "application/json").events
+    assert (event.type, event.data["status"], event.data["reason"]) == (
+        "contract.declined", "voided", "Customer chose another vendor")
+    assert "only sent, completed, declined and voided" in map_event(
+        "docusign", "envelope-delivered", body.replace(b"envelope-completed", b"envelope-delivered"),
+        "application/json").ignored
+
+
+def declined_xml(status: str, reason: str) -> bytes:
+    """DocuSign's sample "sent" Connect message as the same envelope declined or voided (DocuSign publishes no
+    licensed sample of those): the envelope's status, and its DeclineReason or VoidReason."""
+    xml = shared_data("webhooks", "docusign", "envelope-sent.legacy_xml.xml").read_bytes()
+    head, tail = xml.split(b"<Subject>", 1)
+    tail = tail.replace(b"<Status>Sent</Status>", f"<Status>{status}</Status>".encode(), 1)
+    if status == "Voided":
+        tail = tail.replace(b"<Created>", f"<VoidReason>{reason}</VoidReason><Created>".encode(), 1)
+    else:
+        head = head.replace(b'<DeclineReason xsi:nil="true" />', f"<DeclineReason>{reason}</DeclineReason>".encode(), 1)
+    return head + b"<Subject>" + tail
+
+
+@pytest.mark.parametrize(("status", "reason"), [("Declined", "Terms not acceptable"), ("Voided", "Duplicate")])
+def test_declined_and_voided_envelopes_are_contract_declined(status: str, reason: str) -> None:
+    [part] = split_delivery("docusign", declined_xml(status, reason), {"content-type": "text/xml"})
+    assert part.type == f"envelope-{status.lower()}"
+    [event] = map_event("docusign", part.type, part.body, "text/xml").events
+    assert (event.type, event.data["status"], event.data["reason"]) == ("contract.declined", status.lower(), reason)
+    assert event.data["envelope_id"] == "08740f95-2187-4b01-9a69-111111111111"
 
 
 def test_call_recorded_takes_the_opportunity_from_the_crm_context() -> None:
@@ -177,7 +209,7 @@ def test_graph_lifecycle_notifications(lifecycle: str, work: str) -> None:
     assert follow_up("generic", event) is None  # only Graph's own events lead to Graph calls
 
 
-def _document_event(body: bytes):  # noqa: ANN202
+def _document_event(body: bytes):
     [part] = split_delivery("microsoft", body, {"content-type": "application/json"})
     [event] = map_event("microsoft", part.type, part.body, part.content_type).events
     assert event.type == "document.changed" and event.opportunity_id is None

@@ -33,7 +33,7 @@ OTHER_PRIVATE, OTHER_PUBLIC = _rsa_pair()
 URL = "https://hub.example.com/webhooks/gong/con_1"
 
 
-def reason(fn, *args, **kwargs) -> str:  # noqa: ANN001
+def reason(fn, *args, **kwargs) -> str:
     with pytest.raises(SignatureError) as info:
         fn(*args, **kwargs)
     return info.value.reason

@@ -221,7 +221,7 @@ async def test_crash_safety_tokens_are_stored_by_the_activity_that_received_them
     conn = await _authorised(hub, idp)
     writes = []
 
-    async def flaky_store(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    async def flaky_store(*args, **kwargs):
         writes.append(kwargs["from_version"])
         if len(writes) == 1:
             raise OperationalError("UPDATE connections", {}, Exception("database is locked"))

@@ -1,0 +1,168 @@
+"""Finding 1: a condition's cost is bounded at apply time, and so are the inputs it is evaluated against."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import httpx
+import pytest
+
+from hub.bounded import evaluate
+from hub.problems import Problem
+from hub.runtime import Hub
+from rules import cost, limits
+from rules.expr import RULE_VARIABLES, ExpressionError, activation, compile_condition
+from tests.conftest import bearer
+from tests.routes.test_resources import key_for
+from tests.webhooks.conftest import inbox_count, make_connection, post_signed
+
+CUBIC = "event.l.map(x, event.l).size() > 0"
+GENERIC_SECRET = "whsec_" + base64.b64encode(b"k" * 24).decode()
+
+
+def draft(when: str, name: str = "costly") -> dict:
+    return {
+        "apiVersion": "fulqrun.io/v1",
+        "kind": "Rule",
+        "metadata": {"name": name},
+        "spec": {"on": "payment.received", "when": when, "do": [{"opportunity.add_task": {"title": "x"}}]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("source", "column"),
+    [
+        (CUBIC, 9),  # the issue's attack: 3,000 items never answered
+        ("event.l.map(x, x).size() > 0", 9),  # quadratic in this binding
+        ("opp.contacts.filter(c, c.role == 'x').size() > 0", 14),
+        ("event.l.exists(x, x in event.l)", 9),  # a scan of the list for each of its items
+        ("event.l.exists(x, x == event.s)", 9),
+        ("event.s.matches(event.t)", 9),  # a pattern from the input: compiled for every call
+    ],
+)
+def test_costly_conditions_are_refused_with_their_column(source: str, column: int) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        compile_condition(source, RULE_VARIABLES)
+    assert "CEL cost limit" in caught.value.message and caught.value.column == column
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "opp.amount >= 50000.0",
+        "opp.contacts.exists(c, c.role == 'champion' && c.email.endsWith('@acme.com'))",
+        "opp.contacts.all(c, has(c.email)) && size(opp.contacts) > 2",
+        "[1, 2, 3].map(x, x * 2).size() == 3",
+        "event.data.object.lines.data.exists(l, l.amount > 100) || event.data.object.description.contains('x')",
+    ],
+)
+def test_ordinary_conditions_are_accepted(source: str) -> None:
+    assert cost.estimate(source) <= cost.BUDGET
+    compile_condition(source, RULE_VARIABLES)
+
+
+def maximal(size: int = limits.MAX_ITEMS) -> dict:
+    """Inputs at the documented limits: lists of MAX_ITEMS items, long strings."""
+    text = "ab" * (limits.MAX_STRING // 2)
+    items = [{"role": "ae", "email": f"u{i}@example.com", "amount": i} for i in range(size)]
+    return {
+        "opp": {"contacts": items, "amount": 1.0, "name": text},
+        "event": {"l": list(range(size)), "s": text, "data": {"object": {"lines": {"data": items}, "description": text}}},
+    }
+
+
+def test_accepted_conditions_answer_on_maximal_inputs() -> None:
+    """The costliest shapes the estimator accepts, on the largest inputs the hub lets in: they finish."""
+    values = activation(maximal())
+    accepted = [
+        "opp.contacts.exists(c, c.role == 'champion' && c.email.endsWith('@acme.com'))",
+        "opp.contacts.all(c, c.amount >= 0) && opp.contacts.exists(c, c.amount < 0)",
+        "event.s.matches('a+c') || event.s.contains('zz')",
+        "(event.l + event.l).exists(x, x < 0)",
+    ]
+    started = time.perf_counter()
+    for source in accepted:
+        compile_condition(source, RULE_VARIABLES).evaluate(values)
+    assert time.perf_counter() - started < 2.0  # generous: milliseconds each; the attack took minutes
+
+
+def test_input_limits_refuse_long_lists_deep_nesting_and_long_strings() -> None:
+    with pytest.raises(limits.LimitExceeded, match="3000 items") as caught:
+        limits.check({"l": list(range(3000))}, "event")
+    assert caught.value.path == "event.l"
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(limits.LimitExceeded, match="nested deeper"):
+        limits.check(nested)
+    with pytest.raises(limits.LimitExceeded, match="characters"):
+        limits.check({"a": ["x" * (limits.MAX_STRING + 1)]})
+    limits.check(maximal())
+
+
+async def test_rules_test_refuses_the_attack_for_a_viewer(api: httpx.AsyncClient, hub: Hub) -> None:
+    viewer = await key_for(hub, "acme", "viewer")
+    attack = {"event": {"type": "payment.received", "l": list(range(3000))}, "rules": [draft(CUBIC)]}
+    r = await api.post("/v1/rules:test", json=attack, headers=viewer)
+    assert r.status_code == 422 and r.json()["field"] == "event.l", r.text
+    within = {"event": {"type": "payment.received", "l": list(range(1000))}, "rules": [draft(CUBIC)]}
+    r = await api.post("/v1/rules:test", json=within, headers=viewer)
+    assert r.status_code == 422, r.text
+    assert "CEL cost limit" in r.json()["errors"][0]["message"]
+    health = await api.get("/healthz")
+    assert health.status_code == 200
+
+
+async def test_apply_names_the_line_and_column(api: httpx.AsyncClient, admin_key: str) -> None:
+    text = (
+        "apiVersion: fulqrun.io/v1\nkind: Rule\nmetadata: {name: costly}\nspec:\n  on: payment.received\n"
+        f'  when: "{CUBIC}"\n  do:\n    - opportunity.add_task: {{title: x}}\n'
+    )
+    r = await api.put("/v1/rules/costly", content=text, headers={**bearer(admin_key), "Content-Type": "application/yaml"})
+    assert r.status_code == 422, r.text
+    error = r.json()["errors"][0]
+    assert (error["line"], error["field"]) == (6, "spec.when")
+    assert "CEL cost limit" in error["message"] and "column 9 of the expression" in error["message"]
+
+
+async def test_webhook_event_beyond_the_limits_is_refused_and_not_stored(api: httpx.AsyncClient, hub: Hub) -> None:
+    connection = await make_connection(hub, "generic", secrets=GENERIC_SECRET)
+    body = json.dumps({"id": "evt_1", "type": "payment.received", "l": list(range(3000))}).encode()
+    r = await post_signed(api, hub, "generic", connection, body, "application/json")
+    assert (r.status_code, r.json()["reason"]) == (400, "malformed_event"), r.text
+    assert "3000 items" in r.json()["detail"]
+    assert await inbox_count(hub) == 0
+
+
+async def test_opportunity_beyond_the_limits_is_refused(api: httpx.AsyncClient, hub: Hub) -> None:
+    crm = await key_for(hub, "acme", "crm")
+    contacts = [{"name": "c", "email": f"c{i}@x.com"} for i in range(3000)]
+    r = await api.put("/v1/opportunities/o1", json={"name": "Big", "contacts": contacts}, headers=crm)
+    assert r.status_code == 422 and r.json()["field"] == "opp.contacts", r.text
+
+
+async def test_evaluation_has_a_deadline_and_leaves_the_loop_free() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(ticker())
+    try:
+        with pytest.raises(Problem) as caught:
+            await evaluate("acme", time.sleep, 0.5, deadline=0.2)
+        with pytest.raises(Problem) as busy:  # the first call's work still runs: the org's slot is taken
+            await evaluate("acme", time.sleep, 0)
+        assert await evaluate("other", sum, [1, 2]) == 3  # another org is served
+    finally:
+        task.cancel()
+    assert (caught.value.status, busy.value.status) == (503, 429)
+    assert ticks >= 5  # the loop kept running while the work ran in the pool
+    await asyncio.sleep(0.4)
+    assert await evaluate("acme", sum, [1]) == 1  # the slot is free once the work has ended

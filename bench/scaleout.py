@@ -30,13 +30,13 @@ from pathlib import Path
 if not __package__:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from sqlalchemy import text  # noqa: E402
-from temporalio import workflow  # noqa: E402
-from temporalio.client import Client  # noqa: E402
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+from sqlalchemy import text
+from temporalio import workflow
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
-from activities.connector_types import (  # noqa: E402
+from activities.connector_types import (
     ACTION_RETRY,
     INTERACTIVE_PRIORITY,
     RUN_ACTION,
@@ -45,15 +45,15 @@ from activities.connector_types import (  # noqa: E402
     provider_priority,
     provider_task_queue,
 )
-from app.runner import temporal_cli  # noqa: E402
-from bench.connectors import achieved, busiest_second  # noqa: E402
-from hub.runtime import Hub  # noqa: E402
-from hub.settings import Settings  # noqa: E402
-from hub.store import Database  # noqa: E402
-from hub.temporal import data_converter, dev_server_args  # noqa: E402
-from hub.vault import Vault, new_key_line, parse_keys  # noqa: E402
-from tests.connectors.support import CLIENT_ID, CLIENT_SECRET, seed_connection  # noqa: E402
-from tests.fakes.oauth_server import OAuthFake  # noqa: E402
+from app.runner import temporal_cli
+from bench.connectors import achieved, busiest_second
+from hub.runtime import Hub
+from hub.settings import Settings
+from hub.store import Database
+from hub.temporal import data_converter, dev_server_args
+from hub.vault import Vault, new_key_line, parse_keys
+from tests.connectors.support import CLIENT_ID, CLIENT_SECRET, seed_connection
+from tests.fakes.oauth_server import OAuthFake
 
 POSTGRES = os.environ.get("HUB_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 HUB_BIN = str(Path(sys.executable).parent / "fulqrun-hub")
@@ -72,7 +72,7 @@ class Backlog:
         return len(calls)
 
 
-def serve_fake(pipe) -> None:  # noqa: ANN001 - a multiprocessing Connection
+def serve_fake(pipe) -> None:
     """The fake provider in its own process: tokens on request, then every API request's (time, path)."""
     fake = OAuthFake().start()
     fake.register_client(CLIENT_ID, CLIENT_SECRET)
@@ -83,7 +83,7 @@ def serve_fake(pipe) -> None:  # noqa: ANN001 - a multiprocessing Connection
     fake.stop()
 
 
-async def one_round(client: Client, hub: Hub, fake, fake_url: str, env: dict, workers: int,  # noqa: ANN001
+async def one_round(client: Client, hub: Hub, fake, fake_url: str, env: dict, workers: int,
                     connections: int, rate: float, per: int) -> tuple[float, dict[str, float], dict[str, int]]:
     """Start ``workers`` worker processes, run every connection's backlog, stop them; per-connection figures."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"

@@ -26,7 +26,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import sync_schedules
+from activities import connection_lifecycle
 from activities.budgets import Budgets, budget_key
 from activities.connector_types import (
     BULK_PRIORITY,
@@ -472,7 +472,7 @@ class ConnectionActivities:
                 activity.heartbeat(attempt)
                 await asyncio.sleep(0.5 * 2**attempt)
         if stored and not was_active:  # usable from now on: its sync and subscription schedules run now
-            await sync_schedules.connection_changed(self.hub, conn)
+            await connection_lifecycle.activated(self.hub, conn, adopt_tokens=False)
         return token_state(conn, provider)
 
     @activity.defn(name=CONNECTION_FAILED)

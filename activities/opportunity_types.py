@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from activities.ai_types import Insight, OpportunityInsightInput
 from activities.rule_types import RulePlan, RuleRun
 
 # State lists are bounded so that continue-as-new carries a small payload.
@@ -80,7 +81,7 @@ class StageVisit(BaseModel):
 class Effect(BaseModel):
     """Durable work queued by a handler and done in order by the workflow's main loop."""
 
-    kind: Literal["transition", "updated", "event", "project"]
+    kind: Literal["transition", "updated", "event", "project", "retry"]
     seq: int
     data: dict = Field(default_factory=dict)
 
@@ -110,6 +111,27 @@ class OpportunityState(BaseModel):
     created_at: datetime
     updated_at: datetime
     runs: int = 1
+    closed: dict | None = None  # {"outcome": "lost", "reason", "actor", "at"} once closed lost
+    archived: bool = False
+    hub_fields: dict[str, Any] = Field(default_factory=dict)  # dotted path -> value set by rules (hub-owned)
+
+    @property
+    def owner(self) -> str | None:
+        """The owner's id: ``opp.owner.id``, ``opp.owner`` as a string, or ``opp.owner_id``."""
+        owner = self.opp.get("owner")
+        if isinstance(owner, dict):
+            owner = owner.get("id")
+        owner = owner or self.opp.get("owner_id")
+        return str(owner) if owner else None
+
+
+class CloseRequest(BaseModel):
+    """Close the opportunity lost (``reason`` required), and/or archive it (out of the default lists)."""
+
+    outcome: Literal["lost"] | None = None
+    reason: str | None = None
+    actor: Actor
+    archive: bool = False
 
 
 class OpportunityInput(BaseModel):
@@ -122,13 +144,18 @@ class OpportunityInput(BaseModel):
     pipeline: PinnedPipeline
     state: OpportunityState | None = None
     history_limit: int = 5000
+    registration: str | None = None  # the PUT that starts this workflow (see UpsertRequest.registration)
 
 
 class UpsertRequest(BaseModel):
-    """A new body for the opportunity (PUT)."""
+    """A new body for the opportunity (PUT).
+
+    ``registration`` names the PUT: sent with Update-with-Start, the workflow that this very PUT started
+    answers it with its state (a workflow started by an earlier PUT judges the body as usual)."""
 
     opp: dict
     body_hash: str
+    registration: str | None = None
 
 
 class TransitionRequest(BaseModel):
@@ -180,14 +207,19 @@ class PrepareInput(BaseModel):
     org_id: str
     events: list[dict]
     provider_action: str = "sharepoint.ensure_folders"
+    insight: OpportunityInsightInput | None = None
 
 
 class Preparation(BaseModel):
-    """The rule plan, and whether the org has a connection for the provider action and a CRM callback URL."""
+    """The rule plan, and whether the org has a connection for the provider action and a CRM callback URL;
+    the AI insight when asked for (None if it could not be computed: ``insight_error`` says why)."""
 
     plan: RulePlan
     provider_connected: bool
     crm_callback: bool
+    insights: bool = True  # the org's ai.insights flag: recompute the insight on stage changes
+    insight: Insight | None = None
+    insight_error: str | None = None
 
 
 class CrmEventInput(BaseModel):
@@ -240,7 +272,34 @@ class OpportunityView(BaseModel):
     pending_effects: int
     revision: int
     updated_at: datetime
+    closed: dict | None = None
+    archived: bool = False
     source: Literal["workflow", "projection"] = "workflow"
+
+
+class OpportunitySummary(BaseModel):
+    """One opportunity in ``GET /v1/opportunities``."""
+
+    id: str
+    name: str | None
+    stage: str
+    pipeline: str
+    pipeline_version: int
+    branch: str | None
+    owner: str | None
+    amount: float | None
+    close_date: str | None
+    closed: dict | None
+    archived: bool
+    updated_at: datetime
+
+
+class TransitionCheck(BaseModel):
+    """Whether a move could be made now, and every requirement still unmet (nothing is changed)."""
+
+    to: str
+    allowed: bool
+    unmet: list[dict]
 
 
 def _pct(values: dict[str, bool]) -> float:
@@ -289,5 +348,7 @@ def build_view(state: OpportunityState, now: datetime, source: Literal["workflow
         pending_effects=len(state.pending),
         revision=state.revision,
         updated_at=state.updated_at,
+        closed=state.closed,
+        archived=state.archived,
         source=source,
     )

@@ -7,18 +7,20 @@ from temporalio import activity
 
 from activities.rule_types import (
     PlannedActionModel,
+    RecordRetryInput,
     RecordRunsInput,
     RuleOutcomeModel,
     RulePlan,
     RulePlanInput,
 )
 from hub.runtime import Hub
-from hub.store.opportunities import record_rule_runs
+from hub.store.opportunities import record_action_retry, record_rule_runs
 from hub.store.resources import current_versions
 from rules.engine import RuleSet, compile_rules
 
 PLAN = "rules.plan"
 RECORD_RUNS = "rules.record_runs"
+RECORD_RETRY = "rules.record_retry"
 
 
 def relevant(ruleset: RuleSet, event: dict) -> set[str]:
@@ -99,3 +101,11 @@ class RuleActivities:
         ]
         async with self.hub.db.session() as session:
             return await record_rule_runs(session, rows)
+
+    @activity.defn(name=RECORD_RETRY)
+    async def record_retry(self, input: RecordRetryInput) -> bool:
+        """Store a retried action's outcome on its run (attempts + 1, the run's status recomputed)."""
+        async with self.hub.db.session() as session:
+            return await record_action_retry(
+                session, input.org_id, input.run_id, input.index, input.outcome.model_dump(mode="json")
+            )

@@ -90,3 +90,23 @@ class ScheduledRuleInput(BaseModel):
     rule: str
     version: int
     schedule: str
+
+
+class RetryActionInput(BaseModel):
+    """Run one recorded action again (``index`` of run ``run_id``) under its original idempotency key."""
+
+    org_id: str
+    run_id: int
+    run_key: str
+    index: int
+    action: PlannedActionModel
+    idempotency_key: str
+
+
+class RecordRetryInput(BaseModel):
+    """The outcome of a retried action, to store on its run."""
+
+    org_id: str
+    run_id: int
+    index: int
+    outcome: ActionOutcome

@@ -5,12 +5,14 @@ from fastapi import APIRouter
 from routes import (
     ai_models,
     api_keys,
+    audit,
     connections,
     forecasts,
     leads,
     opportunities,
     orgs,
     resources,
+    rule_runs,
     syncs,
     webhook_events,
 )
@@ -18,4 +20,5 @@ from webhooks import router as webhooks_router
 
 ROUTERS: list[APIRouter] = [orgs.router, opportunities.router, webhook_events.router, webhooks_router.router,
                             resources.router, connections.router, connections.oauth_router, syncs.router,
-                            leads.router, ai_models.router, api_keys.router, forecasts.router]
+                            leads.router, ai_models.router, ai_models.retraining, api_keys.router, forecasts.router,
+                            rule_runs.router, audit.router]

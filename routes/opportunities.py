@@ -8,11 +8,13 @@ too (``/v1/pipelines/{name}/metrics``, ``/v1/pipelines/{name}/opportunities:migr
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import uuid
 from datetime import date, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import (
     Client,
@@ -28,13 +30,16 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.opportunity_types import (
     Actor,
     ChecklistRequest,
+    CloseRequest,
     DomainEvent,
     DomainSource,
     MigrateRequest,
     OpportunityInput,
     OpportunityState,
+    OpportunitySummary,
     OpportunityView,
     PinnedPipeline,
+    TransitionCheck,
     TransitionRequest,
     UpsertRequest,
     body_hash,
@@ -45,8 +50,16 @@ from activities.opportunity_types import (
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep, TemporalDep, WriterKey
 from hub.problems import Problem
 from hub.store.base import utcnow
-from hub.store.opportunities import get_projection, list_for_pipeline, pipeline_metrics
+from hub.store.opportunities import (
+    OpportunityFilter,
+    OpportunityRecord,
+    get_projection,
+    list_for_pipeline,
+    list_opportunities,
+    pipeline_metrics,
+)
 from hub.store.resources import ResourceVersion, get_version, select_pipeline
+from routes.paging import utc
 from rules import limits
 from rules.pipeline import compile_pipeline
 from workflows.opportunity import INVALID, MIGRATION_REFUSED, REFUSED, UNCHANGED, OpportunityWorkflow
@@ -170,7 +183,7 @@ async def put_opportunity(
     """Register an opportunity (starts its workflow, pinned to the most specific pipeline) or update it.
 
     The same body again changes nothing; a changed body updates the fields and fires
-    ``opportunity.updated`` rules.
+    ``opportunity.updated`` rules. One Update-with-Start: a new workflow answers it with its first state.
     """
     if body.org is not None and body.org != key.org_id:
         raise Problem(422, "org must be the API key's org (or omitted)")
@@ -185,11 +198,12 @@ async def put_opportunity(
     pinned = _pinned(row)
     if body.stage is not None and compile_pipeline(pinned.spec).stage(body.stage) is None:
         raise Problem(422, f"stage {body.stage!r} does not exist in pipeline {pinned.name!r} v{pinned.version}")
-    digest = body_hash(opp)
+    digest, registration = body_hash(opp), uuid.uuid4().hex
     start = WithStartWorkflowOperation(
         OpportunityWorkflow.run,
         OpportunityInput(
-            org_id=key.org_id, opportunity_id=opportunity_id, opp=opp, body_hash=digest, pipeline=pinned
+            org_id=key.org_id, opportunity_id=opportunity_id, opp=opp, body_hash=digest, pipeline=pinned,
+            registration=registration,
         ),
         id=workflow_id(key.org_id, opportunity_id),
         task_queue=hub.settings.task_queue,
@@ -198,7 +212,7 @@ async def put_opportunity(
     try:
         state = await client.execute_update_with_start_workflow(
             OpportunityWorkflow.upsert,
-            UpsertRequest(opp=opp, body_hash=digest),
+            UpsertRequest(opp=opp, body_hash=digest, registration=registration),
             start_workflow_operation=start,
             rpc_timeout=UPDATE_TIMEOUT,
         )
@@ -207,6 +221,100 @@ async def put_opportunity(
             raise
         return await _state(client, hub, key.org_id, opportunity_id)
     return _view(state)
+
+
+class OpportunityPage(BaseModel):
+    """Opportunities by id; pass ``next_cursor`` as ``cursor`` for the next page."""
+
+    items: list[OpportunitySummary]
+    next_cursor: str | None
+
+
+class CloseIn(BaseModel):
+    """Close lost with a reason."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+    actor: Actor
+
+
+def _summary(row: OpportunityRecord) -> OpportunitySummary:
+    opp = (row.state or {}).get("opp") or {}
+    return OpportunitySummary(
+        id=row.id, name=opp.get("name"), stage=row.stage, pipeline=row.pipeline_name,
+        pipeline_version=row.pipeline_version, branch=row.branch, owner=row.owner, amount=opp.get("amount"),
+        close_date=opp.get("close_date"), closed=(row.state or {}).get("closed"), archived=row.archived,
+        updated_at=utc(row.updated_at),
+    )  # fmt: skip
+
+
+@router.get("/v1/opportunities")
+async def list_opportunities_route(
+    session: SessionDep,
+    key: ReaderKey,
+    stage: str | None = None,
+    pipeline: str | None = None,
+    branch: str | None = None,
+    owner: Annotated[str | None, Query(description="the owner's id (opp.owner.id, opp.owner or opp.owner_id)")]
+    = None,
+    archived: bool = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> OpportunityPage:
+    """The org's opportunities (as last projected), filtered by stage, pipeline, branch and owner; archived ones
+    only with ``archived=true``."""
+    after = None
+    if cursor is not None:
+        try:
+            after = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        except (ValueError, binascii.Error):
+            raise Problem(400, "invalid cursor", field="cursor") from None
+    where = OpportunityFilter(stage=stage, pipeline=pipeline, branch=branch, owner=owner, archived=archived)
+    rows = await list_opportunities(session, key.org_id, where, limit + 1, after)
+    page = rows[:limit]
+    next_cursor = base64.urlsafe_b64encode(page[-1].id.encode()).decode().rstrip("=") if len(rows) > limit else None
+    return OpportunityPage(items=[_summary(r) for r in page], next_cursor=next_cursor)
+
+
+@router.get("/v1/opportunities/{opportunity_id}/transitions/{to}:check")
+async def check_transition(
+    opportunity_id: str,
+    to: str,
+    client: TemporalDep,
+    key: ReaderKey,
+    actor_id: Annotated[str, Query(description="who would move it")] = "check",
+    role: Annotated[str, Query(description="their sales role")] = "ae",
+) -> TransitionCheck:
+    """What still blocks a move to ``to`` by an actor of ``role`` (every unmet requirement); nothing changes."""
+    try:
+        unmet = await _handle(client, key.org_id, opportunity_id).query(
+            OpportunityWorkflow.check_transition, TransitionRequest(to=to, actor=Actor(id=actor_id, role=role)),
+            rpc_timeout=QUERY_TIMEOUT,
+        )
+    except RPCError as exc:
+        _workflow_error(exc, opportunity_id)
+        raise
+    except WorkflowQueryFailedError as exc:
+        raise Problem(503, f"the opportunity's worker could not answer: {exc}", title="Worker unavailable") from None
+    return TransitionCheck(to=to, allowed=not unmet, unmet=[u.model_dump() for u in unmet])
+
+
+async def _close(client: Client, org_id: str, opportunity_id: str, req: CloseRequest) -> OpportunityView:
+    return _view(await _update(_handle(client, org_id, opportunity_id), OpportunityWorkflow.close, req,
+                               opportunity_id))
+
+
+@router.post("/v1/opportunities/{opportunity_id}:close-lost")
+async def close_lost(opportunity_id: str, body: CloseIn, client: TemporalDep, key: WriterKey) -> OpportunityView:
+    """Close the opportunity lost with a reason; no transition is accepted afterwards (422 if already closed)."""
+    return await _close(client, key.org_id, opportunity_id,
+                        CloseRequest(outcome="lost", reason=body.reason, actor=body.actor))
+
+
+@router.post("/v1/opportunities/{opportunity_id}:archive")
+async def archive(opportunity_id: str, client: TemporalDep, key: WriterKey) -> OpportunityView:
+    """Archive the opportunity: kept, readable, out of ``GET /v1/opportunities`` unless ``archived=true``."""
+    return await _close(client, key.org_id, opportunity_id,
+                        CloseRequest(actor=Actor(id=f"key:{key.key_id}", role="api"), archive=True))
 
 
 @router.get("/v1/opportunities/{opportunity_id}")

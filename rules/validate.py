@@ -126,9 +126,19 @@ def validate_document(doc: Any, registry: bool = True) -> tuple[Resource | None,
         return MODELS[kind].model_validate(doc), _check_spec(kind, doc["spec"], registry)
     except ValidationError as exc:
         issues = [_issue_from_pydantic(e) for e in exc.errors()]
-    if isinstance(doc.get("spec"), dict) and not any(i.path[:1] == ("spec",) for i in issues):
-        issues += _check_spec(kind, doc["spec"], registry)
+    if isinstance(doc.get("spec"), dict):
+        issues += _check_rest_of_spec(kind, doc["spec"], [i for i in issues if i.path[:1] == ("spec",)], registry)
     return None, issues
+
+
+def _check_rest_of_spec(kind: str, spec: dict, shape_issues: list[Issue], registry: bool) -> list[Issue]:
+    """The meaning checks of a spec without the fields whose shape is wrong, so that every error shows at once
+    (an unknown field does not hide a bad condition); nothing when a required field is what is wrong."""
+    bad = {i.path[1] for i in shape_issues if len(i.path) > 1}
+    try:
+        return _check_spec(kind, {k: v for k, v in spec.items() if k not in bad}, registry)
+    except ValidationError:
+        return []
 
 
 def _check_spec(kind: str, spec: dict, registry: bool) -> list[Issue]:

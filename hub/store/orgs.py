@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy import ForeignKey, Integer, String, Text, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -76,3 +76,23 @@ async def record_audit(
 ) -> None:
     """Append one entry to the audit log (inside the caller's transaction)."""
     session.add(AuditEntry(org_id=org_id, actor=actor, action=action, target=target, detail=detail or {}))
+
+
+async def list_audit(
+    session: AsyncSession, org_id: str, *, resource: str | None = None, actor: str | None = None,
+    action: str | None = None, since: datetime | None = None, limit: int = 50, before_id: int | None = None,
+) -> list[AuditEntry]:
+    """The org's audit entries, newest first; ``resource`` matches a target and everything under it
+    (``connection/c1`` also finds ``connection/c1/syncs/…``); ``before_id`` continues a page."""
+    query = select(AuditEntry).where(AuditEntry.org_id == org_id)
+    if resource is not None:
+        query = query.where(or_(AuditEntry.target == resource, AuditEntry.target.startswith(resource + "/")))
+    if actor is not None:
+        query = query.where(AuditEntry.actor == actor)
+    if action is not None:
+        query = query.where(AuditEntry.action == action)
+    if since is not None:
+        query = query.where(AuditEntry.at >= since)
+    if before_id is not None:
+        query = query.where(AuditEntry.id < before_id)
+    return list((await session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit))).all())

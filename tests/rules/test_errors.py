@@ -236,3 +236,14 @@ def test_an_action_that_cannot_run_for_its_trigger_is_refused_at_its_line(
         f'r.yaml:{line}:{col(text, line, name)}: spec.do[0]["{name}"]: {name} needs {needs}, '
         f"but {trigger} events name {names} only"
     )
+
+
+def test_every_error_of_a_document_in_one_pass() -> None:
+    text = RULE.replace('when: "opp.amount >= 50000.0"', 'when: "opp.amount >= "').replace(
+        "  do:\n", "  colour: red\n  do:\n").replace("#deals", "#deals\", chanel: \"x")
+    result = load_text(text, "r.yaml")
+    messages = sorted(str(e) for e in result.errors)
+    assert len(messages) == 3, messages
+    assert any("spec.colour: unknown field 'colour'" in m for m in messages)
+    assert any(m.startswith("r.yaml:7:") and "spec.when" in m for m in messages)  # the CEL error, a line above
+    assert any("chanel: unknown field 'chanel'" in m for m in messages)

@@ -54,7 +54,7 @@ WEBHOOK_TRIGGERS = [t for t in TRIGGERS if TRIGGER_SUBJECTS[t] == frozenset({"op
 
 
 class Receiver(FakeServer):
-    """Where ``http.post`` actions go."""
+    """Where ``http.post`` actions go: any path takes a POST."""
 
     def __init__(self) -> None:
         super().__init__(tokens=())
@@ -63,7 +63,7 @@ class Receiver(FakeServer):
         async def hook(request: Request) -> JSONResponse:
             return JSONResponse({"ok": True})
 
-        return [Route("/hook", hook, methods=["POST"])]
+        return [Route("/{path:path}", hook, methods=["POST"])]
 
 
 def params(receiver: Receiver) -> dict[str, dict]:

@@ -151,6 +151,11 @@ class _StoredTokens:
     def secret(self, name: str) -> str | None:
         return self._secrets.get(name)
 
+    def outdated(self) -> bool:
+        """Whether this process is renewing the token held here, or already has a newer one."""
+        return self._provider.refreshes and (self._owner.renewing(self._conn.id, self.version)
+                                             or self._owner.latest_version(self._conn.id) > self.version)
+
     async def current(self, request: httpx.Request | None) -> None:
         """Just before a request leaves: if this process is renewing the token it carries, wait for the new one,
         or if it already holds a newer one, take that; a plain HTTP request is sent with it (no 401 meets a
@@ -302,8 +307,11 @@ class ConnectionActivities:
         tokens = _StoredTokens(self, conn, provider, await self.secrets_of(conn.id, conn.token_version))
 
         async def gate(request: httpx.Request | None = None) -> None:
-            await self.budgets.draw(key, limit, interactive=interactive, provider=provider.key)
-            await tokens.current(request)
+            while True:  # the token first: waiting for a refresh after its slot would bunch requests up
+                await tokens.current(request)
+                await self.budgets.draw(key, limit, interactive=interactive, provider=provider.key)
+                if not tokens.outdated():  # else a refresh began while it waited: its slot is spent unused
+                    return
 
         passing = REQUEST_GATE.set(gate)
         try:

@@ -7,8 +7,9 @@ all processes are spaced by the interval: a generic cell rate algorithm with no 
 
 from __future__ import annotations
 
-from sqlalchemy import Float, String, case, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Float, String, case, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -24,14 +25,10 @@ class RateBudget(Base):
 
 
 async def ensure_budget(session: AsyncSession, key: str, now: float) -> None:
-    """Create the budget's row if it does not exist yet (idempotent, concurrent creators allowed)."""
-    if await session.get(RateBudget, key) is not None:
-        return
-    try:
-        async with session.begin_nested():
-            await session.execute(insert(RateBudget).values(key=key, next_at=now))
-    except IntegrityError:
-        pass  # another process created it first
+    """Create the budget's row if it does not exist yet: one write (no read first, which on SQLite could not
+    upgrade its lock while other writers wait), idempotent, concurrent creators allowed."""
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    await session.execute(insert(RateBudget).values(key=key, next_at=now).on_conflict_do_nothing(index_elements=["key"]))
 
 
 async def take_slot(session: AsyncSession, key: str, now: float, interval: float, horizon: float | None) -> float | None:

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Boolean, Integer, String, UniqueConstraint, delete, func, select
+from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,6 +23,7 @@ class OpportunityRecord(Base):
     """The last projected state of one opportunity's workflow."""
 
     __tablename__ = "opportunities"
+    __table_args__ = (Index("ix_opportunities_org_stage", "org_id", "stage"),)
     org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     workflow_id: Mapped[str] = mapped_column(String(300))
@@ -56,7 +57,7 @@ class RuleRunRecord(Base):
     """The outcome of one rule for one event: fired or not and why, and each action's result."""
 
     __tablename__ = "rule_runs"
-    __table_args__ = (UniqueConstraint("key"),)
+    __table_args__ = (UniqueConstraint("key"), Index("ix_rule_runs_org_status", "org_id", "status"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     org_id: Mapped[str] = mapped_column(String(64), index=True)
     key: Mapped[str] = mapped_column(String(400))

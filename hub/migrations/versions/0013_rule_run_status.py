@@ -2,7 +2,7 @@
 owner and archived, to list and filter them by.
 
 Revision ID: 0013
-Revises: 0009
+Revises: 0014
 """
 
 import json
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0009"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

@@ -10,6 +10,7 @@ COPY connectors ./connectors
 COPY rules ./rules
 COPY webhooks ./webhooks
 COPY routes ./routes
+COPY console ./console
 COPY ai ./ai
 COPY api.py worker.py ./
 RUN pip install --no-cache-dir . \

@@ -30,6 +30,7 @@ from webhooks.relay import relay_running
 from webhooks.router import WebhookDispatch, serve_delivery
 
 log = logging.getLogger("hub.api")
+CODEC_HEADERS = "Authorization, Content-Type, X-Namespace"
 
 
 class BodySizeLimit:
@@ -151,8 +152,23 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         """Prometheus metrics."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    def codec_cors(request: Request, response: Response) -> Response:
+        """The Temporal UI calls /codec from the browser: answer its origin (if allowed) with CORS headers."""
+        origin = request.headers.get("origin")
+        if origin and origin in app.state.hub.settings.codec_origins:
+            response.headers.update({
+                "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true",
+                "Access-Control-Allow-Methods": "POST", "Access-Control-Allow-Headers": CODEC_HEADERS, "Vary": "Origin",
+            })
+        return response
+
+    @app.options("/codec/{op}", include_in_schema=False)
+    async def codec_preflight(request: Request) -> Response:
+        """CORS preflight of the Temporal UI's codec calls."""
+        return codec_cors(request, Response(status_code=204))
+
     @app.post("/codec/{op}", tags=["ops"], include_in_schema=False)
-    async def codec(op: str, request: Request, hub: HubDep, key: AdminKey) -> JSONResponse:
+    async def codec(op: str, request: Request, hub: HubDep, key: AdminKey) -> Response:
         """Temporal UI codec server for an org's admin: decodes the payloads sealed for the caller's org (any
         other payload comes back as it was sent); encodes under the caller's org's data key."""
         if op not in ("encode", "decode"):
@@ -165,7 +181,7 @@ def create_app(hub: Hub | None = None) -> FastAPI:
             result = await EncryptionCodec(hub.vault, hub.keyring).decode_for(key.org_id, payloads.payloads)
         else:
             result = await EncryptionCodec(hub.vault, hub.keyring, org=key.org_id).encode(payloads.payloads)
-        return JSONResponse(json_format.MessageToDict(Payloads(payloads=result)))
+        return codec_cors(request, JSONResponse(json_format.MessageToDict(Payloads(payloads=result))))
 
     return app
 

@@ -7,6 +7,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
+from activities.ai_retraining import AiRetraining
 from activities.ai_training import AiTraining
 from activities.ai_types import ai_training_queue
 from activities.connections import ConnectionActivities
@@ -41,8 +42,8 @@ def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> li
             disable_eager_activity_execution=True,  # eager activities would bypass task-queue fairness
         ),
         *provider_workers(client, queue, ConnectionActivities(hub)),
-        Worker(client, task_queue=ai_training_queue(queue), activities=[AiTraining(hub).train_model],
-               max_concurrent_activities=1),
+        Worker(client, task_queue=ai_training_queue(queue),
+               activities=[AiTraining(hub).train_model, AiRetraining(hub).retrain], max_concurrent_activities=1),
     ]
 
 

@@ -16,7 +16,9 @@ from hub.runtime import Hub
 
 def build_activities(hub: Hub) -> list[Callable]:
     """The activities of the main task queue, bound to the runtime's dependencies."""
-    opportunities, rules = OpportunityActivities(hub), RuleActivities(hub)
-    return [opportunities.prepare, opportunities.project, opportunities.send_crm_event, rules.plan, rules.record_runs, rules.record_retry,
+    ai, rules = AiActivities(hub), RuleActivities(hub)
+    opportunities = OpportunityActivities(hub, insight=ai.next_action)
+    return [opportunities.prepare, opportunities.project, opportunities.send_crm_event, rules.plan, rules.record_runs,
+            rules.record_retry,
             *WebhookActivities(hub).all(), *ConnectionActivities(hub).lifecycle(),
-            HttpActions.from_hub(hub).post, *SyncActivities(hub).main_queue(), *AiActivities(hub).all()]
+            HttpActions.from_hub(hub).post, *SyncActivities(hub).main_queue(), *ai.all()]

@@ -2,9 +2,10 @@
 
 ``ai.next_action`` is complete without OpenAI. When the org's ``openai`` flag is on and it has an
 active ``openai`` connection, the local list is refined through ``openai.complete_json`` (run in-process
-through ``connector.run_action``'s code, so credentials, base URL and error mapping are the
-connector's), under the connection's ``timeout_seconds`` (default 8 s) with its ``model`` (default
-``gpt-4o-mini``); any failure falls back to the local list and the reason is in the provenance.
+through ``connector.run_action``'s code, so credentials, base URL, error mapping and the draw from the
+connection's request budget are the connector's), under the connection's ``timeout_seconds`` (default 8 s) with its ``model`` (default
+``gpt-4o-mini``); any failure falls back to the local list and the reason is in the provenance. Scores,
+latency, fallbacks and OpenAI tokens go to the metrics of ``ai.monitoring``.
 """
 
 from __future__ import annotations

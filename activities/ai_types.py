@@ -12,6 +12,13 @@ SCORE_LEAD = "ai.score_lead"
 TRAIN_MODEL = "ai.train_model"
 AI_TRAINING_WORKFLOW = "AiTrainingWorkflow"
 TRAIN_ATTEMPTS = 3
+RETRAIN = "ai.retrain"
+AI_RETRAIN_WORKFLOW = "AiRetrainWorkflow"
+
+
+def ai_retrain_schedule_id(org_id: str) -> str:
+    """The id of an org's retraining schedule (and the prefix of the workflows it starts)."""
+    return f"ai-retrain/{org_id}"
 
 
 def ai_training_queue(main_queue: str) -> str:
@@ -105,3 +112,16 @@ class TrainModelResult(BaseModel):
     status: str
     model_id: str | None = None
     error: str | None = None
+
+
+class RetrainInput(BaseModel):
+    """Retrain one org's models from its own outcomes."""
+
+    org_id: str
+
+
+class RetrainResult(BaseModel):
+    """Per kind (``deals``, ``leads``): the decision and its figures (``ai.retrain.Decision``), or why not."""
+
+    org_id: str
+    outcomes: dict[str, dict] = Field(default_factory=dict)

@@ -26,7 +26,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import sync_schedules
+from activities import connection_lifecycle
 from activities.budgets import Budgets, budget_key
 from activities.connector_types import (
     BULK_PRIORITY,
@@ -349,7 +349,7 @@ class ConnectionActivities:
         """A connection whose own limit differs from its provider's gets a matching fairness weight on the
         provider's task queue (the server's per-key rate is the provider's, scaled by the key's weight)."""
         fairness_key = info.priority.fairness_key
-        weight = round(limit.per_second / provider.rate_limit.per_second, 4)
+        weight = round(limit.per_second / self.limit(provider).per_second, 4)  # over the queue's per-key rate
         if not fairness_key or self._weights.get((info.task_queue, fairness_key), 1.0) == weight:
             return
         await hub_temporal.configure_fairness(activity.client(), info.task_queue, weights={fairness_key: weight})
@@ -464,7 +464,7 @@ class ConnectionActivities:
                 activity.heartbeat(attempt)
                 await asyncio.sleep(0.5 * 2**attempt)
         if stored and not was_active:  # usable from now on: its sync and subscription schedules run now
-            await sync_schedules.connection_changed(self.hub, conn)
+            await connection_lifecycle.activated(self.hub, conn, adopt_tokens=False)
         return token_state(conn, provider)
 
     @activity.defn(name=CONNECTION_FAILED)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 from sqlalchemy import func, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.ai_types import Insight, OpportunityInsightInput
 from activities.opportunity_types import (
     CrmDelivery,
     CrmEventInput,
@@ -33,6 +35,9 @@ PROJECT = "opportunity.project"
 SEND_CRM_EVENT = "opportunity.send_crm_event"
 CRM_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
+#: Computes an opportunity's AI insight (``AiActivities.next_action``, or a test's stand-in).
+InsightFn = Callable[[OpportunityInsightInput], Awaitable[Insight]]
+
 
 async def crm_signing_secret(hub: Hub, org_id: str, rotate: bool = False) -> str:
     """The org's CRM signing secret, created on first use (or replaced when ``rotate``)."""
@@ -46,10 +51,11 @@ async def crm_signing_secret(hub: Hub, org_id: str, rotate: bool = False) -> str
 
 
 class OpportunityActivities:
-    """Side effects of the opportunity workflow; the runtime (database, vault) is injected."""
+    """Side effects of the opportunity workflow; the runtime (database, vault) and the AI insight are injected."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, insight: InsightFn | None = None) -> None:
         self.hub = hub
+        self.insight = insight
         self._http: httpx.AsyncClient | None = None
 
     @property
@@ -61,7 +67,9 @@ class OpportunityActivities:
 
     @activity.defn(name=PREPARE)
     async def prepare(self, input: PrepareInput) -> Preparation:
-        """One read for a transition's effects: the rule plan, a provider connection, the CRM callback URL."""
+        """One read for a transition's effects: the rule plan, a provider connection, the CRM callback URL;
+        and, when asked, the AI insight (a failure of which is returned, not raised: the workflow then runs
+        ``ai.next_action`` with its own retries)."""
         provider = catalogue().for_action(input.provider_action).key
         async with self.hub.db.session() as session:
             ruleset = await current_rules(session, input.org_id)
@@ -72,12 +80,21 @@ class OpportunityActivities:
             )
             org = await session.get(Org, input.org_id)
             insights = await flag_enabled(session, input.org_id, "ai.insights")
-        return Preparation(
+        prep = Preparation(
             plan=plan_events(ruleset, input.events),
             provider_connected=bool(connected),
             crm_callback=bool(org and org.crm_callback_url),
             insights=insights,
         )
+        if input.insight is not None and insights:
+            if self.insight is None:
+                prep.insight_error = "no AI insight in this worker"
+            else:
+                try:
+                    prep.insight = await self.insight(input.insight)
+                except Exception as exc:  # noqa: BLE001 - any failure: the workflow falls back to ai.next_action
+                    prep.insight_error = f"{type(exc).__name__}: {exc}"
+        return prep
 
     @activity.defn(name=PROJECT)
     async def project(self, input: ProjectInput) -> bool:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from activities.ai_types import Insight, OpportunityInsightInput
 from activities.rule_types import RulePlan, RuleRun
 
 # State lists are bounded so that continue-as-new carries a small payload.
@@ -143,13 +144,18 @@ class OpportunityInput(BaseModel):
     pipeline: PinnedPipeline
     state: OpportunityState | None = None
     history_limit: int = 5000
+    registration: str | None = None  # the PUT that starts this workflow (see UpsertRequest.registration)
 
 
 class UpsertRequest(BaseModel):
-    """A new body for the opportunity (PUT)."""
+    """A new body for the opportunity (PUT).
+
+    ``registration`` names the PUT: sent with Update-with-Start, the workflow that this very PUT started
+    answers it with its state (a workflow started by an earlier PUT judges the body as usual)."""
 
     opp: dict
     body_hash: str
+    registration: str | None = None
 
 
 class TransitionRequest(BaseModel):
@@ -201,15 +207,19 @@ class PrepareInput(BaseModel):
     org_id: str
     events: list[dict]
     provider_action: str = "sharepoint.ensure_folders"
+    insight: OpportunityInsightInput | None = None
 
 
 class Preparation(BaseModel):
-    """The rule plan, and whether the org has a connection for the provider action and a CRM callback URL."""
+    """The rule plan, and whether the org has a connection for the provider action and a CRM callback URL;
+    the AI insight when asked for (None if it could not be computed: ``insight_error`` says why)."""
 
     plan: RulePlan
     provider_connected: bool
     crm_callback: bool
     insights: bool = True  # the org's ai.insights flag: recompute the insight on stage changes
+    insight: Insight | None = None
+    insight_error: str | None = None
 
 
 class CrmEventInput(BaseModel):

@@ -21,8 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from openfeature import api as openfeature
-from openfeature.evaluation_context import EvaluationContext
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,12 +53,11 @@ from activities.sync_types import (
 )
 from connectors.events import map_event
 from connectors.sync import ProviderEvent, SyncModelSpec, get_spec
-from hub import flags  # noqa: F401 - installs the org-flags OpenFeature provider
+from hub.flags import flag_enabled
 from hub.runtime import Hub
 from hub.store import inbox
 from hub.store import sync as store
 from hub.store.connections import Connection
-from hub.store.orgs import Org
 from hub.store.sync import SyncPage
 
 log = logging.getLogger("activities.sync")
@@ -388,6 +385,4 @@ class SyncActivities:
 
 async def _enabled(session: AsyncSession, t: SyncTarget) -> bool:
     """The org's OpenFeature flag ``sync.<model>`` — on unless the org turns it off (hub.flags' provider)."""
-    org = await session.get(Org, t.org_id)
-    context = EvaluationContext(targeting_key=t.org_id, attributes={"flags": (org.flags if org else {}) or {}})
-    return openfeature.get_client("fulqrun-hub").get_boolean_value(f"sync.{t.model}", True, context)
+    return await flag_enabled(session, t.org_id, f"sync.{t.model}", default=True)

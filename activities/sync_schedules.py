@@ -198,7 +198,7 @@ def graph_notification_url(settings: Settings, connection: Connection) -> str | 
     entry = catalogue().providers.get(connection.provider)
     if entry is None or CREATE_SUBSCRIPTION not in entry.actions or not settings.public_url:
         return None
-    return f"{settings.public_url.rstrip('/')}/webhooks/{connection.provider}/{connection.id}"
+    return settings.webhook_url(connection.provider, connection.id)
 
 
 def _graph_schedule(connection: Connection, notification_url: str, task_queue: str) -> Schedule:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import timedelta
 
 from temporalio import activity
 
@@ -27,7 +26,6 @@ from hub.store.opportunities import get_projection
 
 COMPLETE = "webhooks.complete_event"
 FAIL = "webhooks.fail_event"
-RETRY_BACKOFF = timedelta(seconds=30)
 
 log = logging.getLogger("activities.webhooks")
 
@@ -80,7 +78,7 @@ class WebhookActivities:
         async with self.hub.db.session() as session:
             status = await inbox.record_failure(
                 session, input.inbox_id, input.error, input.generation,
-                self.hub.settings.webhook_max_attempts, RETRY_BACKOFF,
+                self.hub.settings.webhook_max_attempts,
             )  # fmt: skip
         return status
 

@@ -37,7 +37,7 @@ from sklearn.preprocessing import SplineTransformer
 from ai.monitoring import score_bins
 from ai.tabular import CategoryCoder, DataError, clean, fingerprint, one_thread, points, read_csv, to_float
 
-MODEL_FORMAT = "fulqrun-deal-model/1"  # bump when training changes: versions and demo caches follow
+MODEL_FORMAT = "fulqrun-deal-model/2"  # bump when training changes: versions and demo caches follow
 SNAPSHOT_AGES = (0, 7, 14, 30, 60, 90, 120, 180)
 C_GRID = (0.003, 0.03, 0.3)
 SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)

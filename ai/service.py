@@ -54,9 +54,9 @@ LEAD_PRIOR = LeadPrior()
 
 
 async def register_model(hub: Hub, org_id: str, model: Model, actor: str, data: bytes | None = None,
-                         origin: str = "upload") -> AiModel:
+                         origin: str = "upload", activate: bool = True) -> AiModel:
     """Store a trained model (``data``: its artifact bytes, when already made) as the org's active model of its
-    kind."""
+    kind (with ``activate`` False: stored beside it, e.g. a challenger that was not promoted)."""
     from hub.auth import ensure_org
 
     if data is None:
@@ -67,6 +67,11 @@ async def register_model(hub: Hub, org_id: str, model: Model, actor: str, data: 
                   created_by=actor, origin=origin)
     async with hub.db.session() as session:
         await ensure_org(session, org_id)
+        if not activate:
+            row.active = False
+            session.add(row)
+            await session.flush()
+            return row
         row = await activate_model(session, row)
         await record_audit(session, org_id, actor, "ai_model.activated", f"ai_model/{row.id}",
                            {"kind": kind, "version": model.version})

@@ -58,6 +58,12 @@ def load_settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def listening_on(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """``settings`` with the API's address from ``--host``/``--port``, so every URL the hub builds from it
+    (webhook and OAuth callback URLs without ``HUB_PUBLIC_URL``) names the port it really listens on."""
+    return settings.model_copy(update={"api_host": host or settings.api_host, "api_port": port or settings.api_port})
+
+
 def fail(message: str) -> None:
     """Print ``error: message`` and exit 1."""
     typer.echo(f"error: {message}", err=True)
@@ -88,9 +94,8 @@ def run(
     )
     from hub.runtime import Hub
 
-    settings = load_settings()
-    host = host or settings.api_host
-    port = port or settings.api_port
+    settings = listening_on(load_settings(), host, port)
+    host, port = settings.api_host, settings.api_port
     proc = None
     try:
         ensure_port_free(host, port, "API")
@@ -161,7 +166,7 @@ async def _seed_demo(base: str, key: str) -> None:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             reached = await demo.seed_opportunities(http, key)
         typer.echo(f"demo opportunities: {', '.join(f'{k} in {v}' for k, v in reached.items())} "
-                   f"(timeline: {base}/console/opportunities/demo-stark)")
+                   f"(board: {base}/console/opportunities)")
     except httpx.HTTPError as exc:
         typer.echo(f"demo opportunities not seeded: {exc}")
 
@@ -170,13 +175,13 @@ def _serve_part(api: bool, worker: bool, host: str | None, port: int | None) -> 
     from app.runner import StartupError, run_event_loop, serve
     from hub.runtime import Hub
 
-    settings = load_settings()
+    settings = listening_on(load_settings(), host, port)
 
     async def main() -> None:
         hub = Hub.from_settings(settings)
         await hub.db.migrate()
         try:
-            await serve(hub, api=api, worker=worker, host=host or settings.api_host, port=port or settings.api_port)
+            await serve(hub, api=api, worker=worker, host=settings.api_host, port=settings.api_port)
         finally:
             await hub.close()
 

@@ -118,8 +118,7 @@ def send(
     scheme = scheme_for(provider)
     if scheme is None:
         fail(f"provider {provider!r} receives no webhooks")
-    base = settings.public_url or f"http://{settings.api_host}:{settings.api_port}"
-    target = url or f"{base.rstrip('/')}/webhooks/{provider}/{connection}"
+    target = url or settings.webhook_url(provider, connection)
 
     async def main() -> httpx.Response:
         db = Database(settings.resolved_database_url)

@@ -1,7 +1,8 @@
 """Benchmark: provider actions through Temporal against a fake provider limited to R requests/s.
 
 500 ``generic_oauth2.request`` actions (5 workflows × 100 concurrent activities) run through the real
-path — provider task queue limited to the catalogue's headroom × R, ``connector.run_action``, the
+path — the provider task queue handing the connection's tasks out at R (fairness key rate), every request
+drawn from the connection's budget at the catalogue's headroom × R, ``connector.run_action``, the
 connection's token from the vault — against a local OAuth2 fake that answers 429 above R requests in
 any one-second window. All actions start on an expired access token, so the run also counts the token
 refreshes (single flight: 1). The baseline, measured in the same run, is a direct client paced at
@@ -11,11 +12,9 @@ process so that the hub's work does not delay its clock readings.
     .venv/bin/python bench/connectors.py [--actions 500] [--rate 50] [--headroom 0.95]
 
 The last line is ``ratio=<x>``: the hub's achieved rate / R (target ≥ 0.9, and never above R). The
-queue and the worker's pacer run at headroom × R on average, so the ratio cannot exceed the headroom;
-the pacer also never lets more than R requests leave in any 1 / headroom seconds, nor more than
-⌈headroom × R⌉ in any one second, so the rest of R absorbs the jitter with which requests reach the
-provider after they leave. A 429 (retried after Retry-After, which costs the action a second or more)
-means that jitter was larger.
+budget hands out slots evenly at headroom × R, so the ratio cannot exceed the headroom; the rest of R
+absorbs the jitter with which requests reach the provider after their slot. A 429 (retried after
+Retry-After, which costs the action a second or more) means that jitter was larger.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from connectors.catalogue import RateLimit, catalogue
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store import Database
-from hub.temporal import data_converter
+from hub.temporal import data_converter, dev_server_args
 from hub.vault import Vault, new_key_line, parse_keys
 from tests.connectors.support import (
     CLIENT_ID,
@@ -130,7 +129,7 @@ async def main(actions: int, rate: float, headroom: float | None) -> float:
         db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'hub.db'}")
         await db.migrate()
         env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(),
-                                                    dev_server_extra_args=["--log-level", "error"])
+                                                    dev_server_extra_args=["--log-level", "error", *dev_server_args()])
         try:
             client = await Client.connect(env.client.service_client.config.target_host,
                                           data_converter=data_converter(Vault(parse_keys(keys))))
@@ -155,9 +154,8 @@ async def main(actions: int, rate: float, headroom: float | None) -> float:
             failures = [r for batch in results for r in batch if isinstance(r, str)]
             served = times[len(before):]
             rate_hub = achieved(served)
-            windows = ", ".join(f"≤ {n} in any {seconds:.3g} s" for n, seconds in limit.windows)
-            print(f"fake provider (own process) limit R = {rate:g} req/s; provider queue and pacing at "
-                  f"{headroom:g} × R = {limit.queue_per_second:g}/s, {windows}")
+            print(f"fake provider (own process) limit R = {rate:g} req/s; the connection's budget draws requests "
+                  f"at {headroom:g} × R = {limit.queue_per_second:g}/s")
             print(f"baseline (direct client paced at exactly R): {base:.1f} req/s = {base / rate:.3f} R, "
                   f"429s: {base_throttled}")
             print(f"hub: {actions} actions in {elapsed:.1f} s, {len(served)} served at {rate_hub:.1f} req/s "

@@ -101,12 +101,18 @@ def invoice_paid() -> bytes:
 
 
 def write_pool(path: Path, count: int, tag: str) -> None:
-    """``count`` deliveries with distinct event ids, each signed now: records ``sig\\tlength\\nbody``."""
+    """``count`` deliveries with distinct event ids, each signed now: records ``sig\\tlength\\nbody``.
+
+    The file is on disk when this returns: a hub pool is hundreds of MB (5 KB a delivery), and left to the
+    kernel's writeback it was being written out during the hub run that followed, taking disk and CPU from
+    the hub's own writes (the bare runs read a pool written once, before the warm-up)."""
     raw, now = invoice_paid(), int(time.time())
     with path.open("wb") as out:
         for i in range(count):
             body = raw.replace(EVENT_ID, f'"evt_{tag}_{i:08d}"'.encode(), 1)
             out.write(f"{sign_stripe(body, SECRET, now)}\t{len(body)}\n".encode() + body)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def wrk(url: str, pool: Path, seconds: int, args: argparse.Namespace) -> dict:

@@ -8,6 +8,7 @@ write the API refuses shows the API's own problem detail; buttons a role cannot 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -237,8 +238,8 @@ async def signout(_: Posted) -> Response:
 
 @router.get("")
 async def home(_: Signed) -> Response:
-    """The console starts on the connections."""
-    return RedirectResponse("/console/connections", status_code=303)
+    """The console starts on the opportunities board."""
+    return RedirectResponse("/console/opportunities", status_code=303)
 
 
 # --- connections ---------------------------------------------------------------------------------------------
@@ -441,3 +442,79 @@ async def validate(c: Signed, request: Request) -> JSONResponse:
     answer = await c.api("POST", "/v1/resources:validate", content=await request.body(),
                          headers={"Content-Type": "application/yaml"})
     return JSONResponse(answer.body, status_code=answer.status)
+
+
+# --- rule runs and audit ---------------------------------------------------------------------------------
+
+
+@router.get("/runs")
+async def runs(c: Signed, rule: str = "", status: str = "", opportunity: str = "", cursor: str = "") -> HTMLResponse:
+    """Rule runs, newest first, with each action's params, output or error, and retry for failed ones."""
+    filters = {"rule": rule, "status": status, "opportunity": opportunity}
+    params = {k: v for k, v in {**filters, "cursor": cursor}.items() if v}
+    answer = await c.api("GET", "/v1/rule-runs", params={**params, "limit": 50})
+    return c.render("runs.html", answer=answer, filters=filters)
+
+
+@router.post("/runs/{run_id}/actions/{index}/retry")
+async def retry_action(c: Posted, run_id: int, index: int) -> Response:
+    """Run one failed action again (under its original idempotency key)."""
+    answer = await c.api("POST", f"/v1/rule-runs/{run_id}/actions/{index}:retry")
+    attempt = answer.body.get("attempt") if isinstance(answer.body, dict) else None
+    return back("/console/runs", answer, ok=f"Retry started (attempt {attempt}).")
+
+
+@router.get("/audit")
+async def audit(c: Signed, resource: str = "", actor: str = "", action: str = "", cursor: str = "") -> HTMLResponse:
+    """Who changed what, when."""
+    filters = {"resource": resource, "actor": actor, "action": action}
+    params = {k: v for k, v in {**filters, "cursor": cursor}.items() if v}
+    answer = await c.api("GET", "/v1/audit", params={**params, "limit": 100})
+    return c.render("audit.html", answer=answer, filters=filters)
+
+
+# --- opportunities board -------------------------------------------------------------------------------
+
+
+@dataclass
+class Card:
+    """An opportunity on the board: its summary, with AI risk and next action from its own view."""
+
+    id: str
+    name: str | None
+    amount: float | None
+    risk: float | None = None
+    next_action: str | None = None
+
+
+async def _card(c: Console, summary: dict) -> Card:
+    card = Card(summary["id"], summary.get("name"), summary.get("amount"))
+    view = await c.api("GET", f"/v1/opportunities/{summary['id']}")
+    insight = view.body.get("insight") if view.ok else None
+    if insight:
+        card.risk = insight.get("risk_score")
+        card.next_action = (insight.get("next_actions") or [{}])[0].get("title")
+    return card
+
+
+@router.get("/opportunities")
+async def board(c: Signed, cursor: str = "") -> HTMLResponse:
+    """The PEAK board: one column per stage of each pipeline, cards with amount, AI risk and next action."""
+    answer = await c.api("GET", "/v1/opportunities", params={"limit": 50, **({"cursor": cursor} if cursor else {})})
+    summaries = answer.body.get("items", []) if answer.ok else []
+    cards = dict(zip([s["id"] for s in summaries], await asyncio.gather(*(_card(c, s) for s in summaries)),
+                     strict=True))
+    boards = []
+    for name in dict.fromkeys(s["pipeline"] for s in summaries):
+        pipeline = await c.api("GET", f"/v1/pipelines/{name}")
+        stages = pipeline.body["document"]["spec"]["stages"] if pipeline.ok else []
+        on_it = [s for s in summaries if s["pipeline"] == name]
+        known = {st["key"] for st in stages}
+        stages += [{"key": k, "name": k} for k in dict.fromkeys(s["stage"] for s in on_it) if k not in known]
+        columns = []
+        for stage in stages:
+            here = [cards[s["id"]] for s in on_it if s["stage"] == stage["key"]]
+            columns.append({"key": stage["key"], "name": stage.get("name", stage["key"]), "cards": here,
+                            "total": sum(card.amount or 0 for card in here)})
+        boards.append({"pipeline": name, "columns": columns})
+    return c.render("board.html", answer=answer, boards=boards)

@@ -54,6 +54,14 @@ API_KEY = HTTPBearer(
 )
 
 
+async def bearer_key(request: Request) -> str | None:
+    """The key of ``Authorization: Bearer <key>``, or None: the one reader of that header (``current_key`` and the
+    idempotency middleware)."""
+    credentials = await API_KEY(request)
+    token = credentials.credentials.strip() if credentials else ""
+    return token or None
+
+
 async def current_key(
     hub: HubDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)]
 ) -> Principal:

@@ -206,25 +206,22 @@ class EgressPolicy:
 
         policy = self
 
-        class Pinning:
-            _dns_host: str
-            host: str
-            port: int
+        def pinned(connection: HTTPConnection, connect: Callable[[], socket.socket]) -> socket.socket:
+            scheme = "https" if isinstance(connection, HTTPSConnection) else "http"
+            name = connection._dns_host  # also ``host``: the Host header and TLS name keep it
+            connection._dns_host = policy.admit_sync(f"{scheme}://{_bracket(name)}:{connection.port}/").ip
+            try:
+                return connect()
+            finally:
+                connection._dns_host = name
 
+        class Http(HTTPConnection):
             def _new_conn(self) -> socket.socket:
-                scheme = "https" if isinstance(self, HTTPSConnection) else "http"
-                name = self._dns_host  # also ``host``: the Host header and TLS name keep it
-                self._dns_host = policy.admit_sync(f"{scheme}://{_bracket(self.host)}:{self.port}/").ip
-                try:
-                    return super()._new_conn()  # type: ignore[misc,unused-ignore]
-                finally:
-                    self._dns_host = name
+                return pinned(self, super()._new_conn)
 
-        class Http(Pinning, HTTPConnection):
-            pass
-
-        class Https(Pinning, HTTPSConnection):
-            pass
+        class Https(HTTPSConnection):
+            def _new_conn(self) -> socket.socket:
+                return pinned(self, super()._new_conn)
 
         class HttpPool(HTTPConnectionPool):
             ConnectionCls = Http

@@ -47,8 +47,10 @@ class OrgFlagsProvider(AbstractProvider):
 api.set_provider(OrgFlagsProvider())
 
 
-async def flag_enabled(session: AsyncSession, org_id: str, flag: str) -> bool:
-    """Whether ``flag`` is on for ``org_id`` (the flag's documented default otherwise)."""
+async def flag_enabled(session: AsyncSession, org_id: str, flag: str, default: bool | None = None) -> bool:
+    """Whether ``flag`` is on for ``org_id``; otherwise ``default`` (else the flag's documented default, else off).
+    The one place flags are evaluated."""
     org = await session.get(Org, org_id)
     context = EvaluationContext(targeting_key=org_id, attributes={"flags": (org.flags if org else {}) or {}})
-    return api.get_client("fulqrun-hub").get_boolean_value(flag, KNOWN_FLAGS.get(flag, False), context)
+    fallback = KNOWN_FLAGS.get(flag, False) if default is None else default
+    return api.get_client("fulqrun-hub").get_boolean_value(flag, fallback, context)

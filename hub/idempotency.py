@@ -21,8 +21,10 @@ from datetime import timedelta
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hub.deps import bearer_key
 from hub.problems import problem_response
 from hub.runtime import Hub
 from hub.store.base import utcnow
@@ -138,10 +140,10 @@ class IdempotencyMiddleware:
                 scope, receive, send
             )
         hub: Hub = scope["app"].state.hub
-        scheme, _, token = headers.get("authorization", "").partition(" ")
+        token = await bearer_key(Request(scope))
         principal = None
-        if scheme.lower() == "bearer" and token.strip():
-            principal = await hub.keys.resolve(hub.db, token.strip())
+        if token:
+            principal = await hub.keys.resolve(hub.db, token)
         if principal is None:  # the route answers 401 itself
             return await self.app(scope, receive, send)
 

@@ -81,10 +81,11 @@ class OrgKeyring:
     async def shred(self, org_id: str) -> int:
         """Delete the org's data keys (crypto-shredding its payloads); returns how many were deleted."""
         async with self.db.session() as session:
-            result = await session.execute(delete(OrgDataKey).where(OrgDataKey.org_id == org_id))
+            rows = list(await session.scalars(select(OrgDataKey.key_id).where(OrgDataKey.org_id == org_id)))
+            await session.execute(delete(OrgDataKey).where(OrgDataKey.org_id == org_id))
         self._keys = {k: v for k, v in self._keys.items() if k[0] != org_id}
         self._current.pop(org_id, None)
-        return getattr(result, "rowcount", 0) or 0
+        return len(rows)
 
     async def _connection_org(self, connection_id: str) -> str | None:
         org = self._connection_orgs.get(connection_id)
@@ -109,7 +110,7 @@ class OrgKeyring:
         async with self.db.session() as session:
             session.add(OrgDataKey(org_id=org_id, key_id=key_id, wrapped=wrapped))
         newest = await self._newest(org_id)  # another process may have made one meanwhile: every one opens
-        assert newest is not None  # the row just committed, at least
+        assert newest is not None
         return newest
 
     def _remember(self, row: OrgDataKey) -> AESGCM:

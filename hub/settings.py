@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_url: str | None = Field(default=None, description="externally visible base URL of the API")
+    codec_cors_origins: list[str] | None = Field(
+        default=None,
+        description="browser origins of the Temporal UI allowed to call /codec (default: the embedded UI's)",
+    )
     vault_keys: SecretStr | None = Field(
         default=None,
         description="comma-separated 'key_id:base64url-32-bytes' entries, newest last",
@@ -67,6 +71,22 @@ class Settings(BaseSettings):
         if self.database_url is None:
             raise ValueError("HUB_DATABASE_URL is required when HUB_ENV=production")
         return self
+
+    @property
+    def codec_origins(self) -> list[str]:
+        """Origins whose browser pages (the Temporal UI) may call ``/codec``."""
+        if self.codec_cors_origins is not None:
+            return self.codec_cors_origins
+        return [f"http://{host}:{self.temporal_ui_port}" for host in ("127.0.0.1", "localhost")]
+
+    @property
+    def base_url(self) -> str:
+        """The hub's URL as providers and browsers reach it: ``HUB_PUBLIC_URL``, else the API's own address."""
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    def webhook_url(self, provider: str, connection_id: str) -> str:
+        """Where a connection's provider posts its webhooks."""
+        return f"{self.base_url}/webhooks/{provider}/{connection_id}"
 
     @property
     def resolved_database_url(self) -> str:

@@ -214,7 +214,9 @@ class EncryptionCodec(PayloadCodec, WithSerializationContext):
         org = p.metadata.get(ORG_METADATA, b"").decode()
         if not org:
             return Payload.FromString(self.vault.unseal(key_id, p.data))
-        aead = await self.keys.opening_key(org, key_id) if self.keys is not None else None
+        if self.keys is None:
+            raise VaultError(f"payload sealed with org {org!r}'s data key: this converter has no org keys")
+        aead = await self.keys.opening_key(org, key_id)
         if aead is None:
             raise VaultError(f"payload sealed with org {org!r}'s data key {key_id!r}, which is unknown or shredded")
         try:

@@ -20,5 +20,5 @@ from webhooks import router as webhooks_router
 
 ROUTERS: list[APIRouter] = [orgs.router, opportunities.router, webhook_events.router, webhooks_router.router,
                             resources.router, connections.router, connections.oauth_router, syncs.router,
-                            leads.router, ai_models.router, api_keys.router, forecasts.router, rule_runs.router,
-                            audit.router]
+                            leads.router, ai_models.router, ai_models.retraining, api_keys.router, forecasts.router,
+                            rule_runs.router, audit.router]

@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
+from activities.ai_retraining import ensure_retraining
 from activities.ai_training import upload_limits
-from activities.ai_types import TrainModelInput, ai_training_workflow_id
+from activities.ai_types import TrainModelInput, ai_retrain_schedule_id, ai_training_workflow_id
 from ai.tabular import DataError
 from ai.upload import UploadTooLarge, mapping_for, read_upload
 from hub.auth import ensure_org
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep, TemporalDep
 from hub.problems import Problem
-from hub.store.ai import AiModel, AiTrainingJob, new_job_id
+from hub.store.ai import AiModel, AiTrainingJob, activate_model, new_job_id
+from hub.store.orgs import record_audit
 from workflows.ai_training import AiTrainingWorkflow
 
 router = APIRouter(prefix="/v1/ai/models", tags=["ai"])
@@ -37,12 +39,15 @@ Kind = Literal["leads", "deals"]
 
 
 class AiModelPublic(BaseModel):
-    """A trained model (never its artifact)."""
+    """A trained model (never its artifact). ``origin``: upload, retrain, cli or demo; a ``pinned`` model is never
+    replaced by retraining; ``metrics.challenge`` holds a retrained model's champion / challenger figures."""
 
     id: str
     kind: str
     version: str
     active: bool
+    pinned: bool
+    origin: str
     metrics: dict
     mapping: dict
     created_by: str
@@ -50,8 +55,9 @@ class AiModelPublic(BaseModel):
 
 
 def _public(row: AiModel) -> AiModelPublic:
-    return AiModelPublic(id=row.id, kind=row.kind, version=row.version, active=row.active, metrics=row.metrics,
-                         mapping=row.mapping, created_by=row.created_by, created_at=row.created_at)
+    return AiModelPublic(id=row.id, kind=row.kind, version=row.version, active=row.active, pinned=row.pinned,
+                         origin=row.origin, metrics=row.metrics, mapping=row.mapping, created_by=row.created_by,
+                         created_at=row.created_at)
 
 
 class TrainingJobPublic(BaseModel):
@@ -157,3 +163,61 @@ async def get_model(model_id: str, session: SessionDep, key: ReaderKey) -> AiMod
     if row is None or row.org_id != key.org_id:
         raise Problem(404, f"model {model_id!r} not found")
     return _public(row)
+
+
+class ModelChange(BaseModel):
+    """``active: true`` makes this version the org's model of its kind (a rollback, or taking a challenger);
+    ``pinned`` keeps retraining from replacing it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    active: Literal[True] | None = None
+    pinned: bool | None = None
+
+
+@router.patch("/{model_id}")
+async def change_model(model_id: str, change: ModelChange, hub: HubDep, key: AdminKey) -> AiModelPublic:
+    """Activate (roll back to) and/or pin or unpin one of the org's models."""
+    async with hub.db.session() as session:
+        row = await session.get(AiModel, model_id)
+        if row is None or row.org_id != key.org_id:
+            raise Problem(404, f"model {model_id!r} not found")
+        if change.active:
+            row = await activate_model(session, row)
+        if change.pinned is not None:
+            row.pinned = change.pinned
+        await record_audit(session, key.org_id, key.key_id, "ai_model.changed", f"ai_model/{row.id}",
+                           change.model_dump(exclude_none=True))
+        return _public(row)
+
+
+class Retraining(BaseModel):
+    """The org's retraining schedule: every ``every_hours`` hours, unless paused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every_hours: int = Field(default=168, ge=1, le=24 * 90)
+    paused: bool = False
+
+
+retraining = APIRouter(prefix="/v1/ai/retraining", tags=["ai"])
+
+
+@retraining.put("")
+async def set_retraining(body: Retraining, hub: HubDep, client: TemporalDep, key: AdminKey) -> Retraining:
+    """Create or change the org's Temporal Schedule that retrains its models from its own outcomes."""
+    await ensure_retraining(client, key.org_id, timedelta(hours=body.every_hours), hub.settings.task_queue,
+                            body.paused)
+    return body
+
+
+@retraining.post(":run", status_code=202)
+async def run_retraining(client: TemporalDep, key: AdminKey) -> dict:
+    """Retrain now (the schedule's trigger); 404 until the schedule exists."""
+    try:
+        await client.get_schedule_handle(ai_retrain_schedule_id(key.org_id)).trigger()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise Problem(404, "no retraining schedule: PUT /v1/ai/retraining first") from None
+        raise
+    return {"schedule_id": ai_retrain_schedule_id(key.org_id), "triggered": True}

@@ -20,21 +20,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.service import RPCError
 
+from activities import connection_lifecycle as lifecycle
 from activities.connector_types import (
-    STOP_SIGNAL,
-    TOKENS_STORED_SIGNAL,
     ConnectionRef,
     TokenRequest,
     connection_workflow_id,
 )
 from activities.sync_schedules import connection_changed
-from connectors.catalogue import Provider, catalogue
+from connectors.catalogue import Provider, RateLimit, catalogue
 from connectors.oauth import (
     ClientAuth,
     TokenEndpointError,
@@ -51,7 +49,6 @@ from hub.settings import Settings
 from hub.store.base import utcnow
 from hub.store.connections import Connection, secret_owner
 from hub.store.oauth import (
-    OAuthState,
     consume_state,
     create_state,
     load_secrets,
@@ -59,7 +56,7 @@ from hub.store.oauth import (
     store_tokens,
 )
 from hub.store.orgs import record_audit
-from hub.store.secrets import Secret, delete_secrets, put_secret
+from hub.store.secrets import Secret, put_secret
 from webhooks.router import app_intake
 from workflows.connection import ConnectionWorkflow
 
@@ -84,13 +81,27 @@ class ConnectionCreate(BaseModel):
         default_factory=dict,
         description="non-secret settings: client_id, tenant_id, user_id, account_id, scopes, and overrides of "
         "base_url / token_url / authorization_url (reached through the egress policy); ca_bundle (PEM text, or a "
-        "file name under HUB_CA_BUNDLE_DIR) to trust a private CA",
+        "file name under HUB_CA_BUNDLE_DIR) to trust a private CA; rate_limit ({per_second}) when this "
+        "connection's provider account allows more (or less) than the catalogue's rate",
     )
     credentials: dict[str, str | list[str]] = Field(
         default_factory=dict,
         description="secrets (client_secret, api_key, username, password, private_key, webhook_secrets); "
         "stored encrypted, never returned",
     )
+
+    @field_validator("config")
+    @classmethod
+    def _rate_limit(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """``config.rate_limit`` is a ``RateLimit`` (``per_second`` > 0, optional ``headroom``)."""
+        if "rate_limit" in config:
+            try:
+                RateLimit.model_validate(config["rate_limit"])
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in ("rate_limit", *first["loc"]))
+                raise ValueError(f"{where}: {first['msg']}") from None
+        return config
 
 
 class ConnectionPublic(BaseModel):
@@ -124,13 +135,9 @@ class ConnectionPage(BaseModel):
     next_cursor: str | None
 
 
-def _api_base(settings: Settings) -> str:
-    return (settings.public_url or f"http://{settings.api_host}:{settings.api_port}").rstrip("/")
-
-
 def redirect_uri(settings: Settings, provider: str) -> str:
     """The OAuth2 redirect URI to register with the provider."""
-    return f"{_api_base(settings)}/oauth/{provider}/callback"
+    return f"{settings.base_url}/oauth/{provider}/callback"
 
 
 async def _public(session, hub: Hub, conn: Connection, auth_url: str | None = None) -> ConnectionPublic:  # noqa: ANN001
@@ -151,7 +158,7 @@ async def _public(session, hub: Hub, conn: Connection, auth_url: str | None = No
         last_refresh_at=conn.last_refresh_at,
         next_refresh_at=conn.next_refresh_at,
         last_error=conn.last_error,
-        webhook_url=f"{_api_base(hub.settings)}/webhooks/{conn.provider}/{conn.id}"
+        webhook_url=hub.settings.webhook_url(conn.provider, conn.id)
         if entry.webhook
         else None,
         authorization_url=auth_url,
@@ -360,21 +367,10 @@ async def delete_connection(
     """Revoke a connection: its secrets are erased, its workflow stopped; it disappears from the API and its
     webhooks are refused from now on (by this API process at once, by others within the credential cache's TTL)."""
     conn = await _own(session, key.org_id, connection_id)
-    conn.status, conn.next_refresh_at = "disabled", None
-    await delete_secrets(session, secret_owner(conn.id))
-    for state in await session.scalars(select(OAuthState).where(OAuthState.connection_id == conn.id)):
-        await session.delete(state)
-    await record_audit(session, key.org_id, key.key_id, "connection.deleted", f"connection/{conn.id}")
-    await (
-        session.commit()
-    )  # before the cache forgets: a delivery arriving now reads the connection as deleted
+    await lifecycle.delete(session, conn, key.key_id)
+    await session.commit()  # before the cache forgets: a delivery arriving now reads the connection as deleted
     app_intake(request.app).credentials.forget(conn.id)
-    try:
-        client = await hub.temporal()
-        await client.get_workflow_handle(connection_workflow_id(conn.org_id, conn.id)).signal(STOP_SIGNAL)
-    except (TemporalUnavailable, RPCError):
-        pass  # no workflow running (or Temporal away): its next activity finds the connection gone
-    await connection_changed(hub, conn)  # its sync schedules go
+    await lifecycle.deleted(hub, conn)
     return Response(status_code=204)
 
 
@@ -465,23 +461,8 @@ async def _complete_authorisation(
             )
     if failure is not None:
         raise failure
-    await _start_refreshing(hub, conn)
-    await connection_changed(hub, conn)  # its sync schedules run now
+    await lifecycle.activated(hub, conn)
     async with hub.db.session() as session:
         return await _public(session, hub, await session.get(Connection, conn.id))
 
 
-async def _start_refreshing(hub: Hub, conn: Connection) -> None:
-    """Signal-with-start the ConnectionWorkflow so it adopts the new tokens (best effort: the first
-    action that needs a refresh starts it too)."""
-    try:
-        client = await hub.temporal()
-        await client.start_workflow(
-            ConnectionWorkflow.run,
-            ConnectionRef(org_id=conn.org_id, connection_id=conn.id),
-            id=connection_workflow_id(conn.org_id, conn.id),
-            task_queue=hub.settings.task_queue,
-            start_signal=TOKENS_STORED_SIGNAL,
-        )
-    except (TemporalUnavailable, RPCError) as exc:
-        log.warning("connection %s authorised but its workflow could not be started: %s", conn.id, exc)

@@ -183,7 +183,7 @@ async def put_opportunity(
     """Register an opportunity (starts its workflow, pinned to the most specific pipeline) or update it.
 
     The same body again changes nothing; a changed body updates the fields and fires
-    ``opportunity.updated`` rules.
+    ``opportunity.updated`` rules. One Update-with-Start: a new workflow answers it with its first state.
     """
     if body.org is not None and body.org != key.org_id:
         raise Problem(422, "org must be the API key's org (or omitted)")
@@ -198,11 +198,12 @@ async def put_opportunity(
     pinned = _pinned(row)
     if body.stage is not None and compile_pipeline(pinned.spec).stage(body.stage) is None:
         raise Problem(422, f"stage {body.stage!r} does not exist in pipeline {pinned.name!r} v{pinned.version}")
-    digest = body_hash(opp)
+    digest, registration = body_hash(opp), uuid.uuid4().hex
     start = WithStartWorkflowOperation(
         OpportunityWorkflow.run,
         OpportunityInput(
-            org_id=key.org_id, opportunity_id=opportunity_id, opp=opp, body_hash=digest, pipeline=pinned
+            org_id=key.org_id, opportunity_id=opportunity_id, opp=opp, body_hash=digest, pipeline=pinned,
+            registration=registration,
         ),
         id=workflow_id(key.org_id, opportunity_id),
         task_queue=hub.settings.task_queue,
@@ -211,7 +212,7 @@ async def put_opportunity(
     try:
         state = await client.execute_update_with_start_workflow(
             OpportunityWorkflow.upsert,
-            UpsertRequest(opp=opp, body_hash=digest),
+            UpsertRequest(opp=opp, body_hash=digest, registration=registration),
             start_workflow_operation=start,
             rpc_timeout=UPDATE_TIMEOUT,
         )

@@ -23,7 +23,7 @@ from hub.store import resources as store
 from hub.store.resources import ResourceVersion, ScopeTie
 from rules import limits
 from rules.actions import placement
-from rules.engine import compile_rules
+from rules.engine import dry_run
 from rules.loader import LoadResult, load_data, load_json_text, load_text
 from rules.model import KINDS
 from rules.schema import json_schema
@@ -359,9 +359,7 @@ async def validate_resources(request: Request, session: SessionDep, key: ReaderK
     return ValidationReport(valid=not errors, resources=resources, errors=errors)
 
 
-def _report(event: dict[str, Any], rows: list[Any]) -> TestReport:
-    """Compile and dry-run; CPU-bound, so routes run it through ``hub.bounded.evaluate``."""
-    outcomes = compile_rules(rows).evaluate(event)
+def _report(event: dict[str, Any], outcomes: list[Any]) -> TestReport:
     return TestReport(
         event=event,
         fired=sum(o.fired for o in outcomes),
@@ -383,6 +381,11 @@ def _placed(name: str, event: dict[str, Any]) -> dict[str, Any]:
     return {"runs_for": runs_for, "problem": problem}
 
 
+def _stored(row: ResourceVersion) -> dict[str, Any]:
+    """A stored rule as plain data, for the evaluation process."""
+    return {"name": row.name, "version": row.version, "spec": row.spec}
+
+
 def _event(body: TestRequest, org_id: str) -> dict[str, Any]:
     limits.check(body.event, "event")
     event = dict(body.event)
@@ -399,8 +402,8 @@ async def test_rules(body: TestRequest, session: SessionDep, key: ReaderKey) -> 
     """Which rules fire, which do not and why, and the rendered actions; nothing is run or stored."""
     event = _event(body, key.org_id)
     if body.rules is None:
-        rows: list[Any] = await store.current_versions(session, key.org_id, "Rule")
-        return await evaluate(key.org_id, _report, event, rows)
+        rows = await store.current_versions(session, key.org_id, "Rule")
+        return _report(event, await evaluate(key.org_id, dry_run, [_stored(r) for r in rows], event))
     limits.check(body.rules, "rules")
     drafts = []
     for i, doc in enumerate(body.rules):
@@ -408,7 +411,7 @@ async def test_rules(body: TestRequest, session: SessionDep, key: ReaderKey) -> 
         if loaded.errors:
             raise _invalid([e.as_dict() for e in loaded.errors])
         drafts.append({**doc, "version": 0})
-    return await evaluate(key.org_id, _report, event, drafts)
+    return _report(event, await evaluate(key.org_id, dry_run, drafts, event))
 
 
 @router.post("/rules/{name}:test", summary="Dry-run one rule against an event")
@@ -424,7 +427,7 @@ async def test_rule(
     row = await store.get_version(session, key.org_id, "Rule", name, version)
     if row is None or row.deleted:
         raise Problem(404, f"rule {name!r} not found")
-    return await evaluate(key.org_id, _report, event, [row])
+    return _report(event, await evaluate(key.org_id, dry_run, [_stored(row)], event))
 
 
 @router.get("/schemas/{kind}", summary="JSON Schema of a resource kind, for editors")

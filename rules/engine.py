@@ -125,6 +125,11 @@ def _document_of(item: Any) -> tuple[str, int, dict[str, Any]]:
     return str(name), version, document
 
 
+def dry_run(items: list[Any], event: dict[str, Any]) -> list[RuleOutcome]:
+    """Compile ``items`` (as ``compile_rules``) and evaluate ``event``: the dry-run, as one picklable call."""
+    return compile_rules(items).evaluate(event)
+
+
 def compile_rules(items: list[Any]) -> RuleSet:
     """Compile rules; each item is a Rule document plus ``version`` (or ``{name, version, spec}``).
 

@@ -21,6 +21,9 @@ class LimitExceeded(ValueError):
         super().__init__(f"{path}: {message}" if path else message)
         self.message, self.path = message, path
 
+    def __reduce__(self) -> tuple:  # raised in an evaluation process, re-raised in the API's
+        return type(self), (self.message, self.path)
+
 
 def check(value: Any, root: str = "") -> None:
     """Raise ``LimitExceeded`` if ``value`` (parsed JSON) nests, lists or strings beyond the limits.

@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCT = ["app", "api.py", "worker.py", "routes", "webhooks", "workflows", "activities", "connectors", "ai", "hub",
+PRODUCT = ["app", "api.py", "worker.py", "console", "routes", "webhooks", "workflows", "activities", "connectors", "ai", "hub",
            "rules"]
 
 

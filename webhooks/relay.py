@@ -42,7 +42,6 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.webhook_types import FollowUp, MappedEvent, WebhookEventInput
 from connectors.events import DomainEvent, MalformedEvent, Mapped, map_event
 from hub.runtime import Hub, TemporalUnavailable
-from hub.settings import Settings
 from hub.store import inbox
 from hub.store.base import utcnow
 from hub.store.inbox import WebhookEvent
@@ -55,7 +54,6 @@ from workflows.webhook_event import WebhookEventWorkflow, workflow_id
 log = logging.getLogger("hub.webhooks.relay")
 
 UNAVAILABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
-FAILURE_BACKOFF = timedelta(seconds=30)
 RULES_TTL = 5.0
 PURGE_EVERY = 3600.0
 GRAPH_LIFECYCLE_FOLLOW_UPS: dict[str, FollowUp] = {
@@ -76,12 +74,6 @@ def follow_up(scheme: str, event: DomainEvent) -> FollowUp | None:
     if event.type == "document.changed" and event.data.get("drive_root"):
         return "sync_documents"
     return None
-
-
-def webhook_url(settings: Settings, provider: str, connection_id: str) -> str:
-    """Where a connection's provider posts: ``HUB_PUBLIC_URL`` (else the API's own address) + the route."""
-    base = settings.public_url or f"http://{settings.api_host}:{settings.api_port}"
-    return f"{base.rstrip('/')}/webhooks/{provider}/{connection_id}"
 
 
 class _Unavailable(Exception):
@@ -218,7 +210,7 @@ class Relay:
                                    generation=row.generation)
             for row, error in broken:
                 await inbox.record_failure(
-                    session, row.id, error, row.generation, self.hub.settings.webhook_max_attempts, FAILURE_BACKOFF
+                    session, row.id, error, row.generation, self.hub.settings.webhook_max_attempts
                 )
         for row, _ in ignored:
             self._relayed(row, "ignored")
@@ -266,7 +258,7 @@ class Relay:
                 )
             for row, error in failed:
                 await inbox.record_failure(
-                    session, row.id, error, row.generation, self.hub.settings.webhook_max_attempts, FAILURE_BACKOFF
+                    session, row.id, error, row.generation, self.hub.settings.webhook_max_attempts
                 )
         for w, _ in started:
             self._relayed(w.row, "workflow")
@@ -281,7 +273,7 @@ class Relay:
         payload = WebhookEventInput(
             inbox_id=row.id, generation=row.generation, org_id=row.org_id, provider=row.provider,
             connection_id=row.connection_id, event_id=row.event_id, event_type=row.event_type, events=w.events,
-            webhook_url=webhook_url(self.hub.settings, row.provider, row.connection_id),
+            webhook_url=self.hub.settings.webhook_url(row.provider, row.connection_id),
         )  # fmt: skip
         async with self._limit:
             if down.is_set():
@@ -348,7 +340,7 @@ class Relay:
                                    generation=row.generation)
             for row, error in ended:
                 await inbox.record_failure(
-                    session, row.id, error, row.generation, self.hub.settings.webhook_max_attempts, FAILURE_BACKOFF
+                    session, row.id, error, row.generation, self.hub.settings.webhook_max_attempts
                 )
 
 

@@ -1,6 +1,6 @@
 """Deterministic Temporal workflows. ``WORKFLOWS`` is what the worker registers."""
 
-from workflows.ai_training import AiTrainingWorkflow
+from workflows.ai_training import AiRetrainWorkflow, AiTrainingWorkflow
 from workflows.connection import ConnectionWorkflow
 from workflows.graph_subscription import GraphSubscriptionWorkflow
 from workflows.opportunity import OpportunityWorkflow
@@ -11,5 +11,5 @@ from workflows.webhook_event import WebhookEventWorkflow
 
 WORKFLOWS: list[type] = [
     OpportunityWorkflow, WebhookEventWorkflow, ConnectionWorkflow, SyncWorkflow, GraphSubscriptionWorkflow,
-    ScheduledRuleWorkflow, AiTrainingWorkflow, RuleActionRetryWorkflow,
+    ScheduledRuleWorkflow, AiTrainingWorkflow, RuleActionRetryWorkflow, AiRetrainWorkflow,
 ]

@@ -1,4 +1,5 @@
-"""AiTrainingWorkflow: trains a model on an uploaded CSV, off the API process.
+"""AiTrainingWorkflow: trains a model on an uploaded CSV, off the API process. AiRetrainWorkflow: retrains an
+org's models from its own outcomes (started by the org's schedule, ``activities.ai_retraining``).
 
 ``POST /v1/ai/models`` stores the upload as a job (``ai_training_jobs``) and starts this workflow
 (``ai-training/{org}/{job}``); it runs ``ai.train_model`` on its own task queue (``{main}-ai-training``),
@@ -16,9 +17,13 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.ai_types import (
+        AI_RETRAIN_WORKFLOW,
         AI_TRAINING_WORKFLOW,
+        RETRAIN,
         TRAIN_ATTEMPTS,
         TRAIN_MODEL,
+        RetrainInput,
+        RetrainResult,
         TrainModelInput,
         TrainModelResult,
         ai_training_queue,
@@ -39,4 +44,16 @@ class AiTrainingWorkflow:
             TRAIN_MODEL, input, result_type=TrainModelResult,
             task_queue=ai_training_queue(workflow.info().task_queue),
             start_to_close_timeout=TRAIN_TIMEOUT, heartbeat_timeout=TRAIN_HEARTBEAT, retry_policy=TRAIN_RETRY,
+        )  # fmt: skip
+
+
+@workflow.defn(name=AI_RETRAIN_WORKFLOW)
+class AiRetrainWorkflow:
+    """Challenges the org's deal and lead models once (champion / challenger)."""
+
+    @workflow.run
+    async def run(self, input: RetrainInput) -> RetrainResult:
+        return await workflow.execute_activity(
+            RETRAIN, input, result_type=RetrainResult, task_queue=ai_training_queue(workflow.info().task_queue),
+            start_to_close_timeout=TRAIN_TIMEOUT, retry_policy=TRAIN_RETRY,
         )  # fmt: skip

@@ -1,7 +1,8 @@
 """OpportunityWorkflow: one long-lived workflow per opportunity (``opportunity/{org}/{id}``).
 
-Handlers change state synchronously and queue *effects*; the main loop performs the effects one
-at a time, in order, durably:
+Handlers change state synchronously and queue *effects*; the main loop performs the effects in
+order, durably (transitions queued together have their effects together: one ``opportunity.prepare``
+plans their rules and computes the AI insight, one projection; see ``_transitions_effects``):
 
 - ``transition`` (Update): the validator evaluates the pinned pipeline's ``check_transition`` (pure,
   no I/O) and refuses with every unmet requirement; nothing is recorded for a refused Update.
@@ -11,7 +12,8 @@ at a time, in order, durably:
   SharePoint folders and templates, AI insights, the projection, the signed ``stage.changed``
   CRM event (retried until the CRM accepts it).
 - ``upsert`` (Update, from PUT): a body with an unchanged hash is rejected by the validator (no
-  history event); a changed body updates fields and fires ``opportunity.updated`` rules.
+  history event); a changed body updates fields and fires ``opportunity.updated`` rules. The PUT whose
+  Update-with-Start started the workflow (its ``registration`` id) is answered with the first state.
 - ``set_checklist`` and ``migrate_pipeline`` (Updates), ``domain_event`` (signal: contract.signed,
   payment.received, call.recorded, slack.action, document.changed — deduplicated by source event id).
 - ``state`` (query).
@@ -27,6 +29,7 @@ task, and with it the Update's answer, until it finished.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import timedelta
 
 from temporalio import workflow
@@ -59,7 +62,7 @@ with workflow.unsafe.imports_passed_through():
         body_hash,
         stage_of,
     )
-    from activities.rule_types import PlannedActionModel, RetryActionInput
+    from activities.rule_types import PlannedActionModel, RetryActionInput, RulePlan
     from rules.pipeline import CompiledPipeline, TransitionContext, Unmet, compile_pipeline
     from rules.templating import TemplateProblem, compile_params
     from workflows.rule_retry import retry_and_record
@@ -73,10 +76,13 @@ MIGRATION_REFUSED = "MigrationRefused"  # 409, details[0] = list of Unmet
 
 CREATED_PATCH = "opportunity-created"  # workflow.patched: histories before it raise no opportunity.created
 CRM_EVENTS_PATCH = "crm-rule-events"  # workflow.patched: histories before it sent rules' changes to no CRM
+#: Patch: queued transitions' effects go together, the insight computed by ``opportunity.prepare``.
+BATCHED_TRANSITIONS = "transition-effects-batched"
 AUTOMATION = Actor(id="automation", role="automation")  # who rule-made transitions are by
 OPPORTUNITIES_ROOT = "Opportunities"
 MAX_FAILURES = 20
 STORE_TIMEOUT = timedelta(seconds=30)
+INSIGHT_TIMEOUT = timedelta(seconds=60)
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 AI_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
 CRM_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=5))  # until the CRM accepts
@@ -119,6 +125,7 @@ class OpportunityWorkflow:
     def __init__(self, input: OpportunityInput) -> None:
         self._id = workflow.info().workflow_id
         self._history_limit = input.history_limit
+        self._registration = input.registration if input.state is None else None
         self._lock = asyncio.Lock()
         pipeline = input.state.pipeline if input.state is not None else input.pipeline
         self._compiled: CompiledPipeline = compile_pipeline(pipeline.spec)
@@ -181,18 +188,22 @@ class OpportunityWorkflow:
                         history_limit=self._history_limit,
                     )
                 )
-            await self._perform(self._state.pending[0])
-            self._state.pending.pop(0)
+            done = await self._perform(self._state.pending[0])
+            del self._state.pending[:done]
 
     def _history_full(self) -> bool:
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._history_limit
 
-    async def _perform(self, effect: Effect) -> None:
+    async def _perform(self, effect: Effect) -> int:
+        """Perform ``effect`` (the first pending one), and with it the transitions queued right after it when
+        they can go together; returns how many pending effects are done."""
         prefix = f"{self._id}/{effect.seq}"
         if effect.kind == "transition":
+            if workflow.patched(BATCHED_TRANSITIONS):
+                return await self._transitions_effects()
             await self._transition_effects(effect, prefix)
-            return
+            return 1
         if effect.kind == "updated":
             await self._run_rules([self._rule_event("opportunity.updated", effect.data)], prefix)
         elif effect.kind == "event":
@@ -200,10 +211,63 @@ class OpportunityWorkflow:
         elif effect.kind == "retry":
             await self._retry(RetryActionInput.model_validate(effect.data))
         elif len(self._state.pending) > 1:
-            return  # a plain "project" with more effects queued: the next one projects
+            return 1  # a plain "project" with more effects queued: the next one projects
         await self._project()
+        return 1
+
+    async def _transitions_effects(self) -> int:
+        """The effects of the transitions at the head of the queue, together: one ``opportunity.prepare`` plans
+        every transition's ``stage.exited``/``stage.entered`` rules and computes the AI insight of the state
+        they lead to; then, per transition in order, its rules' actions (keys and runs as one transition
+        alone) and its stage's folders; the insight again only if a rule ran a built-in action (those change the
+        opportunity or its insight; provider actions do not) or it could not be had; one projection; a CRM
+        event per transition."""
+        batch = list(itertools.takewhile(lambda e: e.kind == "transition", self._state.pending))
+        own_events = [self._transition_events(e.data["from"], e.data["to"]) for e in batch]
+        prep: Preparation = await workflow.execute_activity(
+            "opportunity.prepare",
+            PrepareInput(org_id=self._state.org_id, events=[e for own in own_events for e in own],
+                         insight=self._insight_input()),
+            result_type=Preparation,
+            start_to_close_timeout=INSIGHT_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )  # fmt: skip
+        acted, start = False, 0
+        for effect, events in zip(batch, own_events, strict=True):
+            end, prefix = start + len(events), f"{self._id}/{effect.seq}"
+            own = [o.model_copy(update={"event": o.event - start}) for o in prep.plan.outcomes if start <= o.event < end]
+            runs = await self._rules.execute(RulePlan(outcomes=own, on_failure=prep.plan.on_failure), prefix, events)
+            acted = acted or any(a.name in self._rules.local_actions for run in runs for a in run.actions)
+            self._state.rule_runs = (self._state.rule_runs + runs)[-MAX_RULE_RUNS:]
+            self._touch()
+            if prep.provider_connected:
+                await self._provision(stage_of(self._state.pipeline, effect.data["to"]) or {}, prefix)
+            start = end
+        if not prep.insights:
+            pass  # the org's ai.insights flag is off
+        elif acted or prep.insight is None:
+            await self._recompute_insight(f"transition to {batch[-1].data['to']}")
+        else:
+            self._state.insight = prep.insight.model_dump(mode="json")
+            self._touch()
+        await self._project()
+        if prep.crm_callback:
+            for effect in batch:
+                if effect.data["from"] is not None:  # None: just registered by the CRM, nothing to tell it
+                    await self._send_stage_changed(effect)
+        return len(batch)
+
+    def _transition_events(self, frm: str | None, to: str) -> list[dict]:
+        """The rule events of one transition: ``stage.exited`` (unless just registered), ``stage.entered``, and
+        ``opportunity.created`` when just registered."""
+        events = [self._rule_event("stage.exited", {}, stage=frm)] if frm else []
+        events.append(self._rule_event("stage.entered", {}, stage=to))
+        if frm is None:
+            events.append(self._rule_event("opportunity.created", {}))
+        return events
 
     async def _transition_effects(self, effect: Effect, prefix: str) -> None:
+        """One transition's effects as before patch ``transition-effects-batched`` (kept for running histories)."""
         frm, to = effect.data["from"], effect.data["to"]
         events = [self._rule_event("stage.exited", {}, stage=frm)] if frm else []
         events.append(self._rule_event("stage.entered", {}, stage=to))
@@ -227,6 +291,11 @@ class OpportunityWorkflow:
         await self._project()
         if frm is None or not prep.crm_callback:
             return  # just registered by the CRM (nothing to tell it), or no callback URL
+        await self._send_stage_changed(effect)
+
+    async def _send_stage_changed(self, effect: Effect) -> None:
+        """The signed ``stage.changed`` event of one transition to the org's CRM (retried until accepted)."""
+        frm, to = effect.data["from"], effect.data["to"]
         insight = self._state.insight or {}
         record = next(h for h in reversed(self._state.history) if h.seq == effect.seq)
         await workflow.execute_activity(
@@ -298,20 +367,24 @@ class OpportunityWorkflow:
         except ActivityError as exc:
             self._fail(action, key, exc)
 
+    def _insight_input(self) -> OpportunityInsightInput:
+        s = self._state
+        return OpportunityInsightInput(
+            org_id=s.org_id,
+            opportunity_id=s.opportunity_id,
+            opp=self._rule_opp(),
+            stage=s.stage,
+            checklist=s.checklist,
+            events=s.events,
+            as_of=workflow.now(),
+        )
+
     async def _recompute_insight(self, reason: str, activity: str = NEXT_ACTION) -> dict:
         s = self._state
         try:
             insight: Insight = await workflow.execute_activity(
                 activity,
-                OpportunityInsightInput(
-                    org_id=s.org_id,
-                    opportunity_id=s.opportunity_id,
-                    opp=self._rule_opp(),
-                    stage=s.stage,
-                    checklist=s.checklist,
-                    events=s.events,
-                    as_of=workflow.now(),
-                ),
+                self._insight_input(),
                 result_type=Insight,
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=AI_RETRY,
@@ -467,11 +540,19 @@ class OpportunityWorkflow:
 
     # ---------------------------------------------------------------- other updates, signals, query
 
+    def _registered_by(self, req: UpsertRequest) -> bool:
+        """Whether ``req`` is the PUT whose Update-with-Start started this workflow (answered with the state)."""
+        return req.registration is not None and req.registration == self._registration
+
     @workflow.update
     async def upsert(self, req: UpsertRequest) -> OpportunityState:
-        """A changed body from the CRM: update the fields and fire ``opportunity.updated`` rules."""
+        """A changed body from the CRM: update the fields and fire ``opportunity.updated`` rules.
+
+        The PUT that started the workflow gets the new state."""
         async with self._lock:
             s = self._state
+            if self._registered_by(req):
+                return s
             if req.body_hash == s.body_hash:
                 raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
             changed = sorted(k for k in set(s.opp) | set(req.opp) if s.opp.get(k) != req.opp.get(k))
@@ -485,7 +566,7 @@ class OpportunityWorkflow:
 
     @upsert.validator
     def _validate_upsert(self, req: UpsertRequest) -> None:
-        if req.body_hash == self._state.body_hash:
+        if req.body_hash == self._state.body_hash and not self._registered_by(req):
             raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
 
     def _unknown_items(self, req: ChecklistRequest) -> list[Unmet]:

@@ -43,6 +43,7 @@ FAILURES = Counter(
 STATUSES = ("pending", "relayed", "done", "ignored", "dead")
 FINISHED = ("done", "ignored")
 RETENTION = timedelta(days=7)
+FAILURE_BACKOFF = timedelta(seconds=30)  # before the first retry of a row whose processing failed
 HUB_CONNECTION = "hub"  # the connection id of events the hub raises itself (``lead.created``)
 
 
@@ -250,10 +251,11 @@ async def finish(
 
 
 async def record_failure(
-    session: AsyncSession, row_id: str, error: str, generation: int, max_attempts: int, backoff: timedelta
+    session: AsyncSession, row_id: str, error: str, generation: int, max_attempts: int
 ) -> str | None:
     """Count a failed processing attempt (and the ``hub_webhooks_processing_failures_total`` metric): back to
-    ``pending`` after ``backoff``, or ``dead`` at the limit.
+    ``pending`` after ``FAILURE_BACKOFF`` (doubling with each attempt), or ``dead`` after ``max_attempts``. The one
+    failure path of an inbox row, for the relay and the workflow's activity alike.
 
     Returns the new status, or None if the row had moved on (another generation, already finished).
     """
@@ -271,7 +273,7 @@ async def record_failure(
     if row.attempts >= max_attempts:
         row.status, row.completed_at = "dead", now
     else:
-        row.status, row.available_at = "pending", now + backoff * (2 ** (row.attempts - 1))
+        row.status, row.available_at = "pending", now + FAILURE_BACKOFF * (2 ** (row.attempts - 1))
     FAILURES.labels(row.status).inc()
     return row.status
 

@@ -19,6 +19,7 @@ from activities.ai_types import Insight, OpportunityInsightInput, ScoreLeadInput
 from hub.auth import ensure_org
 from hub.runtime import Hub
 from hub.store.ai import AiInsight
+from hub.store.budgets import RateBudget
 from hub.store.connections import Connection, secret_owner
 from hub.store.secrets import put_secret
 from tests.fakes.openai_server import OpenAIFake
@@ -88,6 +89,9 @@ async def test_openai_refines_with_the_connection_settings(hub: Hub) -> None:
         await setup_openai(hub, fake.url)
         insight = await ActivityEnvironment().run(AiActivities(hub).next_action, request())
         [sent] = fake.requests
+    async with hub.db.session() as session:  # the call drew from the openai connection's request budget
+        budgets = list(await session.scalars(select(RateBudget.key).where(RateBudget.key.like("openai:%"))))
+    assert len(budgets) == 1
     used = insight.provenance["usage"]["prompt_tokens"]
     assert used > 0 and sample("hub_ai_openai_tokens_total", org="acme", model="gpt-test", type="prompt") == prompt + used
     assert sample("hub_ai_scores_total", org="acme", kind="next_action", model="deals-prior-1", source="prior",

@@ -10,12 +10,13 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.ai_retraining import AiRetraining
 from activities.ai_training import AiTraining
 from activities.ai_types import ai_training_queue
 from hub.runtime import Hub
 from tests.conftest import bearer
 from worker import WORKFLOW_RUNNER
-from workflows.ai_training import AiTrainingWorkflow
+from workflows.ai_training import AiRetrainWorkflow, AiTrainingWorkflow
 
 
 @contextlib.asynccontextmanager
@@ -23,9 +24,10 @@ async def training_workers(hub: Hub, client: Client) -> AsyncIterator[None]:
     """The main-queue worker with the training workflow and the training queue's worker, as ``build_workers``."""
     queue = hub.settings.task_queue
     async with (
-        Worker(client, task_queue=queue, workflows=[AiTrainingWorkflow], workflow_runner=WORKFLOW_RUNNER),
-        Worker(client, task_queue=ai_training_queue(queue), activities=[AiTraining(hub).train_model],
-               max_concurrent_activities=1),
+        Worker(client, task_queue=queue, workflows=[AiTrainingWorkflow, AiRetrainWorkflow],
+               workflow_runner=WORKFLOW_RUNNER),
+        Worker(client, task_queue=ai_training_queue(queue),
+               activities=[AiTraining(hub).train_model, AiRetraining(hub).retrain], max_concurrent_activities=1),
     ):
         yield
 

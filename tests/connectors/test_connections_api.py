@@ -147,6 +147,15 @@ async def test_validation_names_every_problem(api: httpx.AsyncClient, admin_key:
     assert "credentials.client_secret is required for client_credentials" in errors
 
 
+async def test_a_connections_own_rate_limit_is_checked(api: httpx.AsyncClient, admin_key: str) -> None:
+    r = await api.post("/v1/connections", headers=bearer(admin_key), json={
+        "provider": "stripe", "config": {"rate_limit": {"per_second": 0}}, "credentials": {"api_key": "sk_x"}})
+    assert r.status_code == 422 and "rate_limit" in r.text and "per_second" in r.text
+    r = await api.post("/v1/connections", headers=bearer(admin_key), json={
+        "provider": "stripe", "config": {"rate_limit": {"per_second": 100}}, "credentials": {"api_key": "sk_x"}})
+    assert r.status_code == 201 and r.json()["config"]["rate_limit"] == {"per_second": 100}
+
+
 async def test_api_key_connection_is_active_at_once_and_delete_erases_it(
     api: httpx.AsyncClient, hub: Hub, admin_key: str
 ) -> None:

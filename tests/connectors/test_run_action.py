@@ -11,7 +11,7 @@ from temporalio.client import Client
 
 from activities import connections
 from activities.connector_types import ActionCall
-from connectors.catalogue import RateLimit
+from connectors.catalogue import RateLimit, catalogue
 from hub.runtime import Hub
 from hub.store.connections import Connection
 from tests.connectors.support import CLIENT_ID, CLIENT_SECRET, RunActions, connection_workers, seed_connection
@@ -132,6 +132,26 @@ async def test_a_token_the_provider_dropped_meets_one_401_not_a_storm(
     assert all(not isinstance(r, str) for r in results)
     assert idp.token_calls.count("refresh_token") == 1
     assert len([path for _, path in idp.arrivals if path.startswith("/api/d/")]) <= 41  # one 401 at most
+
+
+async def test_a_connection_with_its_own_limit_gets_its_weight_on_the_server(
+    client: Client, hub: Hub, idp: OAuthFake
+) -> None:
+    """config.rate_limit of 25/s on a provider of 10/s: the connection's fairness key weighs 2.5 on the provider's
+    queue (the server hands its tasks out at 25/s), and its requests draw from a 25/s budget."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    conn = await _connection(hub, idp, config={"rate_limit": {"per_second": 25}})
+    async with connection_workers(client, hub) as acts:
+        [result] = await _run(client, hub, [_call(conn)])
+    assert not isinstance(result, str)
+    described = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+        namespace="default", task_queue=TaskQueue(name=f"{hub.settings.task_queue}-generic_oauth2"),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, report_config=True))
+    assert dict(described.config.fairness_weight_overrides) == {conn.id: 2.5}
+    assert acts.limit(catalogue().get("generic_oauth2"), conn).interval == 1 / (0.95 * 25)
 
 
 async def test_which_connection_an_action_runs_on(client: Client, hub: Hub, idp: OAuthFake) -> None:

@@ -81,9 +81,14 @@ async def chromium() -> AsyncIterator[object]:
 
 @pytest.fixture
 async def page(chromium, live: str) -> AsyncIterator[object]:
-    """A fresh browser context (no cookies) on the live hub."""
+    """A fresh browser context (no cookies) on the live hub; the test fails if any page logged an error."""
     context = await chromium.new_context(base_url=live, viewport={"width": 1280, "height": 800})
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live)
     tab = await context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    tab.on("console", lambda msg: msg.type == "error" and errors.append(f"console: {msg.text}"))
+    tab.logged_errors = errors  # a test may take out one it expects
     yield tab
     await context.close()
+    assert errors == [], errors  # no script error, no blocked asset, no CSP violation on any page

@@ -101,6 +101,8 @@ async def test_a_role_sees_and_does_what_the_api_allows(api: httpx.AsyncClient, 
     page = await api.get(r.headers["location"])
     assert "role &#39;viewer&#39; may not do this" in page.text
     assert (await api.get(f"/v1/webhook-events/{event}", headers=bearer(admin))).json()["status"] == "dead"
+    audit = await api.get("/console/audit")  # admin only in the API, so in the console
+    assert "role &#39;viewer&#39; may not do this" in audit.text and "<table>" not in audit.text
 
     api.cookies.clear()
     csrf = await sign_in(api, admin)

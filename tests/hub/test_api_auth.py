@@ -90,3 +90,10 @@ async def test_crm_signing_secret_rotates_for_admins_of_the_org_only_and_is_audi
     assert actions.count("org.crm_signing_secret_rotated") == 2
     assert (await api.post("/v1/orgs/acme/crm-signing-secret", headers=bearer(viewer))).status_code == 403
     assert (await api.post("/v1/orgs/globex/crm-signing-secret", headers=bearer(admin_key))).status_code == 404
+
+
+async def test_a_key_under_another_scheme_or_empty_is_missing(api: httpx.AsyncClient, admin_key: str) -> None:
+    for header in (f"Basic {admin_key}", "Bearer ", "Bearer", admin_key):
+        r = await api.get("/v1/orgs/acme", headers={"authorization": header})
+        assert r.status_code == 401 and "missing API key" in r.json()["detail"], header
+    assert (await api.get("/v1/orgs/acme", headers={"authorization": f"bearer {admin_key}"})).status_code == 200

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import app
-from hub.settings import get_settings
+from app.cli import app, listening_on
+from hub.settings import Settings, get_settings
+from routes.connections import redirect_uri
 
 
 @pytest.fixture
@@ -46,3 +47,13 @@ def test_production_without_keys_is_a_one_line_config_error(cli_env: Path, monke
     result = CliRunner().invoke(app, ["migrate"])
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: invalid configuration: HUB_VAULT_KEYS is required when HUB_ENV=production"
+
+
+def test_the_port_given_to_run_is_the_port_in_every_url_the_hub_builds(settings: Settings) -> None:
+    local = listening_on(settings.model_copy(update={"public_url": None}), None, 18710)
+    assert local.base_url == "http://127.0.0.1:18710"
+    assert local.webhook_url("stripe", "con_1") == "http://127.0.0.1:18710/webhooks/stripe/con_1"
+    assert redirect_uri(local, "slack") == "http://127.0.0.1:18710/oauth/slack/callback"
+    public = listening_on(settings.model_copy(update={"public_url": "https://hub.example.com/"}), "0.0.0.0", 18710)
+    assert public.webhook_url("stripe", "con_1") == "https://hub.example.com/webhooks/stripe/con_1"
+    assert redirect_uri(public, "slack") == "https://hub.example.com/oauth/slack/callback"

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 
 from activities.opportunity_types import DomainEvent, DomainSource, workflow_id
 from connectors.sharepoint import folder_plan
@@ -328,3 +328,28 @@ async def test_migrate_pipeline_one_and_bulk(
         # the pinned version decides: "c" still moves on v1's rules
         assert (await api.post(f"/v1/opportunities/{c}/transitions", json={"to": "engage", "actor": AE},
                                headers=h)).status_code == 409  # v1 has no acquire -> engage
+
+
+def accepted_updates(history: WorkflowHistory) -> int:
+    return sum(e.HasField("workflow_execution_update_accepted_event_attributes") for e in history.events)
+
+
+async def test_registration_is_answered_by_the_workflow_it_starts(
+    api: httpx.AsyncClient, hub: Hub, client: Client, task_queue: str, admin_key: str, oid: str
+) -> None:
+    """A new opportunity's PUT is one Update-with-Start that the workflow it starts accepts, answering with its
+    first state; the same body again is refused by the validator (no event); a changed body is an update."""
+    h = bearer(admin_key)
+    await apply(hub, simple_pipeline())
+    async with workers(hub, client, task_queue, AiStandIn(), providers=()):
+        r = await api.put(f"/v1/opportunities/{oid}", json=opportunity_body(), headers=h)
+        assert r.status_code == 200, r.text
+        assert r.json()["source"] == "workflow" and r.json()["stage"] == "prospect" and r.json()["revision"] == 1
+        handle = client.get_workflow_handle(workflow_id("acme", oid))
+        assert accepted_updates(await handle.fetch_history()) == 1  # the registering PUT's own Update
+        again = await api.put(f"/v1/opportunities/{oid}", json=opportunity_body(), headers=h)
+        assert again.status_code == 200 and again.json()["stage"] == "prospect"
+        assert accepted_updates(await handle.fetch_history()) == 1
+        changed = await api.put(f"/v1/opportunities/{oid}", json=opportunity_body(amount=5.0), headers=h)
+        assert changed.status_code == 200 and changed.json()["opportunity"]["amount"] == 5.0
+        assert accepted_updates(await handle.fetch_history()) == 2

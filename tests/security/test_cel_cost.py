@@ -144,7 +144,7 @@ async def test_opportunity_beyond_the_limits_is_refused(api: httpx.AsyncClient, 
     assert r.status_code == 422 and r.json()["field"] == "opp.contacts", r.text
 
 
-async def test_evaluation_has_a_deadline_and_leaves_the_loop_free() -> None:
+async def test_evaluation_runs_elsewhere_per_org_capped_with_a_hard_deadline() -> None:
     ticks = 0
 
     async def ticker() -> None:
@@ -153,16 +153,21 @@ async def test_evaluation_has_a_deadline_and_leaves_the_loop_free() -> None:
             ticks += 1
             await asyncio.sleep(0.01)
 
+    assert await evaluate("acme", sum, [1, 2]) == 3  # the pool is up
     task = asyncio.create_task(ticker())
     try:
-        with pytest.raises(Problem) as caught:
-            await evaluate("acme", time.sleep, 0.5, deadline=0.2)
-        with pytest.raises(Problem) as busy:  # the first call's work still runs: the org's slot is taken
-            await evaluate("acme", time.sleep, 0)
-        assert await evaluate("other", sum, [1, 2]) == 3  # another org is served
+        slow = asyncio.create_task(evaluate("acme", time.sleep, 30, deadline=1.0))
+        await asyncio.sleep(0.2)
+        with pytest.raises(Problem) as busy:  # the org's one slot is taken
+            await evaluate("acme", sum, [1])
+        assert await evaluate("other", sum, [1, 2]) == 3  # another org is served meanwhile
+        with pytest.raises(Problem) as late:  # killed at its deadline, not after 30 s
+            await slow
     finally:
         task.cancel()
-    assert (caught.value.status, busy.value.status) == (503, 429)
-    assert ticks >= 5  # the loop kept running while the work ran in the pool
-    await asyncio.sleep(0.4)
-    assert await evaluate("acme", sum, [1]) == 1  # the slot is free once the work has ended
+    assert (busy.value.status, late.value.status) == (429, 503)
+    assert ticks >= 50  # the loop kept running while the work ran in the pool
+    assert await evaluate("acme", sum, [1]) == 1  # a fresh pool serves the org again
+    with pytest.raises(limits.LimitExceeded) as caught:  # errors come back whole from the process
+        await evaluate("acme", limits.check, {"l": list(range(2000))}, "event")
+    assert caught.value.path == "event.l"

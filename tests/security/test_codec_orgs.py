@@ -187,3 +187,16 @@ def test_deleting_an_org_from_the_cli_revokes_its_keys_and_shreds_its_data_key(c
             await codec.decode([sealed])
 
     asyncio.run(with_keyring(reopen))
+
+
+async def test_the_temporal_ui_may_call_the_codec_from_its_origin_only(api: httpx.AsyncClient, admin_key: str) -> None:
+    ui, stranger = "http://127.0.0.1:8233", "https://evil.example"
+    preflight = await api.options("/codec/decode", headers={"Origin": ui, "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == ui
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]
+    body = json_format.MessageToJson(Payloads(payloads=[]))
+    answer = await api.post("/codec/decode", content=body, headers={**bearer(admin_key), "Origin": ui})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ui
+    for response in (await api.options("/codec/decode", headers={"Origin": stranger}),
+                     await api.post("/codec/decode", content=body, headers={**bearer(admin_key), "Origin": stranger})):
+        assert "access-control-allow-origin" not in response.headers

@@ -117,7 +117,7 @@ async def test_1000_events_posted_while_temporal_is_down_are_processed_exactly_o
 
     server = await _start_server(port)  # Temporal is back, same address
     try:
-        client = await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter(hub.vault))
+        client = await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter(hub.vault, hub.keyring))
         async with webhook_worker(hub, client, task_queue, extra_workflows=(OpportunityStandIn,)):
             for opp in opps:
                 await client.start_workflow(OpportunityStandIn.run, id=f"opportunity/{ORG}/{opp}", task_queue=task_queue)
@@ -216,7 +216,7 @@ async def test_relayed_workflows_survive_a_temporal_restart(hub: Hub, task_queue
         port=port, dev_server_existing_path=temporal_cli(), dev_server_database_filename=db_file,
         dev_server_extra_args=["--log-level", "error"],
     )  # fmt: skip
-    client = await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter(hub.vault))
+    client = await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter(hub.vault, hub.keyring))
     await client.start_workflow(OpportunityStandIn.run, id=f"opportunity/{ORG}/{task_queue}-3", task_queue=task_queue)
     await Relay(relay_hub, task_queue=task_queue).drain()  # started; no worker yet
     assert {r.status for r in await inbox_rows(hub)} == {"relayed"}
@@ -226,7 +226,7 @@ async def test_relayed_workflows_survive_a_temporal_restart(hub: Hub, task_queue
         dev_server_extra_args=["--log-level", "error"],
     )  # fmt: skip
     try:
-        client = await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter(hub.vault))
+        client = await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter(hub.vault, hub.keyring))
         hooks, rules = WebhookActivities(hub), RuleActivities(hub)
         async with Worker(client, task_queue=task_queue, workflows=[WebhookEventWorkflow, OpportunityStandIn],
                           activities=[hooks.complete_event, hooks.fail_event, rules.plan, rules.record_runs],

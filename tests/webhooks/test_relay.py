@@ -60,7 +60,7 @@ from tests.workflows.opportunity_kit import (
     settle,
 )
 from tests.workflows.test_opportunity_replay import HISTORIES, HISTORY_VAULT_KEYS
-from webhooks.relay import Relay, webhook_url
+from webhooks.relay import Relay
 from workflows.opportunity import OpportunityWorkflow
 from workflows.sync import SyncWorkflow
 from workflows.webhook_event import WebhookEventWorkflow, workflow_id
@@ -286,7 +286,7 @@ async def test_failed_attempts_dead_letter_with_the_reason_and_replay_succeeds(
 ) -> None:
     from tests.conftest import bearer
 
-    monkeypatch.setattr("activities.webhooks.RETRY_BACKOFF", timedelta(0))
+    monkeypatch.setattr("hub.store.inbox.FAILURE_BACKOFF", timedelta(0))
     hub.settings.webhook_max_attempts = 3
     await apply(hub, rule("on-payment", "payment.received", [{"ai.next_action": {}}]))
     con = await make_connection(hub, "stripe")
@@ -315,7 +315,7 @@ async def test_failed_attempts_dead_letter_with_the_reason_and_replay_succeeds(
 async def test_workflow_that_dies_is_noticed_and_relayed_again(
     api: httpx.AsyncClient, hub: Hub, client: Client, task_queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("webhooks.relay.FAILURE_BACKOFF", timedelta(0))
+    monkeypatch.setattr("hub.store.inbox.FAILURE_BACKOFF", timedelta(0))
     await apply(hub, rule("on-payment", "payment.received", [{"ai.next_action": {}}]))
     con = await make_connection(hub, "stripe")
     await post_signed(api, hub, "stripe", con, _invoice(), "application/json")
@@ -366,7 +366,7 @@ async def test_reauthorization_required_renews_the_subscription(
     hub.settings.public_url = PUBLIC
     with GraphFake(tokens=(GRAPH_TOKEN,)) as graph:
         con = await _graph_connection(hub, graph)
-        sub = graph.add_subscription(webhook_url(hub.settings, "microsoft", con), minutes=30)
+        sub = graph.add_subscription(hub.settings.webhook_url("microsoft", con), minutes=30)
         before = _at(sub["expirationDateTime"])
         body = _lifecycle("reauthorizationRequired", sub["id"])
         assert (await post_signed(api, hub, "microsoft", con, body, "application/json")).status_code == 202

@@ -120,8 +120,8 @@ class AiStandIn:
 
 def main_activities(hub: Hub, ai: AiStandIn | None) -> list:
     """The main-queue activities of the opportunity workflow; the real AI activity unless a stand-in is given."""
-    opp, rules = OpportunityActivities(hub), RuleActivities(hub)
     next_action = ai.next_action if ai is not None else AiActivities(hub).next_action
+    opp, rules = OpportunityActivities(hub, insight=next_action), RuleActivities(hub)
     return [opp.prepare, opp.project, opp.send_crm_event, rules.plan, rules.record_runs, rules.record_retry,
             next_action]
 

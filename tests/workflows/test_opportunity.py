@@ -99,8 +99,9 @@ async def test_continue_as_new_carries_the_state(client: Client, hub: Hub, task_
 async def test_worker_killed_mid_transition_completes_exactly_once(
     api: httpx.AsyncClient, hub: Hub, client: Client, task_queue: str, admin_key: str, graph: GraphFake
 ) -> None:
-    """The main worker stops while the transition's AI activity is running; a new worker finishes the
-    transition: folders, templates, Slack post and CRM event each happen once."""
+    """The main worker stops while the transition's effects are under way (its AI insight, computed with the
+    rule plan, hangs); a new worker finishes the transition: folders, templates, Slack post and CRM event
+    each happen once."""
     h = bearer(admin_key)
     oid = f"kill-{task_queue}"
     await apply(hub, peak(), rule("engaged", "stage.entered", [
@@ -123,7 +124,7 @@ async def test_worker_killed_mid_transition_completes_exactly_once(
             r = await api.post(f"/v1/opportunities/{oid}/transitions", json={"to": "engage", "actor": AE}, headers=h)
             assert r.status_code == 200 and r.json()["stage"] == "engage"
             await asyncio.wait_for(first.entered.wait(), 10)
-            assert len(slack.messages) == 1 and crm.deliveries == []  # rules and folders done, CRM not yet
+            assert slack.messages == [] and crm.deliveries == []  # the rules, folders and CRM event wait for it
             await worker.shutdown()  # the worker goes away mid-transition
             await run
             async with main_worker(hub, client, task_queue, second):
@@ -164,3 +165,47 @@ async def test_a_failing_action_is_recorded_and_the_rest_still_run(
         rows = (await s.scalars(select(RuleRunRecord).where(RuleRunRecord.subject == workflow_id("acme", oid)))).all()
     assert [(r.rule, r.version, r.fired) for r in rows] == [("noisy", 1, True)]
     assert rows[0].actions[0]["ok"] is False
+
+
+async def test_queued_transitions_share_one_preparation(client: Client, hub: Hub, task_queue: str) -> None:
+    """Transitions accepted while the effects of the one before still run go together: one
+    ``opportunity.prepare`` (rule plan and AI insight of the state they lead to), each transition's rule runs
+    keyed by its own sequence number, as if it had gone alone."""
+    pipeline = {
+        "apiVersion": "fulqrun.io/v1", "kind": "Pipeline", "metadata": {"name": "three"},
+        "spec": {"stages": [{"key": k, "name": k, "color": "#6B7280", "probability": 0.1}
+                            for k in ("prospect", "engage", "acquire")],
+                 "transitions": [{"from": "prospect", "to": "engage"}, {"from": "engage", "to": "acquire"}]},
+    }  # fmt: skip
+    await apply(hub, rule("huge", "stage.entered", [{"opportunity.add_task": {"title": "t"}}], when="opp.amount > 1e12"))
+    opp, oid = opportunity_body(), f"batch-{task_queue}"
+    wid = workflow_id("acme", oid)
+    ai = AiStandIn()
+    ai.release = asyncio.Event()  # the registration's effects wait in its AI insight
+    async with main_worker(hub, client, task_queue, ai):
+        handle = await client.start_workflow(
+            OpportunityWorkflow.run,
+            OpportunityInput(org_id="acme", opportunity_id=oid, opp=opp, body_hash=body_hash(opp),
+                             pipeline=PinnedPipeline(name="three", version=1, spec=pipeline)),
+            id=wid, task_queue=task_queue,
+        )  # fmt: skip
+        await asyncio.wait_for(ai.entered.wait(), 10)
+        for to in ("engage", "acquire"):
+            state = await handle.execute_update(
+                OpportunityWorkflow.transition, TransitionRequest.model_validate({"to": to, "actor": AE}))
+            assert state.stage == to
+        ai.release.set()
+        deadline = asyncio.get_running_loop().time() + 20
+        while (state := await handle.query(OpportunityWorkflow.state)).pending:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        history = await handle.fetch_history()
+    prepared = [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
+                and e.activity_task_scheduled_event_attributes.activity_type.name == "opportunity.prepare"]
+    assert len(prepared) == 2  # the registration's, then one for both transitions
+    assert [c.stage for c in ai.calls] == ["prospect", "acquire"]  # no built-in action ran: no second insight
+    assert state.insight is not None and state.insight["next_actions"][0]["title"].endswith("beyond acquire")
+    assert [r.key for r in state.rule_runs] == [f"{wid}/{seq}/{event}.stage.entered/huge"
+                                                for seq, event in ((1, 0), (2, 1), (3, 1))]
+    assert all(not r.fired for r in state.rule_runs)
+    assert [(t.seq, t.to_stage) for t in state.history] == [(1, "prospect"), (2, "engage"), (3, "acquire")]

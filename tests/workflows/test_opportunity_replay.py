@@ -2,7 +2,9 @@
 
 Two sources: the histories a scenario records in this run (every Update, signal, refusal and a
 continue-as-new), and the histories kept in ``tests/histories/`` — recorded by earlier code, so a
-change that breaks running workflows fails here.
+change that breaks running workflows fails here. ``opportunity-before-batched-*`` were recorded before the
+patch ``transition-effects-batched`` (one effect at a time, the insight as its own activity, no
+registration id); ``opportunity-run*`` by the current code.
 
 Payloads in histories are encrypted by the hub's codec; the scenario uses the fixed test key
 ``HISTORY_VAULT_KEYS`` below so kept histories stay readable. To regenerate them (after a deliberate,
@@ -62,9 +64,12 @@ async def _scenario(client: Client, hub: Hub, task_queue: str) -> tuple[str, str
         handle = await client.start_workflow(
             OpportunityWorkflow.run,
             OpportunityInput(org_id="acme", opportunity_id=oid, opp=opp, body_hash=body_hash(opp), pipeline=pinned,
-                             history_limit=60),
+                             history_limit=60, registration="put-1"),
             id=wid, task_queue=task_queue,
         )  # fmt: skip
+        registered = await handle.execute_update(  # the registering PUT (Update-with-Start) gets the state
+            OpportunityWorkflow.upsert, UpsertRequest(opp=opp, body_hash=body_hash(opp), registration="put-1"))
+        assert registered.stage == "prospect"
         changed = opportunity_body(amount=99.0)
         await handle.execute_update(OpportunityWorkflow.upsert, UpsertRequest(opp=changed, body_hash=body_hash(changed)))
         try:  # refused by the validator: leaves no trace in the history
@@ -117,7 +122,7 @@ async def test_replay_histories_recorded_now(temporal_env: WorkflowEnvironment, 
     for history in histories:
         await replayer().replay_workflow(history)  # raises on any non-determinism
     if RECORD:
-        for old in HISTORIES.glob("opportunity-*.json"):
+        for old in HISTORIES.glob("opportunity-run*.json"):  # opportunity-before-*: kept from earlier code
             old.unlink()
         for i, history in enumerate(histories):
             doc = {"workflow_id": wid, "history": json.loads(history.to_json())}

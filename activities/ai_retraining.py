@@ -1,0 +1,172 @@
+"""``ai.retrain``: retrain an org's deal and lead models from the hub's own outcomes (champion / challenger).
+
+A Temporal Schedule per org (``ai-retrain/{org}``, ``PUT /v1/ai/retraining``) starts ``AiRetrainWorkflow``,
+which runs this activity on the training queue. The outcomes:
+
+* **Deals** — the org's opportunities: won on the day one entered its pipeline's last stage (PEAK: Keep), lost
+  when the CRM's body says ``status: lost`` (closed on the projection's last update); value ``opp.amount``,
+  product / account (or company) / owner from the body.
+* **Leads** — the org's leads whose fields carry the outcome column (``Converted``), in creation order.
+
+``ai.retrain.challenge_*`` decides; the challenger is stored either way (``origin: retrain``, the decision in
+``metrics.challenge``) and becomes active only when promoted. A pinned model is never replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import select
+from temporalio import activity
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleHandle,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+)
+
+from activities.ai_types import (
+    AI_RETRAIN_WORKFLOW,
+    RETRAIN,
+    RetrainInput,
+    RetrainResult,
+    ai_retrain_schedule_id,
+)
+from activities.opportunity_types import PinnedPipeline, stages_of
+from ai import service
+from ai.deals import Deal, DealModel
+from ai.leads import LeadMapping, LeadModel
+from ai.retrain import Decision, challenge_deals, challenge_leads
+from ai.tabular import DataError, to_float
+from hub.runtime import Hub
+from hub.store.ai import AiModel, Lead, active_model_row
+from hub.store.opportunities import OpportunityRecord, StageVisitRecord
+
+LOST = "lost"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An opportunity as the deal model and the forecast read it."""
+
+    record: OpportunityRecord
+    created: date
+    won: bool | None
+    closed: date | None
+    value: float
+
+
+def _day(at: datetime) -> date:
+    return (at.replace(tzinfo=UTC) if at.tzinfo is None else at).astimezone(UTC).date()
+
+
+async def opportunity_outcomes(session, org_id: str, pipeline: str | None = None) -> list[Outcome]:  # noqa: ANN001
+    """The org's opportunities (on one pipeline, or all) with their outcome so far."""
+    query = select(OpportunityRecord).where(OpportunityRecord.org_id == org_id)
+    visits = select(StageVisitRecord).where(StageVisitRecord.org_id == org_id)
+    if pipeline is not None:
+        query = query.where(OpportunityRecord.pipeline_name == pipeline)
+        visits = visits.where(StageVisitRecord.pipeline_name == pipeline)
+    entered = {(v.opportunity_id, v.stage): v.entered_at for v in await session.scalars(visits)}
+    out = []
+    for r in await session.scalars(query.order_by(OpportunityRecord.id)):
+        opp = r.state.get("opp") or {}
+        last = (stages_of(PinnedPipeline.model_validate(r.state["pipeline"])) or [{}])[-1].get("key")
+        won_at = entered.get((r.id, last)) if r.stage == last else None
+        lost = str(opp.get("status") or "").casefold() == LOST
+        closed = _day(won_at) if won_at else _day(r.updated_at) if lost else None
+        out.append(Outcome(r, _day(r.created_at), True if won_at else False if lost else None, closed,
+                           to_float(opp.get("amount")) or 0.0))
+    return out
+
+
+def as_deal(o: Outcome) -> Deal:
+    """An outcome as the deal model's ``Deal``."""
+    opp = o.record.state.get("opp") or {}
+    return Deal(id=o.record.id, stage=o.record.stage, won=None if o.won is None else int(o.won),
+                product=opp.get("product"), account=opp.get("account") or opp.get("company"), owner=opp.get("owner"),
+                value=o.value or None, created=o.created, closed=o.closed, expected_close=None)
+
+
+class AiRetraining:
+    """The retraining activity, bound to the hub runtime."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    @activity.defn(name=RETRAIN)
+    async def retrain(self, input: RetrainInput) -> RetrainResult:
+        """Challenge the org's deal and lead models; promote the challengers that win."""
+        outcomes: dict[str, dict] = {}
+        for kind in ("deals", "leads"):
+            try:
+                outcomes[kind] = await self._challenge(input.org_id, kind)
+            except DataError as exc:
+                outcomes[kind] = {"promoted": False, "reason": f"not retrained: {exc}"}
+        return RetrainResult(org_id=input.org_id, outcomes=outcomes)
+
+    async def _challenge(self, org_id: str, kind: str) -> dict:
+        async with self.hub.db.session() as session:
+            current = await active_model_row(session, org_id, kind)
+            if current is not None and current.pinned:
+                return {"promoted": False, "reason": f"the active model {current.id} is pinned"}
+            if kind == "deals":
+                data = [as_deal(o) for o in await opportunity_outcomes(session, org_id)]
+            else:
+                leads = list(await session.scalars(select(Lead).where(Lead.org_id == org_id)
+                                                   .order_by(Lead.created_at, Lead.id)))
+        champion = await service.active_model(self.hub, org_id, kind)
+        if kind == "deals":
+            model, decision = await asyncio.to_thread(
+                challenge_deals, data, champion if isinstance(champion, DealModel) else None)
+        else:
+            mapping = LeadMapping()
+            labelled = [(service.lead_record(lead.data), lead.created_at) for lead in leads]
+            labelled = [(r, t) for r, t in labelled if mapping.outcome(r) is not None]
+            model, decision = await asyncio.to_thread(
+                challenge_leads, [r for r, _ in labelled], champion if isinstance(champion, LeadModel) else None,
+                [_day(t).isoformat() for _, t in labelled], mapping)
+        return await self._store(org_id, model, decision)
+
+    async def _store(self, org_id: str, model: DealModel | LeadModel, decision: Decision) -> dict:
+        model.metrics["challenge"] = decision.model_dump()
+        async with self.hub.db.session() as session:
+            same = await session.scalar(select(AiModel.id).where(
+                AiModel.org_id == org_id, AiModel.kind == decision.kind, AiModel.version == model.version))
+        if same is not None:
+            return {**decision.model_dump(), "promoted": False, "model_id": same,
+                    "reason": "unchanged: this history was trained on before"}
+        row = await service.register_model(self.hub, org_id, model, "retrain", origin="retrain",
+                                           activate=decision.promoted)
+        return {**decision.model_dump(), "model_id": row.id}
+
+
+def _schedule(org_id: str, every: timedelta, task_queue: str, paused: bool) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(AI_RETRAIN_WORKFLOW, RetrainInput(org_id=org_id),
+                                           id=ai_retrain_schedule_id(org_id), task_queue=task_queue),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        state=ScheduleState(paused=paused, note=f"retrain the AI models of org {org_id}"),
+    )
+
+
+async def ensure_retraining(client: Client, org_id: str, every: timedelta, task_queue: str,
+                            paused: bool = False) -> ScheduleHandle:
+    """Create the org's retraining schedule, or set its interval and paused state."""
+    wanted = _schedule(org_id, every, task_queue, paused)
+    try:
+        return await client.create_schedule(ai_retrain_schedule_id(org_id), wanted)
+    except ScheduleAlreadyRunningError:
+        handle = client.get_schedule_handle(ai_retrain_schedule_id(org_id))
+        await handle.update(lambda _: ScheduleUpdate(schedule=wanted))
+        return handle

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 from hub.problems import Problem
 
+MAX_ID = 2**31 - 1  # the ids are SQL integers
+
 
 def encode_cursor(last_id: int) -> str:
     """The opaque cursor continuing after the row ``last_id``."""
@@ -20,7 +22,7 @@ def decode_cursor(cursor: str | None) -> int | None:
         return None
     try:
         kind, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        if kind == "id" and value.isdigit():
+        if kind == "id" and value.isdigit() and int(value) <= MAX_ID:
             return int(value)
     except (ValueError, binascii.Error):
         pass

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -24,6 +24,8 @@ from workflows.rule_retry import RULE_RETRY
 router = APIRouter(prefix="/v1/rule-runs", tags=["rule runs"])
 
 OPPORTUNITY_PREFIX = "opportunity/"
+RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="a rule run's id")]
+ActionIndex = Annotated[int, Path(ge=0, le=49, description="the action's position in the rule's do list")]
 #: Actions the org-level workflows run with the event's lead: the event is not kept, so they cannot be retried.
 LEAD_ACTIONS = frozenset({"ai.score_lead", "ai.next_action"})
 
@@ -120,14 +122,14 @@ async def _own(session: SessionDep, run_id: int, org_id: str) -> RuleRunRecord:
 
 
 @router.get("/{run_id}")
-async def get_run(run_id: int, session: SessionDep, key: ReaderKey) -> RuleRunPublic:
+async def get_run(run_id: RunId, session: SessionDep, key: ReaderKey) -> RuleRunPublic:
     """One rule run with each action's outcome."""
     return _public(await _own(session, run_id, key.org_id))
 
 
 @router.post("/{run_id}/actions/{index}:retry", status_code=202)
 async def retry_action(
-    run_id: int, index: int, session: SessionDep, hub: HubDep, client: TemporalDep, key: AdminKey
+    run_id: RunId, index: ActionIndex, session: SessionDep, hub: HubDep, client: TemporalDep, key: AdminKey
 ) -> RetryAccepted:
     """Run one failed action again under its original idempotency key (a provider that saw the first attempt
     sees the same key); an opportunity's own actions are run again by its workflow."""

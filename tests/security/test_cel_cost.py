@@ -9,6 +9,8 @@ import time
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hub.bounded import evaluate
 from hub.problems import Problem
@@ -101,6 +103,43 @@ def test_input_limits_refuse_long_lists_deep_nesting_and_long_strings() -> None:
     with pytest.raises(limits.LimitExceeded, match="characters"):
         limits.check({"a": ["x" * (limits.MAX_STRING + 1)]})
     limits.check(maximal())
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=10), inner, max_size=6),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=JSON, spaced=st.booleans())
+def test_the_size_shortcut_never_passes_what_the_walk_refuses(doc: object, spaced: bool) -> None:
+    """``within_by_size`` is only a sufficient condition: whatever it lets through, ``check`` accepts.
+
+    The limits are shrunk so generated documents cross each of them often.
+    """
+    raw = json.dumps(doc, ensure_ascii=False, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(limits, "MAX_DEPTH", 3)
+        patch.setattr(limits, "MAX_ITEMS", 4)
+        patch.setattr(limits, "MAX_STRING", 8)
+        if limits.within_by_size(raw):
+            limits.check(doc)
+
+
+def test_the_size_shortcut_lets_real_deliveries_skip_the_walk() -> None:
+    small = json.dumps({"l": list(range(limits.MAX_ITEMS))}).encode()
+    assert limits.within_by_size(small)  # 999 commas: a list of 1,000 items at most
+    assert not limits.within_by_size(json.dumps({"l": list(range(limits.MAX_ITEMS + 1))}).encode())
+    deep: list = []
+    for _ in range(limits.MAX_DEPTH - 1):
+        deep = [deep]
+    assert limits.within_by_size(json.dumps(deep).encode())  # 32 brackets
+    limits.check(deep)
+    with pytest.raises(limits.LimitExceeded, match="nested deeper"):
+        limits.check([deep])
+    assert not limits.within_by_size(json.dumps([deep]).encode())
 
 
 async def test_rules_test_refuses_the_attack_for_a_viewer(api: httpx.AsyncClient, hub: Hub) -> None:

@@ -210,3 +210,29 @@ async def test_evaluation_runs_elsewhere_per_org_capped_with_a_hard_deadline() -
     with pytest.raises(limits.LimitExceeded) as caught:  # errors come back whole from the process
         await evaluate("acme", limits.check, {"l": list(range(2000))}, "event")
     assert caught.value.path == "event.l"
+
+
+def burn(seconds: float) -> float:
+    """Use ``seconds`` of CPU (in a pool process)."""
+    started = time.process_time()
+    while time.process_time() - started < seconds:
+        pass
+    return seconds
+
+
+async def test_evaluation_yields_the_cpu_and_each_org_has_a_cpu_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from hub import bounded
+
+    assert await evaluate("acme", os.getpriority, os.PRIO_PROCESS, 0) == bounded.NICE  # lowest priority
+    monkeypatch.setattr(bounded, "CPU_BURST", 0.2)
+    monkeypatch.setattr(bounded, "CPU_SHARE", 0.1)
+    await evaluate("greedy", burn, 0.4, deadline=60.0)  # within its saved budget when it started
+    with pytest.raises(Problem) as spent:  # now in debt: refused before it runs
+        await evaluate("greedy", sum, [1])
+    assert spent.value.status == 429 and "CPU budget" in spent.value.detail
+    assert 1 <= int(spent.value.headers["Retry-After"]) <= 3  # its debt ÷ the share, rounded up
+    assert await evaluate("other", sum, [1, 2]) == 3  # other orgs keep their own budget
+    await asyncio.sleep(int(spent.value.headers["Retry-After"]))
+    assert await evaluate("greedy", sum, [1]) == 1  # refilled

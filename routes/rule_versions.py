@@ -90,33 +90,22 @@ async def backtest_rule(
     if body.compare_to is not None:
         compare = await _stored_document(session, key.org_id, name, body.compare_to, "compare_to")
     history = await recorded(session, key.org_id, since, until, triggers(rule, compare))
-    header = {
-        "rule": name,
-        "version": rule["version"] or None,
-        "draft": body.draft is not None,
-        "compare_to": body.compare_to,
-        "since": since.isoformat(),
-        "until": until.isoformat(),
-    }
-
     async def run(fn: Any, *args: Any) -> Any:
         return await evaluate(key.org_id, fn, *args)
 
-    steps = backtest(history, rule, compare, run, body.limit)
+    steps = backtest(history, name, rule, compare, run, body.limit)
     if NDJSON in request.headers.get("accept", ""):
-        return StreamingResponse(_lines(steps, header), media_type=NDJSON)
+        return StreamingResponse(_lines(steps), media_type=NDJSON)
     async for step in steps:
         if "report" in step:
-            return JSONResponse({**header, **step["report"]})
+            return JSONResponse(step["report"])
     raise AssertionError("a backtest always ends with its report")
 
 
-async def _lines(steps: AsyncIterator[dict[str, Any]], header: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _lines(steps: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     """One JSON line per step; a problem after the answer has begun becomes an ``{"error": …}`` line."""
     try:
         async for step in steps:
-            if "report" in step:
-                step = {"report": {**header, **step["report"]}}
             yield json.dumps(step, separators=(",", ":"), default=str).encode() + b"\n"
     except Problem as exc:
         yield json.dumps({"error": {"status": exc.status, "detail": exc.detail}}).encode() + b"\n"

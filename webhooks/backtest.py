@@ -149,14 +149,24 @@ async def recorded(session: AsyncSession, org_id: str, since: datetime, until: d
 
 
 async def backtest(
-    history: History, rule: dict, compare: dict | None, run: Runner, limit: int
+    history: History, name: str, rule: dict, compare: dict | None, run: Runner, limit: int
 ) -> AsyncIterator[dict[str, Any]]:
-    """Evaluate ``rule`` (and ``compare``; documents as ``rules.backtest.backtest_document``) over the history,
-    ``CHUNK`` items per ``run(evaluate_chunk, …)``: a ``{"progress": …}`` after each chunk, then ``{"report": …}``."""
+    """Evaluate rule ``name``'s ``rule`` (and ``compare``; documents as ``rules.backtest.backtest_document``, a
+    draft as version 0) over the history, ``CHUNK`` items per ``run(evaluate_chunk, …)``: a ``{"progress": …}``
+    after each chunk, then ``{"report": …}``."""
     items = history.items
     totals = Accumulator(compare is not None)
     for start in range(0, len(items), CHUNK):
         totals.add(await run(evaluate_chunk, rule, compare, items[start : start + CHUNK]))
         done = min(start + CHUNK, len(items))
         yield {"progress": {"items": done, "of": len(items), "fired": totals.fired}}
-    yield {"report": {"events": history.count, **totals.report(limit)}}
+    header = {
+        "rule": name,
+        "version": rule["version"] or None,
+        "draft": not rule["version"],
+        "compare_to": compare["version"] if compare else None,
+        "since": history.since.isoformat(),
+        "until": history.until.isoformat(),
+        "events": history.count,
+    }
+    yield {"report": {**header, **totals.report(limit)}}

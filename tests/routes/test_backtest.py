@@ -10,13 +10,17 @@ import json
 import uuid
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from temporalio.client import Client
+from typer.testing import CliRunner
 
+from app.cli import app
 from hub.auth import create_key
 from hub.runtime import Hub
+from hub.settings import get_settings
 from hub.store.opportunities import states_between
 from tests.conftest import bearer
 from tests.routes.test_rule_runs import until
@@ -128,6 +132,28 @@ async def test_a_draft_sees_delivered_and_org_level_webhook_events(
     sources = {(f["source"], f["opportunity"], f["actions"][0]["params"]["json"]["amount"]) for f in report["firings"]}
     # the delivered one counted once (from the opportunity's record), the org-level one from the inbox
     assert sources == {("event", ids["20k"], "700"), ("webhook", None, "300")}
+
+
+async def test_the_cli_backtests_from_the_database(
+    hub: Hub, recorded: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HUB_DATABASE_URL", hub.db.url)
+    monkeypatch.setenv("HUB_DATA_DIR", str(tmp_path / "cli"))
+    get_settings.cache_clear()
+    window, ids = recorded["window"], recorded["ids"]
+    args = ["rules", "backtest", "big-deal", "--org", "acme", "--since", window["since"][:26],
+            "--until", window["until"][:26], "--compare-to", "1"]  # fmt: skip
+    try:
+        shown = await asyncio.to_thread(CliRunner().invoke, app, args)
+        as_json = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--json"])
+    finally:
+        get_settings.cache_clear()
+    assert shown.exit_code == 0, shown.output
+    assert "big-deal v2: 2 firing(s) on 2 opportunity(ies) over 8 recorded event(s) (6 evaluated)" in shown.stdout
+    assert "only v2: 1, only v1: 0, other actions: 0" in shown.stdout
+    assert "opportunity.add_task {\"title\": \"Big deal Deal 20000 (engage)\"}" in shown.stdout
+    report = json.loads(as_json.stdout)
+    assert (report["fired"], report["compare"]["only_version"]["firings"][0]["opportunity"]) == (2, ids["20k"])
 
 
 async def test_bad_requests_and_other_orgs(api: httpx.AsyncClient, hub: Hub, admin_key: str) -> None:

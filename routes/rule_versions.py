@@ -1,4 +1,5 @@
-"""What a rule version would do before it runs for everyone: backtest it on the org's recorded history.
+"""What a rule version would do before it runs for everyone: backtest it on the org's recorded history, then
+roll it out to a share of opportunities and promote it (or roll it back).
 
 ``POST /v1/rules/{name}:backtest`` — any key of the org (as the dry-run ``rules/{name}:test``): the rule's
 ``version`` (default: its latest) or a ``draft`` document, over ``[since, until)``, optionally against
@@ -6,6 +7,12 @@
 items per call, each under its deadline. ``Accept: application/x-ndjson`` streams a ``{"progress": …}`` line
 per chunk and the report last (``{"report": …}``, or ``{"error": problem}`` if a chunk fails); otherwise the
 answer is the report as one JSON document.
+
+Staged rollout (admin): ``POST /v1/rules/{name}:rollout {"version", "percent", "branches", "stable"?}`` runs
+``version`` for ``percent`` % of opportunities (a stable hash of the opportunity id, ``hub.flags.rule_version``)
+and for opportunities of the named branches, the stable version for the others; ``GET …/rollout`` shows it;
+``:promote`` makes the candidate the rule's version for everyone, ``:rollback`` the stable one (each re-applied as
+the newest version when it is not already), and ends the rollout. Each change is in the audit log.
 """
 
 from __future__ import annotations
@@ -19,14 +26,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from activities import rule_schedules
 from hub.bounded import evaluate
-from hub.deps import ReaderKey, SessionDep
+from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
 from hub.problems import Problem
 from hub.store import resources as store
 from hub.store.base import utcnow
+from hub.store.orgs import record_audit
+from hub.store.rollouts import RuleRollout, end_rollout, get_rollout
 from rules import limits
 from rules.backtest import backtest_document, triggers
 from rules.loader import load_data
+from rules.model import ScopeItem
 from webhooks.backtest import backtest, recorded
 
 router = APIRouter(prefix="/v1", tags=["pipelines and rules"])
@@ -109,3 +120,118 @@ async def _lines(steps: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
             yield json.dumps(step, separators=(",", ":"), default=str).encode() + b"\n"
     except Problem as exc:
         yield json.dumps({"error": {"status": exc.status, "detail": exc.detail}}).encode() + b"\n"
+
+
+class RolloutRequest(BaseModel):
+    """Run ``version`` for ``percent`` % of opportunities and the named branches, ``stable`` for the rest."""
+
+    version: int = Field(ge=1, le=MAX_VERSION, description="the candidate version")
+    percent: float = Field(ge=0.0, le=100.0, description="share of opportunities (stable hash of their id)")
+    branches: list[ScopeItem] = Field(default_factory=list, max_length=100, description="branches that get it all")
+    stable: int | None = Field(default=None, ge=1, le=MAX_VERSION,
+                               description="default: the rollout's, else the newest version before `version`")
+
+
+class RolloutPublic(BaseModel):
+    """A rule's staged rollout."""
+
+    rule: str
+    stable_version: int
+    candidate_version: int
+    percent: float
+    branches: list[str]
+    updated_by: str
+    updated_at: datetime
+
+
+class ReleaseResult(BaseModel):
+    """What promote or rollback did: the version that now runs for everyone (``outcome`` ``unchanged`` when it
+    already was the newest version, ``changed`` when its content was applied again as a new version)."""
+
+    outcome: str
+    version: int
+    released: int = Field(description="the rollout's version that now runs for everyone")
+
+
+def _rollout_public(row: RuleRollout) -> RolloutPublic:
+    return RolloutPublic(rule=row.rule, stable_version=row.stable_version, candidate_version=row.candidate_version,
+                         percent=row.percent, branches=list(row.branches), updated_by=row.updated_by,
+                         updated_at=row.updated_at)  # fmt: skip
+
+
+async def _live_version(session: SessionDep, org_id: str, name: str, version: int, field: str) -> int:
+    row = await store.get_version(session, org_id, "Rule", name, version)
+    if row is None or row.deleted:
+        raise Problem(404, f"rule {name!r} version {version} not found ({field})")
+    return row.version
+
+
+async def _previous_version(session: SessionDep, org_id: str, name: str, version: int) -> int:
+    rows, _ = await store.list_versions(session, org_id, "Rule", name, limit=1000)
+    older = [r.version for r in rows if r.version < version and not r.deleted]
+    if not older:
+        raise Problem(422, f"rule {name!r} has no version before {version} to keep as stable; give stable")
+    return older[-1]
+
+
+@router.get("/rules/{name}/rollout", summary="A rule's staged rollout")
+async def get_rule_rollout(name: str, session: SessionDep, key: ReaderKey) -> RolloutPublic:
+    """The rollout, or 404 when the rule runs its newest version for everyone."""
+    row = await get_rollout(session, key.org_id, name)
+    if row is None:
+        raise Problem(404, f"rule {name!r} has no rollout")
+    return _rollout_public(row)
+
+
+@router.post("/rules/{name}:rollout", summary="Roll a rule version out to a share of opportunities or branches")
+async def rollout_rule(name: str, body: RolloutRequest, session: SessionDep, key: AdminKey) -> RolloutPublic:
+    """Start or change the rule's staged rollout (audited)."""
+    candidate = await _live_version(session, key.org_id, name, body.version, "version")
+    row = await get_rollout(session, key.org_id, name)
+    if body.stable is not None:
+        stable = await _live_version(session, key.org_id, name, body.stable, "stable")
+    elif row is not None:
+        stable = row.stable_version
+    else:
+        stable = await _previous_version(session, key.org_id, name, candidate)
+    if stable == candidate:
+        raise Problem(422, f"stable and candidate are both version {stable}")
+    action = "rule.rollout_changed" if row is not None else "rule.rollout_started"
+    if row is None:
+        row = RuleRollout(org_id=key.org_id, rule=name)
+        session.add(row)
+    row.stable_version, row.candidate_version, row.percent = stable, candidate, body.percent
+    row.branches, row.updated_by, row.updated_at = list(body.branches), f"key:{key.key_id}", utcnow()
+    await record_audit(session, key.org_id, f"key:{key.key_id}", action, f"rule/{name}", row.targeting())
+    await session.flush()
+    return _rollout_public(row)
+
+
+async def _release(name: str, promote: bool, session: SessionDep, hub: HubDep, key: AdminKey) -> ReleaseResult:
+    rollout = await get_rollout(session, key.org_id, name)
+    if rollout is None:
+        raise Problem(404, f"rule {name!r} has no rollout")
+    released = rollout.candidate_version if promote else rollout.stable_version
+    row = await store.get_version(session, key.org_id, "Rule", name, released)
+    if row is None or row.deleted:
+        raise Problem(409, f"rule {name!r} version {released} no longer exists")
+    outcome, current = await store.apply_resource(session, key.org_id, row.spec, actor=f"key:{key.key_id}")
+    await end_rollout(session, key.org_id, name)
+    action = "rule.promoted" if promote else "rule.rolled_back"
+    await record_audit(session, key.org_id, f"key:{key.key_id}", action, f"rule/{name}",
+                       {**rollout.targeting(), "released": released, "version": current.version})  # fmt: skip
+    if outcome != "unchanged":
+        await rule_schedules.rule_changed(hub, key.org_id, name, current)
+    return ReleaseResult(outcome=outcome, version=current.version, released=released)
+
+
+@router.post("/rules/{name}:promote", summary="End a rollout: its candidate version runs for everyone")
+async def promote_rule(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ReleaseResult:
+    """The candidate becomes the rule's version for every opportunity (audited)."""
+    return await _release(name, True, session, hub, key)
+
+
+@router.post("/rules/{name}:rollback", summary="End a rollout: its stable version runs for everyone")
+async def rollback_rule(name: str, session: SessionDep, hub: HubDep, key: AdminKey) -> ReleaseResult:
+    """The stable version becomes the rule's version for every opportunity again (audited)."""
+    return await _release(name, False, session, hub, key)

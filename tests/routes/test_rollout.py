@@ -3,8 +3,10 @@ the real workflows, promote and rollback through the API, each audited."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import httpx
 from temporalio.client import Client
@@ -12,6 +14,8 @@ from temporalio.client import Client
 from hub.auth import create_key
 from hub.flags import rule_version
 from hub.runtime import Hub
+from rules.defaults import EXAMPLES_DIR
+from rules.loader import load_path
 from tests.conftest import bearer
 from tests.routes.test_backtest import PIPELINE
 from tests.routes.test_rule_runs import until
@@ -32,6 +36,29 @@ def test_a_30_percent_rollout_picks_the_same_30_percent_every_time() -> None:
     assert other_rule != chosen  # each rule buckets on its own
     assert all(rule_version("acme", "greet", ROLLOUT, i, "apac") == 2 for i in ids[:100])  # a named branch: all
     assert all(rule_version("acme", "greet", {**ROLLOUT, "percent": 0.0}, i, "emea") == 1 for i in ids[:1000])
+
+
+async def test_the_shipped_backtest_and_rollout_examples_are_accepted(
+    api: httpx.AsyncClient, hub: Hub, admin_key: str
+) -> None:
+    h = bearer(admin_key)
+    (shipped,) = [d.data for d in load_path(EXAMPLES_DIR / "deal-rules.yaml").documents
+                  if d.data["metadata"]["name"] == "big-deal-to-acquire"]  # fmt: skip
+    await apply(hub, shipped)
+    backtest, rollout = _bodies(EXAMPLES_DIR / "backtest-and-rollout.http")[:2]
+    answer = await api.post("/v1/rules/big-deal-to-acquire:backtest", json=backtest, headers=h)
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["draft"], answer.json()["compare_to"], answer.json()["compare"]["fired"]) == (True, 1, 0)
+    await apply(hub, backtest["draft"])
+    started = await api.post("/v1/rules/big-deal-to-acquire:rollout", json=rollout, headers=h)
+    assert started.status_code == 200, started.text
+    assert (started.json()["stable_version"], started.json()["branches"]) == (1, ["emea"])
+
+
+def _bodies(path: Path) -> list[dict]:
+    """The JSON bodies of an HTTP client file's requests (after each request's blank line)."""
+    requests = path.read_text().split("###")[1:]
+    return [json.loads(r.split("\n\n", 1)[1]) for r in requests if "\n\n{" in r]
 
 
 def greet(title: str) -> dict:

@@ -363,6 +363,7 @@ async def _backtest(
     from datetime import UTC
 
     from app.cli import load_settings
+    from hub.problems import Problem
     from hub.store import Database
     from hub.store.resources import get_version
     from rules.backtest import backtest_document, triggers
@@ -389,7 +390,11 @@ async def _backtest(
             rule = backtest_document(draft, 0) if draft is not None else await stored(version, f"version {version}" if version else "")
             compare = await stored(compare_to, f"version {compare_to}") if compare_to is not None else None
             window = (utc(since), utc(until or datetime.now(UTC)))
-            history = await recorded(session, org, *window, triggers(rule, compare))
+            try:
+                history = await recorded(session, org, *window, triggers(rule, compare))
+            except Problem as exc:
+                typer.echo(f"error: {exc.detail}", err=True)
+                raise typer.Exit(1) from None
         async for step in backtest(history, name, rule, compare, run, limit):
             if "progress" in step:
                 typer.echo(f"{step['progress']['items']}/{step['progress']['of']} items", err=True)

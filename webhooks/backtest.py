@@ -26,12 +26,15 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connectors.events import MalformedEvent, map_event
+from hub.problems import Problem
 from hub.store.inbox import received_between
 from hub.store.opportunities import states_between
 from rules.backtest import Accumulator, evaluate_chunk
 from webhooks.receivers import scheme_for
 
 CHUNK = 1000  # items per evaluation call: well inside hub.bounded's deadline
+MAX_OPPORTUNITIES = 20_000  # opportunity records read for one window (their states are in memory at once)
+MAX_INBOX = 20_000  # inbox events read for one window (bodies up to HUB_MAX_BODY_BYTES each)
 OPPORTUNITY_TRIGGERS = frozenset({"stage.entered", "stage.exited", "opportunity.created"})
 
 Runner = Callable[..., Awaitable[Any]]
@@ -139,11 +142,17 @@ def _stage_at(moves: list[tuple[datetime, dict]], at: datetime, default: str | N
 
 
 async def recorded(session: AsyncSession, org_id: str, since: datetime, until: datetime, types: set[str]) -> History:
-    """The org's recorded history in ``[since, until)``, keeping the rule events of ``types``."""
+    """The org's recorded history in ``[since, until)``, keeping the rule events of ``types``; 422 past
+    ``MAX_OPPORTUNITIES`` or ``MAX_INBOX`` (checked before anything is evaluated)."""
     history = History(since, until, types)
-    for state in await states_between(session, org_id, since, until):
+    states = await states_between(session, org_id, since, until, MAX_OPPORTUNITIES + 1)
+    rows = await received_between(session, org_id, since, until, MAX_INBOX + 1)
+    for found, cap, what in ((states, MAX_OPPORTUNITIES, "opportunities with history"), (rows, MAX_INBOX, "inbox events")):
+        if len(found) > cap:
+            raise Problem(422, f"the window holds more than {cap:,} {what}; backtest shorter windows")
+    for state in states:
         history.opportunity(state)
-    for row in await received_between(session, org_id, since, until):
+    for row in rows:
         history.inbox(row)
     return history
 

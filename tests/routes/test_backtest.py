@@ -21,6 +21,7 @@ from app.cli import app
 from hub.auth import create_key
 from hub.runtime import Hub
 from hub.settings import get_settings
+from hub.store.inbox import WebhookEvent
 from hub.store.opportunities import states_between
 from tests.conftest import bearer
 from tests.routes.test_rule_runs import until
@@ -156,7 +157,9 @@ async def test_the_cli_backtests_from_the_database(
     assert (report["fired"], report["compare"]["only_version"]["firings"][0]["opportunity"]) == (2, ids["20k"])
 
 
-async def test_bad_requests_and_other_orgs(api: httpx.AsyncClient, hub: Hub, admin_key: str) -> None:
+async def test_bad_requests_and_other_orgs(
+    api: httpx.AsyncClient, hub: Hub, admin_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     h = bearer(admin_key)
     await apply(hub, PIPELINE, big_deal(1.0))
     window = {"since": "2026-01-01T00:00:00Z", "until": "2026-02-01T00:00:00Z"}
@@ -170,6 +173,13 @@ async def test_bad_requests_and_other_orgs(api: httpx.AsyncClient, hub: Hub, adm
     assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "spec.on"
     missing = await api.post("/v1/rules/big-deal:backtest", json={**window, "compare_to": 9}, headers=h)
     assert missing.status_code == 404 and "version 9" in missing.json()["detail"]
+    async with hub.db.session() as session:  # one inbox event in the window, over a cap of none
+        at = datetime(2026, 1, 5, tzinfo=UTC)
+        session.add(WebhookEvent(org_id="acme", connection_id="c", provider="stripe", event_id="evt_1",
+                                 event_type="invoice.paid", body=b"{}", received_at=at, available_at=at))  # fmt: skip
+    monkeypatch.setattr(backtest_module, "MAX_INBOX", 0)
+    large = await api.post("/v1/rules/big-deal:backtest", json=window, headers=h)
+    assert large.status_code == 422 and "more than 0 inbox events" in large.json()["detail"]
     other = bearer(await _key(hub, "globex", "admin"))
     assert (await api.post("/v1/rules/big-deal:backtest", json=window, headers=other)).status_code == 404
     assert (await api.post("/v1/rules/big-deal:backtest", json=window)).status_code == 401

@@ -4,7 +4,8 @@ roll it out to a share of opportunities and promote it (or roll it back).
 ``POST /v1/rules/{name}:backtest`` — any key of the org (as the dry-run ``rules/{name}:test``): the rule's
 ``version`` (default: its latest) or a ``draft`` document, over ``[since, until)``, optionally against
 ``compare_to``; nothing runs. Evaluation happens in ``hub.bounded``'s worker processes, ``CHUNK`` recorded
-items per call, each under its deadline. ``Accept: application/x-ndjson`` streams a ``{"progress": …}`` line
+items per call, each under its deadline and charged to the org's evaluation CPU budget (a spent budget makes the
+backtest wait, not fail). ``Accept: application/x-ndjson`` streams a ``{"progress": …}`` line
 per chunk and the report last (``{"report": …}``, or ``{"error": problem}`` if a chunk fails); otherwise the
 answer is the report as one JSON document.
 
@@ -17,6 +18,7 @@ the newest version when it is not already), and ends the rollout. Each change is
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -44,6 +46,7 @@ router = APIRouter(prefix="/v1", tags=["pipelines and rules"])
 
 MAX_VERSION = 2**31 - 1
 NDJSON = "application/x-ndjson"
+BUSY_RETRY_SECONDS = 0.2  # another evaluation of the org in flight: try again this soon
 
 
 class BacktestRequest(BaseModel):
@@ -102,7 +105,15 @@ async def backtest_rule(
         compare = await _stored_document(session, key.org_id, name, body.compare_to, "compare_to")
     history = await recorded(session, key.org_id, since, until, triggers(rule, compare))
     async def run(fn: Any, *args: Any) -> Any:
-        return await evaluate(key.org_id, fn, *args)
+        """One chunk in the evaluation pool; while the org's CPU budget is spent or another of its evaluations
+        runs, wait (``Retry-After``) instead of failing: a long backtest goes at the org's evaluation budget."""
+        while True:
+            try:
+                return await evaluate(key.org_id, fn, *args)
+            except Problem as exc:
+                if exc.status != 429:
+                    raise
+                await asyncio.sleep(float((exc.headers or {}).get("Retry-After", BUSY_RETRY_SECONDS)))
 
     steps = backtest(history, name, rule, compare, run, body.limit)
     if NDJSON in request.headers.get("accept", ""):

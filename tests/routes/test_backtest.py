@@ -18,11 +18,14 @@ from temporalio.client import Client
 from typer.testing import CliRunner
 
 from app.cli import app
+from hub import bounded
 from hub.auth import create_key
+from hub.problems import Problem
 from hub.runtime import Hub
 from hub.settings import get_settings
 from hub.store.inbox import WebhookEvent
 from hub.store.opportunities import states_between
+from routes import rule_versions
 from tests.conftest import bearer
 from tests.routes.test_rule_runs import until
 from tests.webhooks.conftest import make_connection, post_signed
@@ -102,8 +105,22 @@ async def test_backtest_counts_renders_and_diffs_without_running_anything(
     assert (await api.get("/v1/rule-runs?limit=200", headers=h)).json()["items"] == runs_before
     assert (await api.get(f"/v1/opportunities/{ids['20k']}", headers=h)).json()["opportunity"].get("tasks") == tasks_before
 
-    # streamed: one progress line per chunk, then the same report
+    # streamed: one progress line per chunk, then the same report; the org's evaluation CPU budget spent after the
+    # first chunk, every later one waits for it to refill (Retry-After) instead of failing
     monkeypatch.setattr(backtest_module, "CHUNK", 2)
+    monkeypatch.setattr(bounded, "CPU_BURST", 0.0)
+    monkeypatch.setattr(bounded, "CPU_SHARE", 0.01)  # a chunk's CPU takes a second or more to earn back
+    monkeypatch.setattr(bounded, "_budgets", {})
+    refused: list[int] = []
+
+    async def spied(*args: object, **kwargs: object) -> object:
+        try:
+            return await bounded.evaluate(*args, **kwargs)
+        except Problem as exc:
+            refused.append(exc.status)
+            raise
+
+    monkeypatch.setattr(rule_versions, "evaluate", spied)
     streamed = await api.post("/v1/rules/big-deal:backtest", json={**window, "compare_to": 1},
                               headers={**h, "Accept": "application/x-ndjson"})
     assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("application/x-ndjson")
@@ -111,6 +128,7 @@ async def test_backtest_counts_renders_and_diffs_without_running_anything(
     assert [line["progress"]["items"] for line in lines[:-1]] == [2, 4, 6]
     assert lines[-2]["progress"] == {"items": 6, "of": 6, "fired": 2}
     assert lines[-1]["report"] == report
+    assert refused and set(refused) == {429}  # the budget ran out, and the backtest waited for it
 
     # the old version alone, and a window after everything
     v1 = (await api.post("/v1/rules/big-deal:backtest", json={**window, "version": 1}, headers=h)).json()

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import orjson
 import sqlalchemy as sa
 
+from connectors.events import Credentials
 from hub.store import Database, _sqlite_pragmas
 from hub.store.connections import Connection, secret_owner
 from hub.store.inbox import NewEvent, WebhookEvent, insert_statement, new_rows
 from hub.store.secrets import get_secret
 from hub.vault import Vault
-from webhooks.receivers import Credentials, split_secrets
 
 log = logging.getLogger("hub.webhooks")
 CACHE_TTL = 10.0
@@ -97,6 +97,11 @@ class CredentialCache:
                 client_states=split_secrets(await secret("client_state")),
                 public_keys=pem_blocks(keys),
             )
+
+
+def split_secrets(value: str | None) -> list[str]:
+    """A newline-separated secret list (newest first) as a list, blank lines dropped."""
+    return [line.strip() for line in (value or "").splitlines() if line.strip()]
 
 
 def pem_blocks(value: str) -> list[str]:

@@ -6,9 +6,9 @@ registers its actions (``@action``) and sync models (``@sync_model``), and its c
 (``webhook: {signing: stripe}``)::
 
     @webhook_scheme
-    class StripeWebhooks(WebhookScheme):
-        name = "stripe"
-        description = "Stripe-Signature t=/v1= HMAC-SHA256, 300 s tolerance"
+    class AcmeWebhooks(WebhookScheme):
+        name = "acme"  # what the catalogue entry's webhook.signing names
+        description = "X-Acme-Signature, hex HMAC-SHA256 of the body"
 
         def verify(self, delivery, creds, now=None): ...
         def split(self, body, headers): ...
@@ -56,6 +56,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from connectors.catalogue import catalogue, import_action_modules
+from hub.store.inbox import HUB_PROVIDER
 from rules import limits
 
 REDACTED = "[redacted]"
@@ -222,6 +223,8 @@ def _provider_table() -> dict[str, WebhookScheme]:
             raise LookupError(f"provider {entry.key} names webhook scheme {entry.webhook.signing!r}, "
                               f"which no module registers (registered: {', '.join(sorted(SCHEMES))})")
         table[entry.key] = scheme
+    if HUB_PROVIDER in SCHEMES:  # the events the hub raises itself are in the scheme of that name
+        table.setdefault(HUB_PROVIDER, SCHEMES[HUB_PROVIDER])
     _by_provider = table
     return table
 

@@ -205,8 +205,7 @@ def webhook_scheme(cls: S) -> S:
         raise ValueError(f"webhook scheme {cls.name!r} is registered twice "
                          f"({type(existing).__module__}, {cls.__module__})")
     SCHEMES[cls.name] = cls()
-    global _by_provider
-    _by_provider = None  # rebuilt on next use
+    reset()
     return cls
 
 
@@ -249,7 +248,7 @@ def scheme_for(provider: str) -> str | None:
 def get(name: str) -> WebhookScheme:
     """A registered scheme by name; LookupError naming the registered ones if absent."""
     if name not in SCHEMES:
-        for_provider("")  # imports the provider modules
+        import_action_modules()
     try:
         return SCHEMES[name]
     except KeyError:

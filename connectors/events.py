@@ -150,6 +150,7 @@ class WebhookScheme:
     needs_url: ClassVar[bool] = False  # the signature covers the endpoint's public URL
     ack_status: ClassVar[int] = 200
     ack_counts: ClassVar[bool] = True  # acknowledge with {"accepted": n, "duplicates": m}; else an empty body
+    public_key_name: ClassVar[str | None] = None  # config key and secret holding PEM public keys (``public_keys``)
 
     def challenge(self, query: dict[str, str]) -> Reply | None:
         """The answer to a handshake made before any signature (from the query), else None."""

@@ -161,6 +161,7 @@ class GongWebhooks(WebhookScheme):
     name = "gong"
     description = "Authorization: signed JWT (RS256) or a per-connection bearer token"
     needs_url = True
+    public_key_name = "gong_public_key"
 
     def verify(self, delivery: Delivery, creds: Credentials, now: float | None = None) -> None:
         """Signed-JWT mode when a public key is configured, else the per-connection token mode."""

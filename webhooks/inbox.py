@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 import sqlalchemy as sa
 
-from connectors.events import Credentials
+from connectors.events import Credentials, for_provider
 from hub.store import Database, _sqlite_pragmas
 from hub.store.connections import Connection, secret_owner
 from hub.store.inbox import NewEvent, WebhookEvent, insert_statement, new_rows
@@ -86,7 +86,9 @@ class CredentialCache:
             async def secret(name: str) -> str:
                 return await get_secret(session, self.vault, owner, name) or ""
 
-            keys = str(conn.config.get("gong_public_key") or "") + "\n" + await secret("gong_public_key")
+            scheme = for_provider(conn.provider)
+            key_name = scheme.public_key_name if scheme is not None else None
+            keys = "" if key_name is None else str(conn.config.get(key_name) or "") + "\n" + await secret(key_name)
             return Credentials(
                 connection_id=conn.id,
                 org_id=conn.org_id,

@@ -1,6 +1,6 @@
 """Names and payload types shared by workflows and the connector/connection activities.
 
-Pure (pydantic + temporalio.workflow only): safe to import inside the workflow sandbox. Nothing
+Pure (pydantic + temporalio's common types only): safe to import inside the workflow sandbox. Nothing
 here ever carries a token or a secret; workflows see token *versions* and expiry times only.
 """
 
@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
-from temporalio import workflow
 from temporalio.common import Priority, RetryPolicy
 
 # Activity names.
@@ -143,28 +142,3 @@ class FailureInput(BaseModel):
     org_id: str
     connection_id: str
     reason: str
-
-
-async def execute_action(
-    call: ActionCall,
-    *,
-    start_to_close_timeout: timedelta = timedelta(minutes=2),
-    schedule_to_close_timeout: timedelta = timedelta(minutes=30),
-    retry_policy: RetryPolicy = ACTION_RETRY,
-) -> ActionResult:
-    """From a workflow: run ``call`` on its provider's task queue, as interactive work of its connection (see
-    ``provider_priority``), and return the result.
-
-    The provider queue differs from the workflow's own queue, so the activity is never executed eagerly
-    (eager execution would bypass the task queue's fairness and per-key rate limits).
-    """
-    return await workflow.execute_activity(
-        RUN_ACTION,
-        call,
-        task_queue=provider_task_queue(workflow.info().task_queue, provider_of(call.action)),
-        start_to_close_timeout=start_to_close_timeout,
-        schedule_to_close_timeout=schedule_to_close_timeout,
-        retry_policy=retry_policy,
-        result_type=ActionResult,
-        priority=provider_priority(call.org_id, call.connection_id, INTERACTIVE_PRIORITY),
-    )

@@ -51,7 +51,7 @@ from activities.sync_types import (
     StoreResult,
     SyncTarget,
 )
-from connectors.events import map_event
+from connectors.events import for_provider
 from connectors.sync import ProviderEvent, SyncModelSpec, get_spec
 from hub.flags import flag_enabled
 from hub.runtime import Hub
@@ -119,8 +119,8 @@ def change_events(spec: SyncModelSpec, page: PageData, changes: list[store.Chang
 
 
 def _raises_domain_event(provider: str, event: ProviderEvent, body: bytes) -> bool:
-    mapped = map_event(provider, event.type, body, "application/json")
-    return bool(mapped.events)
+    scheme = for_provider(provider)
+    return scheme is not None and bool(scheme.map(event.type, body, "application/json").events)
 
 
 class PageEnd(NamedTuple):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 MATCH_DOCUMENT = "webhooks.match_document"
 SYNC_NOW = "webhooks.sync_now"
 
-#: Provider work an event asks for before it is signalled (see ``webhooks.relay.follow_up``).
+#: Provider work an event asks for before it is signalled (``WebhookScheme.follow_up`` of connectors/events.py).
 FollowUp = Literal["renew_subscription", "create_subscription", "sync_documents", "locate_document"]
 
 

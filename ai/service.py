@@ -35,7 +35,7 @@ from hub.store.ai import (
     record_insight,
 )
 from hub.store.base import utcnow
-from hub.store.inbox import HUB_CONNECTION, NewEvent, insert_new
+from hub.store.inbox import HUB_CONNECTION, HUB_PROVIDER, NewEvent, insert_new
 from hub.store.orgs import record_audit
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def lead_created(org_id: str, lead_id: str, data: dict, score: LeadScore) -> New
     (connection ``hub``), whose ``data.lead`` — the lead as sent, its id and score — is the rules' ``lead``."""
     body = {"id": f"lead.created:{org_id}/{lead_id}", "type": "lead.created",  # unique across orgs, as ids must be
             "data": {"lead_id": lead_id, "lead": {**data, "id": lead_id, "score": score.score}}}
-    return NewEvent(org_id, HUB_CONNECTION, "generic", body["id"], "lead.created", {}, orjson.dumps(body),
+    return NewEvent(org_id, HUB_CONNECTION, HUB_PROVIDER, body["id"], "lead.created", {}, orjson.dumps(body),
                     "application/json")
 
 

@@ -12,13 +12,12 @@ import json
 import secrets
 import time
 from pathlib import Path
-from urllib.parse import urlencode
 
 import typer
 
-app = typer.Typer(help="Webhooks: send signed test events to the hub.", no_args_is_help=True)
+from connectors.events import Credentials, get, scheme_for
 
-SLACK_EVENTS_API = ("event_callback", "url_verification", "app_rate_limited")
+app = typer.Typer(help="Webhooks: send signed test events to the hub.", no_args_is_help=True)
 
 
 def content_type_of(path: Path, body: bytes) -> str:
@@ -31,70 +30,17 @@ def content_type_of(path: Path, body: bytes) -> str:
 
 
 def with_new_id(scheme: str, body: bytes) -> bytes:
-    """The payload under a fresh event id (Stripe ``id``, Slack ``event_id``, generic ``id``)."""
+    """The payload under a fresh event id, where the scheme knows one (Stripe, Slack events, generic)."""
     doc = json.loads(body)
-    fresh = secrets.token_hex(12)
-    if scheme == "stripe":
-        doc["id"] = f"evt_{fresh}"
-    elif scheme == "slack" and "event_id" in doc:
-        doc["event_id"] = f"Ev{fresh.upper()}"
-    elif scheme == "generic":
-        doc["id"] = f"msg_{fresh}"
-    else:
-        raise ValueError(f"--new-id is not supported for {scheme} payloads")
+    get(scheme).new_id(doc, secrets.token_hex(12))
     return json.dumps(doc).encode()
 
 
 def signed_request(
-    scheme: str, body: bytes, content_type: str, creds, url: str, now: int | None = None  # noqa: ANN001
+    scheme: str, body: bytes, content_type: str, creds: Credentials, url: str, now: int | None = None
 ) -> tuple[bytes, dict[str, str]]:
-    """The body and headers a provider would send for ``body`` to ``url`` (``creds``: webhooks.receivers.Credentials)."""
-    from connectors import signing
-
-    now = int(time.time()) if now is None else now
-    secret = creds.webhook_secrets[0] if creds.webhook_secrets else None
-    headers = {"content-type": content_type}
-    if scheme == "slack" and content_type == "application/json":
-        doc = json.loads(body)
-        if doc.get("type") not in SLACK_EVENTS_API:  # interactivity: form-encoded payload=<json>
-            body = urlencode({"payload": json.dumps(doc)}).encode()
-            headers["content-type"] = "application/x-www-form-urlencoded"
-    if scheme == "microsoft":
-        states = creds.client_states or creds.webhook_secrets
-        if not states:
-            raise ValueError("the connection has no client_state (or webhook_secrets) to put in the notifications")
-        doc = json.loads(body)
-        for note in doc.get("value", []):
-            note["clientState"] = states[0]
-        return json.dumps(doc).encode(), headers
-    if scheme == "gong" and creds.public_keys:
-        raise ValueError("this Gong connection verifies Gong's signed JWT; only Gong holds that private key")
-    if secret is None:
-        raise ValueError("the connection has no webhook_secrets")
-    if scheme == "stripe":
-        headers["stripe-signature"] = signing.sign_stripe(body, secret, now)
-    elif scheme == "slack":
-        headers["x-slack-request-timestamp"] = str(now)
-        headers["x-slack-signature"] = signing.sign_slack(body, secret, now)
-    elif scheme == "docusign":
-        headers["x-docusign-signature-1"] = signing.sign_docusign(body, secret)
-    elif scheme == "gong":
-        headers["authorization"] = f"Bearer {secret}"
-    elif scheme == "hubspot":
-        ts = str(now * 1000)
-        headers["x-hubspot-request-timestamp"] = ts
-        headers["x-hubspot-signature-v3"] = signing.hubspot_signature("v3", secret, body, "POST", url, ts)
-    elif scheme == "generic":
-        doc = json.loads(body)
-        msg_id = str(doc.get("id") or f"msg_{secrets.token_hex(12)}")
-        headers.update({
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(now),
-            "webhook-signature": signing.sign_generic(body, secret, msg_id, now),
-        })  # fmt: skip
-    else:
-        raise ValueError(f"no signer for scheme {scheme!r}")
-    return body, headers
+    """The body and headers a provider would send for ``body`` to ``url``, signed with the connection's secret."""
+    return get(scheme).sign(body, content_type, creds, url, int(time.time()) if now is None else now)
 
 
 @app.command("send")
@@ -112,7 +58,6 @@ def send(
     from hub.store import Database
     from hub.vault import Vault
     from webhooks.inbox import CredentialCache
-    from webhooks.receivers import scheme_for
 
     settings = load_settings()
     scheme = scheme_for(provider)

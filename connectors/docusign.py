@@ -9,6 +9,11 @@ is named by id or by a key of ``config.templates`` (e.g. ``{"msa": "<template id
 opportunity). DocuSign has no idempotency key, so the envelope also carries a hidden
 ``hub_request`` field (a hash of ``ctx.idempotency_key``): before creating, the action looks for an
 envelope with that marker, so a retried activity returns the first envelope instead of sending twice.
+
+Webhooks (``DocuSignWebhooks``, Connect): ``X-DocuSign-Signature-1..N``, each a base64 HMAC-SHA256 of the body
+(any matching any key passes); JSON (SIM) or legacy XML payloads, one event per envelope status (or recipient)
+change; completed / sent / declined or voided envelopes map to ``contract.signed`` / ``contract.sent`` /
+``contract.declined``, the opportunity from the envelope custom field ``opportunity_id``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
@@ -32,7 +38,20 @@ from docusign_esign import (
 from pydantic import BaseModel, ConfigDict, Field
 from urllib3.util.retry import Retry
 
+from connectors import signing
 from connectors.base import ActionContext, ProviderError, action
+from connectors.events import (
+    Credentials,
+    Delivery,
+    DomainEvent,
+    InboxEvent,
+    MalformedEvent,
+    Mapped,
+    WebhookScheme,
+    media_type,
+    parse_json,
+    webhook_scheme,
+)
 
 T = TypeVar("T")
 OPPORTUNITY_FIELD = "opportunity_id"
@@ -154,3 +173,158 @@ def docusign_error(exc: ApiException) -> ProviderError:
     message = doc.get("message") if isinstance(doc, dict) else None
     text = f"{code}: {message}" if code else f"HTTP {exc.status} {exc.reason or ''}".rstrip()
     return ProviderError(int(exc.status), text, code=code, headers=dict(exc.headers or {}))
+
+
+# --- webhooks (Connect) -------------------------------------------------------------------------------------
+
+def _docusign_xml(body: bytes) -> ET.Element:
+    head = body[:4096].lower()
+    if b"<!doctype" in head or b"<!entity" in head:
+        raise MalformedEvent("DocuSign XML with a DTD is refused")
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise MalformedEvent(f"body is not valid XML: {exc}") from None
+    status = _xml_child(root, "EnvelopeStatus")
+    if status is None:
+        raise MalformedEvent("legacy DocuSign XML needs an EnvelopeStatus element")
+    return status
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _xml_child(node: ET.Element, name: str) -> ET.Element | None:
+    return next((c for c in node if _local(c.tag) == name), None)
+
+
+def _xml_text(node: ET.Element, name: str) -> str | None:
+    child = _xml_child(node, name)
+    return child.text.strip() if child is not None and child.text else None
+
+
+def _is_xml(body: bytes, ctype: str) -> bool:
+    return "xml" in media_type(ctype) or body.lstrip()[:1] == b"<"
+
+
+def _docusign_identity(body: bytes, ctype: str) -> tuple[str, str]:
+    if _is_xml(body, ctype):
+        status = _docusign_xml(body)
+        envelope_id = _xml_text(status, "EnvelopeID")
+        state = (_xml_text(status, "Status") or "unknown").lower()
+        kind = f"envelope-{state}"
+    else:
+        doc = parse_json(body)
+        if not isinstance(doc, dict):
+            raise MalformedEvent("a DocuSign Connect payload is a JSON object")
+        data = doc.get("data") or {}
+        envelope_id = data.get("envelopeId")
+        kind = str(doc.get("event") or "unknown")
+        if data.get("recipientId"):
+            return f"{envelope_id}:{kind}:{data['recipientId']}", kind
+    if not envelope_id:
+        raise MalformedEvent("a DocuSign event needs an envelope id")
+    return f"{envelope_id}:{kind}", kind
+
+
+def _opportunity_field(name: object) -> bool:
+    norm = str(name or "").lower().replace("_", "").replace(" ", "").replace("-", "")
+    return norm in ("opportunityid", "fulqrunopportunityid")
+
+
+#: DocuSign envelope events → domain events.
+DOCUSIGN_EVENTS = {
+    "envelope-completed": "contract.signed",
+    "envelope-sent": "contract.sent",
+    "envelope-declined": "contract.declined",
+    "envelope-voided": "contract.declined",
+}
+
+
+def _map_docusign(event_type: str, body: bytes, ctype: str) -> Mapped:
+    kind = DOCUSIGN_EVENTS.get(event_type)
+    if kind is None:
+        return Mapped(ignored=f"DocuSign {event_type}: only sent, completed, declined and voided envelopes are mapped")
+    if _is_xml(body, ctype):
+        status = _docusign_xml(body)
+        fields_node = _xml_child(status, "CustomFields")
+        fields = {
+            _xml_text(f, "Name") or "": _xml_text(f, "Value")
+            for f in (fields_node if fields_node is not None else [])
+        }
+        recipients = _xml_child(status, "RecipientStatuses")
+        signers = [
+            {"email": _xml_text(r, "Email"), "name": _xml_text(r, "UserName")}
+            for r in (recipients if recipients is not None else [])
+            if _xml_text(r, "Type") == "Signer"
+        ]
+        reasons = [_xml_text(r, "DeclineReason") for r in (recipients if recipients is not None else [])]
+        data = {
+            "envelope_id": _xml_text(status, "EnvelopeID"),
+            "subject": _xml_text(status, "Subject"),
+            "completed_at": _xml_text(status, "Completed"),
+            "signers": signers,
+            "format": "xml",
+            "reason": _xml_text(status, "VoidReason") or next((r for r in reasons if r), None),
+        }
+    else:
+        doc = parse_json(body)
+        payload = (doc.get("data") or {}) if isinstance(doc, dict) else {}
+        summary = payload.get("envelopeSummary") or {}
+        custom = summary.get("customFields") or {}
+        fields = {
+            str(f.get("name")): f.get("value")
+            for kind in ("textCustomFields", "listCustomFields")
+            for f in custom.get(kind) or []
+            if isinstance(f, dict)
+        }
+        signers = [
+            {"email": s.get("email"), "name": s.get("name")}
+            for s in ((summary.get("recipients") or {}).get("signers") or [])
+            if isinstance(s, dict)
+        ]
+        declined = [s.get("declinedReason") for s in ((summary.get("recipients") or {}).get("signers") or [])
+                    if isinstance(s, dict)]
+        data = {
+            "envelope_id": payload.get("envelopeId"),
+            "subject": summary.get("emailSubject"),
+            "completed_at": summary.get("completedDateTime"),
+            "signers": signers,
+            "format": "json",
+            "reason": summary.get("voidedReason") or next((r for r in declined if r), None),
+        }
+    opp = next((str(v) for k, v in fields.items() if _opportunity_field(k) and v), None)
+    data["custom_fields"] = fields
+    data["opportunity_id"] = opp
+    data["status"] = event_type.removeprefix("envelope-")
+    return Mapped(events=[DomainEvent(type=kind, opportunity_id=opp, data=data)])
+
+
+@webhook_scheme
+class DocuSignWebhooks(WebhookScheme):
+    """DocuSign Connect's webhook scheme (see the module docstring)."""
+
+    name = "docusign"
+    description = "X-DocuSign-Signature-1..N, base64 HMAC-SHA256 of the body"
+
+    def verify(self, delivery: Delivery, creds: Credentials, now: float | None = None) -> None:
+        """Any ``X-DocuSign-Signature-N`` matching any key."""
+        signing.verify_docusign(delivery.body, signing.docusign_signatures(delivery.headers), creds.webhook_secrets)
+
+    def split(self, body: bytes, headers: Mapping[str, str]) -> list[InboxEvent]:
+        """One event: ``{envelope}:{event}`` (``:{recipient}`` for recipient events)."""
+        ctype = headers.get("content-type", "")
+        event_id, event_type = _docusign_identity(body, ctype)
+        return [InboxEvent(event_id, event_type, body, ctype)]
+
+    def map(self, event_type: str, body: bytes, content_type: str) -> Mapped:
+        """Envelope completed, sent, declined or voided → ``contract.*``."""
+        return _map_docusign(event_type, body, content_type)
+
+    def sign(
+        self, body: bytes, content_type: str, creds: Credentials, url: str, now: int
+    ) -> tuple[bytes, dict[str, str]]:
+        """``X-DocuSign-Signature-1`` with the connection's newest key."""
+        return body, {"content-type": content_type,
+                      "x-docusign-signature-1": signing.sign_docusign(body, creds.first_secret())}

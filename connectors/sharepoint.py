@@ -27,14 +27,26 @@ Change notifications (Graph subscriptions on the drive's root, ``changeType`` ``
 Lifetimes default to 4,230 minutes (just under 3 days) and may go up to 42,300 minutes (under 30 days),
 Graph's documented maximum for driveItem; the shorter default bounds how long a subscription nobody renews
 (a deleted connection) keeps posting.
+
+Webhooks (``GraphWebhooks``, scheme ``microsoft``): Graph signs nothing; every notification must echo one of
+the subscription's ``clientState`` values (the connection's ``client_state`` secret). The ``validationToken``
+handshake (``?validationToken=`` on a new subscription's URL) is echoed as text before anything else; a
+collection is split into one event per notification (``clientState`` redacted) and acknowledged with 202.
+Change notifications on a driveItem or a SharePoint list map to ``document.changed`` (naming the drive item,
+or ``drive_root`` when only the root is named: a delta query finds the items), lifecycle notifications to
+``graph.lifecycle``. Follow-ups, done by ``WebhookEventWorkflow`` before it signals: ``reauthorizationRequired``
+→ ``renew_subscription``, ``subscriptionRemoved`` → ``create_subscription``, ``missed`` → ``sync_documents``; a
+``document.changed`` naming an item → ``locate_document``, one naming only a drive's root → ``sync_documents``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -42,7 +54,26 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from connectors import signing
 from connectors.base import ActionContext, ProviderError, action, raise_for_status
+from connectors.events import (
+    REDACTED,
+    Credentials,
+    Delivery,
+    DomainEvent,
+    EventTooLarge,
+    InboxEvent,
+    MalformedEvent,
+    MalformedRequest,
+    Mapped,
+    Reply,
+    WebhookScheme,
+    digest,
+    dump,
+    parse_json,
+    webhook_scheme,
+)
+from connectors.signing import SignatureError
 from hub.egress import DestinationRefused
 
 ILLEGAL = re.compile(r'["*:<>?\\|]')
@@ -364,3 +395,132 @@ class Graph:
             if time.monotonic() > deadline:
                 raise ProviderError(504, "copy still in progress", code="copyTimeout")
             await asyncio.sleep(float(response.headers.get("Retry-After", interval)))
+
+
+# --- webhooks (change notifications) -----------------------------------------------------------------------
+
+MAX_VALIDATION_TOKEN = 2048
+GRAPH_LIFECYCLE_FOLLOW_UPS: dict[str, str] = {
+    "reauthorizationRequired": "renew_subscription",
+    "subscriptionRemoved": "create_subscription",
+    "missed": "sync_documents",
+}
+
+
+def graph_notifications(body: bytes) -> list[dict]:
+    """The notifications of a Microsoft Graph / SharePoint change-notification collection."""
+    doc = parse_json(body)
+    value = doc.get("value") if isinstance(doc, dict) else None
+    if not isinstance(value, list) or not all(isinstance(n, dict) for n in value):
+        raise MalformedEvent("a Graph notification collection has a 'value' list of objects")
+    return value
+
+
+def _graph_event(note: dict, ctype: str) -> InboxEvent:
+    stored = {k: (REDACTED if k == "clientState" else v) for k, v in note.items()}
+    if note.get("lifecycleEvent"):
+        kind = f"lifecycle.{note['lifecycleEvent']}"
+    else:
+        kind = f"change.{note.get('changeType') or 'updated'}"
+    raw = dump({"value": [stored]})
+    event_id = note.get("id") or f"{note.get('subscriptionId', '')}:{digest(raw)}"
+    return InboxEvent(str(event_id), kind, raw, ctype or "application/json")
+
+
+LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
+#: ``drives/{drive}/items/{item}``, ``/drive/root``, ``sites/{site}/drive/root``, ``/me/drive/items/{item}``...
+DRIVE_RESOURCE = re.compile(r"(?:^|/)(?:drives/(?P<drive>[^/]+)|drive)/(?:items/(?P<item>[^/]+)|(?P<root>root))/?$",
+                            re.IGNORECASE)
+
+
+def _drive_target(resource: str, resource_data: dict) -> dict:
+    """Which drive and item a driveItem notification is about; ``drive_root`` when it names no item."""
+    found = DRIVE_RESOURCE.search(resource)
+    drive = found["drive"] if found else None
+    item = (found["item"] if found else None) or resource_data.get("id")
+    return {"drive_id": drive, "item_id": item, "drive_root": bool(found and found["root"]) and not item}
+
+
+def _map_graph(note: dict) -> Mapped:
+    base = {"subscription_id": note.get("subscriptionId"), "tenant_id": note.get("tenantId")}
+    lifecycle = note.get("lifecycleEvent")
+    if lifecycle:
+        if lifecycle not in LIFECYCLE_EVENTS:
+            return Mapped(ignored=f"unknown Graph lifecycle event {lifecycle!r}")
+        data = {**base, "lifecycle_event": lifecycle, "expires_at": note.get("subscriptionExpirationDateTime")}
+        return Mapped(events=[DomainEvent(type="graph.lifecycle", data=data)])
+    resource = str(note.get("resource") or "")
+    odata = str((note.get("resourceData") or {}).get("@odata.type") or "").lower()
+    is_drive = "drive" in resource.lower() or odata.endswith("driveitem")
+    is_sp_list = bool(note.get("siteUrl") or note.get("webId"))
+    if not (is_drive or is_sp_list):
+        return Mapped(ignored=f"Graph resource {resource!r} is not a document (driveItem or SharePoint list)")
+    data = {
+        **base,
+        "resource": resource,
+        "change_type": note.get("changeType") or "updated",
+        "site_url": note.get("siteUrl"),
+        "web_id": note.get("webId"),
+    }
+    if is_drive:
+        data.update(_drive_target(resource, note.get("resourceData") or {}))
+    return Mapped(events=[DomainEvent(type="document.changed", data=data)])
+
+
+@webhook_scheme
+class GraphWebhooks(WebhookScheme):
+    """Microsoft Graph's change-notification scheme (see the module docstring)."""
+
+    name = "microsoft"
+    description = "Microsoft Graph clientState in every notification (+ validationToken handshake)"
+    ack_status = 202
+
+    def challenge(self, query: dict[str, str]) -> Reply | None:
+        """Echo the ``validationToken`` (any case: SharePoint's lists send it lower-case) as text."""
+        for key, value in query.items():
+            if key.lower() == "validationtoken":
+                if len(value) > MAX_VALIDATION_TOKEN:
+                    raise MalformedRequest("validationToken too long")
+                return Reply(value)
+        return None
+
+    def verify(self, delivery: Delivery, creds: Credentials, now: float | None = None) -> None:
+        """Every notification carries one of the connection's ``clientState`` values."""
+        try:
+            notes = graph_notifications(delivery.body)
+        except EventTooLarge:
+            raise
+        except MalformedEvent:
+            raise SignatureError("missing_signature", "not a Graph notification collection") from None
+        signing.verify_graph_client_state(notes, creds.client_states or creds.webhook_secrets)
+
+    def split(self, body: bytes, headers: Mapping[str, str]) -> list[InboxEvent]:
+        """One event per notification."""
+        ctype = headers.get("content-type", "")
+        return [_graph_event(n, ctype) for n in graph_notifications(body)]
+
+    def map(self, event_type: str, body: bytes, content_type: str) -> Mapped:
+        """``document.changed`` or ``graph.lifecycle``."""
+        return _map_graph(graph_notifications(body)[0])
+
+    def follow_up(self, event: DomainEvent) -> str | None:
+        """Subscription upkeep for lifecycle events; locating (or syncing) the changed document."""
+        if event.type == "graph.lifecycle":
+            return GRAPH_LIFECYCLE_FOLLOW_UPS.get(str(event.data.get("lifecycle_event")))
+        if event.type == "document.changed" and event.data.get("item_id"):
+            return "locate_document"
+        if event.type == "document.changed" and event.data.get("drive_root"):
+            return "sync_documents"
+        return None
+
+    def sign(
+        self, body: bytes, content_type: str, creds: Credentials, url: str, now: int
+    ) -> tuple[bytes, dict[str, str]]:
+        """The connection's newest ``clientState`` put in every notification."""
+        states = creds.client_states or creds.webhook_secrets
+        if not states:
+            raise ValueError("the connection has no client_state (or webhook_secrets) to put in the notifications")
+        doc = json.loads(body)
+        for note in doc.get("value", []):
+            note["clientState"] = states[0]
+        return json.dumps(doc).encode(), {"content-type": content_type}

@@ -1,4 +1,6 @@
-"""Webhook signature schemes, one pair of pure functions per provider: ``verify_*`` and ``sign_*``.
+"""Webhook signature cryptography, one pair of pure functions per provider: ``verify_*`` and ``sign_*``.
+
+The provider modules' ``WebhookScheme``s (``connectors.events``) call these with the right headers.
 
 Every verifier works on the raw request bytes (never on parsed JSON), compares in constant time,
 accepts several secrets at once (rotation: newest first, any may match), takes the clock as an
@@ -20,17 +22,6 @@ STRIPE_TOLERANCE = 300
 SLACK_TOLERANCE = 300
 GENERIC_TOLERANCE = 300
 HUBSPOT_TOLERANCE = 300
-
-SCHEMES: dict[str, str] = {
-    "stripe": "Stripe-Signature t=/v1= HMAC-SHA256, 300 s tolerance",
-    "slack": "X-Slack-Signature v0 HMAC-SHA256 with X-Slack-Request-Timestamp, 5-minute window",
-    "docusign": "X-DocuSign-Signature-1..N, base64 HMAC-SHA256 of the body",
-    "gong": "Authorization: signed JWT (RS256) or a per-connection bearer token",
-    "microsoft": "Microsoft Graph clientState in every notification (+ validationToken handshake)",
-    "hubspot": "X-HubSpot-Signature v1/v2, X-HubSpot-Signature-v3 with timestamp",
-    "generic": "Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature v1 HMAC-SHA256",
-}
-"""The signing schemes implemented here, by the name a catalogue entry's ``webhook.signing`` uses."""
 
 REASONS: dict[str, str] = {
     "no_secret": "no signing secret is configured for this connection",

@@ -6,18 +6,35 @@ Every create carries an ``Idempotency-Key`` derived from ``ctx.idempotency_key``
 the workflow and activity ids) plus the step, so a retried activity replays Stripe's first answers
 instead of creating a second customer, invoice or line. Objects carry ``metadata.opportunity_id``, which
 is how ``invoice.paid`` webhooks find their opportunity again.
+
+Webhooks (``StripeWebhooks``): ``Stripe-Signature`` (``t=``/``v1=`` HMAC-SHA256 of ``t.body``, 300 s tolerance),
+one event per delivery with its ``evt_…`` id, mapped: ``invoice.paid`` → ``payment.received``,
+``invoice.payment_failed`` → ``payment.failed``, ``customer.subscription.deleted`` → ``subscription.canceled``,
+the opportunity from ``metadata.opportunity_id`` (the invoice's, then its subscription details').
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from stripe import HTTPXClient, StripeClient, StripeError, StripeObject
 
+from connectors import signing
 from connectors.base import ActionContext, ProviderError, action
+from connectors.events import (
+    Credentials,
+    Delivery,
+    DomainEvent,
+    InboxEvent,
+    MalformedEvent,
+    Mapped,
+    WebhookScheme,
+    parse_json,
+    webhook_scheme,
+)
 
 T = TypeVar("T", bound=StripeObject)
 MAX_KEY = 255  # Stripe's idempotency key limit
@@ -144,3 +161,91 @@ class _Stripe:
             message = (error.message if error and error.message else exc.user_message) or str(exc)
             raise ProviderError(exc.http_status, message, code=code,
                                 headers=dict(exc.headers or {})) from None
+
+
+# --- webhooks -----------------------------------------------------------------------------------------------
+
+STRIPE_DOMAIN = {
+    "invoice.paid": "payment.received",
+    "invoice.payment_failed": "payment.failed",
+    "customer.subscription.deleted": "subscription.canceled",
+}
+STRIPE_IGNORED = {
+    "invoice.payment_succeeded": "same payment as invoice.paid, which is the one mapped",
+}
+
+
+def _opportunity_from_metadata(*metas: object) -> str | None:
+    for meta in metas:
+        if isinstance(meta, dict) and meta.get("opportunity_id"):
+            return str(meta["opportunity_id"])
+    return None
+
+
+def _map_stripe(event_type: str, doc: object) -> Mapped:
+    domain = STRIPE_DOMAIN.get(event_type)
+    if domain is None:
+        reason = STRIPE_IGNORED.get(event_type, f"Stripe {event_type} has no domain event")
+        return Mapped(ignored=reason)
+    obj = ((doc or {}).get("data") or {}).get("object") or {} if isinstance(doc, dict) else {}
+    details = obj.get("subscription_details") or {}
+    opp = _opportunity_from_metadata(obj.get("metadata"), details.get("metadata"))
+    if obj.get("object") == "subscription":
+        items = ((obj.get("items") or {}).get("data")) or []
+        data = {
+            "subscription_id": obj.get("id"),
+            "customer_id": obj.get("customer"),
+            "status": obj.get("status"),
+            "canceled_at": obj.get("canceled_at"),
+            "ended_at": obj.get("ended_at"),
+            "price_ids": [((i.get("price") or {}).get("id")) for i in items if isinstance(i, dict)],
+        }
+    else:
+        data = {
+            "invoice_id": obj.get("id"),
+            "invoice_number": obj.get("number"),
+            "customer_id": obj.get("customer"),
+            "subscription_id": obj.get("subscription"),
+            "amount_paid": obj.get("amount_paid"),
+            "amount_due": obj.get("amount_due"),
+            "currency": obj.get("currency"),
+            "status": obj.get("status"),
+            "attempt_count": obj.get("attempt_count"),
+            "hosted_invoice_url": obj.get("hosted_invoice_url"),
+        }
+    data["opportunity_id"] = opp
+    return Mapped(events=[DomainEvent(type=domain, opportunity_id=opp, data=data)])
+
+
+@webhook_scheme
+class StripeWebhooks(WebhookScheme):
+    """Stripe's webhook scheme (see the module docstring)."""
+
+    name = "stripe"
+    description = "Stripe-Signature t=/v1= HMAC-SHA256, 300 s tolerance"
+
+    def verify(self, delivery: Delivery, creds: Credentials, now: float | None = None) -> None:
+        """Check the ``Stripe-Signature`` header."""
+        signing.verify_stripe(delivery.body, delivery.headers.get("stripe-signature"), creds.webhook_secrets, now=now)
+
+    def split(self, body: bytes, headers: Mapping[str, str]) -> list[InboxEvent]:
+        """One event: its ``id`` and ``type``."""
+        doc = parse_json(body)
+        if not isinstance(doc, dict) or not doc.get("id") or not doc.get("type"):
+            raise MalformedEvent("a Stripe event needs 'id' and 'type'")
+        return [InboxEvent(str(doc["id"]), str(doc["type"]), body, headers.get("content-type", ""))]
+
+    def map(self, event_type: str, body: bytes, content_type: str) -> Mapped:
+        """Invoices paid or failed and subscriptions deleted (``STRIPE_DOMAIN``)."""
+        return _map_stripe(event_type, parse_json(body))
+
+    def sign(
+        self, body: bytes, content_type: str, creds: Credentials, url: str, now: int
+    ) -> tuple[bytes, dict[str, str]]:
+        """A ``Stripe-Signature`` with the connection's newest secret."""
+        signature = signing.sign_stripe(body, creds.first_secret(), now)
+        return body, {"content-type": content_type, "stripe-signature": signature}
+
+    def new_id(self, doc: dict, fresh: str) -> None:
+        """``evt_<fresh>``."""
+        doc["id"] = f"evt_{fresh}"

@@ -11,8 +11,6 @@ Creating a connection stores its secrets encrypted and, by auth mode:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import re
 from datetime import datetime
@@ -33,6 +31,7 @@ from activities.connector_types import (
 )
 from activities.sync_schedules import connection_changed
 from connectors.catalogue import Provider, RateLimit, catalogue
+from connectors.events import for_provider
 from connectors.oauth import (
     ClientAuth,
     TokenEndpointError,
@@ -185,8 +184,10 @@ def _check(entry: Provider, body: ConnectionCreate, egress: EgressPolicy) -> Non
         errors += _url_errors(entry, body.config)
     if entry.auth_mode == "oauth2_code_pkce" and not body.config.get("client_id"):
         errors.append(f"config.client_id is required for {entry.auth_mode}")
-    if entry.webhook is not None and entry.webhook.signing == "generic":
-        errors += _standard_webhooks_secret_errors(body.credentials.get("webhook_secrets"))
+    if (scheme := for_provider(entry.key)) is not None:
+        value = body.credentials.get("webhook_secrets")
+        lines = value if isinstance(value, list) else str(value or "").splitlines()
+        errors += scheme.secret_errors([line.strip() for line in lines if str(line).strip()])
     allowed = entry.allowed_credentials
     errors += [
         f"credentials.{k} is not used by {entry.auth_mode} (allowed: {', '.join(allowed)})"
@@ -213,19 +214,6 @@ def _url_errors(entry: Provider, config: dict) -> list[str]:
         url = getattr(endpoints, name, None)
         if url and not _URL.match(url):
             errors.append(f"config.{name} is not a valid http(s) URL: {url!r}")
-    return errors
-
-
-def _standard_webhooks_secret_errors(value: str | list[str] | None) -> list[str]:
-    """Standard Webhooks secrets are ``whsec_<base64>``: one that does not decode would fail every delivery."""
-    lines = value if isinstance(value, list) else (value or "").splitlines()
-    errors = []
-    for line in (v.strip() for v in lines):
-        if line.startswith("whsec_"):
-            try:
-                base64.b64decode(line.removeprefix("whsec_"), validate=True)
-            except (binascii.Error, ValueError):
-                errors.append("credentials.webhook_secrets: a whsec_ secret must be base64 after 'whsec_'")
     return errors
 
 

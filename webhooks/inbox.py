@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import orjson
 import sqlalchemy as sa
 
+from connectors.events import Credentials, for_provider
 from hub.store import Database, _sqlite_pragmas
 from hub.store.connections import Connection, secret_owner
 from hub.store.inbox import NewEvent, WebhookEvent, insert_statement, new_rows
 from hub.store.secrets import get_secret
 from hub.vault import Vault
-from webhooks.receivers import Credentials, split_secrets
 
 log = logging.getLogger("hub.webhooks")
 CACHE_TTL = 10.0
@@ -86,7 +86,9 @@ class CredentialCache:
             async def secret(name: str) -> str:
                 return await get_secret(session, self.vault, owner, name) or ""
 
-            keys = str(conn.config.get("gong_public_key") or "") + "\n" + await secret("gong_public_key")
+            scheme = for_provider(conn.provider)
+            key_name = scheme.public_key_name if scheme is not None else None
+            keys = "" if key_name is None else str(conn.config.get(key_name) or "") + "\n" + await secret(key_name)
             return Credentials(
                 connection_id=conn.id,
                 org_id=conn.org_id,
@@ -97,6 +99,11 @@ class CredentialCache:
                 client_states=split_secrets(await secret("client_state")),
                 public_keys=pem_blocks(keys),
             )
+
+
+def split_secrets(value: str | None) -> list[str]:
+    """A newline-separated secret list (newest first) as a list, blank lines dropped."""
+    return [line.strip() for line in (value or "").splitlines() if line.strip()]
 
 
 def pem_blocks(value: str) -> list[str]:

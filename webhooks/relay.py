@@ -2,7 +2,7 @@
 
 Each round leases a batch of due ``pending`` rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL and a
 conditional lease update everywhere, so several API processes never relay a row twice) and maps
-each with ``connectors.events``:
+each with its provider's ``WebhookScheme`` (``connectors.events``):
 
 - nothing to do (the mapping ignores it, or it touches no opportunity, asks for no follow-up and no
   current rule listens to its domain events) → the row is finished as ``ignored`` without a workflow;
@@ -10,12 +10,10 @@ each with ``connectors.events``:
   (``USE_EXISTING`` on conflict, ``ALLOW_DUPLICATE_FAILED_ONLY`` on reuse: Temporal deduplicates
   too) and the row becomes ``relayed``; the workflow marks it ``done``.
 
-Follow-ups (``follow_up``) are provider work the workflow does before signalling, decided here from the
-mapped event: Graph lifecycle ``reauthorizationRequired`` → ``renew_subscription``, ``subscriptionRemoved`` →
-``create_subscription``, ``missed`` → ``sync_documents``; a Graph ``document.changed`` naming a drive item →
-``locate_document`` (which opportunity's folder it is in), one under a drive's root naming none →
-``sync_documents`` (the delta query finds the items). The workflow gets the connection's webhook URL
-(``HUB_PUBLIC_URL`` + ``/webhooks/{provider}/{connection}``) to (re)subscribe with.
+Follow-ups are provider work the workflow does before signalling, decided here by the scheme from the
+mapped event (``WebhookScheme.follow_up``; Graph's are described in connectors/sharepoint.py). The workflow
+gets the connection's webhook URL (``HUB_PUBLIC_URL`` + ``/webhooks/{provider}/{connection}``) to
+(re)subscribe with.
 
 If Temporal cannot be reached the leased rows are released and wait (with a growing back-off);
 none is lost and none runs twice. Housekeeping re-checks ``relayed`` rows whose workflow ended
@@ -39,15 +37,14 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.webhook_types import FollowUp, MappedEvent, WebhookEventInput
-from connectors.events import DomainEvent, MalformedEvent, Mapped, map_event
+from activities.webhook_types import MappedEvent, WebhookEventInput
+from connectors.events import MalformedEvent, Mapped, for_provider
 from hub.runtime import Hub, TemporalUnavailable
 from hub.store import inbox
 from hub.store.base import utcnow
 from hub.store.inbox import WebhookEvent
 from hub.store.resources import current_versions
 from webhooks import metrics
-from webhooks.receivers import scheme_for
 from webhooks.router import app_intake
 from workflows.webhook_event import WebhookEventWorkflow, workflow_id
 
@@ -56,24 +53,6 @@ log = logging.getLogger("hub.webhooks.relay")
 UNAVAILABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 RULES_TTL = 5.0
 PURGE_EVERY = 3600.0
-GRAPH_LIFECYCLE_FOLLOW_UPS: dict[str, FollowUp] = {
-    "reauthorizationRequired": "renew_subscription",
-    "subscriptionRemoved": "create_subscription",
-    "missed": "sync_documents",
-}
-
-
-def follow_up(scheme: str, event: DomainEvent) -> FollowUp | None:
-    """The provider work a mapped event asks for before it is signalled, if any (Graph only, for now)."""
-    if scheme != "microsoft":
-        return None
-    if event.type == "graph.lifecycle":
-        return GRAPH_LIFECYCLE_FOLLOW_UPS.get(str(event.data.get("lifecycle_event")))
-    if event.type == "document.changed" and event.data.get("item_id"):
-        return "locate_document"
-    if event.type == "document.changed" and event.data.get("drive_root"):
-        return "sync_documents"
-    return None
 
 
 class _Unavailable(Exception):
@@ -152,16 +131,16 @@ class Relay:
             return 0
         work, ignored, broken = [], [], []
         for row in rows:
-            scheme = scheme_for(row.provider)
+            scheme = for_provider(row.provider)
             try:
                 if scheme is None:
                     raise MalformedEvent(f"provider {row.provider!r} has no webhook scheme")
-                mapped = map_event(scheme, row.event_type, row.body, row.content_type)
+                mapped = scheme.map(row.event_type, row.body, row.content_type)
             except MalformedEvent as exc:
                 broken.append((row, f"cannot map the event: {exc}"))
                 continue
             events = [MappedEvent(type=e.type, opportunity_id=e.opportunity_id, data=e.data,
-                                  follow_up=follow_up(scheme, e)) for e in mapped.events]
+                                  follow_up=scheme.follow_up(e)) for e in mapped.events]
             if await self._needs_workflow(row.org_id, events):
                 work.append(_Work(row, events))
             else:

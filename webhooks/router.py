@@ -1,15 +1,18 @@
 """``POST /webhooks/{provider}/{connection_id}``: verify, store in the inbox, acknowledge.
 
-Order of business, each step with one job (as bolt's middleware):
-1. the connection (404 if unknown or not this provider's), 2. the Graph ``validationToken``
-handshake, 3. the signature over the raw bytes (401 with the reason; nothing stored), 4. the Slack
-``url_verification`` handshake, 5. the events of the delivery committed to the inbox (group
-commit) — only then the 2xx. Temporal is never waited for: the relay takes it from there.
+Order of business, each step with one job (as bolt's middleware), each provider's part done by its
+``WebhookScheme`` (``connectors.events``; registered by the provider's module, found with one dict get):
+1. the connection (404 if unknown or not this provider's), 2. a handshake answered before any signature
+(``challenge``: Graph's ``validationToken``), 3. the signature over the raw bytes (``verify``: 401 with the
+reason; nothing stored), 4. a handshake answered after it (``handshake``: Slack's ``url_verification``), 5. the
+events of the delivery (``split``) committed to the inbox (group commit) — only then the acknowledgement the
+provider expects (``ack_status``, ``ack_counts``). Temporal is never waited for: the relay takes it from there.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -17,18 +20,23 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from connectors.events import EventTooLarge, MalformedEvent, slack_payload, split_delivery
+from connectors.events import Delivery, EventTooLarge, MalformedEvent, MalformedRequest, Reply, for_provider
 from connectors.signing import SignatureError
 from hub.problems import problem_response
 from hub.runtime import Hub
 from hub.store.inbox import NewEvent
 from webhooks import metrics
 from webhooks.inbox import CredentialCache, InboxWriter
-from webhooks.receivers import NEEDS_URL, Delivery, graph_validation_token, safe_headers, scheme_for, verify
 
 log = logging.getLogger("hub.webhooks")
 router = APIRouter(tags=["webhooks"])
-MAX_VALIDATION_TOKEN = 2048
+SENSITIVE_HEADER_PARTS = ("signature", "authorization", "cookie", "token", "secret", "api-key", "apikey")
+_SENSITIVE = re.compile("|".join(map(re.escape, SENSITIVE_HEADER_PARTS)))
+
+
+def safe_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Headers worth keeping: without signatures, tokens, cookies and other secrets."""
+    return {k: v for k, v in headers.items() if not _SENSITIVE.search(k)}
 
 
 class Intake:
@@ -69,6 +77,12 @@ def _reject(provider: str, status: int, reason: str, detail: str) -> Response:
     return problem_response(status, detail, reason=reason)
 
 
+def _reply(reply: Reply) -> Response:
+    if isinstance(reply.body, dict):
+        return JSONResponse(reply.body, reply.status)
+    return PlainTextResponse(reply.body, reply.status, headers={"X-Content-Type-Options": "nosniff"})
+
+
 def _ack(accepted: int, duplicates: int, status: int) -> Response:
     return Response(
         b'{"accepted":%d,"duplicates":%d}' % (accepted, duplicates), status, media_type="application/json"
@@ -78,7 +92,7 @@ def _ack(accepted: int, duplicates: int, status: int) -> Response:
 @router.post("/webhooks/{provider}/{connection_id}", include_in_schema=True)
 async def receive(provider: str, connection_id: str, request: Request) -> Response:
     """Receive one provider delivery for one connection."""
-    scheme = scheme_for(provider)
+    scheme = for_provider(provider)
     if scheme is None:  # not a provider with webhooks: counted under one label, whatever the path says
         metrics.RECEIVED.labels("unknown").inc()
         return _reject("unknown", 404, "unknown_provider", f"provider {provider!r} sends no webhooks here")
@@ -90,25 +104,26 @@ async def receive(provider: str, connection_id: str, request: Request) -> Respon
         return _reject(provider, 404, "unknown_connection", f"no {provider} connection {connection_id!r}")
 
     query = dict(request.query_params) if request.scope.get("query_string") else {}
-    if scheme == "microsoft" and (token := graph_validation_token(query)) is not None:
-        if len(token) > MAX_VALIDATION_TOKEN:
-            return _reject(provider, 400, "malformed_request", "validationToken too long")
-        return PlainTextResponse(token, headers={"X-Content-Type-Options": "nosniff"})
+    try:
+        if (early := scheme.challenge(query)) is not None:
+            return _reply(early)
+    except MalformedRequest as exc:
+        return _reject(provider, 400, "malformed_request", str(exc))
 
     body = await request.body()
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
-    url = _public_url(box.hub, request) if scheme in NEEDS_URL else ""
+    url = _public_url(box.hub, request) if scheme.needs_url else ""
     delivery = Delivery(body, headers, query, request.scope["method"], url)
     try:
-        verify(scheme, delivery, creds)
-    except EventTooLarge as exc:  # the Graph scheme reads the body to find its clientState
+        scheme.verify(delivery, creds)
+    except EventTooLarge as exc:  # a scheme that reads the body to find its signature (Graph's clientState)
         return _reject(provider, 400, "malformed_event", str(exc))
     except SignatureError as first:
         fresh, reloaded = await box.credentials.get(connection_id, reload=True)
         error: SignatureError | None = first
         if reloaded and fresh is not None:
             try:
-                verify(scheme, delivery, fresh)
+                scheme.verify(delivery, fresh)
                 error = None
             except SignatureError as again:
                 error = again
@@ -117,11 +132,11 @@ async def receive(provider: str, connection_id: str, request: Request) -> Respon
             return _reject(provider, 401, error.reason, error.detail)
     counters.verified.inc()
 
-    if scheme == "slack" and (handshake := _slack_challenge(body, headers)) is not None:
-        return JSONResponse({"challenge": handshake})
+    if (handshake := scheme.handshake(body, headers)) is not None:
+        return _reply(handshake)
 
     try:
-        parts = split_delivery(scheme, body, headers)
+        parts = scheme.split(body, headers)
     except MalformedEvent as exc:
         return _reject(provider, 400, "malformed_event", str(exc))
     kept = safe_headers(headers)
@@ -144,9 +159,9 @@ async def receive(provider: str, connection_id: str, request: Request) -> Respon
         counters.duplicates.inc(len(flags) - accepted)
     if accepted:
         box.notify()
-    if scheme == "slack":
-        return Response(status_code=200)  # Slack wants an empty 200 (a JSON body means something to it)
-    return _ack(accepted, len(flags) - accepted, 202 if scheme == "microsoft" else 200)
+    if not scheme.ack_counts:
+        return Response(status_code=scheme.ack_status)
+    return _ack(accepted, len(flags) - accepted, scheme.ack_status)
 
 
 RECEIVE_ROUTE = next(r for r in router.routes if getattr(r, "endpoint", None) is receive)
@@ -184,14 +199,3 @@ class WebhookDispatch:
     async def __call__(self, scope: Scope, receive_: Receive, send: Send) -> None:
         await (self.app if delivery_of(scope) is None else self.deliveries)(scope, receive_, send)
 
-
-def _slack_challenge(body: bytes, headers: dict[str, str]) -> str | None:
-    """The challenge of a (verified) Slack ``url_verification`` request, else None."""
-    if b"url_verification" not in body:
-        return None
-    try:
-        doc = slack_payload(body, headers.get("content-type", ""))
-    except MalformedEvent:
-        return None
-    challenge = doc.get("challenge") if doc.get("type") == "url_verification" else None
-    return None if challenge is None else str(challenge)

@@ -16,12 +16,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.ai_retraining import AiRetraining
+    from activities.ai_training import AiTraining
     from activities.ai_types import (
         AI_RETRAIN_WORKFLOW,
         AI_TRAINING_WORKFLOW,
-        RETRAIN,
         TRAIN_ATTEMPTS,
-        TRAIN_MODEL,
         RetrainInput,
         RetrainResult,
         TrainModelInput,
@@ -40,8 +40,8 @@ class AiTrainingWorkflow:
 
     @workflow.run
     async def run(self, input: TrainModelInput) -> TrainModelResult:
-        return await workflow.execute_activity(
-            TRAIN_MODEL, input, result_type=TrainModelResult,
+        return await workflow.execute_activity_method(
+            AiTraining.train_model, input,
             task_queue=ai_training_queue(workflow.info().task_queue),
             start_to_close_timeout=TRAIN_TIMEOUT, heartbeat_timeout=TRAIN_HEARTBEAT, retry_policy=TRAIN_RETRY,
         )  # fmt: skip
@@ -53,7 +53,7 @@ class AiRetrainWorkflow:
 
     @workflow.run
     async def run(self, input: RetrainInput) -> RetrainResult:
-        return await workflow.execute_activity(
-            RETRAIN, input, result_type=RetrainResult, task_queue=ai_training_queue(workflow.info().task_queue),
+        return await workflow.execute_activity_method(
+            AiRetraining.retrain, input, task_queue=ai_training_queue(workflow.info().task_queue),
             start_to_close_timeout=TRAIN_TIMEOUT, retry_policy=TRAIN_RETRY,
         )  # fmt: skip

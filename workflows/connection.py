@@ -23,11 +23,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.connections import ConnectionActivities
     from activities.connector_types import (
-        CONNECTION_FAILED,
         CONNECTION_FAILED_EVENT,
-        CONNECTION_REFRESH,
-        CONNECTION_STATE,
         CONNECTION_WORKFLOW,
         ERR_GONE,
         ERR_REAUTH,
@@ -148,8 +146,8 @@ class ConnectionWorkflow:
         return self.state
 
     async def _load(self) -> TokenState:
-        return await workflow.execute_activity(
-            CONNECTION_STATE, self.ref, result_type=TokenState,
+        return await workflow.execute_activity_method(
+            ConnectionActivities.state, self.ref,
             start_to_close_timeout=timedelta(seconds=30), retry_policy=STORE_RETRY,
         )
 
@@ -167,11 +165,10 @@ class ConnectionWorkflow:
                 raise ApplicationError(f"token endpoint failing, next attempt after {self.retry_not_before}: "
                                        f"{self.last_failure}", type=ERR_RETRY_LATER)
             try:
-                self.state = await workflow.execute_activity(
-                    CONNECTION_REFRESH,
+                state = await workflow.execute_activity_method(
+                    ConnectionActivities.refresh,
                     RefreshInput(org_id=self.ref.org_id, connection_id=self.ref.connection_id,
                                  from_version=self.state.version),
-                    result_type=TokenState,
                     start_to_close_timeout=timedelta(seconds=60),
                     retry_policy=REFRESH_RETRY,
                 )
@@ -189,15 +186,15 @@ class ConnectionWorkflow:
                 backoff = FAILURE_BACKOFF[min(self.failures, len(FAILURE_BACKOFF)) - 1]
                 self.retry_not_before = workflow.now() + backoff
                 raise ApplicationError(f"token refresh failed: {message}", type=ERR_RETRY_LATER) from None
+            self.state = state
             self.failures, self.retry_not_before, self.last_failure = 0, None, ""
-            return self.state
+            return state
 
     async def _fail(self, reason: str) -> None:
         """needs_reauth + audit (activity); the run loop then routes the ``connection.failed`` event through rules."""
-        event = await workflow.execute_activity(
-            CONNECTION_FAILED,
+        event = await workflow.execute_activity_method(
+            ConnectionActivities.mark_failed,
             FailureInput(org_id=self.ref.org_id, connection_id=self.ref.connection_id, reason=reason),
-            result_type=dict,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=STORE_RETRY,
         )

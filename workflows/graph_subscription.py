@@ -22,18 +22,14 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.connector_types import (
-        CONNECTION_STATE,
-        ActionCall,
-        ConnectionRef,
-        TokenState,
-        execute_action,
-    )
+    from activities.connections import ConnectionActivities
+    from activities.connector_types import ActionCall, ConnectionRef
     from activities.graph_types import (
         CREATE_SUBSCRIPTION,
         GRAPH_SUBSCRIPTION_WORKFLOW,
         GraphSubscriptionInput,
     )
+    from workflows.actions import execute_action
 
 STATE_TIMEOUT = timedelta(seconds=30)
 STATE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
@@ -55,9 +51,9 @@ class GraphSubscriptionWorkflow:
 
     @workflow.run
     async def run(self, input: GraphSubscriptionInput) -> GraphSubscriptionResult:
-        state = await workflow.execute_activity(
-            CONNECTION_STATE, ConnectionRef(org_id=input.org_id, connection_id=input.connection_id),
-            result_type=TokenState, start_to_close_timeout=STATE_TIMEOUT, retry_policy=STATE_RETRY,
+        state = await workflow.execute_activity_method(
+            ConnectionActivities.state, ConnectionRef(org_id=input.org_id, connection_id=input.connection_id),
+            start_to_close_timeout=STATE_TIMEOUT, retry_policy=STATE_RETRY,
         )  # fmt: skip
         if state.status != "active":
             reason = f"connection {input.connection_id} is {state.status if state.exists else 'gone'}"

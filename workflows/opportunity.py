@@ -37,8 +37,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.ai import AiActivities
     from activities.ai_types import DEAL_RISK, NEXT_ACTION, Insight, OpportunityInsightInput
-    from activities.connector_types import ActionCall, execute_action
+    from activities.connector_types import ActionCall
+    from activities.opportunities import OpportunityActivities
     from activities.opportunity_types import (
         MAX_EVENTS,
         MAX_RULE_RUNS,
@@ -65,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.rule_types import PlannedActionModel, RetryActionInput, RulePlan
     from rules.pipeline import CompiledPipeline, TransitionContext, Unmet, compile_pipeline
     from rules.templating import TemplateProblem, compile_params
+    from workflows.actions import execute_action
     from workflows.rule_retry import retry_and_record
     from workflows.rule_runner import RuleRunner, failure_message
 
@@ -86,6 +89,7 @@ INSIGHT_TIMEOUT = timedelta(seconds=60)
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 AI_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
 CRM_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=5))  # until the CRM accepts
+INSIGHTS = {NEXT_ACTION: AiActivities.next_action, DEAL_RISK: AiActivities.deal_risk}  # by activity name
 
 
 def _refusal(kind: str, message: str, unmet: list[Unmet]) -> ApplicationError:
@@ -224,11 +228,10 @@ class OpportunityWorkflow:
         event per transition."""
         batch = list(itertools.takewhile(lambda e: e.kind == "transition", self._state.pending))
         own_events = [self._transition_events(e.data["from"], e.data["to"]) for e in batch]
-        prep: Preparation = await workflow.execute_activity(
-            "opportunity.prepare",
+        prep: Preparation = await workflow.execute_activity_method(
+            OpportunityActivities.prepare,
             PrepareInput(org_id=self._state.org_id, events=[e for own in own_events for e in own],
                          insight=self._insight_input()),
-            result_type=Preparation,
             start_to_close_timeout=INSIGHT_TIMEOUT,
             retry_policy=STORE_RETRY,
         )  # fmt: skip
@@ -273,10 +276,9 @@ class OpportunityWorkflow:
         events.append(self._rule_event("stage.entered", {}, stage=to))
         if frm is None and workflow.patched(CREATED_PATCH):  # just registered
             events.append(self._rule_event("opportunity.created", {}))
-        prep: Preparation = await workflow.execute_activity(
-            "opportunity.prepare",
+        prep: Preparation = await workflow.execute_activity_method(
+            OpportunityActivities.prepare,
             PrepareInput(org_id=self._state.org_id, events=events),
-            result_type=Preparation,
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
         )
@@ -298,8 +300,8 @@ class OpportunityWorkflow:
         frm, to = effect.data["from"], effect.data["to"]
         insight = self._state.insight or {}
         record = next(h for h in reversed(self._state.history) if h.seq == effect.seq)
-        await workflow.execute_activity(
-            "opportunity.send_crm_event",
+        await workflow.execute_activity_method(
+            OpportunityActivities.send_crm_event,
             CrmEventInput(
                 org_id=self._state.org_id,
                 event_id=f"evt_{self._id}/{effect.seq}",
@@ -382,10 +384,9 @@ class OpportunityWorkflow:
     async def _recompute_insight(self, reason: str, activity: str = NEXT_ACTION) -> dict:
         s = self._state
         try:
-            insight: Insight = await workflow.execute_activity(
-                activity,
+            insight: Insight = await workflow.execute_activity_method(
+                INSIGHTS[activity],
                 self._insight_input(),
-                result_type=Insight,
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=AI_RETRY,
             )
@@ -399,8 +400,8 @@ class OpportunityWorkflow:
         return s.insight
 
     async def _project(self) -> None:
-        await workflow.execute_local_activity(
-            "opportunity.project",
+        await workflow.execute_local_activity_method(
+            OpportunityActivities.project,
             ProjectInput(workflow_id=self._id, state=self._state),
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
@@ -428,8 +429,8 @@ class OpportunityWorkflow:
         ``insight.updated``) through the callback of ``stage.changed``: retried until accepted, id from ``key``."""
         if not workflow.patched(CRM_EVENTS_PATCH):
             return
-        await workflow.execute_activity(
-            "opportunity.send_crm_event",
+        await workflow.execute_activity_method(
+            OpportunityActivities.send_crm_event,
             CrmEventInput(org_id=self._state.org_id, event_id=f"evt_{key}", type=kind, occurred_at=workflow.now(),
                           data={"opportunity_id": self._state.opportunity_id, **data}),
             start_to_close_timeout=timedelta(seconds=30),

@@ -13,18 +13,18 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.rule_runs import RuleActivities
     from activities.rule_types import ActionOutcome, RecordRetryInput, RetryActionInput
     from workflows.rule_runner import STORE_RETRY, RuleRunner
 
 RULE_RETRY = "RuleActionRetryWorkflow"
-RECORD_RETRY = "rules.record_retry"
 
 
 async def retry_and_record(runner: RuleRunner, input: RetryActionInput, event: dict) -> ActionOutcome:
     """Run the action again under its key and store the outcome on its run."""
     outcome = await runner.run_action(input.action, input.idempotency_key, event)
-    await workflow.execute_activity(
-        RECORD_RETRY,
+    await workflow.execute_activity_method(
+        RuleActivities.record_retry,
         RecordRetryInput(org_id=input.org_id, run_id=input.run_id, index=input.index, outcome=outcome),
         start_to_close_timeout=timedelta(seconds=30),
         retry_policy=STORE_RETRY,

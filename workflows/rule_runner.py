@@ -27,7 +27,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.connector_types import ActionCall, execute_action
+    from activities.connector_types import ActionCall
+    from activities.http_action import HTTP_POST, HttpActions, HttpPostCall
+    from activities.rule_runs import RuleActivities
     from activities.rule_types import (
         ActionOutcome,
         PlannedActionModel,
@@ -37,10 +39,8 @@ with workflow.unsafe.imports_passed_through():
         RuleRun,
     )
     from rules.actions import placement
+    from workflows.actions import execute_action
 
-PLAN = "rules.plan"
-RECORD_RUNS = "rules.record_runs"
-HTTP_POST = "http.post"
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 HTTP_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=60))
 #: Action namespaces of the hub itself (see ``rules.actions``): never sent to a provider queue.
@@ -76,10 +76,9 @@ class RuleRunner:
 
     async def plan(self, events: list[dict]) -> RulePlan:
         """What the org's current rules do with ``events`` (activity ``rules.plan``)."""
-        return await workflow.execute_activity(
-            PLAN,
+        return await workflow.execute_activity_method(
+            RuleActivities.plan,
             RulePlanInput(org_id=self.org_id, events=events),
-            result_type=RulePlan,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=STORE_RETRY,
         )
@@ -113,8 +112,8 @@ class RuleRunner:
             if outcome.trigger != AUTOMATION_FAILED:
                 failed += [self._failure_event(runs[-1], i, a, event) for i, a in enumerate(actions) if not a.ok]
         if runs:
-            await workflow.execute_activity(
-                RECORD_RUNS,
+            await workflow.execute_activity_method(
+                RuleActivities.record_runs,
                 RecordRunsInput(org_id=self.org_id, subject=self.subject, runs=runs),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=STORE_RETRY,
@@ -151,10 +150,9 @@ class RuleRunner:
         if local is not None:
             return await local(action, key, event)
         if action.name == HTTP_POST:  # activities.http_action (main queue; params checked there)
-            return await workflow.execute_activity(
-                HTTP_POST,
-                {"org_id": self.org_id, "params": action.params, "idempotency_key": key},
-                result_type=dict,
+            return await workflow.execute_activity_method(
+                HttpActions.post,
+                HttpPostCall(org_id=self.org_id, params=action.params, idempotency_key=key),
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=HTTP_RETRY,
             )

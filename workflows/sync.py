@@ -21,29 +21,27 @@ next run starts. Long backfills continue-as-new between pages.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.connections import ConnectionActivities
     from activities.connector_types import (
         BULK_PRIORITY,
-        CONNECTION_FAILED,
         NON_RETRYABLE_ERRORS,
         FailureInput,
         provider_priority,
         provider_task_queue,
     )
+    from activities.sync import SyncActivities, SyncFetcher
     from activities.sync_types import (
         ERR_SYNC_CONFLICT,
         ERR_UNKNOWN_MODEL,
-        SYNC_BEGIN,
-        SYNC_FAIL,
-        SYNC_FETCH_PAGE,
-        SYNC_FINISH,
-        SYNC_STORE_PAGE,
         SYNC_WORKFLOW,
         BeginInput,
         BeginResult,
@@ -54,11 +52,12 @@ with workflow.unsafe.imports_passed_through():
         PageRef,
         RunState,
         StoreInput,
-        StoreResult,
         SyncInput,
         SyncSummary,
     )
 
+A = TypeVar("A")
+R = TypeVar("R")
 FETCH_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -99,8 +98,8 @@ class SyncWorkflow:
         if inp.run is None:
             info = workflow.info()
             run_id = f"{info.workflow_id}@{info.run_id}"
-            begun: BeginResult = await self._bookkeeping(SYNC_BEGIN, BeginInput(target=target, run_id=run_id),
-                                                         BeginResult)
+            begun: BeginResult = await self._bookkeeping(SyncActivities.begin,
+                                                         BeginInput(target=target, run_id=run_id))
             if begun.skipped:
                 return SyncSummary(model=target.model, pages=0, records=0, changed=0, events=0, status="skipped",
                                    reason=begun.skipped)
@@ -120,11 +119,11 @@ class SyncWorkflow:
 
         def start_fetch(cursor: str | None, page_no: int | None = None,
                         chained: bool = False) -> workflow.ActivityHandle[PageRef]:
-            return workflow.start_activity(
-                SYNC_FETCH_PAGE,
+            return workflow.start_activity_method(
+                SyncFetcher.fetch_page,
                 FetchInput(target=target, run_id=run.run_id, cursor=cursor, page_size=page_size, page_no=page_no,
                            chained=chained),
-                task_queue=queue, result_type=PageRef, start_to_close_timeout=timedelta(minutes=2),
+                task_queue=queue, start_to_close_timeout=timedelta(minutes=2),
                 schedule_to_close_timeout=timedelta(minutes=30), retry_policy=FETCH_RETRY, priority=bulk,
             )
 
@@ -200,11 +199,11 @@ class SyncWorkflow:
                 if not fetched:
                     break
                 batch = fetched[:] if chained else fetched[:1]  # chained: every page waiting, in one transaction
-                stored = await workflow.execute_activity(
-                    SYNC_STORE_PAGE,
+                stored = await workflow.execute_activity_method(
+                    SyncActivities.store_page,
                     StoreInput(target=target, run_id=run.run_id, page_no=run.pages + 1, cursor=run.cursor,
                                page=batch[0], more=batch[1:], quiet=run.quiet),
-                    result_type=StoreResult, start_to_close_timeout=timedelta(minutes=2), retry_policy=STORE_RETRY,
+                    start_to_close_timeout=timedelta(minutes=2), retry_policy=STORE_RETRY,
                 )
                 del fetched[:len(batch)]
                 complete = batch[-1].done
@@ -223,7 +222,7 @@ class SyncWorkflow:
                                    type="SyncFailed", non_retryable=True) from err
         if not complete:
             workflow.continue_as_new(inp.model_copy(update={"run": run}))
-        await self._bookkeeping(SYNC_FINISH, FinishInput(target=target, run_id=run.run_id), dict)
+        await self._bookkeeping(SyncActivities.finish, FinishInput(target=target, run_id=run.run_id))
         return SyncSummary(model=target.model, pages=run.pages, records=run.records, changed=run.changed,
                            events=run.events, status="completed")
 
@@ -231,17 +230,17 @@ class SyncWorkflow:
         """Record the failure; the run that makes the sync unhealthy raises ``connection.failed``."""
         target = inp.target
         result: FailResult = await self._bookkeeping(
-            SYNC_FAIL, FailInput(target=target, run_id=run.run_id, error=_cause(err)), FailResult)
+            SyncActivities.fail, FailInput(target=target, run_id=run.run_id, error=_cause(err)))
         if result.unhealthy:
             reason = f"sync {target.model} failed {result.consecutive_failures} times in a row: {_cause(err)}"
             await self._bookkeeping(
-                CONNECTION_FAILED,
-                FailureInput(org_id=target.org_id, connection_id=target.connection_id, reason=reason), dict)
+                ConnectionActivities.mark_failed,
+                FailureInput(org_id=target.org_id, connection_id=target.connection_id, reason=reason))
 
     @staticmethod
-    async def _bookkeeping(name: str, arg: object, result_type: type):  # noqa: ANN205
-        return await workflow.execute_activity(
-            name, arg, result_type=result_type, start_to_close_timeout=timedelta(seconds=30),
+    async def _bookkeeping(activity: Callable[[Any, A], Awaitable[R]], arg: A) -> R:
+        return await workflow.execute_activity_method(
+            activity, arg, start_to_close_timeout=timedelta(seconds=30),
             retry_policy=BOOKKEEPING_RETRY,
         )
 

@@ -29,13 +29,12 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.ai_types import SCORE_LEAD, LeadScoreResult, ScoreLeadInput, lead_next_action
-    from activities.connector_types import ActionCall, execute_action
+    from activities.ai import AiActivities
+    from activities.ai_types import LeadScoreResult, ScoreLeadInput, lead_next_action
+    from activities.connector_types import ActionCall
     from activities.opportunity_types import DomainEvent, DomainSource
     from activities.rule_types import PlannedActionModel
     from activities.webhook_types import (
-        MATCH_DOCUMENT,
-        SYNC_NOW,
         CompleteEventInput,
         DocumentMatch,
         DocumentMatchInput,
@@ -45,12 +44,12 @@ with workflow.unsafe.imports_passed_through():
         SyncNowInput,
         WebhookEventInput,
     )
+    from activities.webhooks import WebhookActivities
     from rules.actions import placement
+    from workflows.actions import execute_action
     from workflows.opportunity import OPPORTUNITIES_ROOT
     from workflows.rule_runner import RuleRunner, failure_message
 
-COMPLETE = "webhooks.complete_event"
-FAIL = "webhooks.fail_event"
 SIGNAL = "domain_event"
 STORE_TIMEOUT = timedelta(seconds=30)
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
@@ -103,15 +102,15 @@ class WebhookEventWorkflow:
             if unbound:
                 await self._run_rules(input, unbound, outcomes, wid)
         except (ActivityError, ApplicationError) as exc:
-            await workflow.execute_local_activity(
-                FAIL,
+            await workflow.execute_local_activity_method(
+                WebhookActivities.fail_event,
                 FailEventInput(inbox_id=input.inbox_id, generation=input.generation, error=failure_message(exc)),
                 start_to_close_timeout=STORE_TIMEOUT,
                 retry_policy=STORE_RETRY,
             )
             return []
-        await workflow.execute_local_activity(
-            COMPLETE,
+        await workflow.execute_local_activity_method(
+            WebhookActivities.complete_event,
             CompleteEventInput(inbox_id=input.inbox_id, generation=input.generation, workflow_id=wid, outcomes=outcomes),
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
@@ -124,9 +123,10 @@ class WebhookEventWorkflow:
         if kind is None:
             return event, None
         if kind == "sync_documents":
-            started = await workflow.execute_activity(
-                SYNC_NOW, SyncNowInput(org_id=input.org_id, connection_id=input.connection_id, model=DOCUMENTS_SYNC),
-                result_type=str, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY,
+            started = await workflow.execute_activity_method(
+                WebhookActivities.sync_now,
+                SyncNowInput(org_id=input.org_id, connection_id=input.connection_id, model=DOCUMENTS_SYNC),
+                start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY,
             )  # fmt: skip
             return event, {"kind": kind, "sync": started}
         if kind in ("renew_subscription", "create_subscription"):
@@ -144,9 +144,10 @@ class WebhookEventWorkflow:
         located = opportunity_of(item.get("path"))
         match = DocumentMatch(known=False)
         if located is not None and not item.get("folder"):
-            match = await workflow.execute_local_activity(
-                MATCH_DOCUMENT, DocumentMatchInput(org_id=input.org_id, opportunity_id=located[0], path=located[1]),
-                result_type=DocumentMatch, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY,
+            match = await workflow.execute_local_activity_method(
+                WebhookActivities.match_document,
+                DocumentMatchInput(org_id=input.org_id, opportunity_id=located[0], path=located[1]),
+                start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY,
             )  # fmt: skip
         if located is None or not match.known:
             return event.model_copy(update={"data": data}), {"kind": kind, "path": item.get("path")}
@@ -199,8 +200,8 @@ class WebhookEventWorkflow:
         lead_id = action.params.get("lead_id") or (event.get("lead") or {}).get("id")
         if not lead_id:
             raise ApplicationError(placement(action.name, event)[1] or "no lead", type="NotRunnableHere")
-        result: LeadScoreResult = await workflow.execute_activity(
-            SCORE_LEAD, ScoreLeadInput(org_id=event["org"], lead_id=str(lead_id)), result_type=LeadScoreResult,
+        result: LeadScoreResult = await workflow.execute_activity_method(
+            AiActivities.score_lead, ScoreLeadInput(org_id=event["org"], lead_id=str(lead_id)),
             start_to_close_timeout=timedelta(seconds=60), retry_policy=AI_RETRY,
         )  # fmt: skip
         return result.model_dump(mode="json")

@@ -45,6 +45,7 @@ FINISHED = ("done", "ignored")
 RETENTION = timedelta(days=7)
 FAILURE_BACKOFF = timedelta(seconds=30)  # before the first retry of a row whose processing failed
 HUB_CONNECTION = "hub"  # the connection id of events the hub raises itself (``lead.created``)
+HUB_PROVIDER = "generic"  # their provider: Standard Webhooks events, mapped by the scheme of that name
 
 
 def new_event_id() -> str:

@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():  # the sandbox re-runs this module for the stand-in workflows
     from activities.connections import ConnectionActivities
-    from activities.connector_types import ActionCall, ActionResult, execute_action, provider_task_queue
+    from activities.connector_types import ActionCall, ActionResult, provider_task_queue
     from activities.rule_types import RecordRunsInput, RulePlan, RulePlanInput
     from connectors.catalogue import RateLimit
     from hub.runtime import Hub
@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():  # the sandbox re-runs this modul
     from hub.store.connections import Connection, secret_owner
     from hub.store.secrets import put_secret
     from worker import WORKFLOW_RUNNER, configure_provider_queues
+    from workflows.actions import execute_action
     from workflows.connection import ConnectionWorkflow
 
 CLIENT_ID = "hub-client"

@@ -12,11 +12,13 @@ from temporalio.client import Client
 
 from connectors.base import ACTIONS
 from connectors.catalogue import catalogue, parse_catalogue
+from connectors.events import for_provider
 from hub.runtime import Hub
 
 EXPECTED_MODES = {
     "slack": "oauth2_code_pkce", "docusign": "jwt_grant", "stripe": "api_key", "gong": "basic",
     "microsoft": "client_credentials", "openai": "api_key", "generic_oauth2": "oauth2_code_pkce",
+    "hubspot": "api_key",
 }
 
 
@@ -41,10 +43,11 @@ def test_every_action_the_catalogue_names_exists(module: str) -> None:
 
 
 def test_every_webhook_signing_scheme_exists() -> None:
-    signing = pytest.importorskip("connectors.signing")
     for entry in catalogue().providers.values():
         if entry.webhook:
-            assert entry.webhook.signing in signing.SCHEMES, f"{entry.key}: {entry.webhook.signing}"
+            scheme = for_provider(entry.key)
+            assert scheme is not None and scheme.name == entry.webhook.signing, entry.key
+            assert type(scheme).__module__ == entry.module, f"{entry.key}'s scheme lives in its own module"
 
 
 def test_invalid_entries_name_the_provider_and_the_field() -> None:

@@ -142,8 +142,8 @@ async def record_count(hub: Hub, conn: Connection) -> int:
 async def post_webhook(api: Any, hub: Hub, provider: str, connection_id: str, body: bytes) -> Any:
     """Deliver ``body`` to the webhook endpoint signed as the provider signs it (the connection's secret)."""
     from app.webhooks_cli import signed_request
+    from connectors.events import scheme_for
     from webhooks.inbox import CredentialCache
-    from webhooks.receivers import scheme_for
 
     creds, _ = await CredentialCache(hub.db, hub.vault).get(connection_id)
     url = f"http://hub.test/webhooks/{provider}/{connection_id}"

@@ -17,13 +17,13 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from activities.rule_runs import RuleActivities
 from activities.webhooks import WebhookActivities
 from app.webhooks_cli import signed_request
+from connectors.events import scheme_for
 from hub.auth import ensure_org
 from hub.runtime import Hub
 from hub.store.connections import Connection, secret_owner
 from hub.store.inbox import WebhookEvent
 from hub.store.secrets import put_secret
 from webhooks.inbox import CredentialCache
-from webhooks.receivers import scheme_for
 from worker import CHECKED_RUNNER, WORKFLOW_RUNNER
 from workflows.webhook_event import WebhookEventWorkflow
 

@@ -8,11 +8,10 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 
 from activities.webhooks import required_document
-from connectors.events import REDACTED, MalformedEvent, map_event, split_delivery
+from connectors.events import REDACTED, MalformedEvent, get, map_event, split_delivery
 from connectors.sync_graph import document_events
 from tests.conftest import shared_data
 from tests.webhooks.fixtures import FOLDERS, content_type, payload_files
-from webhooks.relay import follow_up
 
 #: (folder, file) → the domain event it maps to; every other file is ignored with a reason.
 MAPPED = {
@@ -205,8 +204,8 @@ def test_graph_lifecycle_notifications(lifecycle: str, work: str) -> None:
     [event] = map_event("microsoft", part.type, part.body, part.content_type).events
     assert event.type == "graph.lifecycle" and event.data["lifecycle_event"] == lifecycle
     assert event.data["subscription_id"] == "<subscription_guid>"
-    assert follow_up("microsoft", event) == work
-    assert follow_up("generic", event) is None  # only Graph's own events lead to Graph calls
+    assert get("microsoft").follow_up(event) == work
+    assert get("generic").follow_up(event) is None  # only Graph's own events lead to Graph calls
 
 
 def _document_event(body: bytes):
@@ -220,17 +219,17 @@ def test_graph_document_changes_name_their_item_or_their_drive() -> None:
     onedrive = _document_event(
         shared_data("webhooks", "msgraph", "change_notification.driveItem.onedrive.json").read_bytes())
     assert (onedrive.data["drive_root"], onedrive.data["item_id"]) == (True, None)  # Graph names no item:
-    assert follow_up("microsoft", onedrive) == "sync_documents"  # the delta query finds it
+    assert get("microsoft").follow_up(onedrive) == "sync_documents"  # the delta query finds it
     item = {"id": "01ABC", "name": "Acme - Order form.docx", "file": {}, "eTag": '"{ABC},3"',
             "parentReference": {"driveId": "b!drive"}}
     [synced] = document_events(item, None)  # what the documents sync writes to the inbox for one file
     located = _document_event(json.dumps(synced.body).encode())
     assert (located.data["item_id"], located.data["drive_id"], located.data["drive_root"]) == ("01ABC", "b!drive",
                                                                                               False)
-    assert follow_up("microsoft", located) == "locate_document"
+    assert get("microsoft").follow_up(located) == "locate_document"
     sharepoint_list = _document_event(
         shared_data("webhooks", "msgraph", "change_notification.list.sharepoint.json").read_bytes())
-    assert "item_id" not in sharepoint_list.data and follow_up("microsoft", sharepoint_list) is None
+    assert "item_id" not in sharepoint_list.data and get("microsoft").follow_up(sharepoint_list) is None
 
 
 def test_a_file_is_the_required_document_its_name_or_folder_says() -> None:

@@ -25,12 +25,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from connectors.events import MalformedEvent, map_event
+from connectors.events import MalformedEvent, for_provider
 from hub.problems import Problem
 from hub.store.inbox import received_between
 from hub.store.opportunities import states_between
 from rules.backtest import Accumulator, evaluate_chunk
-from webhooks.receivers import scheme_for
 
 CHUNK = 1000  # items per evaluation call: well inside hub.bounded's deadline
 MAX_OPPORTUNITIES = 20_000  # opportunity records read for one window (their states are in memory at once)
@@ -112,9 +111,9 @@ class History:
         """An inbox event not already counted through the opportunity it was delivered to."""
         if f"{row.provider}:{row.event_id}" in self._delivered:
             return
-        scheme = scheme_for(row.provider)
+        scheme = for_provider(row.provider)  # mapped as the relay maps it
         try:
-            mapped = map_event(scheme, row.event_type, row.body, row.content_type) if scheme else None
+            mapped = scheme.map(row.event_type, row.body, row.content_type) if scheme else None
         except MalformedEvent:
             mapped = None
         events = []

@@ -57,7 +57,7 @@ def plan_events(ruleset: RuleSet, events: list[dict]) -> RulePlan:
                     version=outcome.version,
                     fired=outcome.fired,
                     reason=outcome.reason,
-                    actions=[PlannedActionModel(name=a.name, params=a.params) for a in outcome.actions],
+                    actions=[PlannedActionModel(name=a.name, params=a.params, step=a.step) for a in outcome.actions],
                 )
             )
     return RulePlan(outcomes=outcomes, on_failure="automation.failed" in ruleset.triggers)

@@ -6,6 +6,7 @@ Shared by every workflow that runs rules through ``workflows.rule_runner``.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -17,11 +18,24 @@ class RulePlanInput(BaseModel):
     events: list[dict]
 
 
+class StepControl(BaseModel):
+    """How a step of a rule with steps runs (``rules.steps``): its id, own condition, what a failure does,
+    whether its params wait for earlier steps' outputs (``deferred``) and why it is skipped, if it is."""
+
+    id: str | None = None
+    when: str | None = None
+    on_error: Literal["continue", "stop", "retry"] = "continue"
+    attempts: int = 1
+    deferred: bool = False
+    skipped: str | None = None
+
+
 class PlannedActionModel(BaseModel):
-    """One action a fired rule asks for, its params already rendered."""
+    """One action a fired rule asks for, its params already rendered (unless ``step.deferred``)."""
 
     name: str
     params: dict = Field(default_factory=dict)
+    step: StepControl | None = Field(default=None, description="None: a plain action (a rule without steps)")
 
 
 class RuleOutcomeModel(BaseModel):
@@ -56,6 +70,15 @@ class ActionOutcome(BaseModel):
     params: dict = Field(default_factory=dict)
     attempts: int = 1
     duration_ms: int | None = None
+    status: Literal["ok", "failed", "skipped"] | None = Field(
+        default=None, description="a step's status (None before steps: ok tells)")
+    step: str | None = Field(default=None, description="the step's id")
+    reason: str | None = Field(default=None, description="why a step was skipped")
+
+    @property
+    def failed(self) -> bool:
+        """Whether it ran and failed (a skipped step did not fail)."""
+        return self.status == "failed" if self.status else not self.ok
 
 
 class RuleRun(BaseModel):

@@ -83,14 +83,14 @@ def approval_blocks(params: PostApproval) -> list[dict[str, Any]]:
     return blocks
 
 
-@action("slack.post_message", PostMessage)
+@action("slack.post_message", PostMessage, output={"channel": str, "ts": str})
 async def post_message(ctx: ActionContext, params: PostMessage) -> dict:
     """chat.postMessage → ``{"channel", "ts"}``."""
     response = await _post(ctx, params.model_dump(exclude_none=True))
     return {"channel": response["channel"], "ts": response["ts"]}
 
 
-@action("slack.post_approval", PostApproval)
+@action("slack.post_approval", PostApproval, output={"channel": str, "ts": str, "request": str})
 async def post_approval(ctx: ActionContext, params: PostApproval) -> dict:
     """chat.postMessage with approval buttons → ``{"channel", "ts", "request"}``."""
     response = await _post(ctx, {"channel": params.channel, "text": params.text, "blocks": approval_blocks(params)})

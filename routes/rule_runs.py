@@ -15,7 +15,7 @@ from activities.opportunity_types import workflow_id
 from activities.rule_types import PlannedActionModel, RetryActionInput
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep, TemporalDep
 from hub.problems import Problem
-from hub.store.opportunities import RuleRunRecord, RunFilter, get_rule_run, list_rule_runs
+from hub.store.opportunities import RuleRunRecord, RunFilter, action_status, get_rule_run, list_rule_runs
 from hub.store.orgs import record_audit
 from routes.paging import decode_cursor, encode_cursor, utc
 from workflows.opportunity import OpportunityWorkflow
@@ -35,7 +35,10 @@ class ActionRunPublic(BaseModel):
 
     index: int
     name: str
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "failed", "skipped"] = Field(description="skipped: a step whose `when` was false, or "
+                                                       "after a step that stopped the run (on_error: stop)")
+    step: str | None = Field(description="the step's id, if it has one")
+    reason: str | None = Field(description="why a step was skipped")
     params: dict[str, Any]
     output: dict[str, Any]
     error: str | None
@@ -86,7 +89,8 @@ def _public(run: RuleRunRecord) -> RuleRunPublic:
         id=run.id, rule=run.rule, version=run.version, trigger=run.trigger, status=run.status, reason=run.reason,
         subject=run.subject, opportunity_id=_opportunity_id(run), at=utc(run.at),
         actions=[ActionRunPublic(
-            index=i, name=a["name"], status="ok" if a.get("ok") else "failed", params=a.get("params") or {},
+            index=i, name=a["name"], status=action_status(a), step=a.get("step"), reason=a.get("reason"),
+            params=a.get("params") or {},
             output=a.get("output") or {}, error=a.get("error"), attempts=int(a.get("attempts", 1)),
             duration_ms=a.get("duration_ms"), idempotency_key=a["idempotency_key"],
         ) for i, a in enumerate(run.actions)],
@@ -137,8 +141,9 @@ async def retry_action(
     if not 0 <= index < len(run.actions):
         raise Problem(404, f"rule run {run_id} has no action {index}")
     action = run.actions[index]
-    if action.get("ok"):
-        raise Problem(409, f"action {index} ({action['name']}) succeeded; there is nothing to retry")
+    if action_status(action) != "failed":
+        raise Problem(409, f"action {index} ({action['name']}) {action_status(action).replace('ok', 'succeeded')}; "
+                           "there is nothing to retry")
     attempt = int(action.get("attempts", 1)) + 1
     retry = RetryActionInput(org_id=key.org_id, run_id=run.id, run_key=run.key, index=index,
                              action=PlannedActionModel(name=action["name"], params=action.get("params") or {}),

@@ -20,6 +20,7 @@ from rules.model import (
     KINDS,
     MODELS,
     NAME_PATTERN,
+    ON_ERROR,
     SCOPE_PATTERN,
     STAGE_TRIGGERS,
     TRIGGER_SUBJECTS,
@@ -28,6 +29,7 @@ from rules.model import (
     Resource,
     RuleSpec,
 )
+from rules.steps import STEP_VARIABLES, step_refs, strings
 from rules.templating import TemplateProblem, compile_params
 
 Path = tuple[str | int, ...]
@@ -75,6 +77,8 @@ _PATTERN_TEXT = {
     r"^#([0-9A-Fa-f]{6}|[0-9A-Fa-f]{3})$": "must be a hex color such as '#2563EB'",
     r"^[a-z][a-z0-9_]{0,62}$": "must be a lowercase identifier (a-z, 0-9, '_'; starting with a letter)",
 }
+#: The most runs ``on_error: retry`` may ask for.
+MAX_ATTEMPTS = 10
 _CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 
 
@@ -310,6 +314,7 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
         issues.append(Issue(("spec", "schedule"), "'schedule' applies only to on: schedule"))
     if spec.when is not None:
         issues.extend(_check_condition(spec.when, ("spec", "when"), RULE_VARIABLES, RULE_PROBES))
+    issues.extend(_check_steps(spec, registry))
     for i, (name, params) in enumerate(spec.actions()):
         base: Path = ("spec", "do", i, name)
         info = actions.get_action(name) if registry else None
@@ -338,6 +343,58 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
                         continue  # a template's value is only known once rendered; checked at run time
                     issue = _issue_from_pydantic(error)
                     issues.append(Issue((*base, *issue.path), issue.message, issue.at_key))
+    return issues
+
+
+def _check_steps(spec: RuleSpec, registry: bool) -> list[Issue]:
+    """Step keys of the right type; ids unique; every ``steps.<id>.output.<field>`` (in params and ``when``)
+    names an earlier step and a field its action declares; each ``when`` a valid CEL condition."""
+    issues: list[Issue] = []
+    earlier: dict[str, actions.Output | None] = {}  # id -> its action's output (None: not declared)
+    for i, (item, step) in enumerate(zip(spec.do, spec.steps(), strict=True)):
+        base: Path = ("spec", "do", i)
+        if "id" in item:
+            if not isinstance(step.id, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", step.id):
+                issues.append(Issue((*base, "id"), f"{_PATTERN_TEXT[r'^[a-z][a-z0-9_]{0,62}$']}, got {step.id!r}"))
+            elif step.id in earlier:
+                issues.append(Issue((*base, "id"), f"duplicate step id {step.id!r}"))
+        if step.on_error not in ON_ERROR:
+            issues.append(Issue((*base, "on_error"), f"on_error must be one of {', '.join(ON_ERROR)}, got {step.on_error!r}"))
+        if "attempts" in item:
+            if type(step.attempts) is not int or not 1 <= step.attempts <= MAX_ATTEMPTS:
+                issues.append(Issue((*base, "attempts"), f"attempts must be an integer from 1 to {MAX_ATTEMPTS}"))
+            elif step.on_error != "retry":
+                issues.append(Issue((*base, "attempts"), "attempts applies only to on_error: retry"))
+        refs: list[tuple[Path, str]] = [((*base, step.action, *p), t) for p, t in strings(step.params)]
+        if step.when is not None:
+            if not isinstance(step.when, str):
+                issues.append(Issue((*base, "when"), "when must be a CEL condition (a string)"))
+            else:
+                refs.append(((*base, "when"), step.when))
+                probe = {**RULE_PROBES[0], "steps": {k: {"output": actions.sample_output(o), "status": "ok"}
+                                                     for k, o in earlier.items()}}  # fmt: skip
+                issues.extend(_check_condition(step.when, (*base, "when"), STEP_VARIABLES, (probe,)))
+        for path, text in refs:
+            issues.extend(_check_step_refs(text, path, earlier))
+        if isinstance(step.id, str) and step.id not in earlier:
+            info = actions.get_action(step.action) if registry else None
+            earlier[step.id] = info.output if info is not None else None
+    return issues
+
+
+def _check_step_refs(text: str, path: Path, earlier: dict[str, actions.Output | None]) -> list[Issue]:
+    issues = []
+    for step_id, part, field in step_refs(text):
+        if step_id not in earlier:
+            known = f"earlier steps with an id: {', '.join(earlier)}" if earlier else "no earlier step has an id"
+            issues.append(Issue(path, f"unknown step {step_id!r} in `steps.{step_id}` ({known})"))
+        elif part not in ("output", "status"):
+            issues.append(Issue(path, f"steps.{step_id} has `output` and `status`, not {part!r}"))
+        elif part == "output" and field is not None and earlier[step_id] is not None:
+            output = earlier[step_id] or {}
+            if field not in output:
+                fields = ", ".join(output) or "none"
+                issues.append(Issue(path, f"step {step_id!r} has no output field {field!r} (its fields: {fields})"))
     return issues
 
 

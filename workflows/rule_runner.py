@@ -35,8 +35,10 @@ with workflow.unsafe.imports_passed_through():
         RulePlan,
         RulePlanInput,
         RuleRun,
+        StepControl,
     )
     from rules.actions import placement
+    from rules.steps import StepProblem, prepare, rule_variables
 
 PLAN = "rules.plan"
 RECORD_RUNS = "rules.record_runs"
@@ -45,6 +47,10 @@ STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 HTTP_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=60))
 #: Action namespaces of the hub itself (see ``rules.actions``): never sent to a provider queue.
 BUILTIN_NAMESPACES = frozenset({"opportunity", "ai", "http"})
+
+#: ``on_error: retry``: the wait before the second run of a step, doubled before each further one, at most the max.
+RETRY_BACKOFF = timedelta(seconds=1)
+MAX_RETRY_BACKOFF = timedelta(minutes=5)
 
 AUTOMATION_FAILED = "automation.failed"
 FAILED_PATCH = "automation-failed"  # workflow.patched: histories before it raise no automation.failed
@@ -94,10 +100,10 @@ class RuleRunner:
         for outcome in plan.outcomes:
             key = f"{key_prefix}/{outcome.event}.{outcome.trigger}/{outcome.rule}"
             event = events[outcome.event] if outcome.event < len(events) else {"type": outcome.trigger}
-            actions = []
+            actions: list[ActionOutcome] = []
+            stopped = None
             if outcome.fired:
-                for index, action in enumerate(outcome.actions):
-                    actions.append(await self.run_action(action, f"{key}/{index}", event))
+                actions, stopped = await self._run_steps(outcome.actions, key, event)
             runs.append(
                 RuleRun(
                     key=key,
@@ -105,13 +111,13 @@ class RuleRunner:
                     rule=outcome.rule,
                     version=outcome.version,
                     fired=outcome.fired,
-                    reason=outcome.reason,
+                    reason=outcome.reason + (f"; stopped at step {stopped}" if stopped else ""),
                     actions=actions,
                     at=workflow.now(),
                 )
             )
             if outcome.trigger != AUTOMATION_FAILED:
-                failed += [self._failure_event(runs[-1], i, a, event) for i, a in enumerate(actions) if not a.ok]
+                failed += [self._failure_event(runs[-1], i, a, event) for i, a in enumerate(actions) if a.failed]
         if runs:
             await workflow.execute_activity(
                 RECORD_RUNS,
@@ -122,6 +128,54 @@ class RuleRunner:
         if failed and plan.on_failure and workflow.patched(FAILED_PATCH):
             runs += await self.execute(await self.plan(failed), f"{key_prefix}/failed", failed)
         return runs
+
+    async def _run_steps(
+        self, planned: list[PlannedActionModel], key: str, event: dict
+    ) -> tuple[list[ActionOutcome], str | None]:
+        """Run a fired rule's actions in order under ``{key}/{index}``; for steps (``action.step``), make each
+        step's output available to later ones and apply ``on_error``. Returns the outcomes and the step a
+        failure stopped the run at (None if none did)."""
+        done: list[ActionOutcome] = []
+        outputs: dict[str, dict] = {}
+        stopped: str | None = None
+        for index, action in enumerate(planned):
+            step = action.step
+            if step is None:  # a plain action: exactly as before steps existed
+                done.append(await self.run_action(action, f"{key}/{index}", event))
+                continue
+            outcome = await self._run_step(action, step, f"{key}/{index}", event, outputs, stopped)
+            done.append(outcome)
+            if step.id:
+                outputs[step.id] = {"output": outcome.output, "status": outcome.status}
+            if outcome.failed and step.on_error != "continue" and stopped is None:
+                stopped = step.id or f"do[{index}]"
+        return done, stopped
+
+    async def _run_step(
+        self, action: PlannedActionModel, step: StepControl, key: str, event: dict, outputs: dict, stopped: str | None
+    ) -> ActionOutcome:
+        """One step: skipped (its ``when`` false, or the run stopped), else prepared from earlier steps' outputs
+        if deferred and run up to ``attempts`` times (``on_error: retry``) under the same key."""
+        outcome = ActionOutcome(name=action.name, idempotency_key=key, ok=False, params=action.params, step=step.id)
+        skipped = f"not run: step {stopped} failed (on_error: stop)" if stopped else step.skipped
+        if step.deferred and not skipped:
+            try:
+                params, skipped = prepare(action.params, step.when, {**rule_variables(event), "steps": outputs})
+            except StepProblem as exc:
+                return outcome.model_copy(update={"status": "failed", "error": str(exc)})
+            action = action.model_copy(update={"params": params or {}})
+        if skipped:
+            return outcome.model_copy(update={"status": "skipped", "reason": skipped})
+        runs = step.attempts if step.on_error == "retry" else 1
+        for attempt in range(1, runs + 1):
+            if attempt > 1:
+                await workflow.sleep(min(RETRY_BACKOFF * 2 ** (attempt - 2), MAX_RETRY_BACKOFF))
+            outcome = await self.run_action(action, key, event)
+            if outcome.ok:
+                break
+        return outcome.model_copy(
+            update={"status": "ok" if outcome.ok else "failed", "step": step.id, "attempts": attempt}
+        )
 
     def _failure_event(self, run: RuleRun, index: int, action: ActionOutcome, event: dict) -> dict:
         """The ``automation.failed`` event of one failed action, about the same opportunity as its event."""

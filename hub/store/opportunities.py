@@ -72,11 +72,16 @@ class RuleRunRecord(Base):
     status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | failed | skipped
 
 
+def action_status(action: dict) -> str:
+    """``ok``, ``failed`` or (a step not run) ``skipped``, of one recorded action."""
+    return action.get("status") or ("ok" if action.get("ok") else "failed")
+
+
 def run_status(fired: bool, actions: list[dict]) -> str:
     """``skipped`` (the rule did not fire), ``failed`` (an action failed) or ``ok``."""
     if not fired:
         return "skipped"
-    return "failed" if any(not a.get("ok") for a in actions) else "ok"
+    return "failed" if any(action_status(a) == "failed" for a in actions) else "ok"
 
 
 @dataclass(frozen=True)

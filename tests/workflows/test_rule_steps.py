@@ -4,25 +4,33 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
 
+from activities.opportunity_types import OpportunityInput, PinnedPipeline, body_hash, workflow_id
 from connectors.catalogue import import_action_modules
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store.connections import secret_owner
+from hub.store.opportunities import RuleRunRecord
 from hub.store.secrets import put_secret
+from hub.temporal import data_converter
+from hub.vault import Vault, parse_keys
 from rules.engine import dry_run
 from rules.loader import load_text
 from tests.conftest import bearer
 from tests.fakes.stripe_server import StripeFake
-from tests.workflows.opportunity_kit import apply, connect, rule
+from tests.workflows.opportunity_kit import AiStandIn, apply, connect, main_worker, opportunity_body, rule
+from tests.workflows.test_opportunity_replay import HISTORIES, HISTORY_VAULT_KEYS, RECORD, replayer
 from tests.workflows.test_rule_matrix import OPEN_PIPELINE, Receiver
 from worker import build_workers
+from workflows.opportunity import OpportunityWorkflow
 
 STRIPE_KEY = "sk_test_fake"
 
@@ -162,3 +170,61 @@ async def test_steps_pass_outputs_skip_retry_and_stop_end_to_end(
     assert steps[5]["attempts"] == 1 and "HttpClientError" in steps[5]["error"]
     assert steps[6]["reason"] == "not run: step broken failed (on_error: stop)"
     assert receiver.calls("^/after$") == []
+
+
+SIGNED_PIPELINE = {
+    "apiVersion": "fulqrun.io/v1", "kind": "Pipeline", "metadata": {"name": "signed"},
+    "spec": {"stages": [{"key": "open", "name": "Open", "color": "#6B7280", "probability": 0.1,
+                         "documents": ["signed_contract"]},
+                        {"key": "won", "name": "Won", "color": "#16A34A", "probability": 1.0}],
+             "transitions": [{"from": "open", "to": "won", "roles": ["automation"]}]},
+}  # fmt: skip
+KEPT_STEPS = "rules-steps-run*.json"
+
+
+async def test_replay_steps_history_recorded_now(temporal_env: WorkflowEnvironment, hub: Hub, task_queue: str) -> None:
+    """An OpportunityWorkflow running a rule with steps (an output used by a later step, a step's own ``when``,
+    ``on_error: retry`` with its timer, a stopped run) replays; kept as ``tests/histories/rules-steps-run1.json``
+    (``HUB_RECORD_HISTORIES=1``)."""
+    client = await Client.connect(temporal_env.client.service_client.config.target_host, namespace="default",
+                                  data_converter=data_converter(Vault(parse_keys(HISTORY_VAULT_KEYS))))
+    await apply(hub, SIGNED_PIPELINE, rule("steps", "opportunity.created", [
+        {"id": "field", "opportunity.set_field": {"field": "forecast_category", "value": "commit"}},
+        {"when": "steps.field.output.field == 'forecast_category'",
+         "opportunity.add_task": {"title": "set {{ steps.field.output.field }}"}},
+        {"id": "move", "opportunity.transition": {"to": "won"}, "on_error": "retry", "attempts": 2},
+        {"opportunity.add_task": {"title": "never"}},
+    ]))  # fmt: skip
+    oid = f"steps-{task_queue}"
+    wid = workflow_id("acme", oid)
+    opp = opportunity_body()
+    async with main_worker(hub, client, task_queue, AiStandIn()):
+        handle = await client.start_workflow(
+            OpportunityWorkflow.run,
+            OpportunityInput(org_id="acme", opportunity_id=oid, opp=opp, body_hash=body_hash(opp),
+                             pipeline=PinnedPipeline(name="signed", version=1, spec=SIGNED_PIPELINE)),
+            id=wid, task_queue=task_queue,
+        )  # fmt: skip
+        for _ in range(200):
+            async with hub.db.session() as session:
+                run = await session.get(RuleRunRecord, 1)
+            if run is not None:
+                break
+            await asyncio.sleep(0.1)
+        state = await handle.query(OpportunityWorkflow.state)
+    assert run is not None and run.status == "failed" and run.reason.endswith("; stopped at step move")
+    assert [(a["status"], a["attempts"]) for a in run.actions] == [("ok", 1), ("ok", 1), ("failed", 2), ("skipped", 1)]
+    assert [t["title"] for t in state.opp["tasks"]] == ["set forecast_category"] and state.stage == "open"
+    history = await handle.fetch_history()
+    await replayer().replay_workflow(history)
+    if RECORD:
+        doc = {"workflow_id": wid, "history": json.loads(history.to_json())}
+        (HISTORIES / KEPT_STEPS.replace("*", "1")).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+async def test_replay_kept_steps_histories() -> None:
+    files = sorted(HISTORIES.glob(KEPT_STEPS))
+    assert files, f"no kept histories {KEPT_STEPS} in {HISTORIES}"
+    for path in files:
+        doc = json.loads(path.read_text())
+        await replayer().replay_workflow(WorkflowHistory.from_json(doc["workflow_id"], doc["history"]))

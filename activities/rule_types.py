@@ -26,6 +26,7 @@ class StepControl(BaseModel):
     when: str | None = None
     on_error: Literal["continue", "stop", "retry"] = "continue"
     attempts: int = 1
+    unless: str | None = Field(default=None, description="of a wait step: re-checked when the wait ends")
     deferred: bool = False
     skipped: str | None = None
 
@@ -70,7 +71,7 @@ class ActionOutcome(BaseModel):
     params: dict = Field(default_factory=dict)
     attempts: int = 1
     duration_ms: int | None = None
-    status: Literal["ok", "failed", "skipped"] | None = Field(
+    status: Literal["ok", "failed", "skipped", "waiting", "cancelled"] | None = Field(
         default=None, description="a step's status (None before steps: ok tells)")
     step: str | None = Field(default=None, description="the step's id")
     reason: str | None = Field(default=None, description="why a step was skipped")
@@ -133,3 +134,32 @@ class RecordRetryInput(BaseModel):
     run_id: int
     index: int
     outcome: ActionOutcome
+
+
+class RuleRunInput(BaseModel):
+    """The rest of a rule run that reached a wait (``RuleRunWorkflow``, id ``rule-run/{run key}``): the run so far
+    (its last action the waiting wait step), the planned steps, where to go on, the outputs of the steps so far."""
+
+    org_id: str
+    subject: str
+    run: RuleRun
+    outcome: RuleOutcomeModel
+    event: dict
+    index: int = Field(description="the wait step's index in outcome.actions")
+    until: datetime
+    outputs: dict = Field(default_factory=dict)
+
+
+class RecheckInput(BaseModel):
+    """Re-check a wait's ``unless`` when it ends, against the subject's current opportunity (if it is one)."""
+
+    org_id: str
+    subject: str
+    unless: str
+    event: dict
+    outputs: dict = Field(default_factory=dict)
+
+
+def rule_run_workflow_id(run_key: str) -> str:
+    """The id of the ``RuleRunWorkflow`` that holds a run's waits (derived from the run's key)."""
+    return f"rule-run/{run_key}"

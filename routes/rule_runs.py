@@ -12,18 +12,20 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.opportunity_types import workflow_id
-from activities.rule_types import PlannedActionModel, RetryActionInput
+from activities.rule_types import PlannedActionModel, RetryActionInput, rule_run_workflow_id
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep, TemporalDep
 from hub.problems import Problem
 from hub.store.opportunities import RuleRunRecord, RunFilter, action_status, get_rule_run, list_rule_runs
 from hub.store.orgs import record_audit
 from routes.paging import decode_cursor, encode_cursor, utc
+from rules.model import WAIT
 from workflows.opportunity import OpportunityWorkflow
 from workflows.rule_retry import RULE_RETRY
 
 router = APIRouter(prefix="/v1/rule-runs", tags=["rule runs"])
 
 OPPORTUNITY_PREFIX = "opportunity/"
+RunStatus = Literal["ok", "failed", "skipped", "waiting", "cancelled"]
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="a rule run's id")]
 ActionIndex = Annotated[int, Path(ge=0, le=49, description="the action's position in the rule's do list")]
 #: Actions the org-level workflows run with the event's lead: the event is not kept, so they cannot be retried.
@@ -35,8 +37,9 @@ class ActionRunPublic(BaseModel):
 
     index: int
     name: str
-    status: Literal["ok", "failed", "skipped"] = Field(description="skipped: a step whose `when` was false, or "
-                                                       "after a step that stopped the run (on_error: stop)")
+    status: Literal["ok", "failed", "skipped", "waiting", "cancelled"] = Field(
+        description="skipped: a step whose `when` was false, or after a step that stopped the run (on_error: stop) "
+                    "or a wait whose `unless` held; waiting / cancelled: a wait step")
     step: str | None = Field(description="the step's id, if it has one")
     reason: str | None = Field(description="why a step was skipped")
     params: dict[str, Any]
@@ -54,11 +57,13 @@ class RuleRunPublic(BaseModel):
     rule: str
     version: int
     trigger: str
-    status: Literal["ok", "failed", "skipped"]
+    status: RunStatus
     reason: str
     subject: str = Field(description="the workflow that ran it")
     opportunity_id: str | None
     at: datetime
+    wait_until: datetime | None = Field(description="while waiting: when the wait ends")
+    wait_workflow_id: str | None = Field(description="a run with waits: the RuleRunWorkflow that holds them")
     actions: list[ActionRunPublic]
 
 
@@ -84,10 +89,16 @@ def _opportunity_id(run: RuleRunRecord) -> str | None:
     return run.subject.removeprefix(OPPORTUNITY_PREFIX).partition("/")[2] or None
 
 
+def _wait_until(run: RuleRunRecord) -> datetime | None:
+    until = next((a.get("output", {}).get("until") for a in run.actions if a.get("status") == "waiting"), None)
+    return datetime.fromisoformat(until) if until else None
+
+
 def _public(run: RuleRunRecord) -> RuleRunPublic:
     return RuleRunPublic(
         id=run.id, rule=run.rule, version=run.version, trigger=run.trigger, status=run.status, reason=run.reason,
-        subject=run.subject, opportunity_id=_opportunity_id(run), at=utc(run.at),
+        subject=run.subject, opportunity_id=_opportunity_id(run), at=utc(run.at), wait_until=_wait_until(run),
+        wait_workflow_id=rule_run_workflow_id(run.key) if any(a["name"] == WAIT for a in run.actions) else None,
         actions=[ActionRunPublic(
             index=i, name=a["name"], status=action_status(a), step=a.get("step"), reason=a.get("reason"),
             params=a.get("params") or {},
@@ -102,7 +113,7 @@ async def list_runs(
     session: SessionDep,
     key: ReaderKey,
     rule: str | None = None,
-    status: Literal["ok", "failed", "skipped"] | None = None,
+    status: RunStatus | None = None,
     trigger: str | None = None,
     opportunity: Annotated[str | None, Query(description="an opportunity id")] = None,
     since: Annotated[datetime | None, Query(description="at or after (ISO 8601)")] = None,
@@ -168,3 +179,28 @@ async def retry_action(
     await record_audit(session, key.org_id, key.key_id, "rule_run.action_retried", f"rule_run/{run.id}",
                        {"action": index, "name": action["name"], "attempt": attempt})
     return RetryAccepted(run=run.id, action=index, attempt=attempt, workflow_id=target)
+
+
+class CancelAccepted(BaseModel):
+    """A cancellation under way: the run's workflow records it as ``cancelled``."""
+
+    run: int
+    workflow_id: str
+
+
+@router.post("/{run_id}:cancel", status_code=202)
+async def cancel_run(run_id: RunId, session: SessionDep, client: TemporalDep, key: AdminKey) -> CancelAccepted:
+    """Cancel a waiting run: its ``RuleRunWorkflow`` (id ``rule-run/{run key}``) stops waiting, the steps left do
+    not run, and the run is recorded as ``cancelled``."""
+    run = await _own(session, run_id, key.org_id)
+    if run.status != "waiting":
+        raise Problem(409, f"rule run {run_id} is {run.status}, not waiting; only a waiting run can be cancelled")
+    target = rule_run_workflow_id(run.key)
+    try:
+        await client.get_workflow_handle(target).cancel()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise Problem(409, f"the run's workflow {target} is not running") from None
+        raise
+    await record_audit(session, key.org_id, key.key_id, "rule_run.cancelled", f"rule_run/{run.id}", {})
+    return CancelAccepted(run=run.id, workflow_id=target)

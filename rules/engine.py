@@ -37,7 +37,8 @@ class PlannedAction:
 
     name: str
     params: dict[str, Any]
-    #: for a rule with steps (``rules.steps``): ``id``, ``when``, ``on_error``, ``attempts``, ``deferred`` (params
+    #: for a rule with steps (``rules.steps``): ``id``, ``when``, ``on_error``, ``attempts``, ``unless`` (of a
+    #: wait: ``name`` is ``wait``, ``params`` its ``for`` or ``until``), ``deferred`` (params
     #: not rendered yet: the step refers to earlier steps) and ``skipped`` (why it does not run); else None
     step: dict[str, Any] | None = None
 
@@ -343,7 +344,7 @@ def _plan_steps(steps: tuple[Step, ...], variables: dict[str, Any]) -> list[Plan
     planned = []
     for j, step in enumerate(steps):
         control: dict[str, Any] = {"id": step.id, "when": step.when, "on_error": step.on_error,
-                                   "attempts": step.attempts, "deferred": False, "skipped": None}  # fmt: skip
+                                   "attempts": step.attempts, "unless": step.unless, "deferred": False, "skipped": None}  # fmt: skip
         if mentions_steps(step.params, step.when):
             planned.append(PlannedAction(step.action, copy.deepcopy(step.params), {**control, "deferred": True}))
             continue

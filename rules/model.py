@@ -144,8 +144,11 @@ class PipelineSpec(_Strict):
 
 Params = dict[str, Any]
 
-#: Keys a ``do`` item may carry besides its action (see ``RuleSpec.steps``); an action name has a dot.
-STEP_KEYS = ("id", "when", "on_error", "attempts")
+#: Keys a ``do`` item may carry besides its action (see ``RuleSpec.steps``); an action name has a dot. A
+#: ``wait`` item (``wait: {for: 3d}`` or ``wait: {until: <CEL timestamp>}``, optionally ``unless: <CEL>``) has no
+#: action.
+STEP_KEYS = ("id", "when", "on_error", "attempts", "wait", "unless")
+WAIT = "wait"
 #: What a failed step does to the rest of its run: ``continue`` (the default: later steps run), ``stop`` (later
 #: steps are skipped), ``retry`` (run it again, up to ``attempts`` runs in all, then stop).
 ON_ERROR = ("continue", "stop", "retry")
@@ -162,11 +165,12 @@ class Step:
     when: str | None = None
     on_error: str = "continue"
     attempts: int = 1
+    unless: str | None = None
 
     @property
     def plain(self) -> bool:
         """Only an action: the rule runs it as rules without steps do."""
-        return self.id is None and self.when is None and self.on_error == "continue"
+        return self.id is None and self.when is None and self.on_error == "continue" and self.action != WAIT
 
 
 class RuleSpec(_Strict):
@@ -194,6 +198,10 @@ class RuleSpec(_Strict):
     def _one_action_each(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for i, item in enumerate(value):
             names = [k for k in item if k not in STEP_KEYS]
+            if WAIT in item:
+                if names:
+                    raise ValueError(f"do[{i}] is a wait: it cannot also have an action ({', '.join(names)})")
+                continue
             if len(names) != 1:
                 raise ValueError(
                     f"do[{i}] must have exactly one action key `provider.action: {{params}}` (besides "
@@ -207,9 +215,9 @@ class RuleSpec(_Strict):
         """The ``do`` items as steps (step keys of the wrong type are reported by ``rules.validate``)."""
         out = []
         for item in self.do:
-            name = next(k for k in item if k not in STEP_KEYS)
+            name = WAIT if WAIT in item else next(k for k in item if k not in STEP_KEYS)
             out.append(Step(name, item[name] or {}, item.get("id"), item.get("when"),
-                            item.get("on_error", "continue"), item.get("attempts", 1)))  # fmt: skip
+                            item.get("on_error", "continue"), item.get("attempts", 1), item.get("unless")))  # fmt: skip
         return out
 
     def actions(self) -> list[tuple[str, Params]]:

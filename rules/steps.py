@@ -12,13 +12,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from rules.expr import RULE_VARIABLES, EvaluationError, activation, compile_condition
+from rules.expr import (
+    RULE_VARIABLES,
+    EvaluationError,
+    activation,
+    compile_condition,
+    compile_timestamp,
+    evaluate_timestamp,
+)
 from rules.templating import TemplateProblem, compile_params
 
-#: Variables of a step's own ``when``: those of a rule condition and ``steps``.
+#: Variables of a step's own ``when`` and of a wait's ``until``: those of a rule condition and ``steps``.
 STEP_VARIABLES = RULE_VARIABLES | {"steps"}
+#: Variables of a wait's ``unless``, re-checked when the wait ends: ``opp`` and ``documents`` are then the
+#: opportunity's current ones.
+UNLESS_VARIABLES = STEP_VARIABLES | {"documents"}
+#: What a wait step outputs: when it ended, and whether its ``unless`` held (the rest of the run was skipped).
+WAIT_OUTPUT: dict[str, type] = {"until": str, "unless": bool}
+MAX_WAIT_SECONDS = 366 * 86400
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _REF = re.compile(
     r"(?<![\w.])steps\s*\.\s*([A-Za-z_]\w*)(?:\s*\.\s*([A-Za-z_]\w*)(?:\s*\.\s*([A-Za-z_]\w*))?)?"
 )
@@ -79,3 +95,32 @@ def prepare(params: dict[str, Any], when: str | None, variables: dict[str, Any])
     except TemplateProblem as exc:
         where = ".".join(str(p) for p in exc.path)
         raise StepProblem(f"{where}: {exc.message}" if where else exc.message) from None
+
+
+def duration_seconds(text: Any) -> int | None:
+    """The seconds of a wait's ``for`` (``90s``, ``15m``, ``4h``, ``3d``), or None if it is not one."""
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else None
+
+
+def wait_deadline(wait: dict[str, Any], variables: dict[str, Any], now: datetime) -> datetime:
+    """When a wait step ends: ``now`` plus its ``for``, or its ``until`` evaluated (a timestamp in the past ends
+    the wait at once). Raises :class:`StepProblem`."""
+    if "for" in wait:
+        seconds = duration_seconds(wait["for"])
+        if seconds is None:
+            raise StepProblem(f"wait.for: not a duration: {wait['for']!r}")
+        return now + timedelta(seconds=seconds)
+    try:
+        at = evaluate_timestamp(compile_timestamp(wait["until"], STEP_VARIABLES), variables)
+    except EvaluationError as exc:
+        raise StepProblem(f"wait.until: {exc} in `{wait['until']}`") from None
+    return at.astimezone(UTC)
+
+
+def unless_holds(source: str, variables: dict[str, Any]) -> bool:
+    """Whether a wait's ``unless`` holds for these (current) variables. Raises :class:`StepProblem`."""
+    try:
+        return compile_condition(source, UNLESS_VARIABLES).evaluate(activation(variables))
+    except EvaluationError as exc:
+        raise StepProblem(f"unless: {exc} in `{source}`") from None

@@ -15,7 +15,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from rules import actions
-from rules.expr import RULE_VARIABLES, TRANSITION_VARIABLES, ExpressionError, compile_condition
+from rules.expr import (
+    RULE_VARIABLES,
+    TRANSITION_VARIABLES,
+    ExpressionError,
+    compile_condition,
+    compile_timestamp,
+)
 from rules.model import (
     KINDS,
     MODELS,
@@ -25,11 +31,21 @@ from rules.model import (
     STAGE_TRIGGERS,
     TRIGGER_SUBJECTS,
     TRIGGERS,
+    WAIT,
     PipelineSpec,
     Resource,
     RuleSpec,
+    Step,
 )
-from rules.steps import STEP_VARIABLES, step_refs, strings
+from rules.steps import (
+    MAX_WAIT_SECONDS,
+    STEP_VARIABLES,
+    UNLESS_VARIABLES,
+    WAIT_OUTPUT,
+    duration_seconds,
+    step_refs,
+    strings,
+)
 from rules.templating import TemplateProblem, compile_params
 
 Path = tuple[str | int, ...]
@@ -316,6 +332,8 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
         issues.extend(_check_condition(spec.when, ("spec", "when"), RULE_VARIABLES, RULE_PROBES))
     issues.extend(_check_steps(spec, registry))
     for i, (name, params) in enumerate(spec.actions()):
+        if name == WAIT:
+            continue  # checked with the steps
         base: Path = ("spec", "do", i, name)
         info = actions.get_action(name) if registry else None
         if info is None and registry:
@@ -351,8 +369,20 @@ def _check_steps(spec: RuleSpec, registry: bool) -> list[Issue]:
     names an earlier step and a field its action declares; each ``when`` a valid CEL condition."""
     issues: list[Issue] = []
     earlier: dict[str, actions.Output | None] = {}  # id -> its action's output (None: not declared)
+    after_wait = False
     for i, (item, step) in enumerate(zip(spec.do, spec.steps(), strict=True)):
         base: Path = ("spec", "do", i)
+        if step.action == WAIT:
+            issues.extend(_check_wait(item, step, base, earlier))
+            after_wait = True
+        elif "unless" in item:
+            issues.append(Issue((*base, "unless"), "unless applies only to a wait step", at_key=True))
+        elif after_wait and registry:
+            info = actions.get_action(step.action)
+            if info is not None and "org" not in info.runs_on:
+                issues.append(Issue((*base, step.action), f"{step.action} cannot follow a wait: after a wait the "
+                                    "steps run in the rule run's own workflow, where provider actions and "
+                                    "http.post run", at_key=True))  # fmt: skip
         if "id" in item:
             if not isinstance(step.id, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", step.id):
                 issues.append(Issue((*base, "id"), f"{_PATTERN_TEXT[r'^[a-z][a-z0-9_]{0,62}$']}, got {step.id!r}"))
@@ -377,8 +407,40 @@ def _check_steps(spec: RuleSpec, registry: bool) -> list[Issue]:
         for path, text in refs:
             issues.extend(_check_step_refs(text, path, earlier))
         if isinstance(step.id, str) and step.id not in earlier:
-            info = actions.get_action(step.action) if registry else None
-            earlier[step.id] = info.output if info is not None else None
+            info = actions.get_action(step.action) if registry and step.action != WAIT else None
+            earlier[step.id] = WAIT_OUTPUT if step.action == WAIT else info.output if info is not None else None
+    return issues
+
+
+def _check_wait(item: dict, step: Step, base: Path, earlier: dict[str, actions.Output | None]) -> list[Issue]:
+    """A wait: exactly one of ``for`` (a duration) and ``until`` (a CEL timestamp); ``unless`` a condition."""
+    issues: list[Issue] = []
+    if "on_error" in item:
+        issues.append(Issue((*base, "on_error"), "on_error does not apply to a wait step", at_key=True))
+    wait, path = step.params, (*base, WAIT)
+    steps_probe = {k: {"output": actions.sample_output(o), "status": "ok"} for k, o in earlier.items()}
+    probe = {**RULE_PROBES[0], "steps": steps_probe}
+    if not isinstance(wait, dict) or len(wait) != 1 or next(iter(wait)) not in ("for", "until"):
+        issues.append(Issue(path, "wait must be {for: <duration, e.g. 3d>} or {until: <CEL timestamp>}"))
+    elif "for" in wait:
+        seconds = duration_seconds(wait["for"])
+        if seconds is None or not 1 <= seconds <= MAX_WAIT_SECONDS:
+            issues.append(Issue((*path, "for"), f"wait.for must be a duration such as 90s, 15m, 4h or 3d (at most "
+                                                f"{MAX_WAIT_SECONDS // 86400}d), got {wait['for']!r}"))  # fmt: skip
+    elif not isinstance(wait["until"], str):
+        issues.append(Issue((*path, "until"), "wait.until must be a CEL timestamp expression (a string)"))
+    else:
+        try:
+            compile_timestamp(wait["until"], STEP_VARIABLES, (probe,))
+        except ExpressionError as exc:
+            issues.append(Issue((*path, "until"), exc.message, column_offset=exc.column))
+    if step.unless is not None:
+        if not isinstance(step.unless, str):
+            issues.append(Issue((*base, "unless"), "unless must be a CEL condition (a string)"))
+        else:
+            unless_probe = {**probe, "documents": {}}
+            issues.extend(_check_condition(step.unless, (*base, "unless"), UNLESS_VARIABLES, (unless_probe,)))
+            issues.extend(_check_step_refs(step.unless, (*base, "unless"), earlier))
     return issues
 
 

@@ -19,26 +19,34 @@ params, error, attempts and duration, does not stop the other actions or rules, 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.connector_types import ActionCall, execute_action
+    from activities.rule_runs import RuleActivities
     from activities.rule_types import (
         ActionOutcome,
         PlannedActionModel,
+        RecheckInput,
         RecordRunsInput,
+        RuleOutcomeModel,
         RulePlan,
         RulePlanInput,
         RuleRun,
+        RuleRunInput,
         StepControl,
+        rule_run_workflow_id,
     )
     from rules.actions import placement
-    from rules.steps import StepProblem, prepare, rule_variables
+    from rules.model import WAIT
+    from rules.steps import StepProblem, prepare, rule_variables, wait_deadline
 
 PLAN = "rules.plan"
 RECORD_RUNS = "rules.record_runs"
@@ -52,6 +60,7 @@ BUILTIN_NAMESPACES = frozenset({"opportunity", "ai", "http"})
 RETRY_BACKOFF = timedelta(seconds=1)
 MAX_RETRY_BACKOFF = timedelta(minutes=5)
 
+RULE_RUN_WORKFLOW = "RuleRunWorkflow"
 AUTOMATION_FAILED = "automation.failed"
 FAILED_PATCH = "automation-failed"  # workflow.patched: histories before it raise no automation.failed
 
@@ -101,21 +110,10 @@ class RuleRunner:
             key = f"{key_prefix}/{outcome.event}.{outcome.trigger}/{outcome.rule}"
             event = events[outcome.event] if outcome.event < len(events) else {"type": outcome.trigger}
             actions: list[ActionOutcome] = []
-            stopped = None
+            note = ""
             if outcome.fired:
-                actions, stopped = await self._run_steps(outcome.actions, key, event)
-            runs.append(
-                RuleRun(
-                    key=key,
-                    trigger=outcome.trigger,
-                    rule=outcome.rule,
-                    version=outcome.version,
-                    fired=outcome.fired,
-                    reason=outcome.reason + (f"; stopped at step {stopped}" if stopped else ""),
-                    actions=actions,
-                    at=workflow.now(),
-                )
-            )
+                actions, note = await self._run_steps(outcome, key, event)
+            runs.append(self._run_record(outcome, key, actions, note))
             if outcome.trigger != AUTOMATION_FAILED:
                 failed += [self._failure_event(runs[-1], i, a, event) for i, a in enumerate(actions) if a.failed]
         if runs:
@@ -130,34 +128,43 @@ class RuleRunner:
         return runs
 
     async def _run_steps(
-        self, planned: list[PlannedActionModel], key: str, event: dict
-    ) -> tuple[list[ActionOutcome], str | None]:
-        """Run a fired rule's actions in order under ``{key}/{index}``; for steps (``action.step``), make each
-        step's output available to later ones and apply ``on_error``. Returns the outcomes and the step a
-        failure stopped the run at (None if none did)."""
-        done: list[ActionOutcome] = []
-        outputs: dict[str, dict] = {}
-        stopped: str | None = None
-        for index, action in enumerate(planned):
-            step = action.step
+        self, outcome: RuleOutcomeModel, key: str, event: dict, first: int = 0, outputs: dict | None = None,
+        done: list[ActionOutcome] | None = None,
+    ) -> tuple[list[ActionOutcome], str]:
+        """Run a fired rule's actions from ``first`` on, in order under ``{key}/{index}``; for steps
+        (``action.step``), make each step's output available to later ones, apply ``on_error`` and hold at
+        waits. Returns the outcomes (after ``done``) and a note for the run's reason ("" if none)."""
+        done = list(done or [])
+        outputs = dict(outputs or {})
+        halted, note = None, ""  # why the steps left are not run
+        for index in range(first, len(outcome.actions)):
+            action, step, action_key = outcome.actions[index], outcome.actions[index].step, f"{key}/{index}"
             if step is None:  # a plain action: exactly as before steps existed
-                done.append(await self.run_action(action, f"{key}/{index}", event))
+                done.append(await self.run_action(action, action_key, event))
                 continue
-            outcome = await self._run_step(action, step, f"{key}/{index}", event, outputs, stopped)
-            done.append(outcome)
+            if action.name == WAIT and not (halted or step.skipped):
+                result, ended = await self._wait(outcome, index, key, event, outputs, done)
+                if result.status == "waiting":  # handed to the run's RuleRunWorkflow, which records the rest
+                    return [*done, result], ""
+            else:
+                result, ended = await self._run_step(action, step, action_key, event, outputs, halted), None
+            done.append(result)
             if step.id:
-                outputs[step.id] = {"output": outcome.output, "status": outcome.status}
-            if outcome.failed and step.on_error != "continue" and stopped is None:
-                stopped = step.id or f"do[{index}]"
-        return done, stopped
+                outputs[step.id] = {"output": result.output, "status": result.status}
+            if halted is None and ended:
+                halted, note = f"not run: the wait {step.id or f'do[{index}]'} ended the run ({ended})", ended
+            elif halted is None and result.failed and (step.on_error != "continue" or action.name == WAIT):
+                where = step.id or f"do[{index}]"
+                halted, note = f"not run: step {where} failed (on_error: stop)", f"stopped at step {where}"
+        return done, note
 
     async def _run_step(
-        self, action: PlannedActionModel, step: StepControl, key: str, event: dict, outputs: dict, stopped: str | None
+        self, action: PlannedActionModel, step: StepControl, key: str, event: dict, outputs: dict, halted: str | None
     ) -> ActionOutcome:
-        """One step: skipped (its ``when`` false, or the run stopped), else prepared from earlier steps' outputs
+        """One step: skipped (its ``when`` false, or the run halted), else prepared from earlier steps' outputs
         if deferred and run up to ``attempts`` times (``on_error: retry``) under the same key."""
         outcome = ActionOutcome(name=action.name, idempotency_key=key, ok=False, params=action.params, step=step.id)
-        skipped = f"not run: step {stopped} failed (on_error: stop)" if stopped else step.skipped
+        skipped = halted or step.skipped
         if step.deferred and not skipped:
             try:
                 params, skipped = prepare(action.params, step.when, {**rule_variables(event), "steps": outputs})
@@ -176,6 +183,43 @@ class RuleRunner:
         return outcome.model_copy(
             update={"status": "ok" if outcome.ok else "failed", "step": step.id, "attempts": attempt}
         )
+
+    async def _wait(
+        self, outcome: RuleOutcomeModel, index: int, key: str, event: dict, outputs: dict, done: list[ActionOutcome]
+    ) -> tuple[ActionOutcome, str | None]:
+        """A wait step: its deadline (``for`` from now, or ``until`` evaluated), then :meth:`_hold`. Returns the
+        step's outcome (``waiting`` once handed off) and, if its ``unless`` held, why the run ended there."""
+        action = outcome.actions[index]
+        step = action.step or StepControl()
+        base = ActionOutcome(name=WAIT, idempotency_key=f"{key}/{index}", ok=False, params=action.params,
+                             step=step.id)  # fmt: skip
+        variables = {**rule_variables(event), "steps": outputs}
+        try:
+            skipped = prepare({}, step.when, variables)[1] if step.deferred else None
+            if skipped:
+                return base.model_copy(update={"status": "skipped", "reason": skipped}), None
+            until = wait_deadline(action.params, variables, workflow.now())
+        except StepProblem as exc:
+            return base.model_copy(update={"status": "failed", "error": str(exc)}), None
+        waiting = base.model_copy(update={"status": "waiting", "output": {"until": until.isoformat()}})
+        return await self._hold(RuleRunInput(
+            org_id=self.org_id, subject=self.subject, event=event, outcome=outcome, index=index, until=until,
+            outputs=outputs, run=self._run_record(outcome, key, [*done, waiting], "")))  # fmt: skip
+
+    async def _hold(self, input: RuleRunInput) -> tuple[ActionOutcome, str | None]:
+        """Hand the rest of the run to its own ``RuleRunWorkflow`` (a child that outlives this workflow), which
+        waits with a durable timer; this run is recorded as ``waiting`` meanwhile."""
+        await workflow.start_child_workflow(
+            RuleRunWorkflow.run, input, id=rule_run_workflow_id(input.run.key),
+            parent_close_policy=ParentClosePolicy.ABANDON,
+        )  # fmt: skip
+        return input.run.actions[-1], None
+
+    @staticmethod
+    def _run_record(outcome: RuleOutcomeModel, key: str, actions: list[ActionOutcome], note: str) -> RuleRun:
+        return RuleRun(key=key, trigger=outcome.trigger, rule=outcome.rule, version=outcome.version,
+                       fired=outcome.fired, reason=outcome.reason + (f"; {note}" if note else ""), actions=actions,
+                       at=workflow.now())  # fmt: skip
 
     def _failure_event(self, run: RuleRun, index: int, action: ActionOutcome, event: dict) -> dict:
         """The ``automation.failed`` event of one failed action, about the same opportunity as its event."""
@@ -217,3 +261,71 @@ class RuleRunner:
             raise ApplicationError(problem or f"{action.name} cannot run in {self.subject}", type="NotRunnableHere")
         call = ActionCall(org_id=self.org_id, action=action.name, params=action.params, idempotency_key=key)
         return (await execute_action(call)).output
+
+
+class _Resumed(RuleRunner):
+    """The runner of a ``RuleRunWorkflow``: goes on from the wait it was handed, waits where it stands (records
+    the run as waiting, sleeps, re-checks ``unless``) and records the run's latest state."""
+
+    def __init__(self, input: RuleRunInput) -> None:
+        super().__init__(input.org_id, input.subject)
+        self.resume: RuleRunInput | None = input
+        self.current = input.run
+
+    async def save(self, run: RuleRun) -> None:
+        """Store the run's latest state (activity ``rules.save_run``)."""
+        self.current = run
+        await workflow.execute_activity_method(
+            RuleActivities.save_run, RecordRunsInput(org_id=self.org_id, subject=self.subject, runs=[run]),
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=STORE_RETRY,
+        )  # fmt: skip
+
+    async def _wait(
+        self, outcome: RuleOutcomeModel, index: int, key: str, event: dict, outputs: dict, done: list[ActionOutcome]
+    ) -> tuple[ActionOutcome, str | None]:
+        if self.resume is not None and index == self.resume.index:  # the wait this workflow was started for
+            resume, self.resume = self.resume, None
+            return await self._hold(resume)
+        return await super()._wait(outcome, index, key, event, outputs, done)
+
+    async def _hold(self, input: RuleRunInput) -> tuple[ActionOutcome, str | None]:
+        await self.save(input.run)
+        waiting = input.run.actions[-1]
+        await workflow.sleep(max(input.until - workflow.now(), timedelta(0)))
+        step = input.outcome.actions[input.index].step or StepControl()
+        held = False
+        if step.unless:
+            try:
+                held = await workflow.execute_activity_method(
+                    RuleActivities.recheck, RecheckInput(org_id=self.org_id, subject=self.subject, unless=step.unless,
+                                                         event=input.event, outputs=input.outputs),
+                    start_to_close_timeout=timedelta(seconds=30), retry_policy=STORE_RETRY,
+                )  # fmt: skip
+            except ActivityError as exc:
+                return waiting.model_copy(update={"status": "failed", "error": failure_message(exc)}), None
+        done = waiting.model_copy(update={"status": "ok", "ok": True, "output": {**waiting.output, "unless": held}})
+        return done, (f"unless `{step.unless}` held when the wait ended" if held else None)
+
+
+@workflow.defn(name=RULE_RUN_WORKFLOW)
+class RuleRunWorkflow:
+    """The rest of one rule run after a wait (id ``rule-run/{run key}``): a durable timer until the wait ends
+    (survives worker restarts), its ``unless`` re-checked, then the steps left, each later wait likewise; the
+    run's record follows (``waiting`` while it waits, then its outcome). Cancelling it (``POST
+    /v1/rule-runs/{id}:cancel``) records the run as ``cancelled``."""
+
+    @workflow.run
+    async def run(self, input: RuleRunInput) -> RuleRun:
+        runner = _Resumed(input)
+        try:
+            actions, note = await runner._run_steps(
+                input.outcome, input.run.key, input.event, input.index, input.outputs, input.run.actions[:-1])
+        except asyncio.CancelledError:
+            current = runner.current
+            cancelled = [a.model_copy(update={"status": "cancelled"}) if a.status == "waiting" else a
+                         for a in current.actions]  # fmt: skip
+            await runner.save(current.model_copy(update={"actions": cancelled, "reason": current.reason + "; cancelled"}))
+            raise
+        run = runner._run_record(input.outcome, input.run.key, actions, note)
+        await runner.save(run)
+        return run

@@ -106,7 +106,7 @@ async def until_run(api: httpx.AsyncClient, key: str, path: str, check, timeout:
         body = (await api.get(path, headers=bearer(key))).json()
         if check(body):
             return body
-        assert asyncio.get_running_loop().time() < deadline, body
+        assert asyncio.get_running_loop().time() < deadline, json.dumps(body, indent=1)
         await asyncio.sleep(0.2)
 
 

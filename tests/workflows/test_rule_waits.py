@@ -1,0 +1,125 @@
+"""Durable waits in rules (``wait: {for: …}`` / ``wait: {until: …}``, ``unless``): a ``RuleRunWorkflow`` per run
+holds the timer, survives a worker restart, re-checks ``unless`` against the opportunity's current state, and
+is listed and cancelled through ``/v1/rule-runs``."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from hub.runtime import Hub
+from hub.settings import Settings
+from rules.loader import load_text
+from tests.conftest import bearer
+from tests.workflows.opportunity_kit import apply, rule
+from tests.workflows.test_rule_matrix import OPEN_PIPELINE, Receiver
+from tests.workflows.test_rule_steps import until_run
+from worker import build_workers
+
+
+@pytest.fixture
+def settings(tmp_path: Path, vault_keys: str, task_queue: str) -> Settings:
+    """The test settings, with the loopback receiver of ``http.post`` allowed."""
+    return Settings(data_dir=tmp_path / "data", vault_keys=vault_keys, task_queue=task_queue,
+                    http_allowlist=["127.0.0.1/32"])
+
+
+BAD_WAITS = """\
+apiVersion: fulqrun.io/v1
+kind: Rule
+metadata: {name: bad-waits}
+spec:
+  on: contract.sent
+  do:
+    - wait: {for: 3 days}
+    - wait: {until: "opp.amount"}
+      on_error: stop
+    - http.post: {url: "https://example.com"}
+      unless: "true"
+    - opportunity.add_task: {title: "late"}
+"""
+
+
+def test_waits_are_checked_with_line_and_column() -> None:
+    errors = [(e.line, e.column, e.message) for e in load_text(BAD_WAITS, "bad.yaml").errors]
+    assert (7, 19, "wait.for must be a duration such as 90s, 15m, 4h or 3d (at most 366d), got '3 days'") in errors
+    assert (8, 21, "CEL type error: the expression must be a timestamp, not double") in errors
+    assert (9, 7, "on_error does not apply to a wait step") in errors
+    assert (11, 7, "unless applies only to a wait step") in errors
+    assert any(line == 12 and msg.startswith("opportunity.add_task cannot follow a wait") for line, _, msg in errors)
+
+
+async def test_waits_survive_a_restart_recheck_unless_and_cancel(
+    api: httpx.AsyncClient, hub: Hub, client: Client, admin_key: str
+) -> None:
+    h = bearer(admin_key)
+    with Receiver() as receiver:
+        url = receiver.url
+        await apply(
+            hub, OPEN_PIPELINE,
+            rule("nudge", "opportunity.created", when="opp.name != 'Far'", do=[
+                {"id": "hello", "http.post": {"url": f"{url}/before", "json": {"opp": "{{ opp.id }}"}}},
+                {"id": "hold", "wait": {"for": "6s"}, "unless": "opp.amount > 1000.0"},
+                {"http.post": {"url": f"{url}/after", "json": {"opp": "{{ opp.id }}", "before": "{{ steps.hello.output.status }}",
+                                                             "until": "{{ steps.hold.output.until }}"}}},
+            ]),
+            rule("before-close", "opportunity.created", when="opp.name == 'Far'", do=[
+                {"wait": {"until": "timestamp(opp.close_date + 'T00:00:00Z') - duration('168h')"}},
+                {"http.post": {"url": f"{url}/never"}},
+            ]),
+        )  # fmt: skip
+        async with AsyncExitStack() as first:
+            for worker in build_workers(hub, client):
+                await first.enter_async_context(worker)
+            for oid, name in (("w1", "Steady"), ("w2", "Grows"), ("w3", "Far")):
+                body = {"name": name, "branch": "emea", "owner_role": "ae", "amount": 10.0, "close_date": "2099-01-31"}
+                assert (await api.put(f"/v1/opportunities/{oid}", json=body, headers=h)).status_code == 200
+            waiting = await until_run(api, admin_key, "/v1/rule-runs?status=waiting", lambda b: len(b["items"]) == 3)
+            # w2 grows past the unless threshold while it waits
+            grown = {"name": "Grows", "branch": "emea", "owner_role": "ae", "amount": 5000.0, "close_date": "2099-01-31"}
+            assert (await api.put("/v1/opportunities/w2", json=grown, headers=h)).status_code == 200
+        # the worker is gone mid-wait; a new one takes over
+        by_opp = {r["opportunity_id"]: r for r in waiting["items"]}
+        assert by_opp["w3"]["wait_until"].startswith("2099-01-24T00:00:00")
+        assert [(a["name"], a["status"]) for a in by_opp["w1"]["actions"]] == [("http.post", "ok"), ("wait", "waiting")]
+        steady_until = datetime.fromisoformat(by_opp["w1"]["wait_until"])
+        handle = client.get_workflow_handle(by_opp["w1"]["wait_workflow_id"])
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        async with AsyncExitStack() as second:
+            for worker in build_workers(hub, client):
+                await second.enter_async_context(worker)
+            done = await until_run(api, admin_key, "/v1/rule-runs?rule=nudge", timeout=60, check=lambda b: [
+                r["status"] for r in b["items"] if r["opportunity_id"] != "w3"] == ["ok", "ok"])
+            runs = {r["opportunity_id"]: r for r in done["items"]}
+            steady, grows = runs["w1"], runs["w2"]
+            assert [a["status"] for a in steady["actions"]] == ["ok", "ok", "ok"] and steady["wait_until"] is None
+            assert steady["actions"][1]["output"] == {"until": steady_until.isoformat(), "unless": False}
+            [after] = receiver.calls("^/after$")
+            assert after.json() == {"opp": "w1", "before": "200", "until": steady_until.isoformat()}
+            assert [a["status"] for a in grows["actions"]] == ["ok", "ok", "skipped"]
+            assert grows["actions"][1]["output"]["unless"] is True
+            assert grows["reason"].endswith("; unless `opp.amount > 1000.0` held when the wait ended")
+
+            far = by_opp["w3"]
+            viewer_cancel = await api.post(f"/v1/rule-runs/{far['id']}:cancel", headers=bearer(await _viewer(hub)))
+            assert viewer_cancel.status_code == 403
+            assert (await api.post(f"/v1/rule-runs/{steady['id']}:cancel", headers=h)).status_code == 409
+            cancelled = await api.post(f"/v1/rule-runs/{far['id']}:cancel", headers=h)
+            assert cancelled.status_code == 202, cancelled.text
+            gone = await until_run(api, admin_key, f"/v1/rule-runs/{far['id']}", lambda b: b["status"] == "cancelled")
+            assert [a["status"] for a in gone["actions"]] == ["cancelled"] and gone["reason"].endswith("; cancelled")
+        assert receiver.calls("^/never$") == []
+        audit = (await api.get("/v1/audit?action=rule_run.cancelled", headers=h)).json()["items"]
+        assert [e["resource"] for e in audit] == [f"rule_run/{far['id']}"]
+
+
+async def _viewer(hub: Hub) -> str:
+    from hub.auth import create_key
+
+    async with hub.db.session() as session:
+        return await create_key(session, "acme", "viewer")

@@ -6,6 +6,10 @@ the action declares, ``rules.actions``) and ``steps.<id>.status`` (``ok``, ``fai
 params templates and in their own ``when`` conditions. A step that refers to ``steps`` cannot be rendered when
 the rule is planned: it is *deferred* and prepared by the workflow right before it runs, with :func:`prepare`
 (pure: no I/O, no clock, so workflow code may call it).
+
+A ``wait`` step (``wait: {for: 3d}`` or ``wait: {until: <CEL timestamp>}``, optionally ``unless: <CEL>``) has no
+action: :func:`wait_deadline` says when it ends (the workflow passes its own clock), :func:`unless_holds`
+whether the run ends there (re-checked with the opportunity's current ``opp`` and ``documents``).
 """
 
 from __future__ import annotations

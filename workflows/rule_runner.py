@@ -15,6 +15,14 @@ gives. Every action gets a deterministic idempotency key ``{key_prefix}/{event}.
 retried or replayed run never repeats a side effect under a new key. A failing action is recorded with its
 params, error, attempts and duration, does not stop the other actions or rules, and raises
 ``automation.failed`` (once: failures of ``automation.failed`` rules raise nothing), run by the same runner.
+
+Rules with steps (``rules.steps``): a step's output is available to later steps (a step that uses them is
+rendered here, right before it runs, with the pure ``rules.steps.prepare``), a step may be skipped by its own
+``when``, and ``on_error`` decides what a failure does (``continue``; ``stop``: later steps are skipped;
+``retry``: up to ``attempts`` runs under the same key, a growing timer apart, then stop). At its first wait a
+run is handed to its own ``RuleRunWorkflow`` (a child, id ``rule-run/{run key}``, abandoned by its parent so it
+outlives continue-as-new), recorded ``waiting`` meanwhile; that workflow sleeps on a durable timer, re-checks the
+wait's ``unless`` (activity ``rules.recheck``), runs the steps left and records the run (``rules.save_run``).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 def test_validate_ok_and_every_error(cli: CliRunner, tmp_path: Path) -> None:
     ok = cli.invoke(app, ["rules", "validate", str(PEAK_PIPELINE), str(EXAMPLES_DIR)])
-    assert ok.exit_code == 0 and ok.stdout.startswith("ok: 10 resource(s) in 4 file(s)")
+    assert ok.exit_code == 0 and ok.stdout.startswith("ok: 12 resource(s) in 5 file(s)")
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         GOOD_RULE.replace("lead.created", "lead.craeted")

@@ -24,6 +24,7 @@ from hub.temporal import data_converter
 from hub.vault import Vault, parse_keys
 from rules.engine import dry_run
 from rules.loader import load_text
+from rules.schema import json_schema
 from tests.conftest import bearer
 from tests.fakes.stripe_server import StripeFake
 from tests.workflows.opportunity_kit import AiStandIn, apply, connect, main_worker, opportunity_body, rule
@@ -228,3 +229,10 @@ async def test_replay_kept_steps_histories() -> None:
     for path in files:
         doc = json.loads(path.read_text())
         await replayer().replay_workflow(WorkflowHistory.from_json(doc["workflow_id"], doc["history"]))
+
+
+def test_rule_schema_lists_step_keys_next_to_actions() -> None:
+    items = json_schema("Rule")["$defs"]["RuleSpec"]["properties"]["do"]["items"]
+    assert {"id", "when", "on_error", "attempts", "wait", "unless", "http.post"} <= set(items["properties"])
+    assert items["properties"]["on_error"]["enum"] == ["continue", "stop", "retry"]
+    assert items["properties"]["wait"]["properties"]["for"]["pattern"] == r"^\d+[smhd]$"

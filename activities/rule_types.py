@@ -160,6 +160,19 @@ class RecheckInput(BaseModel):
     outputs: dict = Field(default_factory=dict)
 
 
+RULE_RUN_PREFIX = "rule-run/"
+
+
 def rule_run_workflow_id(run_key: str) -> str:
     """The id of the ``RuleRunWorkflow`` that holds a run's waits (derived from the run's key)."""
-    return f"rule-run/{run_key}"
+    return RULE_RUN_PREFIX + run_key
+
+
+def approval_target(data: dict) -> tuple[str, dict] | None:
+    """For a ``slack.action`` event's data: the ``RuleRunWorkflow`` its approval answers (the request is
+    ``{workflow id}#{step index}``) and the answer, or None when it answers no rule run."""
+    answer = data.get("approval")
+    request = str(answer.get("request") or "") if isinstance(answer, dict) else ""
+    if not request.startswith(RULE_RUN_PREFIX) or not isinstance(answer, dict):
+        return None
+    return request.partition("#")[0], answer

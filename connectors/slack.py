@@ -52,14 +52,15 @@ class PostApproval(_Params):
 
     channel: str = Field(min_length=1)
     text: str = Field(min_length=1, max_length=3000, description="the question, Slack mrkdwn")
-    opportunity_id: str = Field(min_length=1, max_length=500)
+    opportunity_id: str | None = Field(default=None, min_length=1, max_length=500,
+                                       description="the opportunity the click is about (None: the org)")
     request: str = Field(min_length=1, max_length=500, description="id of the approval request")
     fields: dict[str, str] = Field(default_factory=dict, description="label → value shown under the question")
     approve_label: str = Field(default="Approve", min_length=1, max_length=75)
     reject_label: str = Field(default="Reject", min_length=1, max_length=75)
 
 
-def approval_value(opportunity_id: str, request: str, decision: Literal["approve", "reject"]) -> str:
+def approval_value(opportunity_id: str | None, request: str, decision: Literal["approve", "reject"]) -> str:
     """The ``value`` of an approval button (see the module docstring for the format)."""
     return json.dumps({"opportunity_id": opportunity_id, "request": request, "decision": decision},
                       separators=(",", ":"))

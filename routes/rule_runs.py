@@ -18,7 +18,7 @@ from hub.problems import Problem
 from hub.store.opportunities import RuleRunRecord, RunFilter, action_status, get_rule_run, list_rule_runs
 from hub.store.orgs import record_audit
 from routes.paging import decode_cursor, encode_cursor, utc
-from rules.model import WAIT
+from rules.model import HOLDS
 from workflows.opportunity import OpportunityWorkflow
 from workflows.rule_retry import RULE_RETRY
 
@@ -98,7 +98,7 @@ def _public(run: RuleRunRecord) -> RuleRunPublic:
     return RuleRunPublic(
         id=run.id, rule=run.rule, version=run.version, trigger=run.trigger, status=run.status, reason=run.reason,
         subject=run.subject, opportunity_id=_opportunity_id(run), at=utc(run.at), wait_until=_wait_until(run),
-        wait_workflow_id=rule_run_workflow_id(run.key) if any(a["name"] == WAIT for a in run.actions) else None,
+        wait_workflow_id=rule_run_workflow_id(run.key) if any(a["name"] in HOLDS for a in run.actions) else None,
         actions=[ActionRunPublic(
             index=i, name=a["name"], status=action_status(a), step=a.get("step"), reason=a.get("reason"),
             params=a.get("params") or {},

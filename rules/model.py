@@ -146,9 +146,12 @@ Params = dict[str, Any]
 
 #: Keys a ``do`` item may carry besides its action (see ``RuleSpec.steps``); an action name has a dot. A
 #: ``wait`` item (``wait: {for: 3d}`` or ``wait: {until: <CEL timestamp>}``, optionally ``unless: <CEL>``) has no
-#: action.
-STEP_KEYS = ("id", "when", "on_error", "attempts", "wait", "unless")
+#: action, nor has an ``approval`` item (``approval: {channel, approvers, timeout, text}``: Slack buttons).
+STEP_KEYS = ("id", "when", "on_error", "attempts", "wait", "unless", "approval")
 WAIT = "wait"
+APPROVAL = "approval"
+#: Steps that hold a run (in its RuleRunWorkflow) until time passes or someone answers.
+HOLDS = (WAIT, APPROVAL)
 #: What a failed step does to the rest of its run: ``continue`` (the default: later steps run), ``stop`` (later
 #: steps are skipped), ``retry`` (run it again, up to ``attempts`` runs in all, then stop).
 ON_ERROR = ("continue", "stop", "retry")
@@ -170,7 +173,7 @@ class Step:
     @property
     def plain(self) -> bool:
         """Only an action: the rule runs it as rules without steps do."""
-        return self.id is None and self.when is None and self.on_error == "continue" and self.action != WAIT
+        return self.id is None and self.when is None and self.on_error == "continue" and self.action not in HOLDS
 
 
 class RuleSpec(_Strict):
@@ -198,9 +201,10 @@ class RuleSpec(_Strict):
     def _one_action_each(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for i, item in enumerate(value):
             names = [k for k in item if k not in STEP_KEYS]
-            if WAIT in item:
-                if names:
-                    raise ValueError(f"do[{i}] is a wait: it cannot also have an action ({', '.join(names)})")
+            holds = [k for k in HOLDS if k in item]
+            if holds:
+                if names or len(holds) > 1:
+                    raise ValueError(f"do[{i}] is a {holds[0]}: it cannot also have {', '.join([*holds[1:], *names])}")
                 continue
             if len(names) != 1:
                 raise ValueError(
@@ -215,7 +219,7 @@ class RuleSpec(_Strict):
         """The ``do`` items as steps (step keys of the wrong type are reported by ``rules.validate``)."""
         out = []
         for item in self.do:
-            name = WAIT if WAIT in item else next(k for k in item if k not in STEP_KEYS)
+            name = next((k for k in HOLDS if k in item), None) or next(k for k in item if k not in STEP_KEYS)
             out.append(Step(name, item[name] or {}, item.get("id"), item.get("when"),
                             item.get("on_error", "continue"), item.get("attempts", 1), item.get("unless")))  # fmt: skip
         return out

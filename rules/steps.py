@@ -36,6 +36,9 @@ STEP_VARIABLES = RULE_VARIABLES | {"steps"}
 UNLESS_VARIABLES = STEP_VARIABLES | {"documents"}
 #: What a wait step outputs: when it ended, and whether its ``unless`` held (the rest of the run was skipped).
 WAIT_OUTPUT: dict[str, type] = {"until": str, "unless": bool}
+#: What an approval step outputs: the decision (``approved`` false when rejected or timed out), who made it (a
+#: listed approver's Slack user id; None on timeout), whether it timed out, and when it would have.
+APPROVAL_OUTPUT: dict[str, type] = {"approved": bool, "by": str, "timed_out": bool, "until": str}
 MAX_WAIT_SECONDS = 366 * 86400
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -108,13 +111,14 @@ def duration_seconds(text: Any) -> int | None:
 
 
 def wait_deadline(wait: dict[str, Any], variables: dict[str, Any], now: datetime) -> datetime:
-    """When a wait step ends: ``now`` plus its ``for``, or its ``until`` evaluated (a timestamp in the past ends
-    the wait at once). Raises :class:`StepProblem`."""
-    if "for" in wait:
-        seconds = duration_seconds(wait["for"])
-        if seconds is None:
-            raise StepProblem(f"wait.for: not a duration: {wait['for']!r}")
-        return now + timedelta(seconds=seconds)
+    """When a wait step ends: ``now`` plus its ``for`` (an approval's ``timeout``), or its ``until`` evaluated
+    (a timestamp in the past ends the wait at once). Raises :class:`StepProblem`."""
+    for key in ("for", "timeout"):
+        if key in wait:
+            seconds = duration_seconds(wait[key])
+            if seconds is None:
+                raise StepProblem(f"{key}: not a duration: {wait[key]!r}")
+            return now + timedelta(seconds=seconds)
     try:
         at = evaluate_timestamp(compile_timestamp(wait["until"], STEP_VARIABLES), variables)
     except EvaluationError as exc:

@@ -23,6 +23,8 @@ from rules.expr import (
     compile_timestamp,
 )
 from rules.model import (
+    APPROVAL,
+    HOLDS,
     KINDS,
     MODELS,
     NAME_PATTERN,
@@ -38,6 +40,7 @@ from rules.model import (
     Step,
 )
 from rules.steps import (
+    APPROVAL_OUTPUT,
     MAX_WAIT_SECONDS,
     STEP_VARIABLES,
     UNLESS_VARIABLES,
@@ -332,7 +335,7 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
         issues.extend(_check_condition(spec.when, ("spec", "when"), RULE_VARIABLES, RULE_PROBES))
     issues.extend(_check_steps(spec, registry))
     for i, (name, params) in enumerate(spec.actions()):
-        if name == WAIT:
+        if name in HOLDS:
             continue  # checked with the steps
         base: Path = ("spec", "do", i, name)
         info = actions.get_action(name) if registry else None
@@ -375,14 +378,17 @@ def _check_steps(spec: RuleSpec, registry: bool) -> list[Issue]:
         if step.action == WAIT:
             issues.extend(_check_wait(item, step, base, earlier))
             after_wait = True
+        elif step.action == APPROVAL:
+            issues.extend(_check_approval(item, step, base))
+            after_wait = True
         elif "unless" in item:
             issues.append(Issue((*base, "unless"), "unless applies only to a wait step", at_key=True))
         elif after_wait and registry:
             info = actions.get_action(step.action)
             if info is not None and "org" not in info.runs_on:
-                issues.append(Issue((*base, step.action), f"{step.action} cannot follow a wait: after a wait the "
-                                    "steps run in the rule run's own workflow, where provider actions and "
-                                    "http.post run", at_key=True))  # fmt: skip
+                issues.append(Issue((*base, step.action), f"{step.action} cannot follow a wait or an approval: "
+                                    "after one the steps run in the rule run's own workflow, where provider "
+                                    "actions and http.post run", at_key=True))  # fmt: skip
         if "id" in item:
             if not isinstance(step.id, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", step.id):
                 issues.append(Issue((*base, "id"), f"{_PATTERN_TEXT[r'^[a-z][a-z0-9_]{0,62}$']}, got {step.id!r}"))
@@ -407,8 +413,41 @@ def _check_steps(spec: RuleSpec, registry: bool) -> list[Issue]:
         for path, text in refs:
             issues.extend(_check_step_refs(text, path, earlier))
         if isinstance(step.id, str) and step.id not in earlier:
-            info = actions.get_action(step.action) if registry and step.action != WAIT else None
-            earlier[step.id] = WAIT_OUTPUT if step.action == WAIT else info.output if info is not None else None
+            info = actions.get_action(step.action) if registry and step.action not in HOLDS else None
+            holds = {WAIT: WAIT_OUTPUT, APPROVAL: APPROVAL_OUTPUT}
+            earlier[step.id] = holds.get(step.action) or (info.output if info is not None else None)
+    return issues
+
+
+def _check_approval(item: dict, step: Step, base: Path) -> list[Issue]:
+    """An approval: ``channel``, ``approvers`` (Slack user ids), ``timeout`` (a duration), optional ``text``."""
+    issues: list[Issue] = []
+    if "on_error" in item:
+        issues.append(Issue((*base, "on_error"), "on_error does not apply to an approval step", at_key=True))
+    params, path = step.params, (*base, APPROVAL)
+    if not isinstance(params, dict):
+        return [*issues, Issue(path, "approval must be {channel, approvers: [Slack user ids], timeout, text}")]
+    for key in sorted(set(params) - {"channel", "approvers", "timeout", "text"}):
+        issues.append(Issue((*path, key), f"unknown field {key!r}", at_key=True))
+    for key in ("channel", "approvers", "timeout"):
+        if key not in params:
+            issues.append(Issue(path, f"missing required field {key!r}"))
+    for key in ("channel", "text"):
+        if key in params and (not isinstance(params[key], str) or not params[key].strip()):
+            issues.append(Issue((*path, key), f"approval.{key} must be a non-empty string"))
+    approvers = params.get("approvers")
+    if "approvers" in params and (not isinstance(approvers, list) or not approvers
+                                  or not all(isinstance(a, str) and a.strip() for a in approvers)):
+        issues.append(Issue((*path, "approvers"), "approval.approvers must be a non-empty list of Slack user ids"))
+    if "timeout" in params:
+        seconds = duration_seconds(params["timeout"])
+        if seconds is None or not 1 <= seconds <= MAX_WAIT_SECONDS:
+            issues.append(Issue((*path, "timeout"), f"approval.timeout must be a duration such as 90s, 15m, 4h or "
+                                                    f"2d, got {params['timeout']!r}"))  # fmt: skip
+    try:
+        compile_params(params)
+    except TemplateProblem as exc:
+        issues.append(Issue((*path, *exc.path), exc.message))
     return issues
 
 

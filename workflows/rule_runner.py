@@ -53,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
         rule_run_workflow_id,
     )
     from rules.actions import placement
-    from rules.model import WAIT
+    from rules.model import APPROVAL, HOLDS
     from rules.steps import StepProblem, prepare, rule_variables, wait_deadline
 
 PLAN = "rules.plan"
@@ -69,6 +69,8 @@ RETRY_BACKOFF = timedelta(seconds=1)
 MAX_RETRY_BACKOFF = timedelta(minutes=5)
 
 RULE_RUN_WORKFLOW = "RuleRunWorkflow"
+SLACK_APPROVAL = "slack.post_approval"
+MAX_ANSWERS = 100  # approval clicks a RuleRunWorkflow keeps
 AUTOMATION_FAILED = "automation.failed"
 FAILED_PATCH = "automation-failed"  # workflow.patched: histories before it raise no automation.failed
 
@@ -150,7 +152,7 @@ class RuleRunner:
             if step is None:  # a plain action: exactly as before steps existed
                 done.append(await self.run_action(action, action_key, event))
                 continue
-            if action.name == WAIT and not (halted or step.skipped):
+            if action.name in HOLDS and not (halted or step.skipped):
                 result, ended = await self._wait(outcome, index, key, event, outputs, done)
                 if result.status == "waiting":  # handed to the run's RuleRunWorkflow, which records the rest
                     return [*done, result], ""
@@ -161,7 +163,7 @@ class RuleRunner:
                 outputs[step.id] = {"output": result.output, "status": result.status}
             if halted is None and ended:
                 halted, note = f"not run: the wait {step.id or f'do[{index}]'} ended the run ({ended})", ended
-            elif halted is None and result.failed and (step.on_error != "continue" or action.name == WAIT):
+            elif halted is None and result.failed and (step.on_error != "continue" or action.name in HOLDS):
                 where = step.id or f"do[{index}]"
                 halted, note = f"not run: step {where} failed (on_error: stop)", f"stopped at step {where}"
         return done, note
@@ -195,18 +197,21 @@ class RuleRunner:
     async def _wait(
         self, outcome: RuleOutcomeModel, index: int, key: str, event: dict, outputs: dict, done: list[ActionOutcome]
     ) -> tuple[ActionOutcome, str | None]:
-        """A wait step: its deadline (``for`` from now, or ``until`` evaluated), then :meth:`_hold`. Returns the
-        step's outcome (``waiting`` once handed off) and, if its ``unless`` held, why the run ended there."""
+        """A wait or approval step: its deadline (``for`` or ``timeout`` from now, or ``until`` evaluated), then
+        :meth:`_hold`. Returns the step's outcome (``waiting`` once handed off, its params rendered) and, if a
+        wait's ``unless`` held, why the run ended there."""
         action = outcome.actions[index]
         step = action.step or StepControl()
-        base = ActionOutcome(name=WAIT, idempotency_key=f"{key}/{index}", ok=False, params=action.params,
+        base = ActionOutcome(name=action.name, idempotency_key=f"{key}/{index}", ok=False, params=action.params,
                              step=step.id)  # fmt: skip
         variables = {**rule_variables(event), "steps": outputs}
         try:
-            skipped = prepare({}, step.when, variables)[1] if step.deferred else None
-            if skipped:
-                return base.model_copy(update={"status": "skipped", "reason": skipped}), None
-            until = wait_deadline(action.params, variables, workflow.now())
+            if step.deferred:
+                params, skipped = prepare(action.params, step.when, variables)
+                if skipped:
+                    return base.model_copy(update={"status": "skipped", "reason": skipped}), None
+                base.params = params or {}
+            until = wait_deadline(base.params, variables, workflow.now())
         except StepProblem as exc:
             return base.model_copy(update={"status": "failed", "error": str(exc)}), None
         waiting = base.model_copy(update={"status": "waiting", "output": {"until": until.isoformat()}})
@@ -275,10 +280,11 @@ class _Resumed(RuleRunner):
     """The runner of a ``RuleRunWorkflow``: goes on from the wait it was handed, waits where it stands (records
     the run as waiting, sleeps, re-checks ``unless``) and records the run's latest state."""
 
-    def __init__(self, input: RuleRunInput) -> None:
+    def __init__(self, input: RuleRunInput, answers: list[dict]) -> None:
         super().__init__(input.org_id, input.subject)
         self.resume: RuleRunInput | None = input
         self.current = input.run
+        self.answers = answers  # approval clicks, as the workflow's signal receives them
 
     async def save(self, run: RuleRun) -> None:
         """Store the run's latest state (activity ``rules.save_run``)."""
@@ -297,8 +303,10 @@ class _Resumed(RuleRunner):
         return await super()._wait(outcome, index, key, event, outputs, done)
 
     async def _hold(self, input: RuleRunInput) -> tuple[ActionOutcome, str | None]:
-        await self.save(input.run)
         waiting = input.run.actions[-1]
+        if waiting.name == APPROVAL:
+            return await self._approval(input, waiting), None
+        await self.save(input.run)
         await workflow.sleep(max(input.until - workflow.now(), timedelta(0)))
         step = input.outcome.actions[input.index].step or StepControl()
         held = False
@@ -314,6 +322,34 @@ class _Resumed(RuleRunner):
         done = waiting.model_copy(update={"status": "ok", "ok": True, "output": {**waiting.output, "unless": held}})
         return done, (f"unless `{step.unless}` held when the wait ended" if held else None)
 
+    async def _approval(self, input: RuleRunInput, waiting: ActionOutcome) -> ActionOutcome:
+        """Post Approve/Reject buttons (``slack.post_approval``, request ``{workflow id}#{index}``), then wait for
+        a listed approver's click (signal ``approval``, forwarded by the WebhookEventWorkflow of the Slack
+        interactivity delivery) or the timeout: ``approved``, ``by``, ``timed_out``."""
+        params, request = waiting.params, f"{workflow.info().workflow_id}#{input.index}"
+        opportunity_id = (input.event.get("opp") or {}).get("id")
+        post = PlannedActionModel(name=SLACK_APPROVAL, params={
+            "channel": params["channel"], "text": params.get("text") or f"Approve {input.run.rule}?",
+            "request": request, **({"opportunity_id": str(opportunity_id)} if opportunity_id else {})})  # fmt: skip
+        posted = await self.run_action(post, waiting.idempotency_key, input.event)
+        if not posted.ok:
+            return waiting.model_copy(update={"status": "failed", "error": posted.error})
+        await self.save(input.run)
+        approvers = set(params["approvers"])
+
+        def answer() -> dict | None:
+            return next((a for a in self.answers if a.get("request") == request and a.get("by") in approvers), None)
+
+        try:
+            await workflow.wait_condition(lambda: answer() is not None,
+                                          timeout=max(input.until - workflow.now(), timedelta(0)))
+        except TimeoutError:
+            pass
+        found = answer()
+        output = {"approved": bool(found and found.get("decision") == "approved"), "by": found and found.get("by"),
+                  "timed_out": found is None, "until": waiting.output.get("until")}  # fmt: skip
+        return waiting.model_copy(update={"status": "ok", "ok": True, "output": output})
+
 
 @workflow.defn(name=RULE_RUN_WORKFLOW)
 class RuleRunWorkflow:
@@ -322,9 +358,19 @@ class RuleRunWorkflow:
     run's record follows (``waiting`` while it waits, then its outcome). Cancelling it (``POST
     /v1/rule-runs/{id}:cancel``) records the run as ``cancelled``."""
 
+    def __init__(self) -> None:
+        self.answers: list[dict] = []
+
+    @workflow.signal(name="approval")
+    def approval(self, answer: dict) -> None:
+        """A click on an approval button: ``{decision: approved|rejected, request, by}`` (only a listed
+        approver's answer to this run's request counts)."""
+        self.answers.append(answer)
+        del self.answers[:-MAX_ANSWERS]
+
     @workflow.run
     async def run(self, input: RuleRunInput) -> RuleRun:
-        runner = _Resumed(input)
+        runner = _Resumed(input, self.answers)
         try:
             actions, note = await runner._run_steps(
                 input.outcome, input.run.key, input.event, input.index, input.outputs, input.run.actions[:-1])

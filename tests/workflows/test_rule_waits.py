@@ -4,9 +4,13 @@ is listed and cancelled through ``/v1/rule-runs``."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -14,11 +18,16 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from hub.runtime import Hub
 from hub.settings import Settings
+from hub.store.connections import secret_owner
+from hub.store.secrets import put_secret
 from rules.loader import load_text
 from tests.conftest import bearer
-from tests.workflows.opportunity_kit import apply, rule
+from tests.fakes.slack_server import SlackFake
+from tests.webhooks.conftest import SECRET, post_signed
+from tests.workflows.opportunity_kit import SLACK_TOKEN, apply, connect, rule
 from tests.workflows.test_rule_matrix import OPEN_PIPELINE, Receiver
 from tests.workflows.test_rule_steps import until_run
+from webhooks.relay import Relay
 from worker import build_workers
 
 
@@ -123,3 +132,75 @@ async def _viewer(hub: Hub) -> str:
 
     async with hub.db.session() as session:
         return await create_key(session, "acme", "viewer")
+
+
+async def _click(api: httpx.AsyncClient, hub: Hub, connection: str, button: dict, user: str) -> None:
+    """A Slack interactivity delivery: ``user`` clicked ``button`` (signed with the connection's secret)."""
+    click = {"type": "block_actions", "trigger_id": f"trig-{uuid.uuid4().hex}", "user": {"id": user, "username": user},
+             "container": {"channel_id": "C1", "message_ts": "1.2"},
+             "actions": [{"action_id": button["action_id"], "block_id": "fulqrun_approval", "value": button["value"],
+                          "type": "button"}]}  # fmt: skip
+    body = urlencode({"payload": json.dumps(click)}).encode()
+    posted = await post_signed(api, hub, "slack", connection, body, "application/x-www-form-urlencoded")
+    assert posted.status_code == 200, posted.text
+    await Relay(hub).drain()
+
+
+async def test_approvals_post_buttons_count_only_approvers_and_time_out(
+    api: httpx.AsyncClient, hub: Hub, client: Client, admin_key: str
+) -> None:
+    h = bearer(admin_key)
+    async with AsyncExitStack() as stack:
+        receiver = stack.enter_context(Receiver())
+        slack = stack.enter_context(SlackFake(tokens=(SLACK_TOKEN,)))
+        url = receiver.url
+        after = [
+            {"when": "steps.ok.output.approved", "http.post": {"url": f"{url}/approved", "json": {"by": "{{ steps.ok.output.by }}"}}},
+            {"when": "!steps.ok.output.approved", "http.post": {"url": f"{url}/refused", "json": {
+                "timed_out": "{{ steps.ok.output.timed_out }}", "by": "{{ steps.ok.output.by }}"}}},
+        ]  # fmt: skip
+        await apply(
+            hub, OPEN_PIPELINE,
+            rule("discount", "opportunity.created", when="opp.name != 'Slow'", do=[
+                {"id": "ok", "approval": {"channel": "#approvals", "approvers": ["U_BOSS"], "timeout": "2m",
+                                          "text": "Discount for {{ opp.name }}?"}}, *after]),
+            rule("discount-slow", "opportunity.created", when="opp.name == 'Slow'", do=[
+                {"id": "ok", "approval": {"channel": "#approvals", "approvers": ["U_BOSS"], "timeout": "3s"}}, *after]),
+        )  # fmt: skip
+        connection = await connect(hub, "slack", "oauth2_code_pkce", {"base_url": slack.url + "/api"}, SLACK_TOKEN)
+        async with hub.db.session() as session:
+            await put_secret(session, hub.vault, "acme", secret_owner(connection), "webhook_secrets", SECRET)
+        for worker in build_workers(hub, client):
+            await stack.enter_async_context(worker)
+        for oid, name in (("a1", "Globex"), ("a2", "Slow")):
+            body = {"name": name, "branch": "emea", "owner_role": "ae", "amount": 10.0}
+            assert (await api.put(f"/v1/opportunities/{oid}", json=body, headers=h)).status_code == 200
+        page = await until_run(api, admin_key, "/v1/rule-runs?rule=discount&status=waiting", lambda b: b["items"])
+        [waiting] = page["items"]
+        assert waiting["actions"][0]["name"] == "approval" and waiting["wait_until"]
+        for _ in range(300):  # the run's RuleRunWorkflow posts the buttons
+            posted = [m for m in slack.messages if m["text"] == "Discount for Globex?"]
+            if posted:
+                break
+            await asyncio.sleep(0.1)
+        [message] = posted
+        approve = next(b for b in message["blocks"] if b["type"] == "actions")["elements"][0]
+        assert json.loads(approve["value"]) == {"opportunity_id": "a1", "decision": "approve",
+                                                "request": waiting["wait_workflow_id"] + "#0"}
+        await _click(api, hub, connection, approve, "U_INTERN")  # not an approver: does not count
+        await asyncio.sleep(1.0)
+        assert (await api.get(f"/v1/rule-runs/{waiting['id']}", headers=h)).json()["status"] == "waiting"
+        await _click(api, hub, connection, approve, "U_BOSS")
+        done = await until_run(api, admin_key, f"/v1/rule-runs/{waiting['id']}", lambda b: b["status"] == "ok")
+        slow = await until_run(api, admin_key, "/v1/rule-runs?rule=discount-slow",
+                               lambda b: [r["status"] for r in b["items"] if r["opportunity_id"] == "a2"] == ["ok"])
+
+    assert [(a["name"], a["status"]) for a in done["actions"]] == [
+        ("approval", "ok"), ("http.post", "ok"), ("http.post", "skipped")]
+    output = done["actions"][0]["output"]
+    assert (output["approved"], output["by"], output["timed_out"]) == (True, "U_BOSS", False)
+    assert [c.json() for c in receiver.calls("^/approved$")] == [{"by": "U_BOSS"}]
+    [timed_out] = [r for r in slow["items"] if r["opportunity_id"] == "a2"]
+    output = timed_out["actions"][0]["output"]
+    assert (output["approved"], output["by"], output["timed_out"]) == (False, None, True)
+    assert [c.json() for c in receiver.calls("^/refused$")] == [{"timed_out": "True", "by": "None"}]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import ParamSpec, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -85,6 +86,17 @@ def failure_message(exc: BaseException) -> str:
     if isinstance(exc, ApplicationError) and exc.type:
         return f"{exc.type}: {exc.message}"
     return str(exc)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _pure(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Call pure rules code (``rules.steps``) from workflow code: deterministic, but Jinja2 compiles templates
+    under a ``threading.Lock`` the workflow sandbox would refuse."""
+    with workflow.unsafe.sandbox_unrestricted():
+        return fn(*args, **kwargs)
 
 
 class RuleRunner:
@@ -177,7 +189,7 @@ class RuleRunner:
         skipped = halted or step.skipped
         if step.deferred and not skipped:
             try:
-                params, skipped = prepare(action.params, step.when, {**rule_variables(event), "steps": outputs})
+                params, skipped = _pure(prepare, action.params, step.when, {**rule_variables(event), "steps": outputs})
             except StepProblem as exc:
                 return outcome.model_copy(update={"status": "failed", "error": str(exc)})
             action = action.model_copy(update={"params": params or {}})
@@ -207,11 +219,11 @@ class RuleRunner:
         variables = {**rule_variables(event), "steps": outputs}
         try:
             if step.deferred:
-                params, skipped = prepare(action.params, step.when, variables)
+                params, skipped = _pure(prepare, action.params, step.when, variables)
                 if skipped:
                     return base.model_copy(update={"status": "skipped", "reason": skipped}), None
                 base.params = params or {}
-            until = wait_deadline(base.params, variables, workflow.now())
+            until = _pure(wait_deadline, base.params, variables, workflow.now())
         except StepProblem as exc:
             return base.model_copy(update={"status": "failed", "error": str(exc)}), None
         waiting = base.model_copy(update={"status": "waiting", "output": {"until": until.isoformat()}})

@@ -14,21 +14,56 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
+from temporalio.worker import Replayer
 
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store.connections import secret_owner
 from hub.store.secrets import put_secret
+from hub.temporal import data_converter
+from hub.vault import Vault, parse_keys
 from rules.loader import load_text
 from tests.conftest import bearer
 from tests.fakes.slack_server import SlackFake
 from tests.webhooks.conftest import SECRET, post_signed
 from tests.workflows.opportunity_kit import SLACK_TOKEN, apply, connect, rule
+from tests.workflows.test_opportunity_replay import HISTORIES, HISTORY_VAULT_KEYS, RECORD
 from tests.workflows.test_rule_matrix import OPEN_PIPELINE, Receiver
 from tests.workflows.test_rule_steps import until_run
 from webhooks.relay import Relay
 from worker import build_workers
+from workflows.rule_runner import RuleRunWorkflow
+
+KEPT = "rule-run-*-run1.json"
+
+
+@pytest.fixture
+def vault_keys() -> str:
+    """The keys of the kept histories, so the RuleRunWorkflow histories recorded here can be kept."""
+    return HISTORY_VAULT_KEYS
+
+
+def rule_run_replayer() -> Replayer:
+    return Replayer(workflows=[RuleRunWorkflow], data_converter=data_converter(Vault(parse_keys(HISTORY_VAULT_KEYS))))
+
+
+async def replay_and_keep(client: Client, workflow_id: str, name: str) -> None:
+    """Replay a RuleRunWorkflow's history now; keep it as ``tests/histories/rule-run-{name}-run1.json``
+    (``HUB_RECORD_HISTORIES=1``)."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    await rule_run_replayer().replay_workflow(history)
+    if RECORD:
+        doc = {"workflow_id": workflow_id, "history": json.loads(history.to_json())}
+        (HISTORIES / f"rule-run-{name}-run1.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
+async def test_replay_kept_rule_run_histories() -> None:
+    files = sorted(HISTORIES.glob(KEPT))
+    assert {f.name for f in files} == {"rule-run-wait-run1.json", "rule-run-approval-run1.json"}
+    for path in files:
+        doc = json.loads(path.read_text())
+        await rule_run_replayer().replay_workflow(WorkflowHistory.from_json(doc["workflow_id"], doc["history"]))
 
 
 @pytest.fixture
@@ -123,6 +158,7 @@ async def test_waits_survive_a_restart_recheck_unless_and_cancel(
             gone = await until_run(api, admin_key, f"/v1/rule-runs/{far['id']}", lambda b: b["status"] == "cancelled")
             assert [a["status"] for a in gone["actions"]] == ["cancelled"] and gone["reason"].endswith("; cancelled")
         assert receiver.calls("^/never$") == []
+        await replay_and_keep(client, steady["wait_workflow_id"], "wait")
         audit = (await api.get("/v1/audit?action=rule_run.cancelled", headers=h)).json()["items"]
         assert [e["resource"] for e in audit] == [f"rule_run/{far['id']}"]
 
@@ -194,6 +230,7 @@ async def test_approvals_post_buttons_count_only_approvers_and_time_out(
         done = await until_run(api, admin_key, f"/v1/rule-runs/{waiting['id']}", lambda b: b["status"] == "ok")
         slow = await until_run(api, admin_key, "/v1/rule-runs?rule=discount-slow",
                                lambda b: [r["status"] for r in b["items"] if r["opportunity_id"] == "a2"] == ["ok"])
+        await replay_and_keep(client, done["wait_workflow_id"], "approval")
 
     assert [(a["name"], a["status"]) for a in done["actions"]] == [
         ("approval", "ok"), ("http.post", "ok"), ("http.post", "skipped")]

@@ -2,7 +2,7 @@
 
 Generated from the pydantic models, plus what the models check in code: the trigger names and,
 for ``do`` items, one property per known action with that action's params schema and the step keys
-(``id``, ``when``, ``on_error``, ``attempts``, ``wait``, ``unless``).
+(``id``, ``when``, ``on_error``, ``attempts``, ``wait``, ``unless``, ``approval``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rules import actions
-from rules.model import KINDS, MODELS, ON_ERROR, STEP_KEYS, TRIGGERS, WAIT
+from rules.model import HOLDS, KINDS, MODELS, ON_ERROR, STEP_KEYS, TRIGGERS
 from rules.validate import MAX_ATTEMPTS
 
 SCHEMA_ID = "https://fulqrun.io/schemas/v1/{kind}.json"
@@ -57,11 +57,17 @@ def _action_items(defs: dict[str, Any]) -> dict[str, Any]:
                  "properties": {"for": {"type": "string", "pattern": r"^\d+[smhd]$"},
                                 "until": {"type": "string", "description": "CEL timestamp"}}},
         "unless": {"type": "string", "description": "of a wait: CEL re-checked when it ends; true ends the run"},
+        "approval": {"type": "object", "description": "Slack Approve/Reject buttons; the run waits for a listed "
+                     "approver or the timeout (output: approved, by, timed_out)", "additionalProperties": False,
+                     "required": ["channel", "approvers", "timeout"],
+                     "properties": {"channel": {"type": "string"}, "text": {"type": "string"},
+                                    "approvers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                    "timeout": {"type": "string", "pattern": r"^\d+[smhd]$"}}},
     }  # fmt: skip
     return {
         "type": "object",
-        "description": "one step: exactly one action `provider.action: {params}` or a `wait`, with optional "
-        + ", ".join(k for k in STEP_KEYS if k != WAIT)
+        "description": "one step: exactly one action `provider.action: {params}`, a `wait` or an `approval`, with "
+        "optional " + ", ".join(k for k in STEP_KEYS if k not in HOLDS)
         + " (exactly one action is checked by validation, not by this schema)",
         "minProperties": 1,
         "properties": {**properties, **steps},

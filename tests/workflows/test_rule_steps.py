@@ -233,6 +233,6 @@ async def test_replay_kept_steps_histories() -> None:
 
 def test_rule_schema_lists_step_keys_next_to_actions() -> None:
     items = json_schema("Rule")["$defs"]["RuleSpec"]["properties"]["do"]["items"]
-    assert {"id", "when", "on_error", "attempts", "wait", "unless", "http.post"} <= set(items["properties"])
+    assert {"id", "when", "on_error", "attempts", "wait", "unless", "approval", "http.post"} <= set(items["properties"])
     assert items["properties"]["on_error"]["enum"] == ["continue", "stop", "retry"]
     assert items["properties"]["wait"]["properties"]["for"]["pattern"] == r"^\d+[smhd]$"

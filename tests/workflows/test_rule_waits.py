@@ -98,6 +98,28 @@ def test_waits_are_checked_with_line_and_column() -> None:
     assert any(line == 12 and msg.startswith("opportunity.add_task cannot follow a wait") for line, _, msg in errors)
 
 
+BAD_APPROVAL = """\
+apiVersion: fulqrun.io/v1
+kind: Rule
+metadata: {name: bad-approval}
+spec:
+  on: stage.entered
+  do:
+    - id: ok
+      approval: {channel: "#deals", approvers: [], timeout: soon, color: red}
+    - slack.post_message: {channel: "#deals", text: "{{ steps.ok.output.approvd }}"}
+"""
+
+
+def test_approvals_are_checked_with_line_and_column() -> None:
+    errors = [(e.line, e.column, e.message) for e in load_text(BAD_APPROVAL, "bad.yaml").errors]
+    assert (8, 48, "approval.approvers must be a non-empty list of Slack user ids") in errors
+    assert (8, 61, "approval.timeout must be a duration such as 90s, 15m, 4h or 2d, got 'soon'") in errors
+    assert (8, 67, "unknown field 'color'") in errors
+    assert any(line == 9 and "step 'ok' has no output field 'approvd' (its fields: approved, by, timed_out, until)"
+               in msg for line, _, msg in errors), errors
+
+
 async def test_waits_survive_a_restart_recheck_unless_and_cancel(
     api: httpx.AsyncClient, hub: Hub, client: Client, admin_key: str
 ) -> None:

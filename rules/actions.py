@@ -28,6 +28,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from rules.model import HOLDS
+
 CATALOGUE = Path(__file__).resolve().parent.parent / "connectors" / "providers.yaml"
 
 
@@ -112,6 +114,8 @@ def event_subjects(event: dict[str, Any]) -> frozenset[str]:
 def placement(name: str, event: dict[str, Any]) -> tuple[str, str | None]:
     """Where action ``name`` runs for ``event`` (``opportunity``, ``lead`` or ``org``) and, if it cannot,
     why (else None). The workflows and the dry-run use this one answer."""
+    if name in HOLDS:  # a wait or an approval: the run's own RuleRunWorkflow holds it
+        return "org", None
     info = get_action(name)
     if info is None:
         return "org", f"unknown action {name!r}"

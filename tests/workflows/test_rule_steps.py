@@ -236,3 +236,18 @@ def test_rule_schema_lists_step_keys_next_to_actions() -> None:
     assert {"id", "when", "on_error", "attempts", "wait", "unless", "approval", "http.post"} <= set(items["properties"])
     assert items["properties"]["on_error"]["enum"] == ["continue", "stop", "retry"]
     assert items["properties"]["wait"]["properties"]["for"]["pattern"] == r"^\d+[smhd]$"
+
+
+async def test_dry_run_shows_steps_and_waits(api: httpx.AsyncClient, admin_key: str) -> None:
+    draft = rule("draft", "opportunity.created", [
+        {"id": "task", "opportunity.add_task": {"title": "{{ opp.name }}"}},
+        {"wait": {"for": "1d"}, "unless": "documents.signed_contract"},
+        {"when": "steps.task.status == 'ok'", "http.post": {"url": "https://example.com/{{ steps.task.output.task }}"}},
+    ])  # fmt: skip
+    event = {"type": "opportunity.created", "opp": {"id": "o1", "name": "Globex"}}
+    report = (await api.post("/v1/rules:test", json={"event": event, "rules": [draft]}, headers=bearer(admin_key)))
+    assert report.status_code == 200, report.text
+    task, wait, post = report.json()["outcomes"][0]["actions"]
+    assert (task["params"], task["problem"], task["step"]["id"]) == ({"title": "Globex"}, None, "task")
+    assert (wait["name"], wait["runs_for"], wait["problem"], wait["params"]) == ("wait", "org", None, {"for": "1d"})
+    assert post["step"]["deferred"] and post["params"]["url"] == "https://example.com/{{ steps.task.output.task }}"

@@ -319,7 +319,8 @@ class _Resumed(RuleRunner):
         if waiting.name == APPROVAL:
             return await self._approval(input, waiting), None
         await self.save(input.run)
-        await workflow.sleep(max(input.until - workflow.now(), timedelta(0)))
+        if input.until > workflow.now():  # an `until` already past ends the wait at once
+            await workflow.sleep(input.until - workflow.now())
         step = input.outcome.actions[input.index].step or StepControl()
         held = False
         if step.unless:
@@ -354,7 +355,7 @@ class _Resumed(RuleRunner):
 
         try:
             await workflow.wait_condition(lambda: answer() is not None,
-                                          timeout=max(input.until - workflow.now(), timedelta(0)))
+                                          timeout=max(input.until - workflow.now(), timedelta(milliseconds=1)))
         except TimeoutError:
             pass
         found = answer()

@@ -351,7 +351,8 @@ class _Resumed(RuleRunner):
         approvers = set(params["approvers"])
 
         def answer() -> dict | None:
-            return next((a for a in self.answers if a.get("request") == request and a.get("by") in approvers), None)
+            return next((a for a in self.answers if a.get("request") == request and a.get("by") in approvers
+                         and a.get("org") == self.org_id), None)  # fmt: skip
 
         try:
             await workflow.wait_condition(lambda: answer() is not None,
@@ -376,8 +377,8 @@ class RuleRunWorkflow:
 
     @workflow.signal(name="approval")
     def approval(self, answer: dict) -> None:
-        """A click on an approval button: ``{decision: approved|rejected, request, by}`` (only a listed
-        approver's answer to this run's request counts)."""
+        """A click on an approval button: ``{decision: approved|rejected, request, by, org}`` (only a listed
+        approver's answer to this run's request, delivered by a Slack connection of the run's org, counts)."""
         self.answers.append(answer)
         del self.answers[:-MAX_ANSWERS]
 

@@ -101,7 +101,7 @@ class WebhookEventWorkflow:
             answers = [target for e in events if e.type == "slack.action" and (target := approval_target(e.data))]
             if answers and workflow.patched(RULE_RUN_APPROVALS):
                 for target, answer in answers:
-                    await self._answer(target, answer)
+                    await self._answer(target, {**answer, "org": input.org_id})
             for outcome, follow_up in zip(outcomes, done, strict=True):
                 outcome.follow_up = follow_up
             unbound = [(i, e) for i, e in enumerate(events) if not outcomes[i].signalled]
@@ -168,7 +168,8 @@ class WebhookEventWorkflow:
         return (await execute_action(call)).output
 
     async def _answer(self, target: str, answer: dict) -> None:
-        """Forward an approval click to the rule run waiting for it (gone already: nothing to do)."""
+        """Forward an approval click, with the org whose Slack connection delivered it, to the rule run waiting
+        for it (gone already: nothing to do)."""
         try:
             await workflow.get_external_workflow_handle_for(RuleRunWorkflow.run, target).signal(
                 RuleRunWorkflow.approval, answer)

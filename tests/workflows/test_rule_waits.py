@@ -26,7 +26,7 @@ from hub.vault import Vault, parse_keys
 from rules.loader import load_text
 from tests.conftest import bearer
 from tests.fakes.slack_server import SlackFake
-from tests.webhooks.conftest import SECRET, post_signed
+from tests.webhooks.conftest import SECRET, make_connection, post_signed
 from tests.workflows.opportunity_kit import SLACK_TOKEN, apply, connect, rule
 from tests.workflows.test_opportunity_replay import HISTORIES, HISTORY_VAULT_KEYS, RECORD
 from tests.workflows.test_rule_matrix import OPEN_PIPELINE, Receiver
@@ -246,6 +246,8 @@ async def test_approvals_post_buttons_count_only_approvers_and_time_out(
         assert json.loads(approve["value"]) == {"opportunity_id": "a1", "decision": "approve",
                                                 "request": waiting["wait_workflow_id"] + "#0"}
         await _click(api, hub, connection, approve, "U_INTERN")  # not an approver: does not count
+        other_org = await make_connection(hub, "slack", org="other")
+        await _click(api, hub, other_org, approve, "U_BOSS")  # another org's Slack: does not count
         await asyncio.sleep(1.0)
         assert (await api.get(f"/v1/rule-runs/{waiting['id']}", headers=h)).json()["status"] == "waiting"
         await _click(api, hub, connection, approve, "U_BOSS")

@@ -24,14 +24,12 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleHandle,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
     ScheduleState,
-    ScheduleUpdate,
 )
 
 from activities.ai_types import (
@@ -50,6 +48,7 @@ from ai.tabular import DataError, to_float
 from hub.runtime import Hub
 from hub.store.ai import AiModel, Lead, active_model_row
 from hub.store.opportunities import OpportunityRecord, StageVisitRecord
+from hub.temporal import upsert_schedule
 
 LOST = "lost"
 
@@ -163,10 +162,5 @@ def _schedule(org_id: str, every: timedelta, task_queue: str, paused: bool) -> S
 async def ensure_retraining(client: Client, org_id: str, every: timedelta, task_queue: str,
                             paused: bool = False) -> ScheduleHandle:
     """Create the org's retraining schedule, or set its interval and paused state."""
-    wanted = _schedule(org_id, every, task_queue, paused)
-    try:
-        return await client.create_schedule(ai_retrain_schedule_id(org_id), wanted)
-    except ScheduleAlreadyRunningError:
-        handle = client.get_schedule_handle(ai_retrain_schedule_id(org_id))
-        await handle.update(lambda _: ScheduleUpdate(schedule=wanted))
-        return handle
+    handle, _ = await upsert_schedule(client, ai_retrain_schedule_id(org_id), _schedule(org_id, every, task_queue, paused))
+    return handle

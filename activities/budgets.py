@@ -10,6 +10,10 @@ Priorities: an interactive request (an action a transition or a webhook caused) 
 however far ahead; a bulk request (a sync page) takes one only when it comes within a quarter of an interval,
 and otherwise waits without holding one — so a backfill delays an interactive request by at most the interval
 of the bulk request just sent (plus that quarter).
+
+Late wake-ups: a request whose process wakes more than ``LATE`` of an interval after its slot (a stalled event
+loop on a busy machine) does not leave then, bunched with the requests after it: its slot is spent unused and
+it takes a new one (at most ``REDRAWS`` times), so requests leave close to their slots and stay spaced.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from hub.store import Database
 from hub.store.budgets import ensure_budget, next_slot, take_slot
 
 BULK_HORIZON = 0.25  # of an interval: how far ahead a bulk request may take a slot
+LATE = 0.25  # of an interval: how long after its slot a request may still leave
+REDRAWS = 5  # new slots a request takes after waking late, before it leaves anyway
 
 BUDGET_WAIT = Histogram(
     "hub_provider_budget_wait_seconds", "How long a provider request waited for its budget", ["provider", "kind"],
@@ -49,6 +55,17 @@ class Budgets:
     async def draw(self, key: str, limit: RateLimit, *, interactive: bool, provider: str = "") -> float:
         """Return when one request may leave under budget ``key``: when its slot (returned) has come."""
         started = self._clock()
+        for _ in range(REDRAWS + 1):
+            slot = await self._take(key, limit, interactive)
+            if (pause := slot - self._clock()) > 0:
+                await self._sleep(pause)
+            if self._clock() - slot <= limit.interval * LATE:
+                break  # on time (else: woke late, the slot is spent; take another)
+        BUDGET_WAIT.labels(provider, "interactive" if interactive else "bulk").observe(self._clock() - started)
+        return slot
+
+    async def _take(self, key: str, limit: RateLimit, interactive: bool) -> float:
+        """A slot of budget ``key``: the next free one (interactive), or one within the bulk horizon."""
         interval = limit.interval
         horizon = None if interactive else interval * BULK_HORIZON
         while True:
@@ -60,9 +77,5 @@ class Budgets:
                 waiting_for = None if slot is not None else await next_slot(session, key)
             self._known.add(key)
             if slot is not None:
-                break
+                return slot
             await self._sleep(max((waiting_for or now) - (horizon or 0.0) - self._clock(), 0.001))
-        if (pause := slot - self._clock()) > 0:
-            await self._sleep(pause)
-        BUDGET_WAIT.labels(provider, "interactive" if interactive else "bulk").observe(self._clock() - started)
-        return slot

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -16,9 +18,11 @@ from activities.rule_types import (
     RulePlanInput,
     RuleRun,
 )
+from hub.flags import rule_version
 from hub.runtime import Hub
 from hub.store.opportunities import get_projection, record_action_retry, record_rule_runs, save_rule_run
-from hub.store.resources import current_versions
+from hub.store.resources import ResourceVersion, current_versions, get_version
+from hub.store.rollouts import rollouts
 from rules.engine import RuleSet, compile_rules
 from rules.steps import StepProblem, rule_variables, unless_holds
 
@@ -46,10 +50,40 @@ def relevant(ruleset: RuleSet, event: dict) -> set[str]:
     }
 
 
-def plan_events(ruleset: RuleSet, events: list[dict]) -> RulePlan:
-    """The outcomes of the rules listening to each event, in event order."""
+@dataclass(frozen=True)
+class OrgRules:
+    """The org's rules as they run: the current versions, and for each rule under staged rollout its rollout
+    (``hub.store.rollouts``) with its stable and candidate versions, one of which runs for each event."""
+
+    org_id: str
+    current: tuple[ResourceVersion, ...]
+    staged: tuple[tuple[str, dict, ResourceVersion | None, ResourceVersion | None], ...] = ()
+
+    def for_event(self, event: dict) -> RuleSet:
+        """The compiled rules for one event: a staged rule's version is chosen by ``hub.flags.rule_version`` on the
+        event's opportunity id (the org id for events without one) and branch. Compiled sets are cached."""
+        chosen = list(self.current)
+        subject = str((event.get("opp") or {}).get("id") or self.org_id)
+        for rule, targeting, stable, candidate in self.staged:
+            version = rule_version(self.org_id, rule, targeting, subject, event.get("branch"))
+            row = candidate if version == targeting["candidate"] else stable
+            if row is not None and row.enabled and not row.deleted:
+                chosen.append(row)
+        return compile_rules(chosen)
+
+    @property
+    def triggers(self) -> frozenset[str]:
+        """Every trigger some version that may run listens to."""
+        rows = [*self.current, *(r for *_, stable, candidate in self.staged for r in (stable, candidate) if r)]
+        return frozenset(str((r.spec.get("spec") or {}).get("on")) for r in rows if r.enabled and not r.deleted)
+
+
+def plan_events(rules: OrgRules, events: list[dict]) -> RulePlan:
+    """The outcomes of the rules listening to each event, in event order (each outcome names the version that
+    decided it: under a staged rollout, the one chosen for the event's opportunity)."""
     outcomes = []
     for index, event in enumerate(events):
+        ruleset = rules.for_event(event)
         listening = relevant(ruleset, event)
         for outcome in ruleset.evaluate(event):
             if outcome.rule not in listening:
@@ -65,12 +99,20 @@ def plan_events(ruleset: RuleSet, events: list[dict]) -> RulePlan:
                     actions=[PlannedActionModel(name=a.name, params=a.params, step=a.step) for a in outcome.actions],
                 )
             )
-    return RulePlan(outcomes=outcomes, on_failure="automation.failed" in ruleset.triggers)
+    return RulePlan(outcomes=outcomes, on_failure="automation.failed" in rules.triggers)
 
 
-async def current_rules(session: AsyncSession, org_id: str) -> RuleSet:
-    """The org's current (latest, enabled) rule versions, compiled (cached by content hash)."""
-    return compile_rules(await current_versions(session, org_id, "Rule"))
+async def current_rules(session: AsyncSession, org_id: str) -> OrgRules:
+    """The org's current (latest, enabled) rule versions, those under staged rollout with their two versions."""
+    staged = await rollouts(session, org_id)
+    names = {r.rule for r in staged}
+    current = tuple(r for r in await current_versions(session, org_id, "Rule") if r.name not in names)
+    versions = [
+        (r.rule, r.targeting(), await get_version(session, org_id, "Rule", r.rule, r.stable_version),
+         await get_version(session, org_id, "Rule", r.rule, r.candidate_version))
+        for r in staged
+    ]  # fmt: skip
+    return OrgRules(org_id, current, tuple(versions))
 
 
 class RuleActivities:

@@ -17,19 +17,18 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
     ScheduleState,
-    ScheduleUpdate,
 )
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities.rule_types import SCHEDULED_RULE_WORKFLOW, ScheduledRuleInput
 from hub.runtime import Hub, TemporalUnavailable
 from hub.store.resources import ResourceVersion, current_versions
+from hub.temporal import delete_schedule, upsert_schedule
 from rules.validate import interval_seconds
 
 log = logging.getLogger("activities.rule_schedules")
@@ -66,22 +65,10 @@ def _schedule(row: ResourceVersion, task_queue: str) -> Schedule:
 
 async def sync_rule(client: Client, task_queue: str, org_id: str, name: str, row: ResourceVersion | None) -> str:
     """Create, update or remove one rule's schedule for its current version ``row``; says which it did."""
-    handle = client.get_schedule_handle(schedule_id(org_id, name))
     if not wanted(row):
-        try:
-            await handle.delete()
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-            return "none"
-        return "removed"
-    schedule = _schedule(row, task_queue)
-    try:
-        await client.create_schedule(handle.id, schedule)
-        return "created"
-    except ScheduleAlreadyRunningError:
-        await handle.update(lambda _: ScheduleUpdate(schedule=schedule))
-        return "updated"
+        return "removed" if await delete_schedule(client, schedule_id(org_id, name)) else "none"
+    _, created = await upsert_schedule(client, schedule_id(org_id, name), _schedule(row, task_queue))
+    return "created" if created else "updated"
 
 
 async def rule_changed(hub: Hub, org_id: str, name: str, row: ResourceVersion | None) -> None:

@@ -25,7 +25,6 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleHandle,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
@@ -50,6 +49,7 @@ from connectors.sync import declared_models
 from hub.runtime import Hub, TemporalUnavailable
 from hub.settings import Settings
 from hub.store.connections import Connection
+from hub.temporal import delete_schedule, upsert_schedule
 
 log = logging.getLogger("activities.sync_schedules")
 
@@ -111,15 +111,10 @@ async def _ensure(
 ) -> bool:
     """Create the schedule (a first run right away if ``active``) or bring the existing one up to date with
     ``update`` (and run it now if ``run_now`` and ``active``); True if it was created now."""
-    try:
-        await client.create_schedule(schedule_id, wanted, trigger_immediately=active)
-        return True
-    except ScheduleAlreadyRunningError:
-        handle = client.get_schedule_handle(schedule_id)
-        await update(handle)
-        if run_now and active:
-            await handle.trigger(overlap=ScheduleOverlapPolicy.BUFFER_ONE)
-        return False
+    handle, created = await upsert_schedule(client, schedule_id, wanted, trigger_immediately=active, update=update)
+    if not created and run_now and active:
+        await handle.trigger(overlap=ScheduleOverlapPolicy.BUFFER_ONE)
+    return created
 
 
 async def connection_changed(hub: Hub, connection: Connection) -> None:
@@ -179,16 +174,7 @@ async def _set_interval(handle: ScheduleHandle, interval: timedelta, task_queue:
 async def remove_schedules(client: Client, connection: Connection) -> None:
     """Delete the connection's sync schedules (a running sync finishes its run)."""
     for model in connection_models(connection):
-        await _delete(client, sync_schedule_id(connection.org_id, connection.id, model))
-
-
-async def _delete(client: Client, schedule_id: str) -> None:
-    """Delete a schedule; one that does not exist is fine."""
-    try:
-        await client.get_schedule_handle(schedule_id).delete()
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
+        await delete_schedule(client, sync_schedule_id(connection.org_id, connection.id, model))
 
 
 # --- the Graph subscription upkeep of a Microsoft connection ------------------------------------------------
@@ -249,7 +235,7 @@ async def ensure_graph_upkeep(
 
 async def remove_graph_upkeep(client: Client, connection: Connection) -> None:
     """Delete the connection's Graph subscription upkeep schedule (the subscription itself lapses at its expiry)."""
-    await _delete(client, graph_subscription_id(connection.org_id, connection.id))
+    await delete_schedule(client, graph_subscription_id(connection.org_id, connection.id))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -315,3 +316,94 @@ def schema(
         path = out / f"{k.lower()}.schema.json"
         path.write_text(json.dumps(json_schema(k), indent=2) + "\n", encoding="utf-8")
         typer.echo(str(path))
+
+
+@app.command()
+def backtest(
+    name: str = typer.Argument(..., help="the rule's name"),
+    org: str = typer.Option(..., help="org id"),
+    since: datetime = typer.Option(..., help="start of the window (UTC unless a zone is given)"),
+    until: datetime = typer.Option(None, help="end of the window (default now)"),
+    version: int = typer.Option(None, help="a stored version (default: the latest)"),
+    draft: Path = typer.Option(None, help="a Rule file to test instead of a stored version"),
+    compare_to: int = typer.Option(None, "--compare-to", help="a stored version to diff with"),
+    limit: int = typer.Option(20, help="firings and ids to list"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """What a rule version (or a draft) would have done with the org's recorded history; nothing runs."""
+    if draft is not None and version is not None:
+        typer.echo("error: give either --version or --draft, not both", err=True)
+        raise typer.Exit(1)
+    document = None
+    if draft is not None:
+        result = load_path(draft)
+        if _print_errors(result.errors) or len(result.documents) != 1 or result.documents[0].data.get("kind") != "Rule":
+            typer.echo(f"error: {draft}: needs exactly one valid Rule document", err=True)
+            raise typer.Exit(1)
+        document = result.documents[0].data
+    report = asyncio.run(_backtest(name, org, since, until, version, document, compare_to, limit))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    label = "draft" if report["draft"] else f"v{report['version']}"
+    typer.echo(f"{name} {label}: {report['fired']} firing(s) on {report['opportunities']['count']} opportunity(ies) "
+               f"over {report['events']} recorded event(s) ({report['evaluated']} evaluated), "
+               f"{report['errors']['count']} error(s)")  # fmt: skip
+    for firing in report["firings"]:
+        typer.echo(f"  {firing['at']} {firing['type']} {firing['opportunity'] or '(org)'}")
+        for action in firing["actions"]:
+            typer.echo(f"      {action['name']} {json.dumps(action['params'], ensure_ascii=False)}")
+    if "compare" in report:
+        diff = report["compare"]
+        typer.echo(f"v{report['compare_to']}: {diff['fired']} firing(s); only {label}: {diff['only_version']['count']}, "
+                   f"only v{report['compare_to']}: {diff['only_compare_to']['count']}, "
+                   f"other actions: {diff['changed_actions']['count']}")  # fmt: skip
+
+
+async def _backtest(
+    name: str, org: str, since: datetime, until: datetime | None, version: int | None, draft: dict | None,
+    compare_to: int | None, limit: int,
+) -> dict[str, Any]:
+    from datetime import UTC
+
+    from app.cli import load_settings
+    from hub.problems import Problem
+    from hub.store import Database
+    from hub.store.resources import get_version
+    from rules.backtest import backtest_document, triggers
+    from webhooks.backtest import backtest, recorded
+
+    def utc(value: datetime) -> datetime:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+    async def run(fn: Any, *args: Any) -> Any:
+        return fn(*args)  # the operator's own process: no tenant to bound
+
+    db = Database(load_settings().resolved_database_url)
+    try:
+        await db.migrate()
+        async with db.session() as session:
+
+            async def stored(number: int | None, option: str) -> dict:
+                row = await get_version(session, org, "Rule", name, number)
+                if row is None or row.deleted:
+                    typer.echo(f"error: rule {name!r} {option or ''} not found in org {org!r}", err=True)
+                    raise typer.Exit(1)
+                return backtest_document(row.spec, row.version)
+
+            rule = backtest_document(draft, 0) if draft is not None else await stored(version, f"version {version}" if version else "")
+            compare = await stored(compare_to, f"version {compare_to}") if compare_to is not None else None
+            window = (utc(since), utc(until or datetime.now(UTC)))
+            try:
+                history = await recorded(session, org, *window, triggers(rule, compare))
+            except Problem as exc:
+                typer.echo(f"error: {exc.detail}", err=True)
+                raise typer.Exit(1) from None
+        async for step in backtest(history, name, rule, compare, run, limit):
+            if "progress" in step:
+                typer.echo(f"{step['progress']['items']}/{step['progress']['of']} items", err=True)
+            else:
+                return step["report"]
+    finally:
+        await db.dispose()
+    raise AssertionError("a backtest always ends with its report")

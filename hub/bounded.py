@@ -6,6 +6,13 @@ so no tenant's evaluation holds the API's event loop or its GIL. One org has at 
 evaluations in flight (429 beyond: a tenant cannot fill the pool for the others). A call that has not
 finished ``DEADLINE_SECONDS`` after it was queued gets 503 and its pool is killed (processes can be,
 threads cannot) and started afresh; calls of other orgs in that pool at that moment get 503 too.
+
+Two things keep one org's evaluations from taking the CPU the other orgs' work needs:
+- the pool's processes run at the lowest OS priority (``NICE``): the API, the workers and Temporal
+  preempt them whenever they have work, so evaluation only takes CPU nobody else wants;
+- each org has a CPU budget (``CPU_SHARE`` seconds of evaluation CPU per second, up to ``CPU_BURST``
+  saved): every evaluation's CPU time is charged to its org, and an org in debt gets 429 with a
+  ``Retry-After`` until its budget has refilled. Budgets are per API process.
 ``fn`` and its arguments cross a process boundary: module-level functions and picklable values.
 """
 
@@ -13,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import multiprocessing
+import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -27,10 +37,29 @@ WORKERS = 2
 PER_ORG = 1
 DEADLINE_SECONDS = 5.0
 STARTUP_SECONDS = 60.0  # a fresh pool's processes import the rules modules first
+NICE = 19  # the pool's processes yield the CPU to everything else
+CPU_SHARE = 0.25  # seconds of evaluation CPU an org earns per second
+CPU_BURST = 2.0  # the most an org can save up (an idle org's first evaluations are never refused)
 
 _pool: ProcessPoolExecutor | None = None
 _ready: asyncio.Future | None = None
 _in_flight: Counter[str] = Counter()
+_budgets: dict[str, tuple[float, float]] = {}  # org → (CPU seconds available, monotonic time of that figure)
+
+
+def _available(org_id: str, now: float) -> float:
+    """The org's evaluation CPU budget now: what it had, refilled at ``CPU_SHARE`` up to ``CPU_BURST``."""
+    left, then = _budgets.get(org_id, (CPU_BURST, now))
+    return min(CPU_BURST, left + (now - then) * CPU_SHARE)
+
+
+def _charge(org_id: str, cpu_seconds: float) -> None:
+    now = time.monotonic()
+    left = _available(org_id, now) - cpu_seconds
+    if left >= CPU_BURST:
+        _budgets.pop(org_id, None)  # a full budget needs no entry
+    else:
+        _budgets[org_id] = (left, now)
 
 
 async def evaluate(org_id: str, fn: Callable[..., T], *args: Any, deadline: float = DEADLINE_SECONDS) -> T:
@@ -38,18 +67,28 @@ async def evaluate(org_id: str, fn: Callable[..., T], *args: Any, deadline: floa
     has not finished (queue included) ``deadline`` seconds after the pool was ready to take it."""
     if _in_flight[org_id] >= PER_ORG:
         raise Problem(429, "another validation or dry-run of this org is still running; retry when it is done")
+    if (left := _available(org_id, time.monotonic())) < 0:
+        wait = math.ceil(-left / CPU_SHARE)
+        raise Problem(429, f"this org's evaluation CPU budget is spent; retry in {wait} s",
+                      headers={"Retry-After": str(wait)})  # fmt: skip
     _in_flight[org_id] += 1
+    started = time.monotonic()
     try:
         pool = await _started()
-        future = asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
+        future = asyncio.get_running_loop().run_in_executor(pool, functools.partial(_timed, fn, *args))
         try:
-            return await asyncio.wait_for(future, deadline)
+            failed, value, cpu_seconds = await asyncio.wait_for(future, deadline)
         except TimeoutError:
             _kill(pool)
+            _charge(org_id, time.monotonic() - started)  # at most a whole process for that long
             raise Problem(503, f"evaluation did not finish within {deadline:g} s; retry later") from None
         except BrokenProcessPool:
             _kill(pool)
             raise Problem(503, "evaluation was stopped (its pool was restarted); retry") from None
+        _charge(org_id, cpu_seconds)
+        if failed:
+            raise value
+        return value
     finally:
         _in_flight[org_id] -= 1
         if _in_flight[org_id] <= 0:
@@ -73,7 +112,20 @@ async def _started() -> ProcessPoolExecutor:
     return pool
 
 
+def _timed(fn: Callable[..., T], *args: Any) -> tuple[bool, Any, float]:
+    """In a pool process: ``(failed, result or exception, CPU seconds it took)``."""
+    cpu = time.process_time()
+    try:
+        result: tuple[bool, Any] = (False, fn(*args))
+    except Exception as exc:  # noqa: BLE001 - handed back whole, raised again in the caller
+        result = (True, exc)
+    return (*result, time.process_time() - cpu)
+
+
 def _warm() -> None:
+    """Start a pool process: lowest priority, the rules modules imported."""
+    if os.getpriority(os.PRIO_PROCESS, 0) < NICE:
+        os.nice(NICE - os.getpriority(os.PRIO_PROCESS, 0))
     import rules.engine
     import rules.loader  # noqa: F401
 

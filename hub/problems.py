@@ -16,13 +16,17 @@ PROBLEM_JSON = "application/problem+json"
 
 
 class Problem(Exception):
-    """An error answered as ``application/problem+json``; extra fields go into the body."""
+    """An error answered as ``application/problem+json``; extra fields go into the body, ``headers`` into
+    the response (``Retry-After``)."""
 
-    def __init__(self, status: int, detail: str, title: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, status: int, detail: str, title: str | None = None, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.title = title or HTTPStatus(status).phrase
+        self.headers = headers
         self.extra = extra
 
 
@@ -45,7 +49,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail, exc.title, **exc.extra)
+        return problem_response(exc.status, exc.detail, exc.title, exc.headers, **exc.extra)
 
     @app.exception_handler(LimitExceeded)
     async def _too_large(_: Request, exc: LimitExceeded) -> JSONResponse:

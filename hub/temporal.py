@@ -1,11 +1,19 @@
-"""Connecting to Temporal with the hub's encrypting data converter; task-queue names."""
+"""Connecting to Temporal with the hub's encrypting data converter; task-queue names; schedules."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleAlreadyRunningError,
+    ScheduleHandle,
+    ScheduleUpdate,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
 
 from hub.settings import Settings
 from hub.telemetry import temporal_interceptor
@@ -15,6 +23,31 @@ from hub.vault import DataKeys, EncryptionCodec, Vault
 def provider_queue(settings: Settings, provider: str) -> str:
     """The task queue whose activities call one provider (rate-limited per provider)."""
     return f"{settings.task_queue}-{provider}"
+
+
+async def upsert_schedule(
+    client: Client, schedule_id: str, wanted: Schedule, *, trigger_immediately: bool = False,
+    update: Callable[[ScheduleHandle], Awaitable[None]] | None = None,
+) -> tuple[ScheduleHandle, bool]:
+    """Create the schedule, or bring the existing one up to date: with ``update`` if given, else by replacing it
+    with ``wanted``. Returns its handle and whether it was created now."""
+    try:
+        return await client.create_schedule(schedule_id, wanted, trigger_immediately=trigger_immediately), True
+    except ScheduleAlreadyRunningError:
+        handle = client.get_schedule_handle(schedule_id)
+        await (update(handle) if update else handle.update(lambda _: ScheduleUpdate(schedule=wanted)))
+        return handle, False
+
+
+async def delete_schedule(client: Client, schedule_id: str) -> bool:
+    """Delete a schedule; one that does not exist is fine. Returns whether it existed."""
+    try:
+        await client.get_schedule_handle(schedule_id).delete()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return False
+    return True
 
 
 def data_converter(vault: Vault, keys: DataKeys | None = None):  # noqa: ANN201 - temporalio DataConverter

@@ -13,6 +13,7 @@ from routes import (
     orgs,
     resources,
     rule_runs,
+    rule_versions,
     syncs,
     webhook_events,
 )
@@ -21,4 +22,4 @@ from webhooks import router as webhooks_router
 ROUTERS: list[APIRouter] = [orgs.router, opportunities.router, webhook_events.router, webhooks_router.router,
                             resources.router, connections.router, connections.oauth_router, syncs.router,
                             leads.router, ai_models.router, ai_models.retraining, api_keys.router, forecasts.router,
-                            rule_runs.router, audit.router]
+                            rule_runs.router, rule_versions.router, audit.router]

@@ -25,38 +25,64 @@ class LimitExceeded(ValueError):
         return type(self), (self.message, self.path)
 
 
+def within_by_size(raw: bytes) -> bool:
+    """True when raw JSON ``raw`` cannot exceed the limits, whatever it parses to (a few µs, no parse).
+
+    A sufficient condition only: a string has no more characters than the document has bytes, a
+    list of n items holds n - 1 commas, and n nested containers need n opening brackets (brackets and
+    commas inside strings only make the counts larger). Most provider deliveries pass it, so the
+    receive path skips walking the parsed document.
+    """
+    return (
+        len(raw) <= MAX_STRING
+        and raw.count(b",") < MAX_ITEMS
+        and raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH
+    )
+
+
+class _Over(Exception):
+    """A limit exceeded at ``trail`` (keys and indexes from the node that raised, innermost first)."""
+
+    def __init__(self, message: str) -> None:
+        self.message, self.trail = message, []
+
+
 def check(value: Any, root: str = "") -> None:
     """Raise ``LimitExceeded`` if ``value`` (parsed JSON) nests, lists or strings beyond the limits.
 
-    Iterative, so a document nested a million levels deep is refused without recursion; the path
-    of a node is only spelled out for the error.
+    The walk never recurses deeper than ``MAX_DEPTH`` (it refuses first), so a document nested a
+    million levels deep is refused without exhausting the stack; the path of a node is only spelled
+    out for the error, while the walk unwinds.
     """
-    stack: list[tuple[Any, int, tuple | None]] = [(value, 0, None)]
-    while stack:
-        node, depth, trail = stack.pop()
-        if isinstance(node, str):
-            if len(node) > MAX_STRING:
-                raise LimitExceeded(f"string of {len(node)} characters, at most {MAX_STRING}", _path(root, trail))
-            continue
-        if not isinstance(node, dict | list):
-            continue
-        if depth >= MAX_DEPTH:
-            raise LimitExceeded(f"nested deeper than {MAX_DEPTH} levels", _path(root, trail))
-        if len(node) > MAX_ITEMS:
-            what = "keys" if isinstance(node, dict) else "items"
-            raise LimitExceeded(f"{len(node)} {what}, at most {MAX_ITEMS}", _path(root, trail))
-        if isinstance(node, dict):
-            for key, item in node.items():
-                if isinstance(key, str) and len(key) > MAX_STRING:
-                    raise LimitExceeded(f"a key of {len(key)} characters, at most {MAX_STRING}", _path(root, trail))
-                stack.append((item, depth + 1, (trail, key)))
-        else:
-            stack.extend((item, depth + 1, (trail, i)) for i, item in enumerate(node))
+    try:
+        _walk(value, 0)
+    except _Over as over:
+        parts = (f"[{key}]" if isinstance(key, int) else f".{key}" for key in reversed(over.trail))
+        raise LimitExceeded(over.message, (root + "".join(parts)).lstrip(".")) from None
 
 
-def _path(root: str, trail: tuple | None) -> str:
-    parts: list[str] = []
-    while trail is not None:
-        trail, key = trail
-        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
-    return (root + "".join(reversed(parts))).lstrip(".")
+def _walk(node: Any, depth: int) -> None:
+    if isinstance(node, str):
+        if len(node) > MAX_STRING:
+            raise _Over(f"string of {len(node)} characters, at most {MAX_STRING}")
+        return
+    if not isinstance(node, dict | list):
+        return
+    if depth >= MAX_DEPTH:
+        raise _Over(f"nested deeper than {MAX_DEPTH} levels")
+    if len(node) > MAX_ITEMS:
+        raise _Over(f"{len(node)} {'keys' if isinstance(node, dict) else 'items'}, at most {MAX_ITEMS}")
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, item in items:
+        if type(key) is str and len(key) > MAX_STRING:
+            raise _Over(f"a key of {len(key)} characters, at most {MAX_STRING}")
+        kind = type(item)
+        if kind is int or kind is float or kind is bool or item is None:
+            continue  # the common scalars, without a call
+        if kind is str and len(item) <= MAX_STRING:
+            continue
+        try:
+            _walk(item, depth + 1)
+        except _Over as over:
+            over.trail.append(key)
+            raise

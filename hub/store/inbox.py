@@ -327,6 +327,17 @@ async def list_events(
     return list((await session.scalars(q)).all())
 
 
+async def received_between(
+    session: AsyncSession, org_id: str, since: datetime, until: datetime, limit: int | None = None
+) -> list[WebhookEvent]:
+    """One org's events (at most ``limit``) received in ``[since, until)``, oldest first (finished ones are kept
+    ``RETENTION``)."""
+    q = select(WebhookEvent).where(
+        WebhookEvent.org_id == org_id, WebhookEvent.received_at >= since, WebhookEvent.received_at < until
+    )
+    return list((await session.scalars(q.order_by(WebhookEvent.received_at, WebhookEvent.id).limit(limit))).all())
+
+
 async def pending_lag(session: AsyncSession) -> datetime | None:
     """When the oldest event still waiting for the relay was received (None if none waits)."""
     return await session.scalar(

@@ -9,6 +9,7 @@ from hub.store import (  # noqa: F401
     opportunities,
     orgs,
     resources,
+    rollouts,
     secrets,
     sync,
 )

@@ -152,6 +152,18 @@ async def list_opportunities(
     return list((await session.scalars(query.order_by(OpportunityRecord.id).limit(limit))).all())
 
 
+async def states_between(
+    session: AsyncSession, org_id: str, since: datetime, until: datetime, limit: int | None = None
+) -> list[dict]:
+    """The projected states (at most ``limit``) of the org's opportunities that may hold history in
+    ``[since, until)``: created before ``until`` and changed since ``since`` (a state's ``history`` and ``events`` say
+    when each thing happened)."""
+    query = select(OpportunityRecord.state).where(
+        OpportunityRecord.org_id == org_id, OpportunityRecord.created_at < until, OpportunityRecord.updated_at >= since
+    )
+    return list((await session.scalars(query.order_by(OpportunityRecord.id).limit(limit))).all())
+
+
 async def list_for_pipeline(
     session: AsyncSession, org_id: str, pipeline_name: str, below_version: int | None = None
 ) -> list[OpportunityRecord]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from activities.budgets import BULK_HORIZON, Budgets, budget_key
+from activities.budgets import BULK_HORIZON, LATE, Budgets, budget_key
 from connectors.catalogue import RateLimit, catalogue
 from hub.store import Database
 
@@ -55,6 +55,31 @@ async def test_interactive_requests_overtake_a_backfill(db: Database) -> None:
     assert sum(slot > urgent for slot in bulk_slots) >= 7
     ordered = sorted([*bulk_slots, urgent])
     assert min(b - a for a, b in zip(ordered, ordered[1:], strict=False)) >= R5.interval - 1e-6
+
+
+async def test_a_request_that_wakes_late_takes_a_new_slot(db: Database) -> None:
+    """A process that wakes long after its slot (a stalled event loop) does not leave bunched with the
+    requests after it: it takes the next free slot, and every request leaves close to its slot."""
+    stalled = asyncio.Event()
+
+    async def stalling_sleep(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if not stalled.is_set():  # the first sleeper's loop stalls for 0.5 s
+            stalled.set()
+            time.sleep(0.5)
+
+    budgets = Budgets(db, sleep=stalling_sleep)
+    departures: list[tuple[float, float]] = []
+
+    async def send() -> None:
+        slot = await budgets.draw("generic_oauth2:late", R5, interactive=True)
+        departures.append((slot, time.time()))
+
+    await asyncio.gather(*(send() for _ in range(6)))
+    assert stalled.is_set()
+    assert all(left - slot <= R5.interval * LATE + 0.05 for slot, left in departures)  # 0.05 s: this machine
+    slots = sorted(slot for slot, _ in departures)
+    assert min(b - a for a, b in zip(slots, slots[1:], strict=False)) >= R5.interval - 1e-6
 
 
 def test_budget_keys_follow_the_catalogue_scope() -> None:

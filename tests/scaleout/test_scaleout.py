@@ -40,7 +40,7 @@ from tests.fakes.oauth_server import OAuthFake
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="the scale-out proof runs on PostgreSQL (HUB_TEST_POSTGRES_URL)")
 
-BURST = 60  # org A's actions
+BURST = 100  # org A's actions: 100 concurrent callers of one dropped token
 RATE = 10.0  # generic_oauth2's published limit per connection (the catalogue's)
 SECRET = "whsec_" + "c2NhbGUtb3V0LXNlY3JldC0wMTIzNDU2Nzg5"  # Standard Webhooks secret of both connections
 RULE = """apiVersion: fulqrun.io/v1

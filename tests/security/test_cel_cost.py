@@ -9,6 +9,8 @@ import time
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hub.bounded import evaluate
 from hub.problems import Problem
@@ -103,6 +105,43 @@ def test_input_limits_refuse_long_lists_deep_nesting_and_long_strings() -> None:
     limits.check(maximal())
 
 
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=10), inner, max_size=6),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=JSON, spaced=st.booleans())
+def test_the_size_shortcut_never_passes_what_the_walk_refuses(doc: object, spaced: bool) -> None:
+    """``within_by_size`` is only a sufficient condition: whatever it lets through, ``check`` accepts.
+
+    The limits are shrunk so generated documents cross each of them often.
+    """
+    raw = json.dumps(doc, ensure_ascii=False, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(limits, "MAX_DEPTH", 3)
+        patch.setattr(limits, "MAX_ITEMS", 4)
+        patch.setattr(limits, "MAX_STRING", 8)
+        if limits.within_by_size(raw):
+            limits.check(doc)
+
+
+def test_the_size_shortcut_lets_real_deliveries_skip_the_walk() -> None:
+    small = json.dumps({"l": list(range(limits.MAX_ITEMS))}).encode()
+    assert limits.within_by_size(small)  # 999 commas: a list of 1,000 items at most
+    assert not limits.within_by_size(json.dumps({"l": list(range(limits.MAX_ITEMS + 1))}).encode())
+    deep: list = []
+    for _ in range(limits.MAX_DEPTH - 1):
+        deep = [deep]
+    assert limits.within_by_size(json.dumps(deep).encode())  # 32 brackets
+    limits.check(deep)
+    with pytest.raises(limits.LimitExceeded, match="nested deeper"):
+        limits.check([deep])
+    assert not limits.within_by_size(json.dumps([deep]).encode())
+
+
 async def test_rules_test_refuses_the_attack_for_a_viewer(api: httpx.AsyncClient, hub: Hub) -> None:
     viewer = await key_for(hub, "acme", "viewer")
     attack = {"event": {"type": "payment.received", "l": list(range(3000))}, "rules": [draft(CUBIC)]}
@@ -171,3 +210,29 @@ async def test_evaluation_runs_elsewhere_per_org_capped_with_a_hard_deadline() -
     with pytest.raises(limits.LimitExceeded) as caught:  # errors come back whole from the process
         await evaluate("acme", limits.check, {"l": list(range(2000))}, "event")
     assert caught.value.path == "event.l"
+
+
+def burn(seconds: float) -> float:
+    """Use ``seconds`` of CPU (in a pool process)."""
+    started = time.process_time()
+    while time.process_time() - started < seconds:
+        pass
+    return seconds
+
+
+async def test_evaluation_yields_the_cpu_and_each_org_has_a_cpu_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from hub import bounded
+
+    assert await evaluate("acme", os.getpriority, os.PRIO_PROCESS, 0) == bounded.NICE  # lowest priority
+    monkeypatch.setattr(bounded, "CPU_BURST", 0.2)
+    monkeypatch.setattr(bounded, "CPU_SHARE", 0.1)
+    await evaluate("greedy", burn, 0.4, deadline=60.0)  # within its saved budget when it started
+    with pytest.raises(Problem) as spent:  # now in debt: refused before it runs
+        await evaluate("greedy", sum, [1])
+    assert spent.value.status == 429 and "CPU budget" in spent.value.detail
+    assert 1 <= int(spent.value.headers["Retry-After"]) <= 3  # its debt ÷ the share, rounded up
+    assert await evaluate("other", sum, [1, 2]) == 3  # other orgs keep their own budget
+    await asyncio.sleep(int(spent.value.headers["Retry-After"]))
+    assert await evaluate("greedy", sum, [1]) == 1  # refilled

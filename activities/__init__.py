@@ -19,6 +19,6 @@ def build_activities(hub: Hub) -> list[Callable]:
     ai, rules = AiActivities(hub), RuleActivities(hub)
     opportunities = OpportunityActivities(hub, insight=ai.next_action)
     return [opportunities.prepare, opportunities.project, opportunities.send_crm_event, rules.plan, rules.record_runs,
-            rules.record_retry,
+            rules.record_retry, rules.save_run, rules.recheck,
             *WebhookActivities(hub).all(), *ConnectionActivities(hub).lifecycle(),
             HttpActions.from_hub(hub).post, *SyncActivities(hub).main_queue(), *ai.all()]

@@ -6,25 +6,30 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.rule_types import (
     PlannedActionModel,
+    RecheckInput,
     RecordRetryInput,
     RecordRunsInput,
     RuleOutcomeModel,
     RulePlan,
     RulePlanInput,
+    RuleRun,
 )
 from hub.flags import rule_version
 from hub.runtime import Hub
-from hub.store.opportunities import record_action_retry, record_rule_runs
+from hub.store.opportunities import get_projection, record_action_retry, record_rule_runs, save_rule_run
 from hub.store.resources import ResourceVersion, current_versions, get_version
 from hub.store.rollouts import rollouts
 from rules.engine import RuleSet, compile_rules
+from rules.steps import StepProblem, rule_variables, unless_holds
 
 PLAN = "rules.plan"
 RECORD_RUNS = "rules.record_runs"
 RECORD_RETRY = "rules.record_retry"
+OPPORTUNITY_PREFIX = "opportunity/"
 
 
 def relevant(ruleset: RuleSet, event: dict) -> set[str]:
@@ -91,7 +96,7 @@ def plan_events(rules: OrgRules, events: list[dict]) -> RulePlan:
                     version=outcome.version,
                     fired=outcome.fired,
                     reason=outcome.reason,
-                    actions=[PlannedActionModel(name=a.name, params=a.params) for a in outcome.actions],
+                    actions=[PlannedActionModel(name=a.name, params=a.params, step=a.step) for a in outcome.actions],
                 )
             )
     return RulePlan(outcomes=outcomes, on_failure="automation.failed" in rules.triggers)
@@ -126,23 +131,35 @@ class RuleActivities:
     @activity.defn(name=RECORD_RUNS)
     async def record_runs(self, input: RecordRunsInput) -> int:
         """Store rule runs (a retried activity inserts nothing twice: runs are unique by key)."""
-        rows = [
-            {
-                "org_id": input.org_id,
-                "key": run.key,
-                "subject": input.subject,
-                "trigger": run.trigger,
-                "rule": run.rule,
-                "version": run.version,
-                "fired": run.fired,
-                "reason": run.reason[:2000],
-                "actions": [a.model_dump(mode="json") for a in run.actions],
-                "at": run.at,
-            }
-            for run in input.runs
-        ]
+        rows = [_row(input.org_id, input.subject, run) for run in input.runs]
         async with self.hub.db.session() as session:
             return await record_rule_runs(session, rows)
+
+    @activity.defn(name="rules.save_run")
+    async def save_run(self, input: RecordRunsInput) -> None:
+        """Store the runs' latest state (a run going on after a wait: its actions so far, its status)."""
+        async with self.hub.db.session() as session:
+            for run in input.runs:
+                await save_rule_run(session, _row(input.org_id, input.subject, run))
+
+    @activity.defn(name="rules.recheck")
+    async def recheck(self, input: RecheckInput) -> bool:
+        """Whether a wait's ``unless`` holds now: ``opp`` and ``documents`` are the opportunity's current ones
+        (the projection of its workflow) when the run's subject is an opportunity."""
+        event = dict(input.event)
+        documents: dict = {}
+        if input.subject.startswith(OPPORTUNITY_PREFIX):
+            opportunity_id = input.subject.removeprefix(OPPORTUNITY_PREFIX).partition("/")[2]
+            async with self.hub.db.session() as session:
+                record = await get_projection(session, input.org_id, opportunity_id)
+            if record is not None:
+                event["opp"] = {**(record.state.get("opp") or {}), "id": opportunity_id, "stage": record.stage}
+                documents = record.state.get("documents") or {}
+        variables = {**rule_variables(event), "steps": input.outputs, "documents": documents}
+        try:
+            return unless_holds(input.unless, variables)
+        except StepProblem as exc:
+            raise ApplicationError(str(exc), type="UnlessFailed", non_retryable=True) from None
 
     @activity.defn(name=RECORD_RETRY)
     async def record_retry(self, input: RecordRetryInput) -> bool:
@@ -151,3 +168,18 @@ class RuleActivities:
             return await record_action_retry(
                 session, input.org_id, input.run_id, input.index, input.outcome.model_dump(mode="json")
             )
+
+
+def _row(org_id: str, subject: str, run: RuleRun) -> dict:
+    return {
+        "org_id": org_id,
+        "key": run.key,
+        "subject": subject,
+        "trigger": run.trigger,
+        "rule": run.rule,
+        "version": run.version,
+        "fired": run.fired,
+        "reason": run.reason[:2000],
+        "actions": [a.model_dump(mode="json") for a in run.actions],
+        "at": run.at,
+    }

@@ -203,8 +203,8 @@ def test(
                         "fired": o.fired,
                         "reason": o.reason,
                         "actions": [
-                            dict(zip(("name", "params", "runs_for", "problem"),
-                                     (a.name, a.params, *placement(a.name, payload)), strict=True))
+                            dict(zip(("name", "params", "runs_for", "problem", "step"),
+                                     (a.name, a.params, *placement(a.name, payload), a.step), strict=True))
                             for a in o.actions
                         ],
                     }
@@ -219,6 +219,10 @@ def test(
             for action in o.actions:
                 runs_for, problem = placement(action.name, payload)
                 where = f"WOULD FAIL: {problem}" if problem else f"runs for the {runs_for}"
+                if action.step and action.step.get("skipped"):
+                    where = f"skipped: {action.step['skipped']}"
+                elif action.step and action.step.get("deferred"):
+                    where += "; rendered when it runs, from earlier steps"
                 typer.echo(f"    {action.name} {json.dumps(action.params, ensure_ascii=False)}  ({where})")
         typer.echo(f"{sum(o.fired for o in outcomes)} of {len(outcomes)} rule(s) fire for {payload['type']}")
     if errors:

@@ -35,7 +35,7 @@ import httpx
 from pydantic import BaseModel
 
 from hub.egress import EgressPolicy
-from rules.actions import register_action
+from rules.actions import Output, register_action
 
 P = TypeVar("P", bound=BaseModel)
 ActionFn = Callable[["ActionContext", Any], Awaitable[dict]]
@@ -86,8 +86,11 @@ async def before_request(request: httpx.Request | None = None) -> None:
         await gate(request)
 
 
-def action(name: str, params: type[P]) -> Callable[[Callable[[ActionContext, P], Awaitable[dict]]], Any]:
-    """Register ``async def f(ctx: ActionContext, params: ParamsModel) -> dict`` as action ``name``."""
+def action(
+    name: str, params: type[P], output: Output | None = None
+) -> Callable[[Callable[[ActionContext, P], Awaitable[dict]]], Any]:
+    """Register ``async def f(ctx: ActionContext, params: ParamsModel) -> dict`` as action ``name``; ``output``
+    declares the fields of the dict it returns (``rules.actions.Output``), which later rule steps may use."""
     if "." not in name:
         raise ValueError(f"action name {name!r} must be '<provider>.<action>'")
 
@@ -96,7 +99,7 @@ def action(name: str, params: type[P]) -> Callable[[Callable[[ActionContext, P],
         if existing is not None and existing.fn.__qualname__ != fn.__qualname__:
             raise ValueError(f"action {name!r} is registered twice ({existing.fn.__module__}, {fn.__module__})")
         ACTIONS[name] = ActionSpec(name, params, fn)
-        register_action(name, params)
+        register_action(name, params, output=output)
         return fn
 
     return register

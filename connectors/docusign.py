@@ -81,7 +81,8 @@ class EnvelopeStatus(_Params):
     envelope_id: str = Field(min_length=1)
 
 
-@action("docusign.send_envelope", SendEnvelope)
+@action("docusign.send_envelope", SendEnvelope,
+        output={"envelope_id": str, "status": str, "created": bool, "opportunity_id": str})
 async def send_envelope(ctx: ActionContext, params: SendEnvelope) -> dict:
     """Create (and by default send) the envelope, unless this request already did → ``{"envelope_id", ...}``."""
     marker = hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:40]
@@ -110,7 +111,9 @@ async def send_envelope(ctx: ActionContext, params: SendEnvelope) -> dict:
     return {**out, "opportunity_id": params.opportunity_id}
 
 
-@action("docusign.envelope_status", EnvelopeStatus)
+@action("docusign.envelope_status", EnvelopeStatus, output={
+    "envelope_id": str, "status": str, "status_changed_at": str, "sent_at": str, "completed_at": str,
+    "opportunity_id": str, "signers": list})
 async def envelope_status(ctx: ActionContext, params: EnvelopeStatus) -> dict:
     """GET the envelope with its custom fields and recipients."""
     api, account = _api(ctx, await ctx.access_token()), _account(ctx)

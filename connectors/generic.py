@@ -42,7 +42,7 @@ class RequestParams(BaseModel):
     idempotent: bool = Field(default=False, description="send the hub's Idempotency-Key header")
 
 
-@action("generic_oauth2.request", RequestParams)
+@action("generic_oauth2.request", RequestParams, output={"status": int, "body": object})
 async def request(ctx: ActionContext, params: RequestParams) -> dict:
     """Call the provider's API with the connection's bearer token; returns ``{"status", "body"}``."""
     headers = {"Authorization": f"Bearer {await ctx.access_token()}", "Accept": "application/json"}

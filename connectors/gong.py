@@ -49,7 +49,8 @@ class FetchCall(BaseModel):
     excerpt_sentences: int = Field(default=5, ge=0, le=50)
 
 
-@action("gong.fetch_call", FetchCall)
+@action("gong.fetch_call", FetchCall,
+        output={"call": dict, "crm_context": list, "parties": list, "summary": dict, "transcript": object})
 async def fetch_call(ctx: ActionContext, params: FetchCall) -> dict:
     """``{"call", "crm_context", "parties", "summary"[, "transcript"]}``."""
     headers = await ctx.auth_headers()

@@ -41,7 +41,8 @@ class CompleteJson(BaseModel):
     max_output_tokens: int | None = Field(default=None, gt=0, le=32768)
 
 
-@action("openai.complete_json", CompleteJson)
+@action("openai.complete_json", CompleteJson,
+        output={"output": object, "model": str, "id": str, "usage": dict, "api": str})
 async def complete_json(ctx: ActionContext, params: CompleteJson) -> dict:
     """The model's JSON answer (``output``) with the model name, response id and token usage."""
     async with openai.AsyncOpenAI(

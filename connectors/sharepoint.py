@@ -149,7 +149,12 @@ def folder_plan(root: str, folders: list[str]) -> list[str]:
     return list(plan.values())
 
 
-@action("sharepoint.ensure_folders", EnsureFolders)
+#: The outputs of ``sharepoint.copy_template`` (``_copied``) and the subscription actions (``_subscription``).
+_COPIED = {"id": str, "name": str, "web_url": str, "path": str, "created": bool}
+_SUBSCRIPTION = {"id": str, "resource": str, "expiration": str, "created": bool}
+
+
+@action("sharepoint.ensure_folders", EnsureFolders, output={"created": list, "existing": list, "root": object})
 async def ensure_folders(ctx: ActionContext, params: EnsureFolders) -> dict:
     """``{"created": [...], "existing": [...], "root": {"id", "web_url"} | None}``."""
     graph = await Graph.open(ctx, params.drive_id)
@@ -160,7 +165,7 @@ async def ensure_folders(ctx: ActionContext, params: EnsureFolders) -> dict:
             "root": {"id": item["id"], "web_url": item.get("webUrl")} if item else None}
 
 
-@action("sharepoint.copy_template", CopyTemplate)
+@action("sharepoint.copy_template", CopyTemplate, output=_COPIED)
 async def copy_template(ctx: ActionContext, params: CopyTemplate) -> dict:
     """``{"id", "name", "web_url", "path", "created"}`` of the copy (``created`` False if it was there)."""
     graph = await Graph.open(ctx, params.drive_id)
@@ -193,7 +198,7 @@ async def copy_template(ctx: ActionContext, params: CopyTemplate) -> dict:
     return _copied(item, target, created=not exists)
 
 
-@action("sharepoint.create_subscription", Subscribe)
+@action("sharepoint.create_subscription", Subscribe, output=_SUBSCRIPTION)
 async def create_subscription(ctx: ActionContext, params: Subscribe) -> dict:
     """``{"id", "resource", "expiration", "created"}``; ``created`` False if a live subscription was renewed."""
     await _check_notification_url(ctx, params.notification_url)
@@ -212,7 +217,7 @@ async def create_subscription(ctx: ActionContext, params: Subscribe) -> dict:
     return _subscription(await graph.request_json("POST", "/subscriptions", json=body), created=True)
 
 
-@action("sharepoint.renew_subscription", RenewSubscription)
+@action("sharepoint.renew_subscription", RenewSubscription, output=_SUBSCRIPTION)
 async def renew_subscription(ctx: ActionContext, params: RenewSubscription) -> dict:
     """Like ``create_subscription``'s answer; ``created`` True when Graph no longer had the subscription."""
     graph = await Graph.open(ctx, params.drive_id)
@@ -239,7 +244,8 @@ async def _check_notification_url(ctx: ActionContext, url: str) -> None:
         raise ProviderError(400, f"notification_url refused: {exc}", code="notification_url_refused") from None
 
 
-@action("sharepoint.get_item", GetItem)
+@action("sharepoint.get_item", GetItem, output={
+    "id": str, "name": str, "path": str, "folder": bool, "web_url": str, "by_hub": bool, "deleted": bool})
 async def get_item(ctx: ActionContext, params: GetItem) -> dict:
     """``{"id", "name", "path", "folder", "web_url", "by_hub", "deleted"}``; ``path`` None once deleted.
 

@@ -77,14 +77,15 @@ class PostApproval(_Params):
 
     channel: str = Field(min_length=1)
     text: str = Field(min_length=1, max_length=3000, description="the question, Slack mrkdwn")
-    opportunity_id: str = Field(min_length=1, max_length=500)
+    opportunity_id: str | None = Field(default=None, min_length=1, max_length=500,
+                                       description="the opportunity the click is about (None: the org)")
     request: str = Field(min_length=1, max_length=500, description="id of the approval request")
     fields: dict[str, str] = Field(default_factory=dict, description="label → value shown under the question")
     approve_label: str = Field(default="Approve", min_length=1, max_length=75)
     reject_label: str = Field(default="Reject", min_length=1, max_length=75)
 
 
-def approval_value(opportunity_id: str, request: str, decision: Literal["approve", "reject"]) -> str:
+def approval_value(opportunity_id: str | None, request: str, decision: Literal["approve", "reject"]) -> str:
     """The ``value`` of an approval button (see the module docstring for the format)."""
     return json.dumps({"opportunity_id": opportunity_id, "request": request, "decision": decision},
                       separators=(",", ":"))
@@ -108,14 +109,14 @@ def approval_blocks(params: PostApproval) -> list[dict[str, Any]]:
     return blocks
 
 
-@action("slack.post_message", PostMessage)
+@action("slack.post_message", PostMessage, output={"channel": str, "ts": str})
 async def post_message(ctx: ActionContext, params: PostMessage) -> dict:
     """chat.postMessage → ``{"channel", "ts"}``."""
     response = await _post(ctx, params.model_dump(exclude_none=True))
     return {"channel": response["channel"], "ts": response["ts"]}
 
 
-@action("slack.post_approval", PostApproval)
+@action("slack.post_approval", PostApproval, output={"channel": str, "ts": str, "request": str})
 async def post_approval(ctx: ActionContext, params: PostApproval) -> dict:
     """chat.postMessage with approval buttons → ``{"channel", "ts", "request"}``."""
     response = await _post(ctx, {"channel": params.channel, "text": params.text, "blocks": approval_blocks(params)})

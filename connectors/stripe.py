@@ -78,7 +78,7 @@ class CreateInvoice(_Params):
     send: bool = False
 
 
-@action("stripe.create_customer", CreateCustomer)
+@action("stripe.create_customer", CreateCustomer, output={"customer_id": str, "replayed": bool})
 async def create_customer(ctx: ActionContext, params: CreateCustomer) -> dict:
     """POST /v1/customers → ``{"customer_id", "replayed"}``."""
     metadata = {**params.metadata, **_ids(opportunity_id=params.opportunity_id, crm_account_id=params.account_id)}
@@ -89,7 +89,8 @@ async def create_customer(ctx: ActionContext, params: CreateCustomer) -> dict:
     return {"customer_id": customer.id, "replayed": _replayed(customer)}
 
 
-@action("stripe.create_invoice", CreateInvoice)
+@action("stripe.create_invoice", CreateInvoice, output={
+    "invoice_id": str, "status": str, "number": str, "total": int, "currency": str, "hosted_invoice_url": str})
 async def create_invoice(ctx: ActionContext, params: CreateInvoice) -> dict:
     """Draft invoice + one invoice item per line (+ finalize, + send) → the invoice's id, status, total, URL."""
     metadata = {**params.metadata, **_ids(opportunity_id=params.opportunity_id)}

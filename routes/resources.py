@@ -95,6 +95,8 @@ class PlannedActionPublic(BaseModel):
     params: dict[str, Any]
     runs_for: str
     problem: str | None = None
+    step: dict[str, Any] | None = Field(default=None, description="a rule with steps: id, when, on_error, attempts, "
+                                        "unless, deferred (rendered at run time from earlier steps), skipped (why)")
 
 
 class OutcomePublic(BaseModel):
@@ -369,7 +371,8 @@ def _report(event: dict[str, Any], outcomes: list[Any]) -> TestReport:
                 version=o.version,
                 fired=o.fired,
                 reason=o.reason,
-                actions=[PlannedActionPublic(name=a.name, params=a.params, **_placed(a.name, event)) for a in o.actions],
+                actions=[PlannedActionPublic(name=a.name, params=a.params, step=a.step, **_placed(a.name, event))
+                         for a in o.actions],
             )
             for o in outcomes
         ],

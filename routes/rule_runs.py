@@ -12,18 +12,20 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.opportunity_types import workflow_id
-from activities.rule_types import PlannedActionModel, RetryActionInput
+from activities.rule_types import PlannedActionModel, RetryActionInput, rule_run_workflow_id
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep, TemporalDep
 from hub.problems import Problem
-from hub.store.opportunities import RuleRunRecord, RunFilter, get_rule_run, list_rule_runs
+from hub.store.opportunities import RuleRunRecord, RunFilter, action_status, get_rule_run, list_rule_runs
 from hub.store.orgs import record_audit
 from routes.paging import decode_cursor, encode_cursor, utc
+from rules.model import HOLDS
 from workflows.opportunity import OpportunityWorkflow
 from workflows.rule_retry import RULE_RETRY
 
 router = APIRouter(prefix="/v1/rule-runs", tags=["rule runs"])
 
 OPPORTUNITY_PREFIX = "opportunity/"
+RunStatus = Literal["ok", "failed", "skipped", "waiting", "cancelled"]
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="a rule run's id")]
 ActionIndex = Annotated[int, Path(ge=0, le=49, description="the action's position in the rule's do list")]
 #: Actions the org-level workflows run with the event's lead: the event is not kept, so they cannot be retried.
@@ -35,7 +37,11 @@ class ActionRunPublic(BaseModel):
 
     index: int
     name: str
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "failed", "skipped", "waiting", "cancelled"] = Field(
+        description="skipped: a step whose `when` was false, or after a step that stopped the run (on_error: stop) "
+                    "or a wait whose `unless` held; waiting / cancelled: a wait step")
+    step: str | None = Field(description="the step's id, if it has one")
+    reason: str | None = Field(description="why a step was skipped")
     params: dict[str, Any]
     output: dict[str, Any]
     error: str | None
@@ -51,11 +57,13 @@ class RuleRunPublic(BaseModel):
     rule: str
     version: int
     trigger: str
-    status: Literal["ok", "failed", "skipped"]
+    status: RunStatus
     reason: str
     subject: str = Field(description="the workflow that ran it")
     opportunity_id: str | None
     at: datetime
+    wait_until: datetime | None = Field(description="while waiting: when the wait ends")
+    wait_workflow_id: str | None = Field(description="a run with waits: the RuleRunWorkflow that holds them")
     actions: list[ActionRunPublic]
 
 
@@ -81,12 +89,19 @@ def _opportunity_id(run: RuleRunRecord) -> str | None:
     return run.subject.removeprefix(OPPORTUNITY_PREFIX).partition("/")[2] or None
 
 
+def _wait_until(run: RuleRunRecord) -> datetime | None:
+    until = next((a.get("output", {}).get("until") for a in run.actions if a.get("status") == "waiting"), None)
+    return datetime.fromisoformat(until) if until else None
+
+
 def _public(run: RuleRunRecord) -> RuleRunPublic:
     return RuleRunPublic(
         id=run.id, rule=run.rule, version=run.version, trigger=run.trigger, status=run.status, reason=run.reason,
-        subject=run.subject, opportunity_id=_opportunity_id(run), at=utc(run.at),
+        subject=run.subject, opportunity_id=_opportunity_id(run), at=utc(run.at), wait_until=_wait_until(run),
+        wait_workflow_id=rule_run_workflow_id(run.key) if any(a["name"] in HOLDS for a in run.actions) else None,
         actions=[ActionRunPublic(
-            index=i, name=a["name"], status="ok" if a.get("ok") else "failed", params=a.get("params") or {},
+            index=i, name=a["name"], status=action_status(a), step=a.get("step"), reason=a.get("reason"),
+            params=a.get("params") or {},
             output=a.get("output") or {}, error=a.get("error"), attempts=int(a.get("attempts", 1)),
             duration_ms=a.get("duration_ms"), idempotency_key=a["idempotency_key"],
         ) for i, a in enumerate(run.actions)],
@@ -98,7 +113,7 @@ async def list_runs(
     session: SessionDep,
     key: ReaderKey,
     rule: str | None = None,
-    status: Literal["ok", "failed", "skipped"] | None = None,
+    status: RunStatus | None = None,
     trigger: str | None = None,
     opportunity: Annotated[str | None, Query(description="an opportunity id")] = None,
     since: Annotated[datetime | None, Query(description="at or after (ISO 8601)")] = None,
@@ -137,8 +152,9 @@ async def retry_action(
     if not 0 <= index < len(run.actions):
         raise Problem(404, f"rule run {run_id} has no action {index}")
     action = run.actions[index]
-    if action.get("ok"):
-        raise Problem(409, f"action {index} ({action['name']}) succeeded; there is nothing to retry")
+    if action_status(action) != "failed":
+        raise Problem(409, f"action {index} ({action['name']}) {action_status(action).replace('ok', 'succeeded')}; "
+                           "there is nothing to retry")
     attempt = int(action.get("attempts", 1)) + 1
     retry = RetryActionInput(org_id=key.org_id, run_id=run.id, run_key=run.key, index=index,
                              action=PlannedActionModel(name=action["name"], params=action.get("params") or {}),
@@ -163,3 +179,28 @@ async def retry_action(
     await record_audit(session, key.org_id, key.key_id, "rule_run.action_retried", f"rule_run/{run.id}",
                        {"action": index, "name": action["name"], "attempt": attempt})
     return RetryAccepted(run=run.id, action=index, attempt=attempt, workflow_id=target)
+
+
+class CancelAccepted(BaseModel):
+    """A cancellation under way: the run's workflow records it as ``cancelled``."""
+
+    run: int
+    workflow_id: str
+
+
+@router.post("/{run_id}:cancel", status_code=202)
+async def cancel_run(run_id: RunId, session: SessionDep, client: TemporalDep, key: AdminKey) -> CancelAccepted:
+    """Cancel a waiting run: its ``RuleRunWorkflow`` (id ``rule-run/{run key}``) stops waiting, the steps left do
+    not run, and the run is recorded as ``cancelled``."""
+    run = await _own(session, run_id, key.org_id)
+    if run.status != "waiting":
+        raise Problem(409, f"rule run {run_id} is {run.status}, not waiting; only a waiting run can be cancelled")
+    target = rule_run_workflow_id(run.key)
+    try:
+        await client.get_workflow_handle(target).cancel()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise Problem(409, f"the run's workflow {target} is not running") from None
+        raise
+    await record_audit(session, key.org_id, key.key_id, "rule_run.cancelled", f"rule_run/{run.id}", {})
+    return CancelAccepted(run=run.id, workflow_id=target)

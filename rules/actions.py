@@ -11,6 +11,11 @@ connectors (``connectors.base`` calls :func:`register_action`). Because validati
 process that has not imported the connectors (the CLI, the API), names declared in the provider
 catalogue ``connectors/providers.yaml`` (any ``actions:`` list) are known too, with unchecked
 params. The catalogue is read as data, on first use, never imported.
+
+Each registered action also declares its *output*: the fields of the dict it returns and their types
+(``{"customer_id": str}``). Later steps of a rule use them (``{{ steps.customer.output.customer_id }}``) and
+validation checks every such reference against the declaration (``rules.validate``); an action known only
+from the catalogue has no declared output, and references to it are not checked.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from rules.model import HOLDS
+
 CATALOGUE = Path(__file__).resolve().parent.parent / "connectors" / "providers.yaml"
 
 
@@ -31,15 +38,22 @@ ANYWHERE = frozenset({"opportunity", "lead", "org"})
 SUBJECT_TEXT = {"opportunity": "an opportunity", "lead": "a lead", "org": "the org"}
 
 
+#: The fields an action returns and their types (``str``, ``int``, ``float``, ``bool``, ``dict``, ``list``, or
+#: ``object`` for a value of no fixed type).
+Output = dict[str, type]
+
+
 @dataclass(frozen=True)
 class ActionInfo:
-    """A known action: its name, params model (``None`` when only declared in the catalogue) and the
-    subjects it can run for (``runs_on``: ``opportunity``, ``lead``, ``org``; ``org`` means any event)."""
+    """A known action: its name, params model (``None`` when only declared in the catalogue), the
+    subjects it can run for (``runs_on``: ``opportunity``, ``lead``, ``org``; ``org`` means any event) and
+    its output fields (``None``: not declared, references to them are not checked)."""
 
     name: str
     params_model: type[BaseModel] | None
     description: str = ""
     runs_on: frozenset[str] = ANYWHERE
+    output: Output | None = None
 
     def runs_for(self, subjects: frozenset[str]) -> bool:
         """Whether the action can run for an event naming one of ``subjects``."""
@@ -55,12 +69,27 @@ _REGISTRY: dict[str, ActionInfo] = {}
 
 
 def register_action(
-    name: str, params_model: type[BaseModel] | None, description: str = "", runs_on: frozenset[str] = ANYWHERE
+    name: str,
+    params_model: type[BaseModel] | None,
+    description: str = "",
+    runs_on: frozenset[str] = ANYWHERE,
+    output: Output | None = None,
 ) -> None:
-    """Make ``name`` (``provider.action``) usable in rules, its params checked against ``params_model``."""
+    """Make ``name`` (``provider.action``) usable in rules, its params checked against ``params_model``, the
+    fields of its result declared by ``output``."""
     if "." not in name or name.startswith(".") or name.endswith("."):
         raise ValueError(f"action name {name!r} must be '<provider>.<action>'")
-    _REGISTRY[name] = ActionInfo(name, params_model, description or (params_model.__doc__ or "").strip(), runs_on)
+    description = description or (params_model.__doc__ or "").strip()
+    _REGISTRY[name] = ActionInfo(name, params_model, description, runs_on, output)
+
+
+_SAMPLES: dict[type, Any] = {str: "text", int: 1, float: 1.0, bool: True, dict: {}, list: []}
+
+
+def sample_output(output: Output | None) -> dict[str, Any]:
+    """Typed sample values of an action's output, to type-check conditions over ``steps`` (fields of no fixed
+    type are left out: a missing field is not a type error)."""
+    return {k: _SAMPLES[t] for k, t in (output or {}).items() if t in _SAMPLES}
 
 
 def get_action(name: str) -> ActionInfo | None:
@@ -85,6 +114,8 @@ def event_subjects(event: dict[str, Any]) -> frozenset[str]:
 def placement(name: str, event: dict[str, Any]) -> tuple[str, str | None]:
     """Where action ``name`` runs for ``event`` (``opportunity``, ``lead`` or ``org``) and, if it cannot,
     why (else None). The workflows and the dry-run use this one answer."""
+    if name in HOLDS:  # a wait or an approval: the run's own RuleRunWorkflow holds it
+        return "org", None
     info = get_action(name)
     if info is None:
         return "org", f"unknown action {name!r}"
@@ -192,13 +223,17 @@ class Transition(_Params):
 
 
 _OPPORTUNITY = frozenset({"opportunity"})
-for _name, _model, _runs_on in (
-    ("opportunity.set_field", SetField, _OPPORTUNITY),
-    ("opportunity.add_task", AddTask, _OPPORTUNITY),
-    ("opportunity.transition", Transition, _OPPORTUNITY),
-    ("ai.next_action", NextAction, frozenset({"opportunity", "lead"})),
-    ("ai.deal_risk", DealRisk, _OPPORTUNITY),
-    ("ai.score_lead", ScoreLead, frozenset({"lead"})),
-    ("http.post", HttpPost, ANYWHERE),
+_LEAD_SCORE: Output = {"lead_id": str, "score": float, "low": float, "high": float, "factors": list,
+                       "model_version": str, "source": str}  # fmt: skip
+for _name, _model, _runs_on, _output in (
+    ("opportunity.set_field", SetField, _OPPORTUNITY, {"field": str}),
+    ("opportunity.add_task", AddTask, _OPPORTUNITY, {"task": str}),
+    ("opportunity.transition", Transition, _OPPORTUNITY, {"from": str, "to": str, "transition_seq": int}),
+    # an opportunity's: risk_score; a lead's: lead_id, score, next_action
+    ("ai.next_action", NextAction, frozenset({"opportunity", "lead"}),
+     {"risk_score": float, "lead_id": str, "score": float, "next_action": str}),
+    ("ai.deal_risk", DealRisk, _OPPORTUNITY, {"risk_score": float}),
+    ("ai.score_lead", ScoreLead, frozenset({"lead"}), _LEAD_SCORE),
+    ("http.post", HttpPost, ANYWHERE, {"status": int, "body": object}),
 ):
-    register_action(_name, _model, runs_on=_runs_on)
+    register_action(_name, _model, runs_on=_runs_on, output=_output)

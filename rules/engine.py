@@ -12,6 +12,7 @@ Event shape::
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,8 @@ from rules.expr import (
     references,
     used_keys,
 )
-from rules.model import Rule, content_hash
+from rules.model import Rule, Step, content_hash
+from rules.steps import StepProblem, mentions_steps, prepare, rule_variables
 from rules.templating import FlatConstant, ParamsTemplate, TemplateProblem, compile_params
 from rules.validate import Issue, ResourceInvalid, format_path, parse_resource
 
@@ -35,6 +37,10 @@ class PlannedAction:
 
     name: str
     params: dict[str, Any]
+    #: for a rule with steps (``rules.steps``): ``id``, ``when``, ``on_error``, ``attempts``, ``unless`` (of a
+    #: wait: ``name`` is ``wait``, ``params`` its ``for`` or ``until``), ``deferred`` (params
+    #: not rendered yet: the step refers to earlier steps) and ``skipped`` (why it does not run); else None
+    step: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +68,7 @@ class _Compiled:
     branches: frozenset[str] | None  # None: every branch
     roles: frozenset[str] | None
     enabled: bool
+    steps: tuple[Step, ...] | None = None  # None: every step is a plain action
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +94,7 @@ def _compile_one(document: dict[str, Any]) -> _Compiled:
     if not isinstance(resource, Rule):
         raise ResourceInvalid([Issue(("kind",), f"expected kind 'Rule', got {resource.kind!r}")])
     spec, meta = resource.spec, resource.metadata
+    steps = spec.steps()
     compiled = _Compiled(
         trigger=spec.on,
         stage=spec.stage,
@@ -97,6 +105,7 @@ def _compile_one(document: dict[str, Any]) -> _Compiled:
         branches=None if "*" in meta.branches else frozenset(meta.branches),
         roles=None if "*" in meta.roles else frozenset(meta.roles),
         enabled=spec.enabled,
+        steps=None if all(step.plain for step in steps) else tuple(steps),
     )
     _CACHE[digest] = compiled
     if len(_CACHE) > _CACHE_SIZE:
@@ -248,7 +257,7 @@ class RuleSet:
                         false_reason=f"condition false: `{source}`",
                         true_reason=f"condition true: `{source}`" if source else "no condition",
                         flat=tuple((n, t.tree) for n, t in c.actions)
-                        if all(isinstance(t, FlatConstant) for _, t in c.actions)
+                        if c.steps is None and all(isinstance(t, FlatConstant) for _, t in c.actions)
                         else None,
                     )
                 )
@@ -296,11 +305,16 @@ class RuleSet:
                     planned = [PlannedAction(name, params.copy()) for name, params in cand.flat]
                 else:
                     if variables is None:
-                        variables = _variables(event)
+                        variables = rule_variables(event)
                     try:
-                        planned = [PlannedAction(n, t.render(variables)) for n, t in cand.compiled.actions]
+                        if cand.compiled.steps is not None:
+                            planned = _plan_steps(cand.compiled.steps, variables)
+                        else:
+                            planned = [PlannedAction(n, t.render(variables)) for n, t in cand.compiled.actions]
                     except TemplateProblem:
                         reason = _template_failure(cand.compiled, variables)
+                    except _StepFailed as exc:
+                        reason = str(exc)
                 if reason is None:
                     out.append(
                         (cand.index, RuleOutcome(cand.name, cand.version, True, cand.true_reason, planned))
@@ -320,13 +334,26 @@ class RuleSet:
         return reason
 
 
-def _variables(event: dict[str, Any]) -> dict[str, Any]:
-    """The variables of conditions and templates: missing maps are empty maps."""
-    variables = {name: event.get(name) for name in RULE_VARIABLES}
-    for key in ("opp", "event", "lead"):
-        if variables[key] is None:
-            variables[key] = {}
-    return variables
+class _StepFailed(Exception):
+    """A step whose condition or params fail when the rule is planned: the rule does not fire."""
+
+
+def _plan_steps(steps: tuple[Step, ...], variables: dict[str, Any]) -> list[PlannedAction]:
+    """The planned steps of a rule with steps: rendered (or skipped, their ``when`` false) now, or deferred
+    to run time when they refer to earlier steps (``rules.steps.prepare``)."""
+    planned = []
+    for j, step in enumerate(steps):
+        control: dict[str, Any] = {"id": step.id, "when": step.when, "on_error": step.on_error,
+                                   "attempts": step.attempts, "unless": step.unless, "deferred": False, "skipped": None}  # fmt: skip
+        if mentions_steps(step.params, step.when):
+            planned.append(PlannedAction(step.action, copy.deepcopy(step.params), {**control, "deferred": True}))
+            continue
+        try:
+            params, skipped = prepare(step.params, step.when, variables)
+        except StepProblem as exc:
+            raise _StepFailed(f"do[{j}] {step.action}: {exc}") from None
+        planned.append(PlannedAction(step.action, params or {}, {**control, "skipped": skipped}))
+    return planned
 
 
 def _condition_error(c: _Compiled, result: Any) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -113,6 +114,36 @@ def compile_condition(source: str, variables: frozenset[str], probes: tuple[dict
         if not isinstance(result, bool):
             raise ExpressionError(f"CEL type error: the condition must be a boolean, not {_cel_type(result)}")
     return condition
+
+
+def compile_timestamp(source: str, variables: frozenset[str], probes: tuple[dict, ...] = ()) -> Condition:
+    """Compile and check an expression whose value is a timestamp (``timestamp(opp.close_date + "T00:00:00Z")
+    - duration("168h")``); raises ``ExpressionError``. Evaluate it with :func:`evaluate_timestamp`."""
+    condition = _compile(source)
+    _check_names(condition, variables)
+    for probe in probes:
+        try:
+            result = condition.program.execute(probe)
+        except (KeyError, ZeroDivisionError):
+            continue
+        except Exception as exc:  # noqa: BLE001
+            raise ExpressionError(f"CEL type error: {_first_line(str(exc))}") from None
+        if not isinstance(result, datetime):
+            raise ExpressionError(f"CEL type error: the expression must be a timestamp, not {_cel_type(result)}")
+    return condition
+
+
+def evaluate_timestamp(condition: Condition, variables: dict[str, Any]) -> datetime:
+    """The timestamp of a compiled expression for these variables; raises ``EvaluationError``."""
+    try:
+        result = condition.program.execute(activation(variables))
+    except KeyError as exc:
+        raise EvaluationError(f"no such field {exc.args[0]!r}") from None
+    except Exception as exc:  # noqa: BLE001 - the binding raises TypeError/RuntimeError/ValueError…
+        raise EvaluationError(_first_line(str(exc))) from None
+    if not isinstance(result, datetime):
+        raise EvaluationError(f"the expression must be a timestamp, got {_cel_type(result)}")
+    return result
 
 
 @lru_cache(maxsize=4096)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -143,6 +144,37 @@ class PipelineSpec(_Strict):
 
 Params = dict[str, Any]
 
+#: Keys a ``do`` item may carry besides its action (see ``RuleSpec.steps``); an action name has a dot. A
+#: ``wait`` item (``wait: {for: 3d}`` or ``wait: {until: <CEL timestamp>}``, optionally ``unless: <CEL>``) has no
+#: action, nor has an ``approval`` item (``approval: {channel, approvers, timeout, text}``: Slack buttons).
+STEP_KEYS = ("id", "when", "on_error", "attempts", "wait", "unless", "approval")
+WAIT = "wait"
+APPROVAL = "approval"
+#: Steps that hold a run (in its RuleRunWorkflow) until time passes or someone answers.
+HOLDS = (WAIT, APPROVAL)
+#: What a failed step does to the rest of its run: ``continue`` (the default: later steps run), ``stop`` (later
+#: steps are skipped), ``retry`` (run it again, up to ``attempts`` runs in all, then stop).
+ON_ERROR = ("continue", "stop", "retry")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One item of ``spec.do``: its action and params, and how it runs (``id`` names its output for later
+    steps, ``when`` is its own CEL condition, ``on_error`` and ``attempts`` what a failure does)."""
+
+    action: str
+    params: Params
+    id: str | None = None
+    when: str | None = None
+    on_error: str = "continue"
+    attempts: int = 1
+    unless: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Only an action: the rule runs it as rules without steps do."""
+        return self.id is None and self.when is None and self.on_error == "continue" and self.action not in HOLDS
+
 
 class RuleSpec(_Strict):
     """When something happens and a condition holds, do these actions."""
@@ -155,25 +187,46 @@ class RuleSpec(_Strict):
     when: str | None = Field(
         default=None, description="CEL condition over opp, event, stage, org, branch, role"
     )
-    do: list[dict[str, Params | None]] = Field(
-        min_length=1, max_length=50, description="actions, each a one-key map `provider.action: {params}`"
+    do: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=50,
+        description="steps, each a map with one action `provider.action: {params}` and optionally "
+        + ", ".join(STEP_KEYS),
     )
     enabled: bool = True
     description: str | None = Field(default=None, max_length=2000)
 
     @field_validator("do")
     @classmethod
-    def _one_key_each(cls, value: list[dict[str, Params | None]]) -> list[dict[str, Params | None]]:
+    def _one_action_each(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for i, item in enumerate(value):
-            if len(item) != 1:
+            names = [k for k in item if k not in STEP_KEYS]
+            holds = [k for k in HOLDS if k in item]
+            if holds:
+                if names or len(holds) > 1:
+                    raise ValueError(f"do[{i}] is a {holds[0]}: it cannot also have {', '.join([*holds[1:], *names])}")
+                continue
+            if len(names) != 1:
                 raise ValueError(
-                    f"do[{i}] must be a map with exactly one key `provider.action: {{params}}`, got {len(item)} keys"
+                    f"do[{i}] must have exactly one action key `provider.action: {{params}}` (besides "
+                    f"{', '.join(STEP_KEYS)}), got {len(names)}"
                 )
+            if not isinstance(item[names[0]], dict | None):
+                raise ValueError(f"do[{i}].{names[0]}: params must be a mapping or empty")
         return value
+
+    def steps(self) -> list[Step]:
+        """The ``do`` items as steps (step keys of the wrong type are reported by ``rules.validate``)."""
+        out = []
+        for item in self.do:
+            name = next((k for k in HOLDS if k in item), None) or next(k for k in item if k not in STEP_KEYS)
+            out.append(Step(name, item[name] or {}, item.get("id"), item.get("when"),
+                            item.get("on_error", "continue"), item.get("attempts", 1), item.get("unless")))  # fmt: skip
+        return out
 
     def actions(self) -> list[tuple[str, Params]]:
         """The actions as (name, params) pairs, params ``{}`` when absent."""
-        return [(name, params or {}) for item in self.do for name, params in item.items()]
+        return [(step.action, step.params) for step in self.steps()]
 
 
 class Pipeline(_Strict):

@@ -1,7 +1,8 @@
 """JSON Schema of the resource kinds, for editors (e.g. the YAML language server) and the API.
 
 Generated from the pydantic models, plus what the models check in code: the trigger names and,
-for ``do`` items, one property per known action with that action's params schema.
+for ``do`` items, one property per known action with that action's params schema and the step keys
+(``id``, ``when``, ``on_error``, ``attempts``, ``wait``, ``unless``, ``approval``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from rules import actions
-from rules.model import KINDS, MODELS, TRIGGERS
+from rules.model import HOLDS, KINDS, MODELS, ON_ERROR, STEP_KEYS, TRIGGERS
+from rules.validate import MAX_ATTEMPTS
 
 SCHEMA_ID = "https://fulqrun.io/schemas/v1/{kind}.json"
 
@@ -42,11 +44,32 @@ def _action_items(defs: dict[str, Any]) -> dict[str, Any]:
         params = model.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
         defs.update(params.pop("$defs", {}))
         properties[name] = {"anyOf": [params, {"type": "null"}], "description": info.description}
+    steps = {
+        "id": {"type": "string", "pattern": r"^[a-z][a-z0-9_]{0,62}$",
+               "description": "names the step: later steps use steps.<id>.output.<field> and steps.<id>.status"},
+        "when": {"type": "string", "description": "CEL: the step runs only if true (may use steps.<id>)"},
+        "on_error": {"enum": list(ON_ERROR), "default": "continue",
+                     "description": "a failure: continue (the default), stop the run, or retry then stop"},
+        "attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS,
+                     "description": "with on_error: retry, how many runs in all"},
+        "wait": {"type": "object", "description": "a durable wait: {for: 3d} or {until: <CEL timestamp>}",
+                 "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                 "properties": {"for": {"type": "string", "pattern": r"^\d+[smhd]$"},
+                                "until": {"type": "string", "description": "CEL timestamp"}}},
+        "unless": {"type": "string", "description": "of a wait: CEL re-checked when it ends; true ends the run"},
+        "approval": {"type": "object", "description": "Slack Approve/Reject buttons; the run waits for a listed "
+                     "approver or the timeout (output: approved, by, timed_out)", "additionalProperties": False,
+                     "required": ["channel", "approvers", "timeout"],
+                     "properties": {"channel": {"type": "string"}, "text": {"type": "string"},
+                                    "approvers": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                    "timeout": {"type": "string", "pattern": r"^\d+[smhd]$"}}},
+    }  # fmt: skip
     return {
         "type": "object",
-        "description": "one action: `provider.action: {params}`",
+        "description": "one step: exactly one action `provider.action: {params}`, a `wait` or an `approval`, with "
+        "optional " + ", ".join(k for k in STEP_KEYS if k not in HOLDS)
+        + " (exactly one action is checked by validation, not by this schema)",
         "minProperties": 1,
-        "maxProperties": 1,
-        "properties": properties,
+        "properties": {**properties, **steps},
         "additionalProperties": False,
     }

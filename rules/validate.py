@@ -15,18 +15,39 @@ from typing import Any
 from pydantic import ValidationError
 
 from rules import actions
-from rules.expr import RULE_VARIABLES, TRANSITION_VARIABLES, ExpressionError, compile_condition
+from rules.expr import (
+    RULE_VARIABLES,
+    TRANSITION_VARIABLES,
+    ExpressionError,
+    compile_condition,
+    compile_timestamp,
+)
 from rules.model import (
+    APPROVAL,
+    HOLDS,
     KINDS,
     MODELS,
     NAME_PATTERN,
+    ON_ERROR,
     SCOPE_PATTERN,
     STAGE_TRIGGERS,
     TRIGGER_SUBJECTS,
     TRIGGERS,
+    WAIT,
     PipelineSpec,
     Resource,
     RuleSpec,
+    Step,
+)
+from rules.steps import (
+    APPROVAL_OUTPUT,
+    MAX_WAIT_SECONDS,
+    STEP_VARIABLES,
+    UNLESS_VARIABLES,
+    WAIT_OUTPUT,
+    duration_seconds,
+    step_refs,
+    strings,
 )
 from rules.templating import TemplateProblem, compile_params
 
@@ -75,6 +96,8 @@ _PATTERN_TEXT = {
     r"^#([0-9A-Fa-f]{6}|[0-9A-Fa-f]{3})$": "must be a hex color such as '#2563EB'",
     r"^[a-z][a-z0-9_]{0,62}$": "must be a lowercase identifier (a-z, 0-9, '_'; starting with a letter)",
 }
+#: The most runs ``on_error: retry`` may ask for.
+MAX_ATTEMPTS = 10
 _CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 
 
@@ -310,7 +333,10 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
         issues.append(Issue(("spec", "schedule"), "'schedule' applies only to on: schedule"))
     if spec.when is not None:
         issues.extend(_check_condition(spec.when, ("spec", "when"), RULE_VARIABLES, RULE_PROBES))
+    issues.extend(_check_steps(spec, registry))
     for i, (name, params) in enumerate(spec.actions()):
+        if name in HOLDS:
+            continue  # checked with the steps
         base: Path = ("spec", "do", i, name)
         info = actions.get_action(name) if registry else None
         if info is None and registry:
@@ -338,6 +364,138 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
                         continue  # a template's value is only known once rendered; checked at run time
                     issue = _issue_from_pydantic(error)
                     issues.append(Issue((*base, *issue.path), issue.message, issue.at_key))
+    return issues
+
+
+def _check_steps(spec: RuleSpec, registry: bool) -> list[Issue]:
+    """Step keys of the right type; ids unique; every ``steps.<id>.output.<field>`` (in params and ``when``)
+    names an earlier step and a field its action declares; each ``when`` a valid CEL condition."""
+    issues: list[Issue] = []
+    earlier: dict[str, actions.Output | None] = {}  # id -> its action's output (None: not declared)
+    after_wait = False
+    for i, (item, step) in enumerate(zip(spec.do, spec.steps(), strict=True)):
+        base: Path = ("spec", "do", i)
+        if step.action == WAIT:
+            issues.extend(_check_wait(item, step, base, earlier))
+            after_wait = True
+        elif step.action == APPROVAL:
+            issues.extend(_check_approval(item, step, base))
+            after_wait = True
+        elif "unless" in item:
+            issues.append(Issue((*base, "unless"), "unless applies only to a wait step", at_key=True))
+        elif after_wait and registry:
+            info = actions.get_action(step.action)
+            if info is not None and "org" not in info.runs_on:
+                issues.append(Issue((*base, step.action), f"{step.action} cannot follow a wait or an approval: "
+                                    "after one the steps run in the rule run's own workflow, where provider "
+                                    "actions and http.post run", at_key=True))  # fmt: skip
+        if "id" in item:
+            if not isinstance(step.id, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", step.id):
+                issues.append(Issue((*base, "id"), f"{_PATTERN_TEXT[r'^[a-z][a-z0-9_]{0,62}$']}, got {step.id!r}"))
+            elif step.id in earlier:
+                issues.append(Issue((*base, "id"), f"duplicate step id {step.id!r}"))
+        if step.on_error not in ON_ERROR:
+            issues.append(Issue((*base, "on_error"), f"on_error must be one of {', '.join(ON_ERROR)}, got {step.on_error!r}"))
+        if "attempts" in item:
+            if type(step.attempts) is not int or not 1 <= step.attempts <= MAX_ATTEMPTS:
+                issues.append(Issue((*base, "attempts"), f"attempts must be an integer from 1 to {MAX_ATTEMPTS}"))
+            elif step.on_error != "retry":
+                issues.append(Issue((*base, "attempts"), "attempts applies only to on_error: retry"))
+        refs: list[tuple[Path, str]] = [((*base, step.action, *p), t) for p, t in strings(step.params)]
+        if step.when is not None:
+            if not isinstance(step.when, str):
+                issues.append(Issue((*base, "when"), "when must be a CEL condition (a string)"))
+            else:
+                refs.append(((*base, "when"), step.when))
+                probe = {**RULE_PROBES[0], "steps": {k: {"output": actions.sample_output(o), "status": "ok"}
+                                                     for k, o in earlier.items()}}  # fmt: skip
+                issues.extend(_check_condition(step.when, (*base, "when"), STEP_VARIABLES, (probe,)))
+        for path, text in refs:
+            issues.extend(_check_step_refs(text, path, earlier))
+        if isinstance(step.id, str) and step.id not in earlier:
+            info = actions.get_action(step.action) if registry and step.action not in HOLDS else None
+            holds = {WAIT: WAIT_OUTPUT, APPROVAL: APPROVAL_OUTPUT}
+            earlier[step.id] = holds.get(step.action) or (info.output if info is not None else None)
+    return issues
+
+
+def _check_approval(item: dict, step: Step, base: Path) -> list[Issue]:
+    """An approval: ``channel``, ``approvers`` (Slack user ids), ``timeout`` (a duration), optional ``text``."""
+    issues: list[Issue] = []
+    if "on_error" in item:
+        issues.append(Issue((*base, "on_error"), "on_error does not apply to an approval step", at_key=True))
+    params, path = step.params, (*base, APPROVAL)
+    if not isinstance(params, dict):
+        return [*issues, Issue(path, "approval must be {channel, approvers: [Slack user ids], timeout, text}")]
+    for key in sorted(set(params) - {"channel", "approvers", "timeout", "text"}):
+        issues.append(Issue((*path, key), f"unknown field {key!r}", at_key=True))
+    for key in ("channel", "approvers", "timeout"):
+        if key not in params:
+            issues.append(Issue(path, f"missing required field {key!r}"))
+    for key in ("channel", "text"):
+        if key in params and (not isinstance(params[key], str) or not params[key].strip()):
+            issues.append(Issue((*path, key), f"approval.{key} must be a non-empty string"))
+    approvers = params.get("approvers")
+    if "approvers" in params and (not isinstance(approvers, list) or not approvers
+                                  or not all(isinstance(a, str) and a.strip() for a in approvers)):
+        issues.append(Issue((*path, "approvers"), "approval.approvers must be a non-empty list of Slack user ids"))
+    if "timeout" in params:
+        seconds = duration_seconds(params["timeout"])
+        if seconds is None or not 1 <= seconds <= MAX_WAIT_SECONDS:
+            issues.append(Issue((*path, "timeout"), f"approval.timeout must be a duration such as 90s, 15m, 4h or "
+                                                    f"2d, got {params['timeout']!r}"))  # fmt: skip
+    try:
+        compile_params(params)
+    except TemplateProblem as exc:
+        issues.append(Issue((*path, *exc.path), exc.message))
+    return issues
+
+
+def _check_wait(item: dict, step: Step, base: Path, earlier: dict[str, actions.Output | None]) -> list[Issue]:
+    """A wait: exactly one of ``for`` (a duration) and ``until`` (a CEL timestamp); ``unless`` a condition."""
+    issues: list[Issue] = []
+    if "on_error" in item:
+        issues.append(Issue((*base, "on_error"), "on_error does not apply to a wait step", at_key=True))
+    wait, path = step.params, (*base, WAIT)
+    steps_probe = {k: {"output": actions.sample_output(o), "status": "ok"} for k, o in earlier.items()}
+    probe = {**RULE_PROBES[0], "steps": steps_probe}
+    if not isinstance(wait, dict) or len(wait) != 1 or next(iter(wait)) not in ("for", "until"):
+        issues.append(Issue(path, "wait must be {for: <duration, e.g. 3d>} or {until: <CEL timestamp>}"))
+    elif "for" in wait:
+        seconds = duration_seconds(wait["for"])
+        if seconds is None or not 1 <= seconds <= MAX_WAIT_SECONDS:
+            issues.append(Issue((*path, "for"), f"wait.for must be a duration such as 90s, 15m, 4h or 3d (at most "
+                                                f"{MAX_WAIT_SECONDS // 86400}d), got {wait['for']!r}"))  # fmt: skip
+    elif not isinstance(wait["until"], str):
+        issues.append(Issue((*path, "until"), "wait.until must be a CEL timestamp expression (a string)"))
+    else:
+        try:
+            compile_timestamp(wait["until"], STEP_VARIABLES, (probe,))
+        except ExpressionError as exc:
+            issues.append(Issue((*path, "until"), exc.message, column_offset=exc.column))
+    if step.unless is not None:
+        if not isinstance(step.unless, str):
+            issues.append(Issue((*base, "unless"), "unless must be a CEL condition (a string)"))
+        else:
+            unless_probe = {**probe, "documents": {}}
+            issues.extend(_check_condition(step.unless, (*base, "unless"), UNLESS_VARIABLES, (unless_probe,)))
+            issues.extend(_check_step_refs(step.unless, (*base, "unless"), earlier))
+    return issues
+
+
+def _check_step_refs(text: str, path: Path, earlier: dict[str, actions.Output | None]) -> list[Issue]:
+    issues = []
+    for step_id, part, field in step_refs(text):
+        if step_id not in earlier:
+            known = f"earlier steps with an id: {', '.join(earlier)}" if earlier else "no earlier step has an id"
+            issues.append(Issue(path, f"unknown step {step_id!r} in `steps.{step_id}` ({known})"))
+        elif part not in ("output", "status"):
+            issues.append(Issue(path, f"steps.{step_id} has `output` and `status`, not {part!r}"))
+        elif part == "output" and field is not None and earlier[step_id] is not None:
+            output = earlier[step_id] or {}
+            if field not in output:
+                fields = ", ".join(output) or "none"
+                issues.append(Issue(path, f"step {step_id!r} has no output field {field!r} (its fields: {fields})"))
     return issues
 
 

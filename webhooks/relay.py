@@ -37,6 +37,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.rule_types import approval_target
 from activities.webhook_types import MappedEvent, WebhookEventInput
 from connectors.events import MalformedEvent, Mapped, for_provider
 from hub.runtime import Hub, TemporalUnavailable
@@ -174,7 +175,7 @@ class Relay:
     async def _needs_workflow(self, org_id: str, events: list[MappedEvent]) -> bool:
         if not events:
             return False
-        if any(e.opportunity_id or e.follow_up for e in events):
+        if any(e.opportunity_id or e.follow_up or approval_target(e.data) for e in events):
             return True
         return bool({e.type for e in events} & await self._rule_triggers(org_id))
 

@@ -33,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.ai_types import LeadScoreResult, ScoreLeadInput, lead_next_action
     from activities.connector_types import ActionCall
     from activities.opportunity_types import DomainEvent, DomainSource
-    from activities.rule_types import PlannedActionModel
+    from activities.rule_types import PlannedActionModel, approval_target
     from activities.webhook_types import (
         CompleteEventInput,
         DocumentMatch,
@@ -48,12 +48,13 @@ with workflow.unsafe.imports_passed_through():
     from rules.actions import placement
     from workflows.actions import execute_action
     from workflows.opportunity import OPPORTUNITIES_ROOT
-    from workflows.rule_runner import RuleRunner, failure_message
+    from workflows.rule_runner import RuleRunner, RuleRunWorkflow, failure_message
 
 SIGNAL = "domain_event"
 STORE_TIMEOUT = timedelta(seconds=30)
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 FOLLOW_UPS = "graph-follow-ups"  # workflow.patched: histories before follow-ups existed run none
+RULE_RUN_APPROVALS = "rule-run-approvals"  # workflow.patched: histories before approval steps forward nothing
 DOCUMENTS_SYNC = "sharepoint.documents"
 AI_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30), non_retryable_error_types=["LookupError"])
 
@@ -96,6 +97,10 @@ class WebhookEventWorkflow:
                 for i, event in enumerate(input.events):
                     events[i], done[i] = await self._follow_up(input, event, f"{wid}/{i}")
             outcomes = [await self._signal(input, event) for event in events]
+            answers = [target for e in events if e.type == "slack.action" and (target := approval_target(e.data))]
+            if answers and workflow.patched(RULE_RUN_APPROVALS):
+                for target, answer in answers:
+                    await self._answer(target, {**answer, "org": input.org_id})
             for outcome, follow_up in zip(outcomes, done, strict=True):
                 outcome.follow_up = follow_up
             unbound = [(i, e) for i, e in enumerate(events) if not outcomes[i].signalled]
@@ -162,6 +167,16 @@ class WebhookEventWorkflow:
         call = ActionCall(org_id=input.org_id, action=action, params=params, connection_id=input.connection_id,
                           idempotency_key=key)
         return (await execute_action(call)).output
+
+    async def _answer(self, target: str, answer: dict) -> None:
+        """Forward an approval click, with the org whose Slack connection delivered it, to the rule run waiting
+        for it (gone already: nothing to do)."""
+        try:
+            await workflow.get_external_workflow_handle_for(RuleRunWorkflow.run, target).signal(
+                RuleRunWorkflow.approval, answer)
+        except ApplicationError as exc:
+            if not _not_found(exc):
+                raise
 
     async def _signal(self, input: WebhookEventInput, event: MappedEvent) -> EventOutcome:
         if not event.opportunity_id:

@@ -69,14 +69,21 @@ class RuleRunRecord(Base):
     reason: Mapped[str] = mapped_column(String(2000))
     actions: Mapped[list] = mapped_column(default=list)
     at: Mapped[datetime] = mapped_column(default=utcnow)
-    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | failed | skipped
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | failed | skipped | waiting | cancelled
+
+
+def action_status(action: dict) -> str:
+    """``ok``, ``failed``, (a step not run) ``skipped``, or (a wait step) ``waiting`` or ``cancelled``."""
+    return action.get("status") or ("ok" if action.get("ok") else "failed")
 
 
 def run_status(fired: bool, actions: list[dict]) -> str:
-    """``skipped`` (the rule did not fire), ``failed`` (an action failed) or ``ok``."""
+    """``skipped`` (the rule did not fire), ``cancelled`` or ``waiting`` (a wait step is), ``failed`` (an action
+    failed) or ``ok``."""
     if not fired:
         return "skipped"
-    return "failed" if any(not a.get("ok") for a in actions) else "ok"
+    statuses = {action_status(a) for a in actions}
+    return next((s for s in ("cancelled", "waiting", "failed") if s in statuses), "ok")
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,14 @@ async def record_rule_runs(session: AsyncSession, runs: list[dict]) -> int:
     runs = [{**run, "status": run_status(run["fired"], run["actions"])} for run in runs]
     stmt = _insert(session)(RuleRunRecord).values(runs).on_conflict_do_nothing(index_elements=["key"])
     return len((await session.execute(stmt.returning(RuleRunRecord.id))).all())
+
+
+async def save_rule_run(session: AsyncSession, run: dict) -> None:
+    """Insert a rule run or update its actions, reason and status (a run going on after a wait)."""
+    run = {**run, "status": run_status(run["fired"], run["actions"])}
+    stmt = _insert(session)(RuleRunRecord).values(run)
+    changes = {k: stmt.excluded[k] for k in ("actions", "reason", "status")}
+    await session.execute(stmt.on_conflict_do_update(index_elements=["key"], set_=changes))
 
 
 async def rule_runs_for(session: AsyncSession, org_id: str, subject: str, limit: int = 100) -> list[RuleRunRecord]:

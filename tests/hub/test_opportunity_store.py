@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from hub.store import Database
-from hub.store.opportunities import get_projection, pipeline_metrics, record_rule_runs, upsert_projection
+from hub.store.opportunities import (
+    RunFilter,
+    get_projection,
+    get_rule_run,
+    list_rule_runs,
+    pipeline_metrics,
+    record_rule_runs,
+    save_rule_run,
+    upsert_projection,
+)
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -42,6 +51,27 @@ async def test_rule_runs_are_recorded_once_per_key(db: Database) -> None:
         assert await record_rule_runs(s, [run, {**run, "key": "wf/1/0.stage.entered/q", "rule": "q"}]) == 2
     async with db.session() as s:
         assert await record_rule_runs(s, [run]) == 0  # a retried activity inserts nothing
+
+
+async def test_a_run_going_on_after_a_wait_is_saved_over_its_record(db: Database) -> None:
+    wait = {"name": "wait", "idempotency_key": "k/1", "ok": False, "status": "waiting", "output": {"until": "x"}}
+    run = {"org_id": "acme", "key": "wf/1/0.stage.entered/w", "subject": "wf/1", "trigger": "stage.entered",
+           "rule": "w", "version": 1, "fired": True, "reason": "r", "at": T0,
+           "actions": [{"name": "http.post", "idempotency_key": "k/0", "ok": True, "status": "ok"}, wait]}  # fmt: skip
+    async with db.session() as s:
+        await record_rule_runs(s, [run])
+    async with db.session() as s:
+        [stored] = await list_rule_runs(s, "acme", RunFilter(status="waiting"), 10)
+    skipped = {"name": "http.post", "idempotency_key": "k/2", "ok": False, "status": "skipped", "reason": "unless"}
+    async with db.session() as s:  # the wait ended, its unless held: the rest skipped, the run ok
+        await save_rule_run(s, {**run, "reason": "r; ended", "actions": [run["actions"][0],
+                                {**wait, "ok": True, "status": "ok"}, skipped]})  # fmt: skip
+    async with db.session() as s:
+        again = await get_rule_run(s, "acme", stored.id)
+        assert again is not None and (again.status, again.reason, len(again.actions)) == ("ok", "r; ended", 3)
+        await save_rule_run(s, {**run, "actions": [{**wait, "status": "cancelled"}]})
+    async with db.session() as s:
+        assert [r.status for r in await list_rule_runs(s, "acme", RunFilter(), 10)] == ["cancelled"]
 
 
 async def test_pipeline_metrics_counts_conversion_and_median_time(db: Database) -> None:

@@ -194,8 +194,8 @@ async def test_dry_run_stored_and_draft_rules(api: httpx.AsyncClient, admin_key:
     assert report["fired"] == 1 and report["event"]["org"] == "acme"
     assert report["outcomes"][0]["actions"] == [
         {"name": "slack.post_message", "params": {"channel": "#deals", "text": "Globex entered Acquire"},
-         "runs_for": "org", "problem": None},
-        {"name": "ai.next_action", "params": {}, "runs_for": "opportunity", "problem": None},
+         "runs_for": "org", "problem": None, "step": None},
+        {"name": "ai.next_action", "params": {}, "runs_for": "opportunity", "problem": None, "step": None},
     ]
     # the dry-run says what the run would do: an opportunity action for an event naming none would fail
     draft_set = {"apiVersion": "fulqrun.io/v1", "kind": "Rule", "metadata": {"name": "pay"},
@@ -204,7 +204,7 @@ async def test_dry_run_stored_and_draft_rules(api: httpx.AsyncClient, admin_key:
     report = (await api.post("/v1/rules:test", json={"event": org_event, "rules": [draft_set]}, headers=h)).json()
     assert report["outcomes"][0]["actions"] == [
         {"name": "opportunity.set_field", "params": {"field": "paid", "value": True}, "runs_for": "opportunity",
-         "problem": "opportunity.set_field needs an opportunity; this payment.received event names none"}
+         "problem": "opportunity.set_field needs an opportunity; this payment.received event names none", "step": None}
     ]
     small = {**event, "opp": {"name": "Tiny", "amount": 10.0}}
     report = (await api.post("/v1/rules:test", json={"event": small}, headers=h)).json()

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from activities import rule_schedules
+from activities import date_triggers, rule_schedules
 from hub.bounded import evaluate
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
 from hub.problems import Problem
@@ -275,6 +275,7 @@ def _add_kind_routes(kind: str) -> None:
             raise _invalid(_issues_as_errors(exc)) from None
         if kind == "Rule" and outcome != "unchanged":
             await rule_schedules.rule_changed(hub, key.org_id, name, row)
+            await date_triggers.rule_changed(hub, session, key.org_id, name, row)
         result = ApplyResult(outcome=outcome, resource=_public(row))
         return JSONResponse(result.model_dump(mode="json"), status_code=201 if outcome == "created" else 200)
 
@@ -285,6 +286,7 @@ def _add_kind_routes(kind: str) -> None:
             raise Problem(404, f"{label} {name!r} not found")
         if kind == "Rule":
             await rule_schedules.rule_changed(hub, key.org_id, name, row)
+            await date_triggers.rule_changed(hub, session, key.org_id, name, row)
         return _public(row)
 
 
@@ -300,6 +302,7 @@ async def _set_enabled(name: str, enabled: bool, session: SessionDep, hub: HubDe
     outcome, new = await store.apply_resource(session, key.org_id, document, actor=f"key:{key.key_id}")
     if outcome != "unchanged":
         await rule_schedules.rule_changed(hub, key.org_id, name, new)
+        await date_triggers.rule_changed(hub, session, key.org_id, name, new)
     return ApplyResult(outcome=outcome, resource=_public(new))
 
 

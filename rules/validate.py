@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rules import actions
 from rules.expr import RULE_VARIABLES, TRANSITION_VARIABLES, ExpressionError, compile_condition
 from rules.model import (
+    DATE_TRIGGERS,
     KINDS,
     MODELS,
     NAME_PATTERN,
@@ -308,6 +309,12 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
                 issues.append(Issue(("spec", "schedule"), problem))
     elif spec.schedule is not None:
         issues.append(Issue(("spec", "schedule"), "'schedule' applies only to on: schedule"))
+    for trigger, field in DATE_TRIGGERS.items():
+        if spec.on == trigger and getattr(spec, field) is None:
+            issues.append(Issue(("spec",), f"missing required field {field!r} (a number of days, 1 or more) "
+                                           f"for on: {trigger}"))
+        elif spec.on != trigger and getattr(spec, field) is not None:
+            issues.append(Issue(("spec", field), f"{field!r} applies only to on: {trigger}", at_key=True))
     if spec.when is not None:
         issues.extend(_check_condition(spec.when, ("spec", "when"), RULE_VARIABLES, RULE_PROBES))
     for i, (name, params) in enumerate(spec.actions()):

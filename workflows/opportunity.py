@@ -40,6 +40,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.ai_types import DEAL_RISK, NEXT_ACTION, Insight, OpportunityInsightInput
     from activities.connector_types import ActionCall, execute_action
     from activities.opportunity_types import (
+        CLOSE_DATE_APPROACHING,
+        DATE_RULES_SIGNAL,
         MAX_EVENTS,
         MAX_RULE_RUNS,
         MAX_SEEN_EVENTS,
@@ -47,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         ChecklistRequest,
         CloseRequest,
         CrmEventInput,
+        DateRules,
         DomainEvent,
         Effect,
         MigrateRequest,
@@ -60,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         TransitionRequest,
         UpsertRequest,
         body_hash,
+        date_points,
         stage_of,
     )
     from activities.rule_types import PlannedActionModel, RetryActionInput, RulePlan
@@ -78,6 +82,8 @@ CREATED_PATCH = "opportunity-created"  # workflow.patched: histories before it r
 CRM_EVENTS_PATCH = "crm-rule-events"  # workflow.patched: histories before it sent rules' changes to no CRM
 #: Patch: queued transitions' effects go together, the insight computed by ``opportunity.prepare``.
 BATCHED_TRANSITIONS = "transition-effects-batched"
+#: Patch: relative-date rules (close date approaching, stale) on durable timers in the main loop.
+DATE_TIMERS = "relative-date-timers"
 AUTOMATION = Actor(id="automation", role="automation")  # who rule-made transitions are by
 OPPORTUNITIES_ROOT = "Opportunities"
 MAX_FAILURES = 20
@@ -127,6 +133,7 @@ class OpportunityWorkflow:
         self._history_limit = input.history_limit
         self._registration = input.registration if input.state is None else None
         self._lock = asyncio.Lock()
+        self._rearm = False  # the date rules changed: arm the timers again
         pipeline = input.state.pipeline if input.state is not None else input.pipeline
         self._compiled: CompiledPipeline = compile_pipeline(pipeline.spec)
         if input.state is not None:
@@ -167,6 +174,7 @@ class OpportunityWorkflow:
             pending=[Effect(kind="transition", seq=1, data={"from": None, "to": initial})],
             created_at=now,
             updated_at=now,
+            last_activity_at=now,
         )
 
     # ---------------------------------------------------------------- main loop: effects, continue-as-new
@@ -174,7 +182,14 @@ class OpportunityWorkflow:
     @workflow.run
     async def run(self, input: OpportunityInput) -> None:
         while True:
-            await workflow.wait_condition(lambda: bool(self._state.pending) or self._history_full())
+            timeout = self._arm_dates() if workflow.patched(DATE_TIMERS) else None
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(self._state.pending) or self._rearm or self._history_full(), timeout=timeout
+                )
+            except TimeoutError:
+                continue  # a date rule's timer: the next round queues what is due
+            self._rearm = False
             if self._history_full():  # between effects; the queued ones travel in the state
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
@@ -188,8 +203,29 @@ class OpportunityWorkflow:
                         history_limit=self._history_limit,
                     )
                 )
-            done = await self._perform(self._state.pending[0])
-            del self._state.pending[:done]
+            if self._state.pending:
+                done = await self._perform(self._state.pending[0])
+                del self._state.pending[:done]
+
+    def _arm_dates(self) -> timedelta | None:
+        """Queue the relative-date rules that are due (each at most once per arming, see ``DatePoint``); the
+        time until the next one, for the main loop's durable timer (None: nothing to wait for)."""
+        now, s = workflow.now(), self._state
+        wait: timedelta | None = None
+        for point in date_points(s):
+            if s.date_fired.get(point.key) == point.arming:
+                continue
+            if point.at > now:
+                wait = min(wait, point.at - now) if wait else point.at - now
+                continue
+            s.date_fired[point.key] = point.arming
+            if point.until is None or now < point.until:
+                self._queue("date", point.event())
+        return wait
+
+    def _active(self) -> None:
+        """Something happened to the opportunity: the ``opportunity.stale`` clock starts again."""
+        self._state.last_activity_at = workflow.now()
 
     def _history_full(self) -> bool:
         info = workflow.info()
@@ -208,6 +244,9 @@ class OpportunityWorkflow:
             await self._run_rules([self._rule_event("opportunity.updated", effect.data)], prefix)
         elif effect.kind == "event":
             await self._run_rules([self._rule_event(effect.data["type"], effect.data)], prefix)
+        elif effect.kind == "date":  # the rules of one relative-date point (``days`` picks them)
+            await self._run_rules([{**self._rule_event(effect.data["type"], effect.data), "days": effect.data["days"]}],
+                                  prefix)
         elif effect.kind == "retry":
             await self._retry(RetryActionInput.model_validate(effect.data))
         elif len(self._state.pending) > 1:
@@ -232,6 +271,8 @@ class OpportunityWorkflow:
             start_to_close_timeout=INSIGHT_TIMEOUT,
             retry_policy=STORE_RETRY,
         )  # fmt: skip
+        if prep.date_rules is not None:
+            self._state.date_rules = prep.date_rules
         acted, start = False, 0
         for effect, events in zip(batch, own_events, strict=True):
             end, prefix = start + len(events), f"{self._id}/{effect.seq}"
@@ -515,6 +556,7 @@ class OpportunityWorkflow:
         s.visits[-1].exited_at = now
         s.visits.append(StageVisit(stage=req.to, entered_at=now))
         s.stage = req.to
+        self._active()
         return seq
 
     @transition.validator
@@ -556,11 +598,15 @@ class OpportunityWorkflow:
             if req.body_hash == s.body_hash:
                 raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
             changed = sorted(k for k in set(s.opp) | set(req.opp) if s.opp.get(k) != req.opp.get(k))
+            close_date = s.opp.get("close_date")
             keep = {k: s.opp[k] for k in ("tasks",) if k in s.opp}  # hub-owned fields survive a CRM update
             s.opp, s.body_hash = {**req.opp, **keep}, req.body_hash
             conflicts = sorted(p for p, v in s.hub_fields.items() if get_path(s.opp, p, v) != v)
             for path, value in s.hub_fields.items():  # fields rules set stay the hub's (README: merge policy)
                 set_path(s.opp, path, value)
+            if s.opp.get("close_date") != close_date:  # a new close date: its reminders are armed again
+                s.date_fired = {k: v for k, v in s.date_fired.items() if not k.startswith(CLOSE_DATE_APPROACHING)}
+            self._active()
             self._queue("updated", {"changed": changed, **({"conflicts": conflicts} if conflicts else {})})
             return s
 
@@ -586,6 +632,7 @@ class OpportunityWorkflow:
             s = self._state
             if any(s.checklist.get(k) != v for k, v in req.items.items()):
                 s.checklist.update(req.items)
+                self._active()
                 self._queue("project")
             return s
 
@@ -652,7 +699,14 @@ class OpportunityWorkflow:
             }
         record = {"type": event.type, "data": data, "source": event.source.model_dump(), "at": now.isoformat()}
         s.events = (s.events + [record])[-MAX_EVENTS:]
+        self._active()
         self._queue("event", record)
+
+    @workflow.signal(name=DATE_RULES_SIGNAL)
+    def date_rules(self, rules: DateRules) -> None:
+        """The org's relative-date rules changed (sent by the rules API): arm the timers for these."""
+        self._state.date_rules = rules
+        self._rearm = True
 
     @workflow.query
     def state(self) -> OpportunityState:

@@ -137,9 +137,12 @@ def _check_rest_of_spec(kind: str, spec: dict, shape_issues: list[Issue], regist
     (an unknown field does not hide a bad condition); nothing when a required field is what is wrong."""
     bad = {i.path[1] for i in shape_issues if len(i.path) > 1}
     try:
-        return _check_spec(kind, {k: v for k, v in spec.items() if k not in bad}, registry)
+        issues = _check_spec(kind, {k: v for k, v in spec.items() if k not in bad}, registry)
     except ValidationError:
         return []
+    # a field whose shape is wrong is not also missing (e.g. ``days: soon`` for on: opportunity.stale)
+    return [i for i in issues if not (i.path == ("spec",) and any(
+        i.message.startswith(f"missing required field {field!r}") for field in bad))]
 
 
 def _check_spec(kind: str, spec: dict, registry: bool) -> list[Issue]:

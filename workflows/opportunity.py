@@ -133,7 +133,8 @@ class OpportunityWorkflow:
         self._history_limit = input.history_limit
         self._registration = input.registration if input.state is None else None
         self._lock = asyncio.Lock()
-        self._rearm = False  # the date rules changed: arm the timers again
+        self._rearm = False  # what the date timers count from changed: arm them again
+        self._timers: asyncio.Task | None = None
         pipeline = input.state.pipeline if input.state is not None else input.pipeline
         self._compiled: CompiledPipeline = compile_pipeline(pipeline.spec)
         if input.state is not None:
@@ -181,15 +182,10 @@ class OpportunityWorkflow:
 
     @workflow.run
     async def run(self, input: OpportunityInput) -> None:
+        if workflow.patched(DATE_TIMERS):
+            self._timers = asyncio.create_task(self._date_timers())  # dropped at continue-as-new, re-armed after
         while True:
-            timeout = self._arm_dates() if workflow.patched(DATE_TIMERS) else None
-            try:
-                await workflow.wait_condition(
-                    lambda: bool(self._state.pending) or self._rearm or self._history_full(), timeout=timeout
-                )
-            except TimeoutError:
-                continue  # a date rule's timer: the next round queues what is due
-            self._rearm = False
+            await workflow.wait_condition(lambda: bool(self._state.pending) or self._history_full())
             if self._history_full():  # between effects; the queued ones travel in the state
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
@@ -203,9 +199,18 @@ class OpportunityWorkflow:
                         history_limit=self._history_limit,
                     )
                 )
-            if self._state.pending:
-                done = await self._perform(self._state.pending[0])
-                del self._state.pending[:done]
+            done = await self._perform(self._state.pending[0])
+            del self._state.pending[:done]
+
+    async def _date_timers(self) -> None:
+        """The relative-date rules' durable timer, beside the main loop (so that a due point is queued on time even
+        while the loop waits on a long effect): sleeps until the next point is due or its arming changes."""
+        while True:
+            self._rearm = False
+            try:
+                await workflow.wait_condition(lambda: self._rearm, timeout=self._arm_dates())
+            except TimeoutError:
+                pass  # a point is due: the next round queues it
 
     def _arm_dates(self) -> timedelta | None:
         """Queue the relative-date rules that are due (each at most once per arming, see ``DatePoint``); the
@@ -226,6 +231,7 @@ class OpportunityWorkflow:
     def _active(self) -> None:
         """Something happened to the opportunity: the ``opportunity.stale`` clock starts again."""
         self._state.last_activity_at = workflow.now()
+        self._rearm = True
 
     def _history_full(self) -> bool:
         info = workflow.info()
@@ -271,8 +277,8 @@ class OpportunityWorkflow:
             start_to_close_timeout=INSIGHT_TIMEOUT,
             retry_policy=STORE_RETRY,
         )  # fmt: skip
-        if prep.date_rules is not None:
-            self._state.date_rules = prep.date_rules
+        if prep.date_rules is not None and prep.date_rules != self._state.date_rules:
+            self._state.date_rules, self._rearm = prep.date_rules, True
         acted, start = False, 0
         for effect, events in zip(batch, own_events, strict=True):
             end, prefix = start + len(events), f"{self._id}/{effect.seq}"
@@ -606,7 +612,7 @@ class OpportunityWorkflow:
                 set_path(s.opp, path, value)
             if s.opp.get("close_date") != close_date:  # a new close date: its reminders are armed again
                 s.date_fired = {k: v for k, v in s.date_fired.items() if not k.startswith(CLOSE_DATE_APPROACHING)}
-            self._active()
+            self._active()  # (re-arms the timers)
             self._queue("updated", {"changed": changed, **({"conflicts": conflicts} if conflicts else {})})
             return s
 
@@ -741,6 +747,7 @@ class OpportunityWorkflow:
                 s.closed = {"outcome": req.outcome, "reason": req.reason, "actor": req.actor.model_dump(),
                             "at": workflow.now().isoformat()}
             s.archived = s.archived or req.archive
+            self._rearm = True  # closed or archived: no more date timers
             self._queue("project")
             return s
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,7 +35,8 @@ def date_rules(ruleset: RuleSet, day_seconds: int) -> DateRules:
         c = rule.compiled
         if c is not None and c.enabled and c.trigger in DATE_TRIGGERS and c.days is not None:
             days.setdefault(c.trigger, set()).add(c.days)
-    return DateRules(days={t: sorted(d) for t, d in sorted(days.items())}, day_seconds=day_seconds)
+    return DateRules(days={t: sorted(d) for t, d in sorted(days.items())}, day_seconds=day_seconds,
+                     read_at=datetime.now(UTC))
 
 
 def _is_date_rule(row: ResourceVersion | None) -> bool:

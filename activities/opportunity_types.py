@@ -99,6 +99,11 @@ class DateRules(BaseModel):
 
     days: dict[str, list[int]] = Field(default_factory=dict)
     day_seconds: int = DAY_SECONDS
+    read_at: datetime | None = None  # when the rules were read: an older read never replaces a newer one
+
+    def newer_than(self, other: DateRules | None) -> bool:
+        """Whether these rules should replace ``other`` (read no earlier, or either read time unknown)."""
+        return other is None or self.read_at is None or other.read_at is None or self.read_at >= other.read_at
 
 
 class OpportunityState(BaseModel):

@@ -277,8 +277,8 @@ class OpportunityWorkflow:
             start_to_close_timeout=INSIGHT_TIMEOUT,
             retry_policy=STORE_RETRY,
         )  # fmt: skip
-        if prep.date_rules is not None and prep.date_rules != self._state.date_rules:
-            self._state.date_rules, self._rearm = prep.date_rules, True
+        if prep.date_rules is not None:
+            self._set_date_rules(prep.date_rules)
         acted, start = False, 0
         for effect, events in zip(batch, own_events, strict=True):
             end, prefix = start + len(events), f"{self._id}/{effect.seq}"
@@ -711,8 +711,16 @@ class OpportunityWorkflow:
     @workflow.signal(name=DATE_RULES_SIGNAL)
     def date_rules(self, rules: DateRules) -> None:
         """The org's relative-date rules changed (sent by the rules API): arm the timers for these."""
-        self._state.date_rules = rules
-        self._rearm = True
+        self._set_date_rules(rules)
+
+    def _set_date_rules(self, rules: DateRules) -> None:
+        """Arm the timers for ``rules``, unless the ones known were read later (a preparation that read the rules
+        before a change may finish after the change's signal)."""
+        old = self._state.date_rules
+        if rules.newer_than(old):
+            self._state.date_rules = rules
+            if old is None or (old.days, old.day_seconds) != (rules.days, rules.day_seconds):
+                self._rearm = True
 
     @workflow.query
     def state(self) -> OpportunityState:

@@ -130,6 +130,36 @@ def test_production_refuses_a_test_day(vault_keys: str) -> None:
         Settings(**production, day_seconds=1)
 
 
+# ---------------------------------------------------------------- the rules API: apply-time checks, dry-run
+
+
+async def test_the_rules_api_refuses_missing_days_and_dry_runs_date_events(api: httpx.AsyncClient, admin_key: str) -> None:
+    h = bearer(admin_key)
+    yaml_rule = "apiVersion: fulqrun.io/v1\nkind: Rule\nmetadata: {name: idle}\nspec:\n  on: opportunity.stale\n" \
+                "  do:\n    - opportunity.add_task: {title: nudge}\n"
+    refused = await api.put("/v1/rules/idle", content=yaml_rule, headers={**h, "Content-Type": "application/yaml"})
+    assert refused.status_code == 422
+    assert [(e["line"], e["column"], e["field"], e["message"]) for e in refused.json()["errors"]] == [
+        (5, 3, "spec", "missing required field 'days' (a number of days, 1 or more) for on: opportunity.stale")]
+    bad = await api.put("/v1/rules/idle", content=yaml_rule.replace("stale\n", "stale\n  days: -2\n"),
+                        headers={**h, "Content-Type": "application/yaml"})
+    assert [(e["line"], e["column"], e["message"]) for e in bad.json()["errors"]] == [
+        (6, 9, "Input should be greater than or equal to 1")]
+
+    drafts = [date_rule("week", CLOSE_DATE_APPROACHING, 7, "{{ opp.name }}: {{ event.days_before }} days left"),
+              date_rule("idle", STALE, 14, "idle")]
+    event = {"type": CLOSE_DATE_APPROACHING, "days": 7, "opp": {"id": "o1", "name": "Globex"},
+             "event": {"days_before": 7, "close_date": "2030-01-31T00:00:00+00:00"}}
+    report = (await api.post("/v1/rules:test", json={"event": event, "rules": drafts}, headers=h)).json()
+    outcomes = {o["rule"]: o for o in report["outcomes"]}
+    assert outcomes["week"]["fired"] and outcomes["week"]["actions"] == [
+        {"name": "opportunity.add_task", "params": {"title": "Globex: 7 days left"}, "runs_for": "opportunity",
+         "problem": None}]
+    assert not outcomes["idle"]["fired"] and outcomes["idle"]["reason"].startswith("trigger mismatch")
+    other = (await api.post("/v1/rules:test", json={"event": {**event, "days": 3}, "rules": drafts}, headers=h)).json()
+    assert other["fired"] == 0
+
+
 # ---------------------------------------------------------------- end to end
 
 

@@ -68,10 +68,12 @@ async def rule_changed(hub: Hub, session: AsyncSession, org_id: str, name: str, 
 async def broadcast(hub: Hub, session: AsyncSession, org_id: str) -> int:
     """Signal the org's current date rules (as ``session`` sees them) to every opportunity of the org that is
     not archived; returns how many were signalled."""
-    client = await hub.temporal()
-    rules = date_rules(compile_rules(await current_versions(session, org_id, "Rule")), hub.settings.day_seconds)
     ids = list(await session.scalars(select(OpportunityRecord.workflow_id).where(
         OpportunityRecord.org_id == org_id, OpportunityRecord.archived.is_(False))))  # fmt: skip
+    if not ids:
+        return 0
+    rules = date_rules(compile_rules(await current_versions(session, org_id, "Rule")), hub.settings.day_seconds)
+    client = await hub.temporal()
     limit = asyncio.Semaphore(CONCURRENCY)
 
     async def one(workflow_id: str) -> int:

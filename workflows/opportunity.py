@@ -17,6 +17,10 @@ plans their rules and computes the AI insight, one projection; see ``_transition
 - ``set_checklist`` and ``migrate_pipeline`` (Updates), ``domain_event`` (signal: contract.signed,
   payment.received, call.recorded, slack.action, document.changed — deduplicated by source event id).
 - ``state`` (query).
+- ``date_rules`` (signal, from the rules API) and the date timers: a task beside the main loop keeps one durable timer
+  for the next relative-date point (``opportunity.close_date_approaching`` / ``opportunity.stale``, see
+  ``DatePoint``), re-armed when the close date, the last activity or the date rules change, and queues a ``date``
+  effect when a point is due (patch ``relative-date-timers``).
 
 Every side-effect key derives from the workflow id and the effect's sequence number, which is
 carried across continue-as-new, so replays, retries and restarted workers repeat nothing. The

@@ -137,6 +137,7 @@ class OpportunityState(BaseModel):
     date_rules: DateRules | None = None  # None: not known yet (armed from the next transition's preparation)
     date_fired: dict[str, str] = Field(default_factory=dict)  # "trigger:days" -> the arming it fired for
     last_activity_at: datetime | None = None  # what opportunity.stale counts from (see DatePoint)
+    crm_events: list[dict] = Field(default_factory=list)  # signed CRM callbacks: type, event_id, at, delivered, status
 
     @property
     def owner(self) -> str | None:
@@ -298,6 +299,7 @@ class OpportunityView(BaseModel):
     updated_at: datetime
     closed: dict | None = None
     archived: bool = False
+    crm_events: list[dict] = Field(default_factory=list)
     source: Literal["workflow", "projection"] = "workflow"
 
 
@@ -374,6 +376,7 @@ def build_view(state: OpportunityState, now: datetime, source: Literal["workflow
         updated_at=state.updated_at,
         closed=state.closed,
         archived=state.archived,
+        crm_events=state.crm_events,
         source=source,
     )
 

@@ -338,10 +338,13 @@ async def opportunity(c: Signed, opportunity_id: str) -> HTMLResponse:
 @router.post("/opportunities/{opportunity_id}/move")
 async def move(
     c: Posted, opportunity_id: str, to: Annotated[str, Form()], role: Annotated[str, Form()],
+    reason: Annotated[str, Form()] = "",
 ) -> Response:
-    """Ask for a stage transition as the signed-in key, in a sales role; a refusal lists what is unmet."""
+    """Ask for a stage transition as the signed-in key, in a sales role, with an optional reason (kept in the
+    history); a refusal lists what is unmet."""
     actor = {"id": f"console:{c.principal.key_id}", "role": role.strip()}
-    answer = await c.api("POST", f"/v1/opportunities/{opportunity_id}/transitions", json={"to": to, "actor": actor})
+    move = {"to": to, "actor": actor, **({"reason": reason.strip()} if reason.strip() else {})}
+    answer = await c.api("POST", f"/v1/opportunities/{opportunity_id}/transitions", json=move)
     if answer.status == 409 and isinstance(answer.body, dict):
         unmet = "; ".join(u.get("message", u.get("code", "")) for u in answer.body.get("unmet", []))
         return back(f"/console/opportunities/{opportunity_id}", answer, error=f"{answer.detail}: {unmet}")

@@ -97,6 +97,7 @@ class TransitionIn(BaseModel):
 
     to: str = Field(min_length=1, max_length=100)
     actor: Actor
+    reason: str | None = Field(default=None, max_length=500, description="why, kept in the history")
 
 
 class ChecklistIn(BaseModel):
@@ -338,7 +339,7 @@ async def transition(
     state = await _update(
         _handle(client, key.org_id, opportunity_id),
         OpportunityWorkflow.transition,
-        TransitionRequest(to=body.to, actor=body.actor),
+        TransitionRequest(to=body.to, actor=body.actor, reason=body.reason),
         opportunity_id,
         update_id,
     )

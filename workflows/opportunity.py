@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         Actor,
         ChecklistRequest,
         CloseRequest,
+        CrmDelivery,
         CrmEventInput,
         DateRules,
         DomainEvent,
@@ -349,7 +350,7 @@ class OpportunityWorkflow:
         frm, to = effect.data["from"], effect.data["to"]
         insight = self._state.insight or {}
         record = next(h for h in reversed(self._state.history) if h.seq == effect.seq)
-        await workflow.execute_activity(
+        delivery = await workflow.execute_activity(
             "opportunity.send_crm_event",
             CrmEventInput(
                 org_id=self._state.org_id,
@@ -367,9 +368,18 @@ class OpportunityWorkflow:
                     "ai_next_action": (insight.get("next_actions") or [None])[0],
                 },
             ),
+            result_type=CrmDelivery,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=CRM_RETRY,
         )
+        self._crm_sent("stage.changed", f"evt_{self._id}/{effect.seq}", delivery)
+
+    def _crm_sent(self, kind: str, event_id: str, delivery: CrmDelivery) -> None:
+        """Keep what a signed CRM callback came to (for the opportunity's timeline)."""
+        entry = {"type": kind, "event_id": event_id, "at": workflow.now().isoformat(), "delivered": delivery.delivered,
+                 "status": delivery.status}
+        self._state.crm_events = (self._state.crm_events + [entry])[-MAX_EVENTS:]
+        self._touch()
 
     async def _provision(self, stage: dict, prefix: str) -> None:
         """The stage's folders under the opportunity's root, then its templates (both idempotent)."""
@@ -479,13 +489,15 @@ class OpportunityWorkflow:
         ``insight.updated``) through the callback of ``stage.changed``: retried until accepted, id from ``key``."""
         if not workflow.patched(CRM_EVENTS_PATCH):
             return
-        await workflow.execute_activity(
+        delivery = await workflow.execute_activity(
             "opportunity.send_crm_event",
             CrmEventInput(org_id=self._state.org_id, event_id=f"evt_{key}", type=kind, occurred_at=workflow.now(),
                           data={"opportunity_id": self._state.opportunity_id, **data}),
+            result_type=CrmDelivery,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=CRM_RETRY,
         )  # fmt: skip
+        self._crm_sent(kind, f"evt_{key}", delivery)
 
     async def _ai_action(self, action: PlannedActionModel, key: str, event: dict, activity: str = NEXT_ACTION) -> dict:
         insight = await self._recompute_insight(action.params.get("reason") or key, activity)

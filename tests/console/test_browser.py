@@ -21,6 +21,7 @@ from tests.console.conftest import ARTIFACTS
 from tests.console.kit import dead_event
 from tests.fakes.oauth_server import OAuthFake
 from tests.workflows.opportunity_kit import settle
+from tests.workflows.test_rule_matrix import Receiver
 
 VIEWPORTS = {"desktop": (1280, 800), "phone": (390, 844)}
 AXE = Axe()
@@ -132,23 +133,37 @@ async def test_move_an_opportunity_and_see_its_timeline(
     oid = f"opp-{task_queue}"  # workflow ids outlive the test on the session's Temporal server
     opp = {"name": "Globex expansion", "branch": "emea", "owner_role": "ae", "amount": 120000.0,
            "currency": "EUR", "meddpicc": {"identify_pain": 1, "metrics": 2}}  # fmt: skip
-    async with httpx.AsyncClient(base_url=live, timeout=30) as http:
-        r = await http.put(f"/v1/opportunities/{oid}", json=opp, headers=bearer(admin_key))
-        assert r.status_code in (200, 201), r.text
-        items = {i: True for i in r.json()["stages"][0]["checklist"]}
-        r = await http.post(f"/v1/opportunities/{oid}/checklist", json={"items": items}, headers=bearer(admin_key))
-        assert r.status_code == 200, r.text
-    await sign_in(page, admin_key, f"/console/opportunities/{oid}")
-    await expect(page.locator("#stage")).to_contain_text("Prospect")
-    await check(page, "opportunity")
-    await page.get_by_label("Move to").select_option("engage")
-    await page.get_by_label("as sales role").fill("ae")
-    await page.get_by_role("button", name="Move").click()
-    await expect(page.get_by_role("status")).to_contain_text("Moved to engage")
-    await expect(page.locator("#stage")).to_contain_text("Engage")
-    key_id = admin_key.split("_")[1]
-    await expect(page.locator("#timeline li").first).to_contain_text(f"prospect → engage by console:{key_id} (ae)")
-    await check(page, "opportunity-moved")
+    with Receiver() as crm:  # the CRM's callback endpoint: the signed stage.changed lands here
+        async with httpx.AsyncClient(base_url=live, timeout=30) as http:
+            r = await http.patch("/v1/orgs/acme", json={"crm_callback_url": f"{crm.url}/crm"}, headers=bearer(admin_key))
+            assert r.status_code == 200, r.text
+            r = await http.put(f"/v1/opportunities/{oid}", json=opp, headers=bearer(admin_key))
+            assert r.status_code in (200, 201), r.text
+            items = {i: True for i in r.json()["stages"][0]["checklist"]}
+            r = await http.post(f"/v1/opportunities/{oid}/checklist", json={"items": items}, headers=bearer(admin_key))
+            assert r.status_code == 200, r.text
+        await sign_in(page, admin_key, f"/console/opportunities/{oid}")
+        await expect(page.locator("#stage")).to_contain_text("Prospect")
+        await expect(page.locator("#crm-callbacks")).to_contain_text("No CRM callbacks yet.")
+        await check(page, "opportunity")
+        await page.get_by_label("Move to").select_option("engage")
+        await page.get_by_label("as sales role").fill("ae")
+        await page.get_by_label("why").fill("pain and metrics confirmed")
+        await page.get_by_role("button", name="Move").click()
+        await expect(page.get_by_role("status")).to_contain_text("Moved to engage")
+        await expect(page.locator("#stage")).to_contain_text("Engage")
+        key_id = admin_key.split("_")[1]
+        await expect(page.locator("#timeline li").first).to_contain_text(f"prospect → engage by console:{key_id} (ae)")
+        await expect(page.locator("#timeline li").first).to_contain_text("why: “pain and metrics confirmed”")
+        async with httpx.AsyncClient(base_url=live, timeout=30) as http:
+            await settle(http, admin_key, oid)
+        assert crm.calls("/crm", "POST")
+        await page.reload()
+        callback = page.locator("#crm-callbacks tbody tr", has_text="stage.changed")
+        await expect(callback).to_contain_text("stage.changed")
+        await expect(callback).to_contain_text(f"evt_opportunity/acme/{oid}/")
+        await expect(callback).to_contain_text("delivered (HTTP 200)")
+        await check(page, "opportunity-moved")
     await page.goto(f"/console/runs?opportunity={oid}")
     await expect(page.get_by_role("heading", name="Rule runs")).to_be_visible()
     await check(page, "runs")

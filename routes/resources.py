@@ -16,10 +16,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from activities import date_triggers, rule_schedules
+from connectors.events import MalformedEvent, map_event
 from hub.bounded import evaluate
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
 from hub.problems import Problem
 from hub.store import resources as store
+from hub.store.inbox import WebhookEvent
+from hub.store.opportunities import OpportunityRecord
 from hub.store.resources import ResourceVersion, ScopeTie
 from rules import limits
 from rules.actions import placement
@@ -28,6 +31,7 @@ from rules.loader import LoadResult, load_data, load_json_text, load_text
 from rules.model import KINDS
 from rules.schema import json_schema
 from rules.validate import ResourceInvalid, format_path
+from webhooks.receivers import scheme_for
 
 router = APIRouter(prefix="/v1", tags=["pipelines and rules"])
 
@@ -81,9 +85,15 @@ class ValidationReport(BaseModel):
 
 
 class TestRequest(BaseModel):
-    """A dry-run: the event, and optionally draft rule documents to test instead of the stored ones."""
+    """A dry-run: the event (or a recorded inbox event's id), and optionally draft rule documents to test instead
+    of the stored ones."""
 
-    event: dict[str, Any]
+    event: dict[str, Any] | None = None
+    webhook_event: str | None = Field(
+        default=None, max_length=200,
+        description="instead of event: the id of a webhook event in the org's inbox; its first domain event, as the "
+        "workflows would see it (with the opportunity it names, from the projection)",
+    )
     rules: list[dict[str, Any]] | None = None
 
 
@@ -389,9 +399,39 @@ def _stored(row: ResourceVersion) -> dict[str, Any]:
     return {"name": row.name, "version": row.version, "spec": row.spec}
 
 
-def _event(body: TestRequest, org_id: str) -> dict[str, Any]:
+async def _recorded(session: SessionDep, org_id: str, event_id: str) -> dict[str, Any]:
+    """The rule event of a recorded inbox event's first domain event, as the workflows build it: in the
+    opportunity it names (its projected state) or, naming none, for the org."""
+    row = await session.get(WebhookEvent, event_id)
+    if row is None or row.org_id != org_id:
+        raise Problem(404, f"webhook event {event_id!r} not found")
+    scheme = scheme_for(row.provider)
+    try:
+        if scheme is None:
+            raise MalformedEvent(f"provider {row.provider!r} has no webhook scheme")
+        mapped = map_event(scheme, row.event_type, row.body, row.content_type)
+    except MalformedEvent as exc:
+        raise Problem(422, f"webhook event {event_id!r} cannot be mapped: {exc}") from None
+    if not mapped.events:
+        raise Problem(422, f"webhook event {event_id!r} raises no domain event: {mapped.ignored}")
+    first = mapped.events[0]
+    record = await session.get(OpportunityRecord, (org_id, first.opportunity_id)) if first.opportunity_id else None
+    if record is None:
+        return {"type": first.type, "stage": None, "opp": {}, "event": first.data, "org": org_id}
+    state = record.state or {}
+    opp = {**state.get("opp", {}), "id": record.id, "stage": record.stage, "insight": state.get("insight") or {}}
+    data = {"type": first.type, "data": first.data, "source": {"provider": row.provider, "event_id": row.id}}
+    return {"type": first.type, "stage": None, "opp": opp, "event": data, "org": org_id,
+            "branch": opp.get("branch"), "role": opp.get("owner_role")}
+
+
+async def _event(body: TestRequest, session: SessionDep, org_id: str) -> dict[str, Any]:
+    if (body.event is None) == (body.webhook_event is None):
+        raise Problem(422, "give either event or webhook_event")
+    if body.webhook_event is not None:
+        return await _recorded(session, org_id, body.webhook_event)
     limits.check(body.event, "event")
-    event = dict(body.event)
+    event = dict(body.event or {})
     if event.get("org") not in (None, org_id):
         raise Problem(422, f"event.org {event['org']!r} is not your org")
     event["org"] = org_id
@@ -403,7 +443,7 @@ def _event(body: TestRequest, org_id: str) -> dict[str, Any]:
 @router.post("/rules:test", summary="Dry-run the org's rules (or draft rules) against an event")
 async def test_rules(body: TestRequest, session: SessionDep, key: ReaderKey) -> TestReport:
     """Which rules fire, which do not and why, and the rendered actions; nothing is run or stored."""
-    event = _event(body, key.org_id)
+    event = await _event(body, session, key.org_id)
     if body.rules is None:
         rows = await store.current_versions(session, key.org_id, "Rule")
         return _report(event, await evaluate(key.org_id, dry_run, [_stored(r) for r in rows], event))
@@ -426,7 +466,7 @@ async def test_rule(
     version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
 ) -> TestReport:
     """The named rule's outcome for the event (its latest version, or ``?version=``)."""
-    event = _event(body, key.org_id)
+    event = await _event(body, session, key.org_id)
     row = await store.get_version(session, key.org_id, "Rule", name, version)
     if row is None or row.deleted:
         raise Problem(404, f"rule {name!r} not found")

@@ -79,6 +79,10 @@ async def test_sign_in_and_authorise_a_connection(page: Page, live: str, admin_k
         await check(page, "connection")
 
 
+PAID = (b'{"id": "evt_paid", "type": "invoice.paid", "data": {"object": {"object": "invoice", "id": "in_1", '
+        b'"amount_paid": 5000, "currency": "eur", "status": "paid"}}}')
+
+
 async def test_edit_a_rule_see_its_error_at_its_line_and_dry_run_it(page: Page, hub: Hub, admin_key: str) -> None:
     await load_demo(hub, "acme")
     await sign_in(page, admin_key, "/console/rules")
@@ -101,10 +105,21 @@ async def test_edit_a_rule_see_its_error_at_its_line_and_dry_run_it(page: Page, 
     assert caret == at + 1
     await check(page, "rule-editor-error")
 
-    await page.get_by_role("button", name="Dry-run").click()
+    await page.get_by_role("button", name="Dry-run", exact=True).click()
     await expect(page.locator("#verdict")).to_contain_text("would fire")
     await expect(page.get_by_role("heading", name=re.compile("big-deal-to-acquire v1"))).to_be_visible()
     await check(page, "rule-dry-run")
+
+    # against a recorded event: a Stripe invoice.paid from the inbox, mapped as the workflows map it
+    recorded = await dead_event(hub, body=PAID)
+    await page.goto("/console/rules/rule/payment-received-keep")
+    await page.get_by_label("Or a recorded event from the inbox").select_option(recorded)
+    await page.get_by_role("button", name="Dry-run the recorded event").click()
+    await expect(page.locator("#verdict")).to_contain_text("1 rule(s) would fire")
+    await expect(page.get_by_role("heading", name=re.compile("payment-received-keep v1: fires"))).to_be_visible()
+    await expect(page.get_by_role("heading", name=re.compile(f"recorded webhook event {recorded}"))).to_be_visible()
+    await expect(page.locator("main pre").last).to_contain_text('"amount_paid": 5000')
+    await check(page, "rule-dry-run-recorded")
 
 
 async def test_replay_a_dead_lettered_event(page: Page, hub: Hub, admin_key: str) -> None:

@@ -12,6 +12,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.ai_types import Insight, OpportunityInsightInput
+from activities.date_triggers import date_rules
 from activities.opportunity_types import (
     CrmDelivery,
     CrmEventInput,
@@ -67,7 +68,8 @@ class OpportunityActivities:
 
     @activity.defn(name=PREPARE)
     async def prepare(self, input: PrepareInput) -> Preparation:
-        """One read for a transition's effects: the rule plan, a provider connection, the CRM callback URL;
+        """One read for a transition's effects: the rule plan, a provider connection, the CRM callback URL, the
+        relative-date rules to arm timers for;
         and, when asked, the AI insight (a failure of which is returned, not raised: the workflow then runs
         ``ai.next_action`` with its own retries)."""
         provider = catalogue().for_action(input.provider_action).key
@@ -85,6 +87,7 @@ class OpportunityActivities:
             provider_connected=bool(connected),
             crm_callback=bool(org and org.crm_callback_url),
             insights=insights,
+            date_rules=date_rules(ruleset, self.hub.settings.day_seconds),
         )
         if input.insight is not None and insights:
             if self.insight is None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -81,9 +82,28 @@ class StageVisit(BaseModel):
 class Effect(BaseModel):
     """Durable work queued by a handler and done in order by the workflow's main loop."""
 
-    kind: Literal["transition", "updated", "event", "project", "retry"]
+    kind: Literal["transition", "updated", "event", "project", "retry", "date"]
     seq: int
     data: dict = Field(default_factory=dict)
+
+
+DATE_RULES_SIGNAL = "date_rules"  # OpportunityWorkflow's signal carrying new DateRules
+CLOSE_DATE_APPROACHING = "opportunity.close_date_approaching"
+STALE = "opportunity.stale"
+DAY_SECONDS = 86400
+
+
+class DateRules(BaseModel):
+    """What an opportunity arms durable timers for: the days of the org's enabled relative-date rules, by trigger
+    (``{"opportunity.stale": [14]}``), and the length of a day (``HUB_DAY_SECONDS``; shorter in tests only)."""
+
+    days: dict[str, list[int]] = Field(default_factory=dict)
+    day_seconds: int = DAY_SECONDS
+    read_at: datetime | None = None  # when the rules were read: an older read never replaces a newer one
+
+    def newer_than(self, other: DateRules | None) -> bool:
+        """Whether these rules should replace ``other`` (read no earlier, or either read time unknown)."""
+        return other is None or self.read_at is None or other.read_at is None or self.read_at >= other.read_at
 
 
 class OpportunityState(BaseModel):
@@ -114,6 +134,10 @@ class OpportunityState(BaseModel):
     closed: dict | None = None  # {"outcome": "lost", "reason", "actor", "at"} once closed lost
     archived: bool = False
     hub_fields: dict[str, Any] = Field(default_factory=dict)  # dotted path -> value set by rules (hub-owned)
+    date_rules: DateRules | None = None  # None: not known yet (armed from the next transition's preparation)
+    date_fired: dict[str, str] = Field(default_factory=dict)  # "trigger:days" -> the arming it fired for
+    last_activity_at: datetime | None = None  # what opportunity.stale counts from (see DatePoint)
+    crm_events: list[dict] = Field(default_factory=list)  # signed CRM callbacks: type, event_id, at, delivered, status
 
     @property
     def owner(self) -> str | None:
@@ -220,6 +244,7 @@ class Preparation(BaseModel):
     insights: bool = True  # the org's ai.insights flag: recompute the insight on stage changes
     insight: Insight | None = None
     insight_error: str | None = None
+    date_rules: DateRules | None = None  # the relative-date rules to arm timers for
 
 
 class CrmEventInput(BaseModel):
@@ -274,6 +299,7 @@ class OpportunityView(BaseModel):
     updated_at: datetime
     closed: dict | None = None
     archived: bool = False
+    crm_events: list[dict] = Field(default_factory=list)
     source: Literal["workflow", "projection"] = "workflow"
 
 
@@ -350,5 +376,67 @@ def build_view(state: OpportunityState, now: datetime, source: Literal["workflow
         updated_at=state.updated_at,
         closed=state.closed,
         archived=state.archived,
+        crm_events=state.crm_events,
         source=source,
     )
+
+
+def close_instant(value: object) -> datetime | None:
+    """The close date as an instant: an ISO date is 00:00 UTC that day, a datetime without a zone is UTC;
+    None when absent or unreadable."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value) if "T" in value or " " in value else date.fromisoformat(value)
+        except ValueError:
+            return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return None
+
+
+@dataclass(frozen=True)
+class DatePoint:
+    """When one relative-date rule's timer fires for an opportunity, and the arming it belongs to.
+
+    ``opportunity.close_date_approaching`` (``days_before: N``) is due N days before the close date, and only
+    until the close date (a rule applied later, or a close date moved nearer, fires at once; one already past,
+    never); its arming is the close date, so a changed close date re-arms it. ``opportunity.stale`` (``days: N``)
+    is due N days after the last activity; its arming is that instant, so any activity re-arms it. A point fires
+    at most once per arming (``OpportunityState.date_fired``)."""
+
+    trigger: str
+    days: int
+    at: datetime
+    arming: str
+    until: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        """Where ``date_fired`` records it."""
+        return f"{self.trigger}:{self.days}"
+
+    def event(self) -> dict:
+        """The data of the rule event it raises (``event.*`` in conditions and templates)."""
+        field = "days_before" if self.trigger == CLOSE_DATE_APPROACHING else "days"
+        since = "close_date" if self.trigger == CLOSE_DATE_APPROACHING else "last_activity_at"
+        return {"type": self.trigger, "days": self.days, field: self.days, since: self.arming,
+                "due_at": self.at.isoformat()}
+
+
+def date_points(state: OpportunityState) -> list[DatePoint]:
+    """Every relative-date point of an open opportunity (none once closed or archived, or before its date
+    rules are known)."""
+    rules = state.date_rules
+    if rules is None or state.closed is not None or state.archived:
+        return []
+    day = timedelta(seconds=rules.day_seconds)
+    points = []
+    close = close_instant(state.opp.get("close_date"))
+    if close is not None:
+        points += [DatePoint(CLOSE_DATE_APPROACHING, n, close - n * day, close.isoformat(), until=close)
+                   for n in rules.days.get(CLOSE_DATE_APPROACHING, [])]
+    since = state.last_activity_at or state.history[-1].at
+    points += [DatePoint(STALE, n, since + n * day, since.isoformat()) for n in rules.days.get(STALE, [])]
+    return points

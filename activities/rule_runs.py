@@ -33,12 +33,13 @@ OPPORTUNITY_PREFIX = "opportunity/"
 
 
 def relevant(ruleset: RuleSet, event: dict) -> set[str]:
-    """Rules that listen to this event (its trigger, and its stage for stage rules): their outcomes are runs.
+    """Rules that listen to this event (its trigger, its stage for stage rules, its days for relative-date rules):
+    their outcomes are runs.
     An event naming a ``rule`` (a scheduled rule's firing) is for that rule only.
 
     Outcomes of every other rule ("trigger mismatch") say nothing about this event and are not kept.
     """
-    kind, stage, only = event.get("type"), event.get("stage"), event.get("rule")
+    kind, stage, only, days = event.get("type"), event.get("stage"), event.get("rule"), event.get("days")
     return {
         r.name
         for r in ruleset.rules
@@ -47,6 +48,7 @@ def relevant(ruleset: RuleSet, event: dict) -> set[str]:
         and r.compiled.enabled
         and r.compiled.trigger == kind
         and (r.compiled.stage is None or r.compiled.stage == stage)
+        and (r.compiled.days is None or days in (None, r.compiled.days))
     }
 
 

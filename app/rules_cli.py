@@ -97,6 +97,7 @@ async def _apply_files(results: list[LoadResult], org: str | None, dry_run: bool
     db = Database(settings.resolved_database_url)
     failed = 0
     applied: set[str] = set()
+    changed_rules: list[tuple[str, str, Any]] = []  # (org, name, new version) of the rules applied
     try:
         await db.migrate()
         for result in results:
@@ -121,6 +122,8 @@ async def _apply_files(results: list[LoadResult], org: str | None, dry_run: bool
                             await ensure_org(session, target)
                         outcome, row = await apply_resource(session, target, doc.data, "cli", dry_run=dry_run)
                         lines.append(f"{outcome} {row.kind}/{row.name} v{row.version} (org {target})")
+                        if row.kind == "Rule" and outcome != "unchanged" and not dry_run:
+                            changed_rules.append((target, row.name, row))
             except ResourceInvalid as exc:
                 for issue in exc.issues:
                     line, col = doc.positions.get(issue.path, doc.positions.get((), (1, 1)))
@@ -135,15 +138,16 @@ async def _apply_files(results: list[LoadResult], org: str | None, dry_run: bool
                 typer.echo(f"{prefix}{line}")
             applied |= set() if dry_run else set(targets)
         if applied:
-            await _sync_schedules(settings, db, sorted(applied))
+            await _sync_schedules(settings, db, sorted(applied), changed_rules)
     finally:
         await db.dispose()
     return failed
 
 
-async def _sync_schedules(settings: Any, db: Any, orgs: list[str]) -> None:
-    """Bring the Temporal Schedules of the orgs' ``on: schedule`` rules in line (best effort, 10 s)."""
-    from activities import rule_schedules
+async def _sync_schedules(settings: Any, db: Any, orgs: list[str], changed_rules: list[tuple[str, str, Any]]) -> None:
+    """Bring the Temporal Schedules of the orgs' ``on: schedule`` rules in line, and send the date rules of orgs
+    whose relative-date rules changed to their opportunities (best effort, 10 s each)."""
+    from activities import date_triggers, rule_schedules
     from hub.runtime import Hub
     from hub.vault import Vault
 
@@ -153,9 +157,14 @@ async def _sync_schedules(settings: Any, db: Any, orgs: list[str]) -> None:
             done = await asyncio.wait_for(rule_schedules.reconcile(hub, org), timeout=10)
             for schedule, what in sorted(done.items()):
                 typer.echo(f"schedule {schedule}: {what}")
+        async with db.session() as session:
+            dated = {o for o, name, row in changed_rules if await date_triggers.concerns_dates(session, o, name, row)}
+            for org_id in sorted(dated):
+                sent = await asyncio.wait_for(date_triggers.broadcast(hub, session, org_id), timeout=10)
+                typer.echo(f"date rules of org {org_id}: sent to {sent} opportunities")
     except Exception as exc:  # noqa: BLE001 - Temporal away: the hub reconciles at its next start
-        typer.echo(f"warning: rule schedules not synced now ({type(exc).__name__}); they follow at the next start",
-                   err=True)
+        typer.echo(f"warning: rule schedules or date rules not synced now ({type(exc).__name__}); schedules follow "
+                   "at the next start, opportunities' date rules at their next transition", err=True)
 
 
 def _read_event(path: Path) -> dict[str, Any]:

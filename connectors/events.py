@@ -266,6 +266,15 @@ def map_event(scheme: str, event_type: str, body: bytes, content_type: str) -> M
     return get(scheme).map(event_type, body, content_type)
 
 
+def map_stored(provider: str, event_type: str, body: bytes, content_type: str) -> tuple[WebhookScheme, Mapped]:
+    """A stored inbox event mapped by its provider's scheme (the relay, the dry-run and the backtest alike):
+    the scheme and the domain events; ``MalformedEvent`` if it cannot be mapped."""
+    scheme = for_provider(provider)
+    if scheme is None:
+        raise MalformedEvent(f"provider {provider!r} has no webhook scheme")
+    return scheme, scheme.map(event_type, body, content_type)
+
+
 def trigger_names(provider: str, event_type: str, mapping: Mapped) -> set[str]:
     """The names a rule's ``on`` may use for this event: ``provider.type`` and each domain type."""
     return {f"{provider}.{event_type}", *(e.type for e in mapping.events)}

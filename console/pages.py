@@ -338,10 +338,13 @@ async def opportunity(c: Signed, opportunity_id: str) -> HTMLResponse:
 @router.post("/opportunities/{opportunity_id}/move")
 async def move(
     c: Posted, opportunity_id: str, to: Annotated[str, Form()], role: Annotated[str, Form()],
+    reason: Annotated[str, Form()] = "",
 ) -> Response:
-    """Ask for a stage transition as the signed-in key, in a sales role; a refusal lists what is unmet."""
+    """Ask for a stage transition as the signed-in key, in a sales role, with an optional reason (kept in the
+    history); a refusal lists what is unmet."""
     actor = {"id": f"console:{c.principal.key_id}", "role": role.strip()}
-    answer = await c.api("POST", f"/v1/opportunities/{opportunity_id}/transitions", json={"to": to, "actor": actor})
+    move = {"to": to, "actor": actor, **({"reason": reason.strip()} if reason.strip() else {})}
+    answer = await c.api("POST", f"/v1/opportunities/{opportunity_id}/transitions", json=move)
     if answer.status == 409 and isinstance(answer.body, dict):
         unmet = "; ".join(u.get("message", u.get("code", "")) for u in answer.body.get("unmet", []))
         return back(f"/console/opportunities/{opportunity_id}", answer, error=f"{answer.detail}: {unmet}")
@@ -380,6 +383,9 @@ def field_diff(old: dict, new: dict) -> list[dict[str, Any]]:
     return [{"field": k, "old": a.get(k), "new": b.get(k)} for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
+RECORDED_CHOICES = 20  # inbox events offered for a dry-run
+
+
 @router.get("/rules/{kind}/{name}")
 async def resource(c: Signed, kind: str, name: str, diff: int | None = None) -> HTMLResponse:
     """A rule or pipeline: the YAML editor, its versions and a field-by-field diff of one against the previous."""
@@ -395,8 +401,12 @@ async def resource(c: Signed, kind: str, name: str, diff: int | None = None) -> 
     if shown in by_version and shown - 1 in by_version:
         changes = field_diff(by_version[shown - 1]["document"], by_version[shown]["document"])
     text = yaml.safe_dump(current.body["document"], sort_keys=False, allow_unicode=True)
+    recorded = []
+    if kind == "rule":  # the newest inbox events, to dry-run the rule against one
+        inbox = await c.api("GET", "/v1/webhook-events", params={"limit": RECORDED_CHOICES})
+        recorded = inbox.body.get("items", []) if inbox.ok else []
     return c.render("resource.html", kind=kind, plural=plural, res=current.body, text=text, versions=items,
-                    shown=shown, changes=changes, sample=json.dumps(SAMPLE_EVENT, indent=2))
+                    shown=shown, changes=changes, sample=json.dumps(SAMPLE_EVENT, indent=2), recorded=recorded)
 
 
 @router.post("/rules/{kind}/{name}")
@@ -414,8 +424,16 @@ async def save_resource(c: Posted, kind: str, name: str, text: Annotated[str, Fo
 
 
 @router.post("/rules/rule/{name}/test")
-async def dry_run(c: Posted, name: str, event: Annotated[str, Form()]) -> HTMLResponse:
-    """Dry-run the rule against a pasted event: fired or not and why, and the rendered actions."""
+async def dry_run(
+    c: Posted, name: str, event: Annotated[str, Form()] = "", webhook_event: Annotated[str, Form()] = "",
+) -> HTMLResponse:
+    """Dry-run the rule against a pasted event, or a recorded inbox event (``webhook_event``, its id): fired or not
+    and why, and the rendered actions."""
+    if webhook_event:
+        report = await c.api("POST", f"/v1/rules/{name}:test", json={"webhook_event": webhook_event})
+        if report.ok and isinstance(report.body, dict):
+            event = json.dumps(report.body.get("event"), indent=2)
+        return c.render("dry_run.html", name=name, event=event, report=report, recorded=webhook_event)
     try:
         parsed = json.loads(event)
     except ValueError as exc:

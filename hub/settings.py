@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = Field(
         default=5.0, ge=0, description="how long a process reuses a resolved API key; bounds a revocation's delay elsewhere"
     )
+    day_seconds: int = Field(
+        default=86400, ge=1,
+        description="length of a day for relative-date rule triggers; shorter only in tests (refused in production)",
+    )
     shared_data: Path = Path("../shared/data")
     log_level: str = "INFO"
 
@@ -70,6 +74,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"HUB_VAULT_KEYS holds a placeholder value ({marker!r}); set real keys")
         if self.database_url is None:
             raise ValueError("HUB_DATABASE_URL is required when HUB_ENV=production")
+        if self.day_seconds != 86400:
+            raise ValueError("HUB_DAY_SECONDS is for tests only: it must stay 86400 when HUB_ENV=production")
         return self
 
     @property

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import binascii
 import uuid
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -84,7 +84,9 @@ class OpportunityIn(BaseModel):
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     stage: str | None = Field(default=None, description="initial stage (new opportunities only)")
     meddpicc: dict[str, float] = Field(default_factory=dict)
-    close_date: date | None = None
+    close_date: date | datetime | None = Field(
+        default=None, description="an ISO date (00:00 UTC that day) or date-time; opportunity.close_date_approaching "
+        "counts back from it")
     account: dict[str, Any] = Field(default_factory=dict)
     contacts: list[dict[str, Any]] = Field(default_factory=list)
     primary_contact: dict[str, Any] | None = None
@@ -95,6 +97,7 @@ class TransitionIn(BaseModel):
 
     to: str = Field(min_length=1, max_length=100)
     actor: Actor
+    reason: str | None = Field(default=None, max_length=500, description="why, kept in the history")
 
 
 class ChecklistIn(BaseModel):
@@ -336,7 +339,7 @@ async def transition(
     state = await _update(
         _handle(client, key.org_id, opportunity_id),
         OpportunityWorkflow.transition,
-        TransitionRequest(to=body.to, actor=body.actor),
+        TransitionRequest(to=body.to, actor=body.actor, reason=body.reason),
         opportunity_id,
         update_id,
     )

@@ -15,11 +15,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from activities import rule_schedules
+from activities import date_triggers, rule_schedules
+from connectors.events import MalformedEvent, map_stored
 from hub.bounded import evaluate
 from hub.deps import AdminKey, HubDep, ReaderKey, SessionDep
 from hub.problems import Problem
 from hub.store import resources as store
+from hub.store.inbox import WebhookEvent
+from hub.store.opportunities import OpportunityRecord
 from hub.store.resources import ResourceVersion, ScopeTie
 from rules import limits
 from rules.actions import placement
@@ -81,9 +84,15 @@ class ValidationReport(BaseModel):
 
 
 class TestRequest(BaseModel):
-    """A dry-run: the event, and optionally draft rule documents to test instead of the stored ones."""
+    """A dry-run: the event (or a recorded inbox event's id), and optionally draft rule documents to test instead
+    of the stored ones."""
 
-    event: dict[str, Any]
+    event: dict[str, Any] | None = None
+    webhook_event: str | None = Field(
+        default=None, max_length=200,
+        description="instead of event: the id of a webhook event in the org's inbox; its first domain event, as the "
+        "workflows would see it (with the opportunity it names, from the projection)",
+    )
     rules: list[dict[str, Any]] | None = None
 
 
@@ -277,6 +286,7 @@ def _add_kind_routes(kind: str) -> None:
             raise _invalid(_issues_as_errors(exc)) from None
         if kind == "Rule" and outcome != "unchanged":
             await rule_schedules.rule_changed(hub, key.org_id, name, row)
+            await date_triggers.rule_changed(hub, session, key.org_id, name, row)
         result = ApplyResult(outcome=outcome, resource=_public(row))
         return JSONResponse(result.model_dump(mode="json"), status_code=201 if outcome == "created" else 200)
 
@@ -287,6 +297,7 @@ def _add_kind_routes(kind: str) -> None:
             raise Problem(404, f"{label} {name!r} not found")
         if kind == "Rule":
             await rule_schedules.rule_changed(hub, key.org_id, name, row)
+            await date_triggers.rule_changed(hub, session, key.org_id, name, row)
         return _public(row)
 
 
@@ -302,6 +313,7 @@ async def _set_enabled(name: str, enabled: bool, session: SessionDep, hub: HubDe
     outcome, new = await store.apply_resource(session, key.org_id, document, actor=f"key:{key.key_id}")
     if outcome != "unchanged":
         await rule_schedules.rule_changed(hub, key.org_id, name, new)
+        await date_triggers.rule_changed(hub, session, key.org_id, name, new)
     return ApplyResult(outcome=outcome, resource=_public(new))
 
 
@@ -389,9 +401,36 @@ def _stored(row: ResourceVersion) -> dict[str, Any]:
     return {"name": row.name, "version": row.version, "spec": row.spec}
 
 
-def _event(body: TestRequest, org_id: str) -> dict[str, Any]:
+async def _recorded(session: SessionDep, org_id: str, event_id: str) -> dict[str, Any]:
+    """The rule event of a recorded inbox event's first domain event, as the workflows build it: in the
+    opportunity it names (its projected state) or, naming none, for the org."""
+    row = await session.get(WebhookEvent, event_id)
+    if row is None or row.org_id != org_id:
+        raise Problem(404, f"webhook event {event_id!r} not found")
+    try:
+        _, mapped = map_stored(row.provider, row.event_type, row.body, row.content_type)
+    except MalformedEvent as exc:
+        raise Problem(422, f"webhook event {event_id!r} cannot be mapped: {exc}") from None
+    if not mapped.events:
+        raise Problem(422, f"webhook event {event_id!r} raises no domain event: {mapped.ignored}")
+    first = mapped.events[0]
+    record = await session.get(OpportunityRecord, (org_id, first.opportunity_id)) if first.opportunity_id else None
+    if record is None:
+        return {"type": first.type, "stage": None, "opp": {}, "event": first.data, "org": org_id}
+    state = record.state or {}
+    opp = {**state.get("opp", {}), "id": record.id, "stage": record.stage, "insight": state.get("insight") or {}}
+    data = {"type": first.type, "data": first.data, "source": {"provider": row.provider, "event_id": row.id}}
+    return {"type": first.type, "stage": None, "opp": opp, "event": data, "org": org_id,
+            "branch": opp.get("branch"), "role": opp.get("owner_role")}
+
+
+async def _event(body: TestRequest, session: SessionDep, org_id: str) -> dict[str, Any]:
+    if (body.event is None) == (body.webhook_event is None):
+        raise Problem(422, "give either event or webhook_event")
+    if body.webhook_event is not None:
+        return await _recorded(session, org_id, body.webhook_event)
     limits.check(body.event, "event")
-    event = dict(body.event)
+    event = dict(body.event or {})
     if event.get("org") not in (None, org_id):
         raise Problem(422, f"event.org {event['org']!r} is not your org")
     event["org"] = org_id
@@ -403,7 +442,7 @@ def _event(body: TestRequest, org_id: str) -> dict[str, Any]:
 @router.post("/rules:test", summary="Dry-run the org's rules (or draft rules) against an event")
 async def test_rules(body: TestRequest, session: SessionDep, key: ReaderKey) -> TestReport:
     """Which rules fire, which do not and why, and the rendered actions; nothing is run or stored."""
-    event = _event(body, key.org_id)
+    event = await _event(body, session, key.org_id)
     if body.rules is None:
         rows = await store.current_versions(session, key.org_id, "Rule")
         return _report(event, await evaluate(key.org_id, dry_run, [_stored(r) for r in rows], event))
@@ -426,7 +465,7 @@ async def test_rule(
     version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
 ) -> TestReport:
     """The named rule's outcome for the event (its latest version, or ``?version=``)."""
-    event = _event(body, key.org_id)
+    event = await _event(body, session, key.org_id)
     row = await store.get_version(session, key.org_id, "Rule", name, version)
     if row is None or row.deleted:
         raise Problem(404, f"rule {name!r} not found")

@@ -7,7 +7,8 @@ compile is kept as an outcome with its error, so a broken rule never stops the o
 Event shape::
 
     {"type": "stage.entered", "stage": "acquire", "opp": {...}, "event": {...payload...},
-     "org": "acme", "branch": "emea", "role": "ae", "lead": {...}, "schedule": "0 9 * * 1"}
+     "org": "acme", "branch": "emea", "role": "ae", "lead": {...}, "schedule": "0 9 * * 1",
+     "days": 7}   # relative-date triggers: the rule's days_before / days the timer was armed for
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class _Compiled:
     trigger: str
     stage: str | None
     schedule: str | None
+    days: int | None  # relative-date triggers: days_before / days
     condition: Condition | None
     actions: tuple[tuple[str, ParamsTemplate], ...]
     org: str | None
@@ -99,6 +101,7 @@ def _compile_one(document: dict[str, Any]) -> _Compiled:
         trigger=spec.on,
         stage=spec.stage,
         schedule=spec.schedule,
+        days=spec.date_days,
         condition=compile_condition(spec.when, RULE_VARIABLES) if spec.when else None,
         actions=tuple((name, compile_params(params)) for name, params in spec.actions()),
         org=meta.org,
@@ -187,7 +190,7 @@ class _Candidate:
     name: str
     version: int
     compiled: _Compiled
-    checks: bool  # scope, schedule or stage to check
+    checks: bool  # scope, schedule, days or stage to check
     program: Any
     false_reason: str
     true_reason: str
@@ -252,6 +255,7 @@ class RuleSet:
                         or c.branches is not None
                         or c.roles is not None
                         or c.schedule is not None
+                        or c.days is not None
                         or c.stage is not None,
                         program=c.condition.program if c.condition else None,
                         false_reason=f"condition false: `{source}`",
@@ -329,6 +333,8 @@ class RuleSet:
         reason = _scope_mismatch(c, event)
         if reason is None and c.schedule is not None and event.get("schedule") not in (None, c.schedule):
             reason = f"schedule mismatch: rule runs on {c.schedule!r}, event is {event.get('schedule')!r}"
+        if reason is None and c.days is not None and event.get("days") not in (None, c.days):
+            reason = f"days mismatch: rule runs at {c.days} days, event is for {event.get('days')!r}"
         if reason is None and c.stage is not None and c.stage != event.get("stage"):
             reason = f"stage mismatch: rule runs on stage {c.stage!r}, event stage is {event.get('stage')!r}"
         return reason

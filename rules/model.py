@@ -20,10 +20,13 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 SCOPE_PATTERN = r"^(\*|[A-Za-z0-9][-A-Za-z0-9_.]{0,63})$"
 
 #: Events a rule may be triggered by: opportunity lifecycle, leads, domain events mapped from
-#: webhooks (see ``connectors.events``), and ``schedule`` (cron, in ``spec.schedule``).
+#: webhooks (see ``connectors.events``), ``schedule`` (cron, in ``spec.schedule``), and the relative-date
+#: triggers raised by the opportunity's own durable timers (see ``DATE_TRIGGERS``).
 TRIGGERS = (
     "opportunity.created",
     "opportunity.updated",
+    "opportunity.close_date_approaching",
+    "opportunity.stale",
     "stage.entered",
     "stage.exited",
     "lead.created",
@@ -41,6 +44,10 @@ TRIGGERS = (
     "schedule",
 )
 STAGE_TRIGGERS = ("stage.entered", "stage.exited")
+#: Relative-date triggers and the spec field holding their number of days (``days_before: 7``: seven days
+#: before the close date; ``days: 14``: no activity for fourteen days).
+DATE_TRIGGERS = {"opportunity.close_date_approaching": "days_before", "opportunity.stale": "days"}
+MAX_DAYS = 3650
 
 _OPP, _ORG = frozenset({"opportunity"}), frozenset({"org"})
 _WEBHOOK = frozenset({"opportunity", "org"})  # mapped provider events name an opportunity when they can
@@ -49,6 +56,8 @@ _WEBHOOK = frozenset({"opportunity", "org"})  # mapped provider events name an o
 TRIGGER_SUBJECTS: dict[str, frozenset[str]] = {
     "opportunity.created": _OPP,
     "opportunity.updated": _OPP,
+    "opportunity.close_date_approaching": _OPP,
+    "opportunity.stale": _OPP,
     "stage.entered": _OPP,
     "stage.exited": _OPP,
     "lead.created": frozenset({"lead"}),
@@ -184,6 +193,13 @@ class RuleSpec(_Strict):
     schedule: str | None = Field(
         default=None, description="for on: schedule, a 5-field cron expression (UTC) or '@every 15m'"
     )
+    days_before: int | None = Field(
+        default=None, ge=1, le=MAX_DAYS,
+        description="for on: opportunity.close_date_approaching, fire this many days before the close date",
+    )
+    days: int | None = Field(
+        default=None, ge=1, le=MAX_DAYS, description="for on: opportunity.stale, fire after this many days without activity"
+    )
     when: str | None = Field(
         default=None, description="CEL condition over opp, event, stage, org, branch, role"
     )
@@ -223,6 +239,12 @@ class RuleSpec(_Strict):
             out.append(Step(name, item[name] or {}, item.get("id"), item.get("when"),
                             item.get("on_error", "continue"), item.get("attempts", 1), item.get("unless")))  # fmt: skip
         return out
+
+    @property
+    def date_days(self) -> int | None:
+        """The days of a relative-date trigger (``days_before`` or ``days``), None for other triggers."""
+        field = DATE_TRIGGERS.get(self.on)
+        return getattr(self, field) if field else None
 
     def actions(self) -> list[tuple[str, Params]]:
         """The actions as (name, params) pairs, params ``{}`` when absent."""

@@ -24,6 +24,7 @@ from rules.expr import (
 )
 from rules.model import (
     APPROVAL,
+    DATE_TRIGGERS,
     HOLDS,
     KINDS,
     MODELS,
@@ -159,9 +160,12 @@ def _check_rest_of_spec(kind: str, spec: dict, shape_issues: list[Issue], regist
     (an unknown field does not hide a bad condition); nothing when a required field is what is wrong."""
     bad = {i.path[1] for i in shape_issues if len(i.path) > 1}
     try:
-        return _check_spec(kind, {k: v for k, v in spec.items() if k not in bad}, registry)
+        issues = _check_spec(kind, {k: v for k, v in spec.items() if k not in bad}, registry)
     except ValidationError:
         return []
+    # a field whose shape is wrong is not also missing (e.g. ``days: soon`` for on: opportunity.stale)
+    return [i for i in issues if not (i.path == ("spec",) and any(
+        i.message.startswith(f"missing required field {field!r}") for field in bad))]
 
 
 def _check_spec(kind: str, spec: dict, registry: bool) -> list[Issue]:
@@ -331,6 +335,12 @@ def check_rule(spec: RuleSpec, registry: bool = True) -> list[Issue]:
                 issues.append(Issue(("spec", "schedule"), problem))
     elif spec.schedule is not None:
         issues.append(Issue(("spec", "schedule"), "'schedule' applies only to on: schedule"))
+    for trigger, field in DATE_TRIGGERS.items():
+        if spec.on == trigger and getattr(spec, field) is None:
+            issues.append(Issue(("spec",), f"missing required field {field!r} (a number of days, 1 or more) "
+                                           f"for on: {trigger}"))
+        elif spec.on != trigger and getattr(spec, field) is not None:
+            issues.append(Issue(("spec", field), f"{field!r} applies only to on: {trigger}", at_key=True))
     if spec.when is not None:
         issues.extend(_check_condition(spec.when, ("spec", "when"), RULE_VARIABLES, RULE_PROBES))
     issues.extend(_check_steps(spec, registry))

@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from connectors.events import MalformedEvent, for_provider
+from connectors.events import MalformedEvent, map_stored
 from hub.problems import Problem
 from hub.store.inbox import received_between
 from hub.store.opportunities import states_between
@@ -111,9 +111,8 @@ class History:
         """An inbox event not already counted through the opportunity it was delivered to."""
         if f"{row.provider}:{row.event_id}" in self._delivered:
             return
-        scheme = for_provider(row.provider)  # mapped as the relay maps it
         try:
-            mapped = scheme.map(row.event_type, row.body, row.content_type) if scheme else None
+            _, mapped = map_stored(row.provider, row.event_type, row.body, row.content_type)  # as the relay does
         except MalformedEvent:
             mapped = None
         events = []

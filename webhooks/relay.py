@@ -39,7 +39,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.rule_types import approval_target
 from activities.webhook_types import MappedEvent, WebhookEventInput
-from connectors.events import MalformedEvent, Mapped, for_provider
+from connectors.events import MalformedEvent, Mapped, map_stored
 from hub.runtime import Hub, TemporalUnavailable
 from hub.store import inbox
 from hub.store.base import utcnow
@@ -132,11 +132,8 @@ class Relay:
             return 0
         work, ignored, broken = [], [], []
         for row in rows:
-            scheme = for_provider(row.provider)
             try:
-                if scheme is None:
-                    raise MalformedEvent(f"provider {row.provider!r} has no webhook scheme")
-                mapped = scheme.map(row.event_type, row.body, row.content_type)
+                scheme, mapped = map_stored(row.provider, row.event_type, row.body, row.content_type)
             except MalformedEvent as exc:
                 broken.append((row, f"cannot map the event: {exc}"))
                 continue

@@ -17,6 +17,10 @@ plans their rules and computes the AI insight, one projection; see ``_transition
 - ``set_checklist`` and ``migrate_pipeline`` (Updates), ``domain_event`` (signal: contract.signed,
   payment.received, call.recorded, slack.action, document.changed — deduplicated by source event id).
 - ``state`` (query).
+- ``date_rules`` (signal, from the rules API) and the date timers: a task beside the main loop keeps one durable timer
+  for the next relative-date point (``opportunity.close_date_approaching`` / ``opportunity.stale``, see
+  ``DatePoint``), re-armed when the close date, the last activity or the date rules change, and queues a ``date``
+  effect when a point is due (patch ``relative-date-timers``).
 
 Every side-effect key derives from the workflow id and the effect's sequence number, which is
 carried across continue-as-new, so replays, retries and restarted workers repeat nothing. The
@@ -42,13 +46,17 @@ with workflow.unsafe.imports_passed_through():
     from activities.connector_types import ActionCall
     from activities.opportunities import OpportunityActivities
     from activities.opportunity_types import (
+        CLOSE_DATE_APPROACHING,
+        DATE_RULES_SIGNAL,
         MAX_EVENTS,
         MAX_RULE_RUNS,
         MAX_SEEN_EVENTS,
         Actor,
         ChecklistRequest,
         CloseRequest,
+        CrmDelivery,
         CrmEventInput,
+        DateRules,
         DomainEvent,
         Effect,
         MigrateRequest,
@@ -62,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         TransitionRequest,
         UpsertRequest,
         body_hash,
+        date_points,
         stage_of,
     )
     from activities.rule_types import PlannedActionModel, RetryActionInput, RulePlan
@@ -81,6 +90,8 @@ CREATED_PATCH = "opportunity-created"  # workflow.patched: histories before it r
 CRM_EVENTS_PATCH = "crm-rule-events"  # workflow.patched: histories before it sent rules' changes to no CRM
 #: Patch: queued transitions' effects go together, the insight computed by ``opportunity.prepare``.
 BATCHED_TRANSITIONS = "transition-effects-batched"
+#: Patch: relative-date rules (close date approaching, stale) on durable timers in the main loop.
+DATE_TIMERS = "relative-date-timers"
 AUTOMATION = Actor(id="automation", role="automation")  # who rule-made transitions are by
 OPPORTUNITIES_ROOT = "Opportunities"
 MAX_FAILURES = 20
@@ -131,6 +142,8 @@ class OpportunityWorkflow:
         self._history_limit = input.history_limit
         self._registration = input.registration if input.state is None else None
         self._lock = asyncio.Lock()
+        self._rearm = False  # what the date timers count from changed: arm them again
+        self._timers: asyncio.Task | None = None
         pipeline = input.state.pipeline if input.state is not None else input.pipeline
         self._compiled: CompiledPipeline = compile_pipeline(pipeline.spec)
         if input.state is not None:
@@ -171,12 +184,15 @@ class OpportunityWorkflow:
             pending=[Effect(kind="transition", seq=1, data={"from": None, "to": initial})],
             created_at=now,
             updated_at=now,
+            last_activity_at=now,
         )
 
     # ---------------------------------------------------------------- main loop: effects, continue-as-new
 
     @workflow.run
     async def run(self, input: OpportunityInput) -> None:
+        if workflow.patched(DATE_TIMERS):
+            self._timers = asyncio.create_task(self._date_timers())  # dropped at continue-as-new, re-armed after
         while True:
             await workflow.wait_condition(lambda: bool(self._state.pending) or self._history_full())
             if self._history_full():  # between effects; the queued ones travel in the state
@@ -195,6 +211,37 @@ class OpportunityWorkflow:
             done = await self._perform(self._state.pending[0])
             del self._state.pending[:done]
 
+    async def _date_timers(self) -> None:
+        """The relative-date rules' durable timer, beside the main loop (so that a due point is queued on time even
+        while the loop waits on a long effect): sleeps until the next point is due or its arming changes."""
+        while True:
+            self._rearm = False
+            try:
+                await workflow.wait_condition(lambda: self._rearm, timeout=self._arm_dates())
+            except TimeoutError:
+                pass  # a point is due: the next round queues it
+
+    def _arm_dates(self) -> timedelta | None:
+        """Queue the relative-date rules that are due (each at most once per arming, see ``DatePoint``); the
+        time until the next one, for the main loop's durable timer (None: nothing to wait for)."""
+        now, s = workflow.now(), self._state
+        wait: timedelta | None = None
+        for point in date_points(s):
+            if s.date_fired.get(point.key) == point.arming:
+                continue
+            if point.at > now:
+                wait = min(wait, point.at - now) if wait else point.at - now
+                continue
+            s.date_fired[point.key] = point.arming
+            if point.until is None or now < point.until:
+                self._queue("date", point.event())
+        return wait
+
+    def _active(self) -> None:
+        """Something happened to the opportunity: the ``opportunity.stale`` clock starts again."""
+        self._state.last_activity_at = workflow.now()
+        self._rearm = True
+
     def _history_full(self) -> bool:
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_length() >= self._history_limit
@@ -212,6 +259,9 @@ class OpportunityWorkflow:
             await self._run_rules([self._rule_event("opportunity.updated", effect.data)], prefix)
         elif effect.kind == "event":
             await self._run_rules([self._rule_event(effect.data["type"], effect.data)], prefix)
+        elif effect.kind == "date":  # the rules of one relative-date point (``days`` picks them)
+            await self._run_rules([{**self._rule_event(effect.data["type"], effect.data), "days": effect.data["days"]}],
+                                  prefix)
         elif effect.kind == "retry":
             await self._retry(RetryActionInput.model_validate(effect.data))
         elif len(self._state.pending) > 1:
@@ -235,6 +285,8 @@ class OpportunityWorkflow:
             start_to_close_timeout=INSIGHT_TIMEOUT,
             retry_policy=STORE_RETRY,
         )  # fmt: skip
+        if prep.date_rules is not None:
+            self._set_date_rules(prep.date_rules)
         acted, start = False, 0
         for effect, events in zip(batch, own_events, strict=True):
             end, prefix = start + len(events), f"{self._id}/{effect.seq}"
@@ -300,7 +352,7 @@ class OpportunityWorkflow:
         frm, to = effect.data["from"], effect.data["to"]
         insight = self._state.insight or {}
         record = next(h for h in reversed(self._state.history) if h.seq == effect.seq)
-        await workflow.execute_activity_method(
+        delivery = await workflow.execute_activity_method(
             OpportunityActivities.send_crm_event,
             CrmEventInput(
                 org_id=self._state.org_id,
@@ -321,6 +373,14 @@ class OpportunityWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=CRM_RETRY,
         )
+        self._crm_sent("stage.changed", f"evt_{self._id}/{effect.seq}", delivery)
+
+    def _crm_sent(self, kind: str, event_id: str, delivery: CrmDelivery) -> None:
+        """Keep what a signed CRM callback came to (for the opportunity's timeline)."""
+        entry = {"type": kind, "event_id": event_id, "at": workflow.now().isoformat(), "delivered": delivery.delivered,
+                 "status": delivery.status}
+        self._state.crm_events = (self._state.crm_events + [entry])[-MAX_EVENTS:]
+        self._touch()
 
     async def _provision(self, stage: dict, prefix: str) -> None:
         """The stage's folders under the opportunity's root, then its templates (both idempotent)."""
@@ -429,13 +489,14 @@ class OpportunityWorkflow:
         ``insight.updated``) through the callback of ``stage.changed``: retried until accepted, id from ``key``."""
         if not workflow.patched(CRM_EVENTS_PATCH):
             return
-        await workflow.execute_activity_method(
+        delivery = await workflow.execute_activity_method(
             OpportunityActivities.send_crm_event,
             CrmEventInput(org_id=self._state.org_id, event_id=f"evt_{key}", type=kind, occurred_at=workflow.now(),
                           data={"opportunity_id": self._state.opportunity_id, **data}),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=CRM_RETRY,
         )  # fmt: skip
+        self._crm_sent(kind, f"evt_{key}", delivery)
 
     async def _ai_action(self, action: PlannedActionModel, key: str, event: dict, activity: str = NEXT_ACTION) -> dict:
         insight = await self._recompute_insight(action.params.get("reason") or key, activity)
@@ -516,6 +577,7 @@ class OpportunityWorkflow:
         s.visits[-1].exited_at = now
         s.visits.append(StageVisit(stage=req.to, entered_at=now))
         s.stage = req.to
+        self._active()
         return seq
 
     @transition.validator
@@ -557,11 +619,15 @@ class OpportunityWorkflow:
             if req.body_hash == s.body_hash:
                 raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
             changed = sorted(k for k in set(s.opp) | set(req.opp) if s.opp.get(k) != req.opp.get(k))
+            close_date = s.opp.get("close_date")
             keep = {k: s.opp[k] for k in ("tasks",) if k in s.opp}  # hub-owned fields survive a CRM update
             s.opp, s.body_hash = {**req.opp, **keep}, req.body_hash
             conflicts = sorted(p for p, v in s.hub_fields.items() if get_path(s.opp, p, v) != v)
             for path, value in s.hub_fields.items():  # fields rules set stay the hub's (README: merge policy)
                 set_path(s.opp, path, value)
+            if s.opp.get("close_date") != close_date:  # a new close date: its reminders are armed again
+                s.date_fired = {k: v for k, v in s.date_fired.items() if not k.startswith(CLOSE_DATE_APPROACHING)}
+            self._active()  # (re-arms the timers)
             self._queue("updated", {"changed": changed, **({"conflicts": conflicts} if conflicts else {})})
             return s
 
@@ -587,6 +653,7 @@ class OpportunityWorkflow:
             s = self._state
             if any(s.checklist.get(k) != v for k, v in req.items.items()):
                 s.checklist.update(req.items)
+                self._active()
                 self._queue("project")
             return s
 
@@ -653,7 +720,22 @@ class OpportunityWorkflow:
             }
         record = {"type": event.type, "data": data, "source": event.source.model_dump(), "at": now.isoformat()}
         s.events = (s.events + [record])[-MAX_EVENTS:]
+        self._active()
         self._queue("event", record)
+
+    @workflow.signal(name=DATE_RULES_SIGNAL)
+    def date_rules(self, rules: DateRules) -> None:
+        """The org's relative-date rules changed (sent by the rules API): arm the timers for these."""
+        self._set_date_rules(rules)
+
+    def _set_date_rules(self, rules: DateRules) -> None:
+        """Arm the timers for ``rules``, unless the ones known were read later (a preparation that read the rules
+        before a change may finish after the change's signal)."""
+        old = self._state.date_rules
+        if rules.newer_than(old):
+            self._state.date_rules = rules
+            if old is None or (old.days, old.day_seconds) != (rules.days, rules.day_seconds):
+                self._rearm = True
 
     @workflow.query
     def state(self) -> OpportunityState:
@@ -688,6 +770,7 @@ class OpportunityWorkflow:
                 s.closed = {"outcome": req.outcome, "reason": req.reason, "actor": req.actor.model_dump(),
                             "at": workflow.now().isoformat()}
             s.archived = s.archived or req.archive
+            self._rearm = True  # closed or archived: no more date timers
             self._queue("project")
             return s
 

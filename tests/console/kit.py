@@ -27,14 +27,15 @@ async def sign_in(http: httpx.AsyncClient, key: str) -> str:
     return csrf_of((await http.get("/console/inbox")).text)
 
 
-async def dead_event(hub: Hub, org: str = "acme", event_type: str = "invoice.paid") -> str:
-    """A webhook event that exhausted its attempts (dead-lettered); returns its inbox id."""
+async def dead_event(hub: Hub, org: str = "acme", event_type: str = "invoice.paid",
+                     body: bytes = b'{"id": "evt_1", "type": "invoice.paid"}') -> str:
+    """A Stripe webhook event that exhausted its attempts (dead-lettered); returns its inbox id."""
     async with hub.db.session() as session:
         row = WebhookEvent(
             org_id=org, connection_id="c-stripe", provider="stripe", event_id=f"evt_{event_type}",
             event_type=event_type, status="dead", attempts=5, last_error="connection refused (stripe)",
             errors=[{"attempt": 5, "error": "connection refused (stripe)"}], headers={"content-type": "application/json"},
-            body=b'{"id": "evt_1", "type": "invoice.paid"}', content_type="application/json",
+            body=body, content_type="application/json",
         )  # fmt: skip
         session.add(row)
         await session.flush()

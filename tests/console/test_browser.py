@@ -21,6 +21,7 @@ from tests.console.conftest import ARTIFACTS
 from tests.console.kit import dead_event
 from tests.fakes.oauth_server import OAuthFake
 from tests.workflows.opportunity_kit import settle
+from tests.workflows.test_rule_matrix import Receiver
 
 VIEWPORTS = {"desktop": (1280, 800), "phone": (390, 844)}
 AXE = Axe()
@@ -78,6 +79,10 @@ async def test_sign_in_and_authorise_a_connection(page: Page, live: str, admin_k
         await check(page, "connection")
 
 
+PAID = (b'{"id": "evt_paid", "type": "invoice.paid", "data": {"object": {"object": "invoice", "id": "in_1", '
+        b'"amount_paid": 5000, "currency": "eur", "status": "paid"}}}')
+
+
 async def test_edit_a_rule_see_its_error_at_its_line_and_dry_run_it(page: Page, hub: Hub, admin_key: str) -> None:
     await load_demo(hub, "acme")
     await sign_in(page, admin_key, "/console/rules")
@@ -100,10 +105,21 @@ async def test_edit_a_rule_see_its_error_at_its_line_and_dry_run_it(page: Page, 
     assert caret == at + 1
     await check(page, "rule-editor-error")
 
-    await page.get_by_role("button", name="Dry-run").click()
+    await page.get_by_role("button", name="Dry-run", exact=True).click()
     await expect(page.locator("#verdict")).to_contain_text("would fire")
     await expect(page.get_by_role("heading", name=re.compile("big-deal-to-acquire v1"))).to_be_visible()
     await check(page, "rule-dry-run")
+
+    # against a recorded event: a Stripe invoice.paid from the inbox, mapped as the workflows map it
+    recorded = await dead_event(hub, body=PAID)
+    await page.goto("/console/rules/rule/payment-received-keep")
+    await page.get_by_label("Or a recorded event from the inbox").select_option(recorded)
+    await page.get_by_role("button", name="Dry-run the recorded event").click()
+    await expect(page.locator("#verdict")).to_contain_text("1 rule(s) would fire")
+    await expect(page.get_by_role("heading", name=re.compile("payment-received-keep v1: fires"))).to_be_visible()
+    await expect(page.get_by_role("heading", name=re.compile(f"recorded webhook event {recorded}"))).to_be_visible()
+    await expect(page.locator("main pre").last).to_contain_text('"amount_paid": 5000')
+    await check(page, "rule-dry-run-recorded")
 
 
 async def test_replay_a_dead_lettered_event(page: Page, hub: Hub, admin_key: str) -> None:
@@ -132,23 +148,37 @@ async def test_move_an_opportunity_and_see_its_timeline(
     oid = f"opp-{task_queue}"  # workflow ids outlive the test on the session's Temporal server
     opp = {"name": "Globex expansion", "branch": "emea", "owner_role": "ae", "amount": 120000.0,
            "currency": "EUR", "meddpicc": {"identify_pain": 1, "metrics": 2}}  # fmt: skip
-    async with httpx.AsyncClient(base_url=live, timeout=30) as http:
-        r = await http.put(f"/v1/opportunities/{oid}", json=opp, headers=bearer(admin_key))
-        assert r.status_code in (200, 201), r.text
-        items = {i: True for i in r.json()["stages"][0]["checklist"]}
-        r = await http.post(f"/v1/opportunities/{oid}/checklist", json={"items": items}, headers=bearer(admin_key))
-        assert r.status_code == 200, r.text
-    await sign_in(page, admin_key, f"/console/opportunities/{oid}")
-    await expect(page.locator("#stage")).to_contain_text("Prospect")
-    await check(page, "opportunity")
-    await page.get_by_label("Move to").select_option("engage")
-    await page.get_by_label("as sales role").fill("ae")
-    await page.get_by_role("button", name="Move").click()
-    await expect(page.get_by_role("status")).to_contain_text("Moved to engage")
-    await expect(page.locator("#stage")).to_contain_text("Engage")
-    key_id = admin_key.split("_")[1]
-    await expect(page.locator("#timeline li").first).to_contain_text(f"prospect → engage by console:{key_id} (ae)")
-    await check(page, "opportunity-moved")
+    with Receiver() as crm:  # the CRM's callback endpoint: the signed stage.changed lands here
+        async with httpx.AsyncClient(base_url=live, timeout=30) as http:
+            r = await http.patch("/v1/orgs/acme", json={"crm_callback_url": f"{crm.url}/crm"}, headers=bearer(admin_key))
+            assert r.status_code == 200, r.text
+            r = await http.put(f"/v1/opportunities/{oid}", json=opp, headers=bearer(admin_key))
+            assert r.status_code in (200, 201), r.text
+            items = {i: True for i in r.json()["stages"][0]["checklist"]}
+            r = await http.post(f"/v1/opportunities/{oid}/checklist", json={"items": items}, headers=bearer(admin_key))
+            assert r.status_code == 200, r.text
+        await sign_in(page, admin_key, f"/console/opportunities/{oid}")
+        await expect(page.locator("#stage")).to_contain_text("Prospect")
+        await expect(page.locator("#crm-callbacks")).to_contain_text("No CRM callbacks yet.")
+        await check(page, "opportunity")
+        await page.get_by_label("Move to").select_option("engage")
+        await page.get_by_label("as sales role").fill("ae")
+        await page.get_by_label("why").fill("pain and metrics confirmed")
+        await page.get_by_role("button", name="Move").click()
+        await expect(page.get_by_role("status")).to_contain_text("Moved to engage")
+        await expect(page.locator("#stage")).to_contain_text("Engage")
+        key_id = admin_key.split("_")[1]
+        await expect(page.locator("#timeline li").first).to_contain_text(f"prospect → engage by console:{key_id} (ae)")
+        await expect(page.locator("#timeline li").first).to_contain_text("why: “pain and metrics confirmed”")
+        async with httpx.AsyncClient(base_url=live, timeout=30) as http:
+            await settle(http, admin_key, oid)
+        assert crm.calls("/crm", "POST")
+        await page.reload()
+        callback = page.locator("#crm-callbacks tbody tr", has_text="stage.changed")
+        await expect(callback).to_contain_text("stage.changed")
+        await expect(callback).to_contain_text(f"evt_opportunity/acme/{oid}/")
+        await expect(callback).to_contain_text("delivered (HTTP 200)")
+        await check(page, "opportunity-moved")
     await page.goto(f"/console/runs?opportunity={oid}")
     await expect(page.get_by_role("heading", name="Rule runs")).to_be_visible()
     await check(page, "runs")

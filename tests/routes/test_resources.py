@@ -240,3 +240,39 @@ async def test_five_megabyte_document_is_refused(api: httpx.AsyncClient, admin_k
     big = RULE_YAML + "# " + "x" * size + "\n"
     r = await api.put("/v1/rules/big-deal-to-acquire", content=big, headers={**bearer(admin_key), **YAML})
     assert r.status_code == 413
+
+
+async def test_dry_run_against_a_recorded_webhook_event(api: httpx.AsyncClient, hub: Hub, admin_key: str) -> None:
+    """The recorded event's first domain event, in the opportunity it names (its projection) or for the org."""
+    from hub.store.opportunities import OpportunityRecord
+    from tests.console.kit import dead_event
+
+    h = bearer(admin_key)
+    rule = {"apiVersion": "fulqrun.io/v1", "kind": "Rule", "metadata": {"name": "paid"},
+            "spec": {"on": "payment.received", "when": "opp.amount > 100.0",
+                     "do": [{"opportunity.add_task": {"title": "Thank {{ opp.name }}"}}]}}  # fmt: skip
+    assert (await api.put("/v1/rules/paid", json=rule, headers=h)).status_code == 201
+    invoice = (b'{"id": "evt_p", "type": "invoice.paid", "data": {"object": {"object": "invoice", "id": "in_9", '
+               b'"amount_paid": 700, "metadata": {"opportunity_id": "o-paid"}}}}')
+    recorded = await dead_event(hub, body=invoice)
+    async with hub.db.session() as session:
+        session.add(OpportunityRecord(org_id="acme", id="o-paid", workflow_id="opportunity/acme/o-paid",
+                                      pipeline_name="peak", pipeline_version=1, stage="acquire", body_hash="h",
+                                      revision=1, state={"opp": {"name": "Globex", "amount": 900.0, "branch": "emea"}},
+                                      branch="emea"))  # fmt: skip
+    report = (await api.post("/v1/rules/paid:test", json={"webhook_event": recorded}, headers=h)).json()
+    assert report["fired"] == 1, report
+    assert report["outcomes"][0]["actions"] == [{"name": "opportunity.add_task", "params": {"title": "Thank Globex"},
+                                                 "runs_for": "opportunity", "problem": None}]
+    event = report["event"]
+    assert (event["type"], event["opp"]["id"], event["opp"]["stage"], event["branch"]) == (
+        "payment.received", "o-paid", "acquire", "emea")
+    assert event["event"]["data"]["amount_paid"] == 700 and event["event"]["source"]["event_id"] == recorded
+
+    ignored = await dead_event(hub, event_type="invoice.payment_succeeded",
+                               body=b'{"id": "evt_s", "type": "invoice.payment_succeeded"}')
+    answer = await api.post("/v1/rules:test", json={"webhook_event": ignored}, headers=h)
+    assert answer.status_code == 422 and "raises no domain event" in answer.json()["detail"]
+    assert (await api.post("/v1/rules:test", json={"webhook_event": "whe_nope"}, headers=h)).status_code == 404
+    both = await api.post("/v1/rules:test", json={"webhook_event": recorded, "event": {"type": "x"}}, headers=h)
+    assert both.status_code == 422 and both.json()["detail"] == "give either event or webhook_event"

@@ -34,7 +34,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 def test_validate_ok_and_every_error(cli: CliRunner, tmp_path: Path) -> None:
     ok = cli.invoke(app, ["rules", "validate", str(PEAK_PIPELINE), str(EXAMPLES_DIR)])
-    assert ok.exit_code == 0 and ok.stdout.startswith("ok: 13 resource(s) in 5 file(s)")
+    assert ok.exit_code == 0 and ok.stdout.startswith("ok: 15 resource(s) in 6 file(s)")
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         GOOD_RULE.replace("lead.created", "lead.craeted")
@@ -77,7 +77,7 @@ def test_apply_dry_run_then_apply_then_unchanged(cli: CliRunner) -> None:
     assert dry.exit_code == 0 and dry.stdout.strip() == "(dry run) created Pipeline/peak v1 (org acme)"
     assert cli.invoke(app, ["rules", "list", "--org", "acme"]).stdout == ""
     first = cli.invoke(app, ["rules", "apply", str(PEAK_PIPELINE), str(EXAMPLES_DIR), "--org", "acme"])
-    assert first.exit_code == 0 and first.stdout.count("created ") == 13
+    assert first.exit_code == 0 and first.stdout.count("created ") == 15
     again = cli.invoke(app, ["rules", "apply", str(PEAK_PIPELINE), "--org", "acme"])
     assert again.stdout.strip() == "unchanged Pipeline/peak v1 (org acme)"
 
@@ -91,12 +91,12 @@ def test_export_round_trips_unchanged(cli: CliRunner, tmp_path: Path) -> None:
     assert cli.invoke(app, ["rules", "apply", str(EXAMPLES_DIR), "--org", "acme"]).exit_code == 0
     out = tmp_path / "export"
     exported = cli.invoke(app, ["rules", "export", "--org", "acme", "--out", str(out)])
-    assert exported.exit_code == 0 and len(list(out.glob("*.yaml"))) == 12
+    assert exported.exit_code == 0 and len(list(out.glob("*.yaml"))) == 14
     stdout = cli.invoke(app, ["rules", "export", "--org", "acme", "--kind", "pipeline"]).stdout
     assert stdout.count("kind: Pipeline") == 1
     again = cli.invoke(app, ["rules", "apply", str(out), "--org", "acme"])
     lines = again.stdout.splitlines()
-    assert again.exit_code == 0 and len(lines) == 12 and all(line.startswith("unchanged ") for line in lines)
+    assert again.exit_code == 0 and len(lines) == 14 and all(line.startswith("unchanged ") for line in lines)
 
 
 def test_dry_run_test_command(cli: CliRunner, tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_dry_run_test_command(cli: CliRunner, tmp_path: Path) -> None:
         "skips big-deal-to-acquire: trigger mismatch: rule runs on 'stage.entered', event is 'lead.created'"
         in lines
     )
-    assert lines[-1] == "2 of 11 rule(s) fire for lead.created"
+    assert lines[-1] == "2 of 13 rule(s) fire for lead.created"
     as_json = json.loads(
         cli.invoke(app, ["rules", "test", str(EXAMPLES_DIR), "--event", str(event), "--json"]).stdout
     )

@@ -31,4 +31,4 @@ async def test_load_demo_is_idempotent(db: Database, settings: Settings) -> None
         assert (await select_pipeline(s, "demo", "us", "ae")).name == "peak"
         rules = await current_versions(s, "demo", "Rule")
     assert "weekly-pipeline-review" not in {r.name for r in rules}  # shipped disabled
-    assert len(rules) == 7
+    assert len(rules) == 9  # with date-rules.yaml

@@ -126,6 +126,24 @@ def test_schedule_trigger_matches_its_cron() -> None:
     )
 
 
+def test_relative_date_rules_match_their_days() -> None:
+    rules = compile_rules([
+        {**rule("week-before", on="opportunity.close_date_approaching", days_before=7,
+                do=[{"opportunity.add_task": {"title": "{{ event.days_before }} days to {{ event.close_date }}"}}]),
+         "version": 1},
+        {**rule("idle", on="opportunity.stale", days=14), "version": 1},
+    ])  # fmt: skip
+    event = {"type": "opportunity.close_date_approaching", "days": 7, "opp": OPP,
+             "event": {"days_before": 7, "close_date": "2030-01-31T00:00:00+00:00"}}
+    outcomes = {o.rule: o for o in rules.evaluate(event)}
+    assert outcomes["week-before"].actions == [
+        PlannedAction("opportunity.add_task", {"title": "7 days to 2030-01-31T00:00:00+00:00"})]
+    assert outcomes["idle"].reason.startswith("trigger mismatch")
+    assert rules.evaluate({**event, "days": 3})[1].reason == "days mismatch: rule runs at 7 days, event is for 3"
+    assert [o.rule for o in rules.fired({"type": "opportunity.stale", "days": 14, "opp": OPP})] == ["idle"]
+    assert rules.fired({"type": "opportunity.stale", "opp": OPP})  # a pasted event without days: any days
+
+
 def test_inputs_as_name_version_spec() -> None:
     doc = rule("by-spec", on="lead.created")
     rules = compile_rules([{"name": "by-spec", "version": 7, "spec": doc}])

@@ -247,3 +247,22 @@ def test_every_error_of_a_document_in_one_pass() -> None:
     assert any("spec.colour: unknown field 'colour'" in m for m in messages)
     assert any(m.startswith("r.yaml:7:") and "spec.when" in m for m in messages)  # the CEL error, a line above
     assert any("chanel: unknown field 'chanel'" in m for m in messages)
+
+
+@pytest.mark.parametrize("trigger, field", [("opportunity.close_date_approaching", "days_before"),
+                                            ("opportunity.stale", "days")])
+def test_relative_date_triggers_need_their_days(trigger: str, field: str) -> None:
+    base = RULE.replace("  stage: acquire\n", "").replace("on: stage.entered", f"on: {trigger}")
+    text = base.replace(f"on: {trigger}", f"on: {trigger}\n  {field}: 7")
+    assert load_text(text).ok
+    assert only_error(base) == f"r.yaml:5:3: spec: missing required field {field!r} (a number of days, 1 or more) for on: {trigger}"
+    for bad, message in (("0", "Input should be greater than or equal to 1"),
+                         ("3651", "Input should be less than or equal to 3650"),
+                         ("soon", "wrong type: should be a valid integer, got a string"),
+                         ("1.5", "wrong type: should be a valid integer, got a number")):
+        wrong = text.replace(f"{field}: 7", f"{field}: {bad}")
+        assert only_error(wrong) == f"r.yaml:6:{col(wrong, 6, bad)}: spec.{field}: {message}"
+    other = "days" if field == "days_before" else "days_before"
+    misplaced = text.replace(f"{field}: 7", f"{field}: 7\n  {other}: 3")
+    assert only_error(misplaced) == f"r.yaml:7:3: spec.{other}: {other!r} applies only to on: " + (
+        "opportunity.stale" if other == "days" else "opportunity.close_date_approaching")

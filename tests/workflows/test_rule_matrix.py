@@ -4,9 +4,10 @@ could not have run.
 One rule per trigger does every built-in action (and ``generic_oauth2.request``, standing for the provider actions,
 which all run the same way: ``connector.run_action`` on the provider's queue, for any event) that the registry
 says can run for what the trigger's events name. The triggers are raised from real inputs: the CRM API
-(opportunity, lead), signed ``generic`` webhooks with and without an opportunity, a rule's Temporal Schedule;
-``automation.failed`` by the failures that follow. Every action of every run must have run — or, where the event
-named no opportunity, have failed saying so, exactly as the dry-run predicts.
+(opportunity, lead), signed ``generic`` webhooks with and without an opportunity, a rule's Temporal Schedule, the
+opportunity's durable timers (its close date near, then idle); ``automation.failed`` by the failures that follow. Every action of every run must have run — or, where the event
+named no opportunity, have failed saying so, exactly as the dry-run predicts. A test day lasts one second
+(``HUB_DAY_SECONDS``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import uuid
 from collections import defaultdict
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -33,7 +35,7 @@ from hub.store.connections import secret_owner
 from hub.store.opportunities import RuleRunRecord
 from hub.store.secrets import put_secret
 from rules import actions
-from rules.model import TRIGGER_SUBJECTS, TRIGGERS, RuleSpec
+from rules.model import DATE_TRIGGERS, TRIGGER_SUBJECTS, TRIGGERS, RuleSpec
 from rules.validate import check_rule
 from tests.conftest import bearer
 from tests.fakes.server import FakeServer
@@ -81,7 +83,14 @@ def params(receiver: Receiver) -> dict[str, dict]:
 
 
 def name_of(trigger: str) -> str:
-    return trigger.replace(".", "-")
+    return trigger.replace(".", "-").replace("_", "-")
+
+
+def trigger_params(trigger: str) -> dict:
+    """What a trigger needs besides ``on``: a schedule, or the days of a relative-date trigger (one test day)."""
+    if trigger == "schedule":
+        return {"schedule": "@every 1m"}
+    return {DATE_TRIGGERS[trigger]: 1} if trigger in DATE_TRIGGERS else {}
 
 
 def matrix_rules(all_params: dict[str, dict]) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -92,8 +101,7 @@ def matrix_rules(all_params: dict[str, dict]) -> tuple[list[dict], list[tuple[st
         runnable.sort(key=lambda a: a == "opportunity.transition")
         refused += [(trigger, a) for a in all_params if a not in runnable]
         spec: dict = {"on": trigger, "do": [{a: all_params[a]} for a in runnable]}
-        if trigger == "schedule":
-            spec["schedule"] = "@every 1m"
+        spec.update(trigger_params(trigger))
         docs.append({"apiVersion": "fulqrun.io/v1", "kind": "Rule", "metadata": {"name": name_of(trigger)},
                      "spec": spec})
     return docs, refused
@@ -101,9 +109,10 @@ def matrix_rules(all_params: dict[str, dict]) -> tuple[list[dict], list[tuple[st
 
 @pytest.fixture
 def settings(tmp_path: Path, vault_keys: str, task_queue: str) -> Settings:
-    """The test settings, with the loopback receiver of ``http.post`` allowed."""
+    """The test settings, with the loopback receiver of ``http.post`` allowed, and a day of one second for the
+    relative-date triggers (``days_before: 1``: a second before the close date; ``days: 1``: a second idle)."""
     return Settings(data_dir=tmp_path / "data", vault_keys=vault_keys, task_queue=task_queue,
-                    http_allowlist=["127.0.0.1/32"])
+                    http_allowlist=["127.0.0.1/32"], day_seconds=1)
 
 
 async def runs(hub: Hub) -> list[RuleRunRecord]:
@@ -125,8 +134,7 @@ def test_refused_pairs_are_refused_and_accepted_pairs_accepted() -> None:
     for doc in docs:
         assert check_rule(RuleSpec.model_validate(doc["spec"])) == [], doc
     for trigger, action in refused:
-        spec = {"on": trigger, "do": [{action: all_params[action]}],
-                **({"schedule": "0 9 * * 1"} if trigger == "schedule" else {})}
+        spec = {"on": trigger, "do": [{action: all_params[action]}], **trigger_params(trigger)}
         [issue] = check_rule(RuleSpec.model_validate(spec))
         assert f"{action} needs" in issue.message and issue.path == ("spec", "do", 0, action)
 
@@ -152,7 +160,9 @@ async def test_every_trigger_runs_every_action_it_accepts(
         stack.push_async_callback(schedule.delete)
 
         h = bearer(admin_key)
-        body = {"name": "Matrix deal", "branch": "emea", "owner_role": "ae", "amount": 5000.0}
+        close = datetime.now(UTC) + timedelta(seconds=20)  # close_date_approaching fires a test day before
+        body = {"name": "Matrix deal", "branch": "emea", "owner_role": "ae", "amount": 5000.0,
+                "close_date": close.isoformat()}
         assert (await api.put("/v1/opportunities/m1", json=body, headers=h)).status_code == 200
         assert (await api.put("/v1/opportunities/m1", json={**body, "amount": 6000.0}, headers=h)).status_code == 200
         assert (await api.put("/v1/leads/L-m", json={"email": "x@initech.example", "company": "Initech"},

@@ -30,6 +30,7 @@ from hub.store.connections import Connection
 from hub.store.opportunities import upsert_projection
 from hub.store.orgs import Org
 from hub.store.secrets import get_secret, put_secret
+from rules.engine import compile_rules
 
 PREPARE = "opportunity.prepare"
 PROJECT = "opportunity.project"
@@ -87,7 +88,7 @@ class OpportunityActivities:
             provider_connected=bool(connected),
             crm_callback=bool(org and org.crm_callback_url),
             insights=insights,
-            date_rules=date_rules(ruleset, self.hub.settings.day_seconds),
+            date_rules=date_rules(compile_rules(ruleset.runnable), self.hub.settings.day_seconds),
         )
         if input.insight is not None and insights:
             if self.insight is None:

@@ -74,10 +74,15 @@ class OrgRules:
         return compile_rules(chosen)
 
     @property
+    def runnable(self) -> list[ResourceVersion]:
+        """Every version that may run for some event: the current ones, and both sides of each rollout."""
+        rows = [*self.current, *(r for *_, stable, candidate in self.staged for r in (stable, candidate) if r)]
+        return [r for r in rows if r.enabled and not r.deleted]
+
+    @property
     def triggers(self) -> frozenset[str]:
         """Every trigger some version that may run listens to."""
-        rows = [*self.current, *(r for *_, stable, candidate in self.staged for r in (stable, candidate) if r)]
-        return frozenset(str((r.spec.get("spec") or {}).get("on")) for r in rows if r.enabled and not r.deleted)
+        return frozenset(str((r.spec.get("spec") or {}).get("on")) for r in self.runnable)
 
 
 def plan_events(rules: OrgRules, events: list[dict]) -> RulePlan:

@@ -263,7 +263,7 @@ async def test_dry_run_against_a_recorded_webhook_event(api: httpx.AsyncClient, 
     report = (await api.post("/v1/rules/paid:test", json={"webhook_event": recorded}, headers=h)).json()
     assert report["fired"] == 1, report
     assert report["outcomes"][0]["actions"] == [{"name": "opportunity.add_task", "params": {"title": "Thank Globex"},
-                                                 "runs_for": "opportunity", "problem": None}]
+                                                 "runs_for": "opportunity", "problem": None, "step": None}]
     event = report["event"]
     assert (event["type"], event["opp"]["id"], event["opp"]["stage"], event["branch"]) == (
         "payment.received", "o-paid", "acquire", "emea")

@@ -154,7 +154,7 @@ async def test_the_rules_api_refuses_missing_days_and_dry_runs_date_events(api: 
     outcomes = {o["rule"]: o for o in report["outcomes"]}
     assert outcomes["week"]["fired"] and outcomes["week"]["actions"] == [
         {"name": "opportunity.add_task", "params": {"title": "Globex: 7 days left"}, "runs_for": "opportunity",
-         "problem": None}]
+         "problem": None, "step": None}]
     assert not outcomes["idle"]["fired"] and outcomes["idle"]["reason"].startswith("trigger mismatch")
     other = (await api.post("/v1/rules:test", json={"event": {**event, "days": 3}, "rules": drafts}, headers=h)).json()
     assert other["fired"] == 0

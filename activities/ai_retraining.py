@@ -4,7 +4,7 @@ A Temporal Schedule per org (``ai-retrain/{org}``, ``PUT /v1/ai/retraining``) st
 which runs this activity on the training queue. The outcomes:
 
 * **Deals** — the org's opportunities: won on the day one entered its pipeline's last stage (PEAK: Keep), lost
-  when closed lost in the hub (``POST /v1/opportunities/{id}:close``, on the day it was closed) or, for bodies
+  when closed lost in the hub (``POST /v1/opportunities/{id}:close-lost``, on the day it was closed) or, for bodies
   from a CRM that tracks it itself, when the body says ``status: lost`` (on the projection's last update); value
   ``opp.amount``, product / account (or company) / owner from the body, and the domain events its workflow
   recorded (calls, documents, payments, contracts: the deal model's integration signals).

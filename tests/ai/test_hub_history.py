@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from datetime import UTC, date, datetime, timedelta
 
+import httpx
+from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
 from activities.ai_retraining import AiRetraining, as_deal, opportunity_outcomes
@@ -17,7 +19,8 @@ from ai.deals import SIGNALS, Deal, DealModel, train_deals
 from ai.risk import assess
 from hub.auth import ensure_org
 from hub.runtime import Hub
-from tests.workflows.opportunity_kit import peak
+from tests.conftest import bearer
+from tests.workflows.opportunity_kit import AiStandIn, apply, main_worker, opportunity_body, peak, settle
 
 START = datetime(2025, 1, 1, 9, tzinfo=UTC)
 PIPELINE = PinnedPipeline(name="peak", version=1, spec=peak())
@@ -83,6 +86,25 @@ async def test_a_model_trained_on_hub_history_uses_the_signals(hub: Hub) -> None
     without = assess(opp, "engage", [], now, model)
     assert with_calls.win_probability > without.win_probability + 0.1
     assert any(f.code == "model.calls_recorded" and f.effect < 0 for f in with_calls.factors)  # lowers the risk
+
+
+async def test_closed_lost_through_the_api_is_a_lost_outcome(
+    api: httpx.AsyncClient, hub: Hub, client: Client, task_queue: str, admin_key: str
+) -> None:
+    h = bearer(admin_key)
+    await apply(hub, peak())
+    async with main_worker(hub, client, task_queue, AiStandIn()):
+        for oid in ("kept", "dropped"):
+            assert (await api.put(f"/v1/opportunities/{oid}", json=opportunity_body(), headers=h)).status_code == 200
+        closed = await api.post("/v1/opportunities/dropped:close-lost", headers=h,
+                                json={"reason": "Budget cut", "actor": {"id": "u-ae", "role": "ae"}})
+        assert closed.status_code == 200, closed.text
+        await settle(api, admin_key, "dropped")
+    async with hub.db.session() as session:
+        outcomes = {o.record.id: o for o in await opportunity_outcomes(session, "acme")}
+    assert "status" not in outcomes["dropped"].record.state["opp"]  # the CRM never said so: the hub's close did
+    assert outcomes["dropped"].won is False and outcomes["dropped"].closed == datetime.now(UTC).date()
+    assert outcomes["kept"].won is None and outcomes["kept"].closed is None
 
 
 def test_models_from_before_the_signals_load_and_score() -> None:

@@ -7,7 +7,9 @@ which runs this activity on the training queue. The outcomes:
   when closed lost in the hub (``POST /v1/opportunities/{id}:close-lost``, on the day it was closed) or, for bodies
   from a CRM that tracks it itself, when the body says ``status: lost`` (on the projection's last update); value
   ``opp.amount``, product / account (or company) / owner from the body, and the domain events its workflow
-  recorded (calls, documents, payments, contracts: the deal model's integration signals).
+  recorded (calls, documents, payments, contracts: the deal model's integration signals). Dates are the hub's
+  (first seen; entered the last stage; closed lost) unless the body carries them, as a CRM importing its history
+  does: ``engaged_at`` (or ``created_at``) and, for a closed deal, ``closed_at``.
 * **Leads** — the org's leads whose fields carry the outcome column (``Converted``), in creation order.
 
 ``ai.retrain.challenge_*`` decides; the challenger is stored either way (``origin: retrain``, the decision in
@@ -45,7 +47,7 @@ from activities.ai_types import (
 )
 from activities.opportunity_types import PinnedPipeline, stages_of
 from ai import service
-from ai.deals import Deal, DealModel
+from ai.deals import Deal, DealModel, parse_date
 from ai.leads import LeadMapping, LeadModel
 from ai.retrain import Decision, challenge_deals, challenge_leads
 from ai.risk import deal_from_opp
@@ -89,7 +91,10 @@ async def opportunity_outcomes(session, org_id: str, pipeline: str | None = None
         lost = not won_at and (closed_lost or str(opp.get("status") or "").casefold() == LOST)
         lost_at = _closed_at(r.state["closed"]) if closed_lost else None
         closed = _day(won_at) if won_at else (lost_at or _day(r.updated_at)) if lost else None
-        out.append(Outcome(r, _day(r.created_at), True if won_at else False if lost else None, closed,
+        if closed is not None:
+            closed = parse_date(opp.get("closed_at")) or closed
+        created = parse_date(opp.get("engaged_at") or opp.get("created_at")) or _day(r.created_at)
+        out.append(Outcome(r, created, True if won_at else False if lost else None, closed,
                            to_float(opp.get("amount")) or 0.0))
     return out
 

@@ -59,7 +59,8 @@ def fallback_of(exc: ActivityError) -> tuple[str, str]:
 
 
 async def refined(request: OpportunityInsightInput, insight: Insight) -> Insight:
-    """``insight`` with its pending OpenAI refinement run (on the ``openai`` queue) and applied; as is if none."""
+    """``insight`` with its pending OpenAI refinement run (on the ``openai`` queue) and applied; as is if none.
+    Never raises: whatever fails, the local answer stands with the reason."""
     refinement = insight.refinement
     if refinement is None:
         return insight
@@ -78,9 +79,14 @@ async def refined(request: OpportunityInsightInput, insight: Insight) -> Insight
     except ActivityError as exc:
         fallback = fallback_of(exc)
     latency_ms = (workflow.now() - started).total_seconds() * 1000
-    return await workflow.execute_activity_method(
-        AiActivities.refine_next_action,
-        RefineInput(request=request, insight=insight, answer=answer, fallback=fallback, latency_ms=latency_ms),
-        start_to_close_timeout=APPLY_TIMEOUT,
-        retry_policy=APPLY_RETRY,
-    )
+    try:
+        return await workflow.execute_activity_method(
+            AiActivities.refine_next_action,
+            RefineInput(request=request, insight=insight, answer=answer, fallback=fallback, latency_ms=latency_ms),
+            start_to_close_timeout=APPLY_TIMEOUT,
+            retry_policy=APPLY_RETRY,
+        )
+    except ActivityError as exc:  # the local answer stands (never stored: the store is what failed)
+        provenance = {**insight.provenance, "fallback_reason": "provider_error",
+                      "fallback": f"the refinement could not be applied: {exc.cause or exc}"}
+        return insight.model_copy(update={"refinement": None, "provenance": provenance})

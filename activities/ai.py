@@ -1,11 +1,13 @@
 """AI activities: ``ai.next_action``, ``ai.deal_risk``, ``ai.score_lead``; every result is stored in ``ai_insights``.
 
 ``ai.next_action`` is complete without OpenAI. When the org's ``openai`` flag is on and it has an
-active ``openai`` connection, the local list is refined through ``openai.complete_json`` (run in-process
-through ``connector.run_action``'s code, so credentials, base URL, error mapping and the draw from the
-connection's request budget are the connector's), under the connection's ``timeout_seconds`` (default 8 s) with its ``model`` (default
-``gpt-4o-mini``); any failure falls back to the local list and the reason is in the provenance. Scores,
-latency, fallbacks and OpenAI tokens go to the metrics of ``ai.monitoring``.
+active ``openai`` connection, the insight it returns carries a ``refinement``: the workflow runs that
+``openai.complete_json`` call as ``connector.run_action`` on the ``openai`` provider queue (fairness key and
+request budget of the connection, like every provider call; ``workflows/ai_refinement.py``) under the
+connection's ``timeout_seconds`` (default 8 s) with its ``model`` (default ``gpt-4o-mini``), then
+``ai.refine_next_action`` merges the answer, or keeps the local list when there is none (the reason in the
+provenance and the fallback metric). Scores, latency, fallbacks and OpenAI tokens go to the metrics of
+``ai.monitoring``.
 """
 
 from __future__ import annotations
@@ -15,22 +17,23 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.ai_types import (
     DEAL_RISK,
     NEXT_ACTION,
+    REFINE_NEXT_ACTION,
     SCORE_LEAD,
     Insight,
     LeadScoreResult,
     OpportunityInsightInput,
+    RefineInput,
     ScoreLeadInput,
 )
-from activities.connections import ConnectionActivities
-from activities.connector_types import ActionCall
 from ai import service
 from ai.deals import DealModel
 from ai.monitoring import observe_llm, observe_score
-from ai.next_action import Complete, recommend
+from ai.next_action import apply_refinement, recommend_local
 from ai.risk import RULES_VERSION, assess
 from hub.flags import flag_enabled
 from hub.runtime import Hub
@@ -42,55 +45,73 @@ DEFAULT_LLM_TIMEOUT = 8.0
 
 
 class AiActivities:
-    """The AI activities, bound to the hub runtime; OpenAI calls go through the connector code."""
+    """The AI activities, bound to the hub runtime (none calls OpenAI: the workflow does, on its queue)."""
 
-    def __init__(self, hub: Hub, connections: ConnectionActivities | None = None) -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.connections = connections or ConnectionActivities(hub)
 
     def all(self) -> list:
         """Every AI activity, for the main task queue."""
-        return [self.next_action, self.deal_risk, self.score_lead]
+        return [self.next_action, self.refine_next_action, self.deal_risk, self.score_lead]
 
     async def _deal_model(self, org_id: str) -> DealModel | None:
         model = await service.active_model(self.hub, org_id, "deals")
         return model if isinstance(model, DealModel) else None
 
-    async def openai_for(self, org_id: str) -> tuple[Complete | None, str, float]:
-        """(complete, model, timeout) when the org has OpenAI on and an active connection, else (None, ...)."""
+    async def openai_for(self, org_id: str) -> tuple[bool, Connection | None]:
+        """(the org's ``openai`` flag, its active ``openai`` connection or None)."""
         async with self.hub.db.session() as session:
             if not await flag_enabled(session, org_id, "openai"):
-                return None, DEFAULT_LLM_MODEL, DEFAULT_LLM_TIMEOUT
+                return False, None
             conn = await session.scalar(
                 select(Connection).where(Connection.org_id == org_id, Connection.provider == "openai",
                                          Connection.status == "active").limit(1)
             )
-        if conn is None:
-            return None, DEFAULT_LLM_MODEL, DEFAULT_LLM_TIMEOUT
-        model = str(conn.config.get("model") or DEFAULT_LLM_MODEL)
-        timeout = float(conn.config.get("timeout_seconds") or DEFAULT_LLM_TIMEOUT)
-        connection_id = conn.id
-
-        async def complete(params: dict) -> dict:
-            call = ActionCall(org_id=org_id, action="openai.complete_json", params=params,
-                              connection_id=connection_id)
-            return (await self.connections.run_action(call)).output
-
-        return complete, model, timeout
+        return True, conn
 
     @activity.defn(name=NEXT_ACTION)
     async def next_action(self, input: OpportunityInsightInput) -> Insight:
-        """Risk, factors and ranked next best actions; refined by OpenAI when the org has it on."""
+        """Risk, factors and ranked next actions, computed locally. With the org's OpenAI on, an active
+        connection and a caller that runs it (``refine_on_queue``), the insight carries its ``refinement``
+        and is stored and counted by ``ai.refine_next_action`` once the workflow has run it."""
         now = input.as_of or datetime.now(UTC)
-        complete, llm_model, timeout = await self.openai_for(input.org_id)
+        wanted, conn = await self.openai_for(input.org_id)
+        llm = None
+        if conn is not None and input.refine_on_queue:
+            llm = (str(conn.config.get("model") or DEFAULT_LLM_MODEL),
+                   float(conn.config.get("timeout_seconds") or DEFAULT_LLM_TIMEOUT))
         started, model = time.perf_counter(), await self._deal_model(input.org_id)
-        result = await recommend(
-            input.opp, input.stage, input.checklist, input.events, now, model,
-            opportunity_id=input.opportunity_id, complete=complete, llm_model=llm_model, timeout=timeout,
-        )
+        result = recommend_local(input.opp, input.stage, input.checklist, input.events, now, model,
+                                 opportunity_id=input.opportunity_id, llm=llm)
+        seconds = time.perf_counter() - started
+        if llm is not None and conn is not None:
+            result["refinement"].update(connection_id=conn.id, local_seconds=seconds)
+            return Insight.model_validate(result)
+        if wanted:  # OpenAI on, but nothing to refine with
+            result["provenance"].update(
+                fallback_reason="no_connection" if conn is None else "legacy_workflow",
+                fallback="no active openai connection" if conn is None else
+                "this workflow run predates the refinement on the openai queue")
         insight = Insight.model_validate(result)
-        _observe(input.org_id, "next_action", insight, model, time.perf_counter() - started)
+        _observe(input.org_id, "next_action", insight, model, seconds)
         await self._store(input, "next_action", insight)
+        return insight
+
+    @activity.defn(name=REFINE_NEXT_ACTION)
+    async def refine_next_action(self, input: RefineInput) -> Insight:
+        """Merge the OpenAI answer the workflow got on the ``openai`` queue into the insight (or fall back to
+        the local list, the reason recorded), then count and store it."""
+        refinement = input.insight.refinement
+        if refinement is None:
+            raise ApplicationError("the insight has no refinement to apply", type="NothingToRefine",
+                                   non_retryable=True)
+        result = apply_refinement(input.insight.model_dump(mode="json"), input.answer, input.fallback,
+                                  input.latency_ms)
+        insight = Insight.model_validate(result)
+        model = await self._deal_model(input.request.org_id)
+        _observe(input.request.org_id, "next_action", insight, model,
+                 refinement.local_seconds + input.latency_ms / 1000)
+        await self._store(input.request, "next_action", insight)
         return insight
 
     @activity.defn(name=DEAL_RISK)
@@ -125,7 +146,8 @@ class AiActivities:
             await record_insight(
                 session, input.org_id, "opportunity", input.opportunity_id, kind, insight.model_version,
                 insight.source, inputs=input.model_dump(mode="json"),
-                output=insight.model_dump(mode="json", exclude={"provenance"}), provenance=insight.provenance,
+                output=insight.model_dump(mode="json", exclude={"provenance", "refinement"}),
+                provenance=insight.provenance,
             )
 
 

@@ -4,8 +4,12 @@ A Temporal Schedule per org (``ai-retrain/{org}``, ``PUT /v1/ai/retraining``) st
 which runs this activity on the training queue. The outcomes:
 
 * **Deals** — the org's opportunities: won on the day one entered its pipeline's last stage (PEAK: Keep), lost
-  when the CRM's body says ``status: lost`` (closed on the projection's last update); value ``opp.amount``,
-  product / account (or company) / owner from the body.
+  when closed lost in the hub (``POST /v1/opportunities/{id}:close-lost``, on the day it was closed) or, for bodies
+  from a CRM that tracks it itself, when the body says ``status: lost`` (on the projection's last update); value
+  ``opp.amount``, product / account (or company) / owner from the body, and the domain events its workflow
+  recorded (calls, documents, payments, contracts: the deal model's integration signals). Dates are the hub's
+  (first seen; entered the last stage; closed lost) unless the body carries them, as a CRM importing its history
+  does: ``engaged_at`` (or ``created_at``) and, for a closed deal, ``closed_at``.
 * **Leads** — the org's leads whose fields carry the outcome column (``Converted``), in creation order.
 
 ``ai.retrain.challenge_*`` decides; the challenger is stored either way (``origin: retrain``, the decision in
@@ -15,7 +19,7 @@ which runs this activity on the training queue. The outcomes:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select
@@ -41,9 +45,10 @@ from activities.ai_types import (
 )
 from activities.opportunity_types import PinnedPipeline, stages_of
 from ai import service
-from ai.deals import Deal, DealModel
+from ai.deals import Deal, DealModel, parse_date
 from ai.leads import LeadMapping, LeadModel
 from ai.retrain import Decision, challenge_deals, challenge_leads
+from ai.risk import deal_from_opp
 from ai.tabular import DataError, to_float
 from hub.runtime import Hub
 from hub.store.ai import AiModel, Lead, active_model_row
@@ -81,19 +86,31 @@ async def opportunity_outcomes(session, org_id: str, pipeline: str | None = None
         opp = r.state.get("opp") or {}
         last = (stages_of(PinnedPipeline.model_validate(r.state["pipeline"])) or [{}])[-1].get("key")
         won_at = entered.get((r.id, last)) if r.stage == last else None
-        lost = str(opp.get("status") or "").casefold() == LOST
-        closed = _day(won_at) if won_at else _day(r.updated_at) if lost else None
-        out.append(Outcome(r, _day(r.created_at), True if won_at else False if lost else None, closed,
+        closed_lost = (r.state.get("closed") or {}).get("outcome") == LOST
+        lost = not won_at and (closed_lost or str(opp.get("status") or "").casefold() == LOST)
+        lost_at = _closed_at(r.state["closed"]) if closed_lost else None
+        closed = _day(won_at) if won_at else (lost_at or _day(r.updated_at)) if lost else None
+        if closed is not None:
+            closed = parse_date(opp.get("closed_at")) or closed
+        created = parse_date(opp.get("engaged_at") or opp.get("created_at")) or _day(r.created_at)
+        out.append(Outcome(r, created, True if won_at else False if lost else None, closed,
                            to_float(opp.get("amount")) or 0.0))
     return out
 
 
+def _closed_at(closed: dict) -> date | None:
+    try:
+        return _day(datetime.fromisoformat(str(closed.get("at"))))
+    except ValueError:
+        return None
+
+
 def as_deal(o: Outcome) -> Deal:
-    """An outcome as the deal model's ``Deal``."""
-    opp = o.record.state.get("opp") or {}
-    return Deal(id=o.record.id, stage=o.record.stage, won=None if o.won is None else int(o.won),
-                product=opp.get("product"), account=opp.get("account") or opp.get("company"), owner=opp.get("owner"),
-                value=o.value or None, created=o.created, closed=o.closed, expected_close=None)
+    """An outcome as the deal model's ``Deal`` (``ai.risk.deal_from_opp``: the body and the events its workflow
+    recorded), created when the hub first saw it; the close date it expected is not used (it moves until close)."""
+    deal = deal_from_opp(o.record.state.get("opp") or {}, o.record.id, o.record.state.get("events") or [])
+    return replace(deal, stage=o.record.stage, won=None if o.won is None else int(o.won), value=o.value or None,
+                   created=o.created, closed=o.closed, expected_close=None)
 
 
 class AiRetraining:

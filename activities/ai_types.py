@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 NEXT_ACTION = "ai.next_action"
 DEAL_RISK = "ai.deal_risk"
 SCORE_LEAD = "ai.score_lead"
+REFINE_NEXT_ACTION = "ai.refine_next_action"
 TRAIN_MODEL = "ai.train_model"
 AI_TRAINING_WORKFLOW = "AiTrainingWorkflow"
 TRAIN_ATTEMPTS = 3
@@ -44,6 +45,21 @@ class OpportunityInsightInput(BaseModel):
     checklist: dict = Field(default_factory=dict)
     events: list[dict] = Field(default_factory=list)
     as_of: datetime | None = None
+    #: The calling workflow runs the OpenAI refinement on the ``openai`` queue (``Insight.refinement``);
+    #: False (runs from before that, which cannot): the local answer only.
+    refine_on_queue: bool = False
+
+
+class Refinement(BaseModel):
+    """An OpenAI refinement still to run: the ``openai.complete_json`` params for connection ``connection_id``,
+    the local candidates it re-ranks, how many actions to keep, and the time the local answer took."""
+
+    connection_id: str
+    params: dict
+    candidates: list[dict]
+    limit: int
+    timeout_seconds: float
+    local_seconds: float = 0.0
 
 
 class Insight(BaseModel):
@@ -62,6 +78,22 @@ class Insight(BaseModel):
     source: str
     provenance: dict = Field(default_factory=dict)
     win_probability: float | None = None
+    refinement: Refinement | None = None  # set: not final until the workflow runs it (``ai.refine_next_action``)
+
+    def stored(self) -> dict:
+        """The insight as workflow state and API answers keep it (JSON, without a pending refinement)."""
+        return self.model_dump(mode="json", exclude={"refinement"})
+
+
+class RefineInput(BaseModel):
+    """Merge an OpenAI answer into an insight, or fall back to its local list: ``answer`` is the
+    ``openai.complete_json`` output, or None with ``fallback`` (reason, message) when the call failed."""
+
+    request: OpportunityInsightInput
+    insight: Insight
+    answer: dict | None = None
+    fallback: tuple[str, str] | None = None
+    latency_ms: float = 0.0
 
 
 class ScoreLeadInput(BaseModel):

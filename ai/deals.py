@@ -2,7 +2,12 @@
 
 Features: product, account, owner (categories), value (log) and the deal's **age versus the typical
 cycle** (age / median days-to-win of won deals), plus days to the expected close date when the
-history has an expected-close column. Stage is not learned: exports of closed deals do not say which
+history has an expected-close column. When the history records what happened to its deals (the hub's
+own opportunities: the domain events of their workflows), the **integration signals** known at each
+snapshot are features too (``SIGNALS``): calls recorded (Gong), documents present (SharePoint,
+DocuSign), payments received (Stripe), contract sent, contract signed, and days since the last
+activity. A CSV history has none, and its models are as before; models trained before these features
+existed load and score unchanged (``_Fit.signals`` absent: no signal columns). Stage is not learned: exports of closed deals do not say which
 stage a deal was in at a given age (Maven's closed deals all went Prospecting → Engaging → closed),
 so stage acts through the MEDDPICC rules and the prior in ``ai.risk``.
 
@@ -45,6 +50,16 @@ MISSING = "(missing)"
 MIN_DEALS = 50
 MIN_PER_CLASS = 10
 CATEGORICAL = ("product", "account", "owner")
+#: Integration signals as of a snapshot date (counts are log1p'd; the contract ones are 0/1).
+SIGNALS = ("calls recorded", "documents present", "payments received", "contract sent", "contract signed",
+           "days since last activity")
+#: Domain event type → the signal it counts towards (any other event is activity only).
+SIGNAL_EVENTS = {
+    "call.recorded": "call", "document.changed": "document", "payment.received": "payment",
+    "contract.sent": "contract_sent", "docusign.envelope-sent": "contract_sent", "envelope.sent": "contract_sent",
+    "contract.signed": "contract_signed",
+}
+MAX_QUIET_DAYS = 365.0
 
 
 def product_key(name: str) -> str:
@@ -85,6 +100,7 @@ class Deal:
     created: date | None
     closed: date | None = None
     expected_close: date | None = None
+    activity: list[tuple[date, str]] | None = None  # (day, signal kind) of recorded events; None: not recorded
 
     @property
     def duration(self) -> int | None:
@@ -107,6 +123,31 @@ def parse_date(value: object) -> date | None:
         return date.fromisoformat(text[:10])
     except ValueError:
         return None
+
+
+def activity_of(events: Sequence[object]) -> list[tuple[date, str]]:
+    """The (day, kind) of each domain event record (``{"type", "data", "at"}``), oldest first; ``kind`` is the
+    event's ``SIGNAL_EVENTS`` entry (a document marked absent, or any other event: ``other``)."""
+    out = []
+    for event in events:
+        if not isinstance(event, dict) or (day := parse_date(event.get("at"))) is None:
+            continue
+        kind = SIGNAL_EVENTS.get(str(event.get("type") or ""), "other")
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        if kind == "document" and data.get("present") is False:
+            kind = "other"
+        out.append((day, kind))
+    return sorted(out)
+
+
+def signal_row(deal: Deal, when: date | None) -> list[float]:
+    """The deal's ``SIGNALS`` as known on ``when`` (NaN days when nothing happened and no creation date)."""
+    seen = [(d, k) for d, k in deal.activity or [] if when is None or d <= when]
+    count = Counter(k for _, k in seen)
+    last = seen[-1][0] if seen else deal.created
+    quiet = min(max((when - last).days, 0), MAX_QUIET_DAYS) if when is not None and last is not None else math.nan
+    return [math.log1p(count["call"]), math.log1p(count["document"]), math.log1p(count["payment"]),
+            float(count["contract_sent"] > 0), float(count["contract_signed"] > 0), float(quiet)]
 
 
 def deals_from_rows(rows: Sequence[dict], mapping: DealMapping) -> list[Deal]:
@@ -180,12 +221,13 @@ class Snapshots:
     y: np.ndarray | None
     ages: np.ndarray
     deal: np.ndarray  # index of the deal each row belongs to
+    signals: np.ndarray  # (n, len(SIGNALS)) integration signals as of each row's date
 
 
 def snapshot(deals: Sequence[Deal], typical: float, ages: Sequence[int] | None = None,
              as_of: Sequence[date] | None = None) -> Snapshots:
     """Rows for ``deals``: at each of ``ages`` while still open (training), or at ``as_of`` dates (scoring)."""
-    cats, nums, ys, seen, owner = [], [], [], [], []
+    cats, nums, ys, seen, owner, signals = [], [], [], [], [], []
     for i, deal in enumerate(deals):
         if as_of is not None:
             at = [max(0, (as_of[i] - deal.created).days) if deal.created else 0]
@@ -203,12 +245,14 @@ def snapshot(deals: Sequence[Deal], typical: float, ages: Sequence[int] | None =
             ys.append(deal.won)
             seen.append(age)
             owner.append(i)
+            signals.append(signal_row(deal, as_of[i] if as_of is not None else date.fromordinal(when) if when else None))
     return Snapshots(
         cats=np.array(cats, dtype=object).reshape(len(cats), 3),
         nums=np.array(nums, dtype=float).reshape(len(nums), 3),
         y=np.array(ys, dtype=int) if as_of is None else None,
         ages=np.array(seen, dtype=int),
         deal=np.array(owner, dtype=int),
+        signals=np.array(signals, dtype=float).reshape(len(signals), len(SIGNALS)),
     )
 
 
@@ -217,10 +261,22 @@ def _logit(p: np.ndarray | float) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-class _Fit:
-    """Category codes, age spline and a regularised logistic regression."""
+def uses_signals(deals: Sequence[Deal]) -> bool:
+    """Whether a history records its deals' events (the hub's own), so the integration signals are features."""
+    return any(d.activity is not None for d in deals)
 
-    def __init__(self, data: Snapshots, C: float) -> None:
+
+class _Fit:
+    """Category codes, age spline, the integration signals when the history has them, and a regularised
+    logistic regression."""
+
+    def __init__(self, data: Snapshots, C: float, signals: bool = False) -> None:
+        self.signals = signals
+        if signals:
+            self.signal_imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(data.signals)
+            filled = self.signal_imputer.transform(data.signals)
+            spread = filled.std(axis=0)
+            self.signal_center, self.signal_scale = filled.mean(axis=0), np.where(spread > 1e-9, spread, 1.0)
         self.coder = CategoryCoder(data.cats, min_count=20)
         self.numeric = SimpleImputer(strategy="median", keep_empty_features=True).fit(data.nums)
         filled = self.numeric.transform(data.nums)
@@ -232,12 +288,16 @@ class _Fit:
 
     def _matrix(self, data: Snapshots) -> sparse.csr_matrix:
         filled = self.numeric.transform(data.nums)
-        return sparse.hstack([
+        blocks = [
             self.coder.onehot(self.coder.encode(data.cats)),
             sparse.csr_matrix(((filled - self.center) / self.scale)[:, [0, 2]]),
             sparse.csr_matrix(self.spline.transform(filled[:, 1:2])),
             sparse.csr_matrix(np.isnan(data.nums).astype(float)),
-        ]).tocsr()
+        ]
+        if getattr(self, "signals", False):  # absent in models trained before the signals existed
+            signals = (self.signal_imputer.transform(data.signals) - self.signal_center) / self.signal_scale
+            blocks += [sparse.csr_matrix(signals), sparse.csr_matrix(np.isnan(data.signals[:, -1:]).astype(float))]
+        return sparse.hstack(blocks).tocsr()
 
     def logit(self, data: Snapshots) -> np.ndarray:
         """Unshrunk log-odds of a win."""
@@ -285,15 +345,18 @@ class DealModel:
         data = snapshot(deals, self.typical, as_of=as_of)
         p = self.probabilities(data)
         names = ["product", "account", "owner", "value", "age vs typical cycle", "days to close date"]
+        names += list(SIGNALS) if getattr(self.fit, "signals", False) else []
         effects = np.zeros((len(names), len(deals)))
         if self.shrink:
             for j in range(len(names)):
-                cats, nums = data.cats.copy(), data.nums.copy()
+                cats, nums, signals = data.cats.copy(), data.nums.copy(), data.signals.copy()
                 if j < 3:
                     cats[:, j] = self.reference[names[j]]
-                else:
+                elif j < 6:
                     nums[:, j - 3] = self.reference[names[j]]
-                effects[j] = 100 * (p - self.probabilities(Snapshots(cats, nums, None, data.ages, data.deal)))
+                else:
+                    signals[:, j - 6] = self.reference[names[j]]
+                effects[j] = 100 * (p - self.probabilities(Snapshots(cats, nums, None, data.ages, data.deal, signals)))
         out = []
         for i, deal in enumerate(deals):
             factors = []
@@ -301,7 +364,8 @@ class DealModel:
                 effect = float(effects[j, i])
                 if abs(effect) < 0.5:
                     break
-                value = str(data.cats[i, j]) if j < 3 else _num_text(j, data.nums[i, j - 3], self.typical)
+                value = (str(data.cats[i, j]) if j < 3 else _num_text(j, data.nums[i, j - 3], self.typical) if j < 6
+                         else _signal_text(j - 6, data.signals[i, j - 6]))
                 verb = "raises" if effect > 0 else "lowers"
                 factors.append(DealFactor(feature=names[j], value=value, effect=round(effect, 1),
                                           text=f"{names[j]} is {value}: {verb} the win probability by "
@@ -321,7 +385,15 @@ def _num_text(j: int, x: float, typical: float) -> str:
     return f"{x:.0f} days"
 
 
-def _select(train: Sequence[Deal], valid: Sequence[Deal]) -> tuple[float, float, dict]:
+def _signal_text(k: int, x: float) -> str:
+    if math.isnan(x):
+        return "not known"
+    if k < 3:
+        return f"{math.expm1(x):.0f}"
+    return ("yes" if x else "no") if k < 5 else f"{x:.0f} days"
+
+
+def _select(train: Sequence[Deal], valid: Sequence[Deal], signals: bool = False) -> tuple[float, float, dict]:
     """(C, λ, validation figures): the pair with the lowest validation Brier, kept only if its gain over
     the base rate is clear (more than two standard errors, deals as clusters); otherwise λ = 0."""
     typical = typical_cycle(train)
@@ -332,7 +404,7 @@ def _select(train: Sequence[Deal], valid: Sequence[Deal]) -> tuple[float, float,
     best: tuple[float, float, float, np.ndarray] | None = None
     briers = {"base_rate": round(float(base_loss.mean()), 5)}
     for C in C_GRID:
-        z = _Fit(tr, C).logit(va)
+        z = _Fit(tr, C, signals).logit(va)
         for shrink in SHRINK_GRID[1:]:
             p = 1 / (1 + np.exp(-(base_logit + shrink * (z - base_logit))))
             loss = (p - va.y) ** 2
@@ -358,11 +430,12 @@ def train_deals(deals: Sequence[Deal], mapping: DealMapping | None = None) -> De
             f"got {len(history)} ({counts.get(1, 0)} won)"
         )
     cut = int(len(history) * 0.75)
+    signals = uses_signals(history)
     with one_thread():
-        C, shrink, briers = _select(history[:cut], history[cut:])
+        C, shrink, briers = _select(history[:cut], history[cut:], signals)
         typical = typical_cycle(history)
         data = snapshot(history, typical)
-        fit = _Fit(data, C)
+        fit = _Fit(data, C, signals)
     reference = {
         "product": Counter(data.cats[:, 0].tolist()).most_common(1)[0][0],
         "account": Counter(data.cats[:, 1].tolist()).most_common(1)[0][0],
@@ -370,6 +443,8 @@ def train_deals(deals: Sequence[Deal], mapping: DealMapping | None = None) -> De
         "value": float(np.nanmedian(data.nums[:, 0])) if not np.isnan(data.nums[:, 0]).all() else math.nan,
         "age vs typical cycle": 1.0,
         "days to close date": math.nan,
+        **({name: float(np.nanmedian(data.signals[:, k])) if k == 5 and not np.isnan(data.signals[:, k]).all()
+            else 0.0 for k, name in enumerate(SIGNALS)} if signals else {}),
     }
     metrics = {
         "deals": len(history),
@@ -379,12 +454,14 @@ def train_deals(deals: Sequence[Deal], mapping: DealMapping | None = None) -> De
         "typical_cycle_days": typical,
         "C": C,
         "shrink": shrink,
+        "signals": list(SIGNALS) if signals else [],
         "validation_brier": briers,
     }
     mapping = mapping or DealMapping()
     version = "deals-" + fingerprint(
         [{"id": d.id, "won": str(d.won), "p": d.product or "", "a": d.account or "", "o": d.owner or "",
-          "v": str(d.value), "c": str(d.created), "x": str(d.closed), "e": str(d.expected_close)} for d in history],
+          "v": str(d.value), "c": str(d.created), "x": str(d.closed), "e": str(d.expected_close),
+          **({"s": str(d.activity)} if signals else {})} for d in history],
         mapping.model_dump_json(), MODEL_FORMAT, sklearn.__version__,
     )
     model = DealModel(mapping, fit, float(data.y.mean()), shrink, C, typical, reference, version, metrics)

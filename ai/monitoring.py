@@ -4,7 +4,7 @@
 |---|---|---|
 | ``hub_ai_scores_total`` | org, kind, model, source, moment | scores and insights served (``kind``: lead_score, deal_risk, next_action) |
 | ``hub_ai_score_seconds`` | org, kind | time to compute one |
-| ``hub_ai_fallbacks_total`` | org, kind, reason | served without the org's model (``no_model``: the prior) or without the LLM's refinement (``timeout``, ``invalid_answer``, ``provider_error``) |
+| ``hub_ai_fallbacks_total`` | org, kind, reason | served without the org's model (``no_model``: the prior) or without the LLM's refinement (``no_connection``, ``budget``, ``rate_limited``, ``timeout``, ``invalid_answer``, ``provider_error``, ``legacy_workflow``) |
 | ``hub_ai_openai_tokens_total`` | org, model, type | OpenAI tokens (``prompt``, ``completion``) |
 | ``hub_ai_openai_errors_total`` | org, reason | OpenAI refinements that failed (and fell back to the local list) |
 | ``hub_ai_score_psi`` | org, kind, model, moment | PSI of the last 7 days' scores against the model's training scores |
@@ -98,19 +98,19 @@ def observe_score(org: str, kind: str, model: str, source: str, seconds: float, 
 
 
 def observe_llm(org: str, provenance: dict) -> None:
-    """Record an OpenAI refinement from its provenance: tokens used, or the reason it fell back."""
-    if provenance.get("engine") != "openai":
-        return
-    usage = provenance.get("usage") or {}
-    model = str(provenance.get("model") or "")
-    for kind, names in (("prompt", ("prompt_tokens", "input_tokens")), ("completion", ("completion_tokens",
-                                                                                       "output_tokens"))):
-        tokens = next((usage[n] for n in names if isinstance(usage.get(n), int)), 0)
-        if tokens:
-            OPENAI_TOKENS.labels(org, model, kind).inc(tokens)
-    fallback = provenance.get("fallback")
-    if fallback:
-        reason = ("timeout" if fallback.startswith("timeout") else
-                  "invalid_answer" if fallback.startswith("invalid answer") else "provider_error")
-        OPENAI_ERRORS.labels(org, reason).inc()
+    """Record an OpenAI refinement from its provenance: tokens used, or the reason the answer is the local
+    one (``fallback_reason``; ``no_connection`` also when OpenAI is on without an active connection)."""
+    reason = provenance.get("fallback_reason")
+    if provenance.get("engine") == "openai":
+        usage = provenance.get("usage") or {}
+        model = str(provenance.get("model") or "")
+        for kind, names in (("prompt", ("prompt_tokens", "input_tokens")),
+                            ("completion", ("completion_tokens", "output_tokens"))):
+            tokens = next((usage[n] for n in names if isinstance(usage.get(n), int)), 0)
+            if tokens:
+                OPENAI_TOKENS.labels(org, model, kind).inc(tokens)
+        if provenance.get("fallback"):
+            reason = reason or "provider_error"
+            OPENAI_ERRORS.labels(org, reason).inc()
+    if reason:
         FALLBACKS.labels(org, "next_action", reason).inc()

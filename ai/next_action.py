@@ -13,10 +13,11 @@ Candidates (all deterministic, no network):
 Ranking: ``priority = (expected risk reduction + 1) × urgency weight`` (high 3, medium 2, low 1);
 a close date within 14 days raises medium and low urgency by one level. Ties break on the code.
 
-With OpenAI on for the org, ``refine`` sends the candidates to ``openai.complete_json`` (prompt
-``PROMPT_VERSION``) and accepts a re-ranked, reworded list (plus at most two new ``llm.*`` plays)
-only if it validates against ``LlmAnswer``; any failure, timeout or invalid answer keeps the local
-list. Provenance records the prompt version, model, inputs and output either way.
+With OpenAI on for the org, ``refinement_request`` builds the ``openai.complete_json`` call (prompt
+``PROMPT_VERSION``) over the candidates, and ``apply_refinement`` accepts the re-ranked, reworded list (plus
+at most two new ``llm.*`` plays) only if it validates against ``LlmAnswer``; any failure, timeout or invalid
+answer keeps the local list, its reason recorded. Provenance records the prompt version, model, inputs and
+output either way.
 """
 
 from __future__ import annotations
@@ -250,9 +251,10 @@ def merge_answer(answer: LlmAnswer, local: list[NextAction]) -> list[NextAction]
 Complete = Callable[[dict], Awaitable[dict]]
 
 
-async def refine(opp: dict, stage: str, assessment: Assessment, local: list[NextAction], complete: Complete,
-                 model: str, timeout: float) -> tuple[list[NextAction], dict]:
-    """Ask the LLM to refine ``local``; on any failure return ``local``. Returns (actions, provenance)."""
+def refinement_request(opp: dict, stage: str, assessment: Assessment, local: list[NextAction], model: str,
+                       timeout: float, limit: int) -> tuple[dict, dict]:
+    """What to ask the LLM about ``local`` (no network): the refinement (``openai.complete_json`` params, the
+    candidates, the limit) and the provenance so far."""
     shown = local[:LLM_CANDIDATES]
     inputs = prompt_inputs(opp, stage, assessment, shown)
     params = {
@@ -267,25 +269,54 @@ async def refine(opp: dict, stage: str, assessment: Assessment, local: list[Next
     }
     provenance: dict = {"engine": "openai", "prompt_version": PROMPT_VERSION, "model": model,
                         "inputs": {"system": SYSTEM_PROMPT, "user": inputs}, "output": None, "fallback": None}
+    refinement = {"params": params, "candidates": [a.model_dump() for a in local], "limit": limit,
+                  "timeout_seconds": timeout}
+    return refinement, provenance
+
+
+def apply_refinement(result: dict, answer: dict | None, fallback: tuple[str, str] | None,
+                     latency_ms: float) -> dict:
+    """``result`` (of ``recommend_local``, with its ``refinement``) with the LLM's ``answer`` (the
+    ``openai.complete_json`` output) merged in; or, when the call failed (``fallback``: reason, message) or
+    the answer does not validate, the local list with the reason in the provenance (``fallback``,
+    ``fallback_reason``: ``timeout``, ``invalid_answer``, ``rate_limited``, ``budget``, ``no_connection``,
+    ``provider_error``)."""
+    refinement = result["refinement"]
+    local = [NextAction.model_validate(c) for c in refinement["candidates"]]
+    shown = local[:LLM_CANDIDATES]
+    provenance = dict(result["provenance"])
+    actions = local
+    if fallback is None and answer is not None:
+        provenance["output"] = answer.get("output")
+        provenance["model"] = answer.get("model") or provenance.get("model")
+        provenance["response_id"] = answer.get("id")
+        provenance["usage"] = answer.get("usage") or {}
+        try:
+            actions = merge_answer(LlmAnswer.model_validate(answer.get("output")), shown) + local[LLM_CANDIDATES:]
+        except (ValidationError, ValueError) as exc:
+            fallback = ("invalid_answer", f"invalid answer: {_first_line(exc)}")
+    elif fallback is None:
+        fallback = ("provider_error", "no answer")
+    if fallback is not None:
+        provenance["fallback_reason"], provenance["fallback"] = fallback
+    provenance["latency_ms"] = round(latency_ms, 1)
+    return {**result, "refinement": None, "provenance": provenance,
+            "next_actions": [a.model_dump() for a in actions[:refinement["limit"]]]}
+
+
+async def refine(result: dict, complete: Complete) -> dict:
+    """Run ``result``'s refinement in-process through ``complete`` (an ``openai.complete_json`` call) under its
+    timeout; any failure keeps the local list (``apply_refinement``)."""
+    timeout = float(result["refinement"]["timeout_seconds"])
     started = time.perf_counter()
+    answer, fallback = None, None
     try:
-        result = await asyncio.wait_for(complete(params), timeout=timeout + 1)
-        provenance["output"] = result.get("output")
-        provenance["model"] = result.get("model") or model
-        provenance["response_id"] = result.get("id")
-        provenance["usage"] = result.get("usage") or {}
-        actions = merge_answer(LlmAnswer.model_validate(result.get("output")), shown) + local[LLM_CANDIDATES:]
+        answer = await asyncio.wait_for(complete(result["refinement"]["params"]), timeout=timeout + 1)
     except TimeoutError:
-        provenance["fallback"] = f"timeout after {timeout:g}s"
-        actions = local
-    except (ValidationError, ValueError) as exc:
-        provenance["fallback"] = f"invalid answer: {_first_line(exc)}"
-        actions = local
+        fallback = ("timeout", f"timeout after {timeout:g}s")
     except Exception as exc:  # noqa: BLE001 - any failure keeps the local list
-        provenance["fallback"] = f"{type(exc).__name__}: {_first_line(exc)}"
-        actions = local
-    provenance["latency_ms"] = round(1000 * (time.perf_counter() - started), 1)
-    return actions, provenance
+        fallback = ("provider_error", f"{type(exc).__name__}: {_first_line(exc)}")
+    return apply_refinement(result, answer, fallback, 1000 * (time.perf_counter() - started))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -294,6 +325,44 @@ def _first_line(exc: BaseException) -> str:
 
 def _json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def recommend_local(
+    opp: dict,
+    stage: str,
+    checklist: dict,
+    events: list[dict],
+    now: datetime,
+    model: DealModel | None,
+    *,
+    opportunity_id: str = "",
+    llm: tuple[str, float] | None = None,
+    limit: int = MAX_ACTIONS,
+) -> dict:
+    """Risk, factors and ranked next actions for one opportunity (the fields of an ``Insight``), computed
+    locally. With ``llm`` (model, timeout) it also carries the ``refinement`` to ask the LLM for
+    (``apply_refinement`` merges the answer); else ``refinement`` is None."""
+    assessment = assess(opp, stage, events, now, model, opportunity_id)
+    local = candidates(assessment, stage, checklist)
+    inputs = {"stage": stage, "checklist": checklist, "as_of": now.isoformat(),
+              "events": [{"type": e.get("type"), "at": e.get("at")} for e in events if isinstance(e, dict)],
+              "signals": [s.code for s in assessment.signals]}
+    refinement = None
+    if llm is None:
+        provenance = {"engine": "local", "inputs": inputs, "output": [a.code for a in local[:limit]]}
+    else:
+        refinement, provenance = refinement_request(opp, stage, assessment, local, llm[0], llm[1], limit)
+    provenance.update(catalogue_version=CATALOGUE_VERSION, rules_version=RULES_VERSION)
+    return {
+        "risk_score": assessment.risk_score,
+        "win_probability": assessment.win_probability,
+        "risk_factors": [f.model_dump() for f in assessment.factors],
+        "next_actions": [a.model_dump() for a in local[:limit]],
+        "model_version": assessment.model_version,
+        "source": assessment.source,
+        "provenance": provenance,
+        "refinement": refinement,
+    }
 
 
 async def recommend(
@@ -310,27 +379,8 @@ async def recommend(
     timeout: float = 8.0,
     limit: int = MAX_ACTIONS,
 ) -> dict:
-    """Risk, factors and ranked next actions for one opportunity (the fields of an ``Insight``).
-
-    ``complete`` (an ``openai.complete_json`` call) is given only when the org has OpenAI on."""
-    assessment = assess(opp, stage, events, now, model, opportunity_id)
-    local = candidates(assessment, stage, checklist)
-    inputs = {"stage": stage, "checklist": checklist, "as_of": now.isoformat(),
-              "events": [{"type": e.get("type"), "at": e.get("at")} for e in events if isinstance(e, dict)],
-              "signals": [s.code for s in assessment.signals]}
-    if complete is None:
-        actions = local
-        provenance = {"engine": "local", "catalogue_version": CATALOGUE_VERSION, "rules_version": RULES_VERSION,
-                      "inputs": inputs, "output": [a.code for a in local[:limit]]}
-    else:
-        actions, provenance = await refine(opp, stage, assessment, local, complete, llm_model, timeout)
-        provenance.update(catalogue_version=CATALOGUE_VERSION, rules_version=RULES_VERSION)
-    return {
-        "risk_score": assessment.risk_score,
-        "win_probability": assessment.win_probability,
-        "risk_factors": [f.model_dump() for f in assessment.factors],
-        "next_actions": [a.model_dump() for a in actions[:limit]],
-        "model_version": assessment.model_version,
-        "source": assessment.source,
-        "provenance": provenance,
-    }
+    """``recommend_local``, refined in-process through ``complete`` when given (the bench and tests; the
+    workflows run the refinement on the ``openai`` queue instead: ``workflows/ai_refinement.py``)."""
+    result = recommend_local(opp, stage, checklist, events, now, model, opportunity_id=opportunity_id,
+                             llm=(llm_model, timeout) if complete is not None else None, limit=limit)
+    return result if complete is None else await refine(result, complete)

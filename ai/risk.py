@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -45,7 +46,7 @@ from functools import lru_cache
 import yaml
 from pydantic import BaseModel
 
-from ai.deals import Deal, DealModel, parse_date
+from ai.deals import Deal, DealModel, activity_of, parse_date
 from rules.defaults import PEAK_PIPELINE
 
 RULES_VERSION = "risk-rules/1"
@@ -255,8 +256,8 @@ def event_signals(opp: dict, events: list[dict], now: datetime) -> list[Signal]:
     return out
 
 
-def deal_from_opp(opp: dict, opportunity_id: str) -> Deal:
-    """The model's view of a hub opportunity document."""
+def deal_from_opp(opp: dict, opportunity_id: str, events: Sequence[object] | None = None) -> Deal:
+    """The model's view of a hub opportunity document and the domain events its workflow recorded."""
     fields = opp.get("fields") if isinstance(opp.get("fields"), dict) else {}
     owner = opp.get("owner")
     account = opp.get("account")
@@ -271,6 +272,7 @@ def deal_from_opp(opp: dict, opportunity_id: str) -> Deal:
         value=float(amount) if isinstance(amount, int | float) and amount > 0 else None,
         created=parse_date(opp.get("engaged_at") or opp.get("created_at") or opp.get("created")),
         expected_close=parse_date(opp.get("close_date")),
+        activity=activity_of(events or []),
     )
 
 
@@ -288,7 +290,7 @@ def assess(opp: dict, stage: str, events: list[dict], now: datetime, model: Deal
                                   text=f"Deals in the {stage} stage are won {stage_p:.0%} of the time "
                                        "(PEAK prior: no deal model trained for this org yet)"))
     else:
-        scored = model.score([deal_from_opp(opp, opportunity_id)], [now.date()])[0]
+        scored = model.score([deal_from_opp(opp, opportunity_id, events)], [now.date()])[0]
         shift = _logit(stage_p) - _logit(priors.get(history_stage, stage_p))
         base = _logit(scored.win_probability) + shift
         source, version = "model", model.version

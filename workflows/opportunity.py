@@ -77,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
     from rules.pipeline import CompiledPipeline, TransitionContext, Unmet, compile_pipeline
     from rules.templating import TemplateProblem, compile_params
     from workflows.actions import execute_action
+    from workflows.ai_refinement import refined
     from workflows.rule_retry import retry_and_record
     from workflows.rule_runner import RuleRunner, failure_message
 
@@ -92,6 +93,8 @@ CRM_EVENTS_PATCH = "crm-rule-events"  # workflow.patched: histories before it se
 BATCHED_TRANSITIONS = "transition-effects-batched"
 #: Patch: relative-date rules (close date approaching, stale) on durable timers in the main loop.
 DATE_TIMERS = "relative-date-timers"
+#: Patch: the OpenAI refinement of an insight runs on the ``openai`` queue (``workflows/ai_refinement.py``).
+OPENAI_QUEUE_PATCH = "insight-refined-on-openai-queue"
 AUTOMATION = Actor(id="automation", role="automation")  # who rule-made transitions are by
 OPPORTUNITIES_ROOT = "Opportunities"
 MAX_FAILURES = 20
@@ -278,10 +281,11 @@ class OpportunityWorkflow:
         event per transition."""
         batch = list(itertools.takewhile(lambda e: e.kind == "transition", self._state.pending))
         own_events = [self._transition_events(e.data["from"], e.data["to"]) for e in batch]
+        request = self._insight_input()
         prep: Preparation = await workflow.execute_activity_method(
             OpportunityActivities.prepare,
             PrepareInput(org_id=self._state.org_id, events=[e for own in own_events for e in own],
-                         insight=self._insight_input()),
+                         insight=request),
             start_to_close_timeout=INSIGHT_TIMEOUT,
             retry_policy=STORE_RETRY,
         )  # fmt: skip
@@ -303,7 +307,7 @@ class OpportunityWorkflow:
         elif acted or prep.insight is None:
             await self._recompute_insight(f"transition to {batch[-1].data['to']}")
         else:
-            self._state.insight = prep.insight.model_dump(mode="json")
+            self._state.insight = (await refined(request, prep.insight)).stored()
             self._touch()
         await self._project()
         if prep.crm_callback:
@@ -439,23 +443,26 @@ class OpportunityWorkflow:
             checklist=s.checklist,
             events=s.events,
             as_of=workflow.now(),
+            refine_on_queue=workflow.patched(OPENAI_QUEUE_PATCH),
         )
 
     async def _recompute_insight(self, reason: str, activity: str = NEXT_ACTION) -> dict:
         s = self._state
+        request = self._insight_input()
         try:
             insight: Insight = await workflow.execute_activity_method(
                 INSIGHTS[activity],
-                self._insight_input(),
+                request,
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=AI_RETRY,
             )
+            insight = await refined(request, insight)
         except ActivityError as exc:
             self._fail(activity, reason, exc)
             return {}
         if activity == DEAL_RISK:  # risk only: the next actions computed before stay
             insight = insight.model_copy(update={"next_actions": (s.insight or {}).get("next_actions", [])})
-        s.insight = insight.model_dump(mode="json")
+        s.insight = insight.stored()
         self._touch()
         return s.insight
 

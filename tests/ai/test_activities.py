@@ -7,7 +7,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from prometheus_client import REGISTRY
 from sqlalchemy import select
 from temporalio import workflow
 from temporalio.client import Client
@@ -15,11 +14,10 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
 from activities.ai import AiActivities
-from activities.ai_types import Insight, OpportunityInsightInput, ScoreLeadInput
+from activities.ai_types import Insight, OpportunityInsightInput, RefineInput, ScoreLeadInput
 from hub.auth import ensure_org
 from hub.runtime import Hub
 from hub.store.ai import AiInsight
-from hub.store.budgets import RateBudget
 from hub.store.connections import Connection, secret_owner
 from hub.store.secrets import put_secret
 from tests.fakes.openai_server import OpenAIFake
@@ -75,53 +73,26 @@ async def test_openai_needs_the_flag_and_an_active_connection(hub: Hub, flag: bo
         insight = await ActivityEnvironment().run(AiActivities(hub).next_action, request())
         assert fake.requests == []
     assert insight.provenance["engine"] == "local"
+    assert insight.provenance.get("fallback_reason") == (None if not flag else "no_connection")
 
 
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-async def test_openai_refines_with_the_connection_settings(hub: Hub) -> None:
-    prompt = sample("hub_ai_openai_tokens_total", org="acme", model="gpt-test", type="prompt")
-    served = sample("hub_ai_scores_total", org="acme", kind="next_action", model="deals-prior-1", source="prior",
-                    moment="")
+async def test_with_openai_the_insight_asks_for_a_refinement_and_is_stored_once_refined(hub: Hub) -> None:
     with OpenAIFake(answer=good_answer) as fake:
         await setup_openai(hub, fake.url)
-        insight = await ActivityEnvironment().run(AiActivities(hub).next_action, request())
-        [sent] = fake.requests
-    async with hub.db.session() as session:  # the call drew from the openai connection's request budget
-        budgets = list(await session.scalars(select(RateBudget.key).where(RateBudget.key.like("openai:%"))))
-    assert len(budgets) == 1
-    used = insight.provenance["usage"]["prompt_tokens"]
-    assert used > 0 and sample("hub_ai_openai_tokens_total", org="acme", model="gpt-test", type="prompt") == prompt + used
-    assert sample("hub_ai_scores_total", org="acme", kind="next_action", model="deals-prior-1", source="prior",
-                  moment="") == served + 1
-    assert sent.headers["authorization"] == "Bearer test-token" and sent.json()["model"] == "gpt-test"
-    assert insight.provenance["engine"] == "openai" and insight.provenance["fallback"] is None
-    assert all(a["refined"] for a in insight.next_actions)
-    [row] = await insights(hub)
-    assert row.provenance["prompt_version"] == "next-action-prompt/1" and row.provenance["output"]["actions"]
-
-
-@pytest.mark.parametrize(("answer", "delay", "reason"), [
-    ("{oops", 0, "the model's answer is not valid JSON"),
-    ({"actions": [{"code": "gap.champion"}]}, 0, "invalid answer"),
-    ({"actions": []}, 1.6, "OpenAI did not answer within 1s"),
-])
-async def test_openai_failures_fall_back_and_say_why(hub: Hub, answer: object, delay: float, reason: str) -> None:
-    local = await ActivityEnvironment().run(AiActivities(hub).next_action, request())
-    errors = sum(sample("hub_ai_openai_errors_total", org="acme", reason=r)
-                 for r in ("timeout", "invalid_answer", "provider_error"))
-    with OpenAIFake(answer=answer) as fake:  # type: ignore[arg-type]
-        fake.delay = delay
-        await setup_openai(hub, fake.url)
-        insight = await ActivityEnvironment().run(AiActivities(hub).next_action, request())
-    assert insight.next_actions == local.next_actions
-    assert reason in insight.provenance["fallback"]
-    assert sum(sample("hub_ai_openai_errors_total", org="acme", reason=r)
-               for r in ("timeout", "invalid_answer", "provider_error")) == errors + 1
+        acts = AiActivities(hub)
+        legacy = await ActivityEnvironment().run(acts.next_action, request())  # a run from before the queue
+        pending = await ActivityEnvironment().run(acts.next_action, request(refine_on_queue=True))
+        assert fake.requests == []  # the activity never calls OpenAI: the workflow does, on the openai queue
+    assert legacy.refinement is None and legacy.provenance["fallback_reason"] == "legacy_workflow"
+    assert pending.refinement is not None and pending.refinement.params["model"] == "gpt-test"
+    assert pending.refinement.params["timeout_seconds"] == 1 and len(await insights(hub)) == 1  # the legacy one
+    answer = {"output": good_answer(pending.refinement.params), "model": "gpt-test", "id": "x", "usage": {}}
+    done = await ActivityEnvironment().run(acts.refine_next_action,
+                                           RefineInput(request=request(), insight=pending, answer=answer))
+    assert done.refinement is None and all(a["refined"] for a in done.next_actions)
+    assert [a["code"] for a in done.next_actions] != [a["code"] for a in pending.next_actions]
     rows = await insights(hub)
-    assert reason in rows[-1].provenance["fallback"]
+    assert len(rows) == 2 and rows[-1].provenance["engine"] == "openai" and "refinement" not in rows[-1].output
 
 
 async def test_deal_risk_and_score_lead(hub: Hub) -> None:

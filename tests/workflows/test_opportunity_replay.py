@@ -96,7 +96,10 @@ async def _scenario(client: Client, hub: Hub, task_queue: str) -> tuple[str, str
         for i in range(6):
             await handle.execute_update(OpportunityWorkflow.set_checklist, ChecklistRequest(items={"a": i % 2 == 1}))
         # the org's date rules as the rules API sends them (after the last transition, whose preparation sends them
-        # with a real day), with a one-second day: the stale timer, re-armed by the checklist changes, fires below
+        # with a real day: wait for it, or its newer read replaces this one), with a one-second day: the stale timer,
+        # re-armed by the checklist changes, fires below
+        while (await handle.query(OpportunityWorkflow.state)).pending:
+            await asyncio.sleep(0.05)
         await handle.signal(OpportunityWorkflow.date_rules,
                             DateRules(days={STALE: [1]}, day_seconds=1, read_at=datetime.now(UTC)))
         while (state := await handle.query(OpportunityWorkflow.state)).pending or not state.date_fired:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from connectors.catalogue import import_action_modules
 from rules.expr import MAX_CHARS, ExpressionError, compile_condition
 from rules.loader import MAX_FILE_BYTES, load_path, load_text
 
@@ -239,6 +240,7 @@ def test_an_action_that_cannot_run_for_its_trigger_is_refused_at_its_line(
 
 
 def test_every_error_of_a_document_in_one_pass() -> None:
+    import_action_modules()  # the provider actions' params models (a process that never imported them checks none)
     text = RULE.replace('when: "opp.amount >= 50000.0"', 'when: "opp.amount >= "').replace(
         "  do:\n", "  colour: red\n  do:\n").replace("#deals", "#deals\", chanel: \"x")
     result = load_text(text, "r.yaml")

@@ -79,7 +79,7 @@ async def test_refinement_runs_on_the_openai_queue_and_draws_from_the_budget(
     with OpenAIFake(answer=good_answer) as fake:
         await setup_openai(hub, fake.url)
         async with hub_workers(hub, client, task_queue):
-            view = await open_opportunity(api, hub, admin_key, "r1")
+            view = await open_opportunity(api, hub, admin_key, "refined-1")
         [sent] = fake.requests
     insight = view["insight"]
     assert insight["provenance"]["engine"] == "openai" and insight["provenance"]["fallback"] is None
@@ -87,7 +87,7 @@ async def test_refinement_runs_on_the_openai_queue_and_draws_from_the_budget(
     assert "refinement" not in insight
     assert sent.headers["authorization"] == "Bearer test-token" and sent.json()["model"] == "gpt-test"
 
-    activities = await scheduled(client, "r1")
+    activities = await scheduled(client, "refined-1")
     assert ("connector.run_action", f"{task_queue}-openai") in activities  # the provider queue, not in-process
     assert [a for a in activities if a[0] == "connector.run_action"] == [("connector.run_action",
                                                                           f"{task_queue}-openai")]
@@ -99,7 +99,7 @@ async def test_refinement_runs_on_the_openai_queue_and_draws_from_the_budget(
     used = insight["provenance"]["usage"]["prompt_tokens"]
     assert used > 0 and sample("hub_ai_openai_tokens_total", org="acme", model="gpt-test", type="prompt") == prompt + used
     async with hub.db.session() as session:  # stored once, refined
-        rows = list(await session.scalars(select(AiInsight).where(AiInsight.subject_id == "r1")))
+        rows = list(await session.scalars(select(AiInsight).where(AiInsight.subject_id == "refined-1")))
     assert [r.provenance["engine"] for r in rows] == ["openai"] and rows[0].provenance["output"]["actions"]
 
 

@@ -144,7 +144,7 @@ async def test_steps_pass_outputs_skip_retry_and_stop_end_to_end(
         for worker in build_workers(hub, client):
             await stack.enter_async_context(worker)
         body = {"name": "Globex", "branch": "emea", "owner_role": "ae", "amount": 10.0}
-        assert (await api.put("/v1/opportunities/s1", json=body, headers=bearer(admin_key))).status_code == 200
+        assert (await api.put("/v1/opportunities/steps-1", json=body, headers=bearer(admin_key))).status_code == 200
 
         page = await until_run(api, admin_key, "/v1/rule-runs?rule=won-to-invoice", lambda b: b["items"])
         alerts = await until_run(api, admin_key, "/v1/rule-runs?rule=alert", lambda b: b["items"])

@@ -49,22 +49,22 @@ async def test_rule_writes_persist_and_reach_the_crm_signed(
         crm.secret = (await api.post("/v1/orgs/acme/crm-signing-secret", headers=h)).json()["secret"]
         await api.patch("/v1/orgs/acme", json={"crm_callback_url": crm.callback_url}, headers=h)
         async with main_worker(hub, client, task_queue, ai):
-            assert (await api.put("/v1/opportunities/w1", json=BODY, headers=h)).status_code == 200
-            await settle(api, admin_key, "w1")
+            assert (await api.put("/v1/opportunities/writes-1", json=BODY, headers=h)).status_code == 200
+            await settle(api, admin_key, "writes-1")
             events = await crm_events(crm, 3)
             assert crm.rejected == [] and crm.duplicates == 0
             by_type = {e["type"]: e for e in events}
             assert set(by_type) == {"opportunity.updated", "task.created", "insight.updated"}
             assert by_type["opportunity.updated"]["data"] == {
-                "opportunity_id": "w1", "fields": {"forecast_category": "commit"}, "by": "automation"}
+                "opportunity_id": "writes-1", "fields": {"forecast_category": "commit"}, "by": "automation"}
             assert by_type["task.created"]["data"]["task"]["title"] == "Kickoff with Writes deal"
             assert by_type["insight.updated"]["data"]["ai_risk_score"] == 90.0
-            assert all(e["id"].startswith("evt_opportunity/acme/w1/") for e in events)
+            assert all(e["id"].startswith("evt_opportunity/acme/writes-1/") for e in events)
 
             # the CRM's next update: its fields change, the hub's (forecast_category, tasks) stay
             changed = {**BODY, "amount": 250.0, "forecast_category": "best_case"}
-            assert (await api.put("/v1/opportunities/w1", json=changed, headers=h)).status_code == 200
-            view = await settle(api, admin_key, "w1")
+            assert (await api.put("/v1/opportunities/writes-1", json=changed, headers=h)).status_code == 200
+            view = await settle(api, admin_key, "writes-1")
             opp = view["opportunity"]
             assert (opp["amount"], opp["forecast_category"]) == (250.0, "commit")
             assert [t["title"] for t in opp["tasks"]] == ["Kickoff with Writes deal", "conflict"]
@@ -75,9 +75,9 @@ async def test_rule_writes_persist_and_reach_the_crm_signed(
             calls = len(ai.calls)  # the rule's ai.next_action, and the insight after the rules' changes
             assert calls >= 2
             await api.patch("/v1/orgs/acme", json={"flags": {"ai.insights": False}}, headers=h)
-            moved = await api.post("/v1/opportunities/w1/transitions",
+            moved = await api.post("/v1/opportunities/writes-1/transitions",
                                    json={"to": "won", "actor": {"id": "u1", "role": "ae"}}, headers=h)
             assert moved.status_code == 200, moved.text
-            await settle(api, admin_key, "w1")
+            await settle(api, admin_key, "writes-1")
             stage_changed = [e for e in await crm_events(crm, 5) if e["type"] == "stage.changed"]
             assert len(stage_changed) == 1 and len(ai.calls) == calls  # no insight with the flag off

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,10 +18,11 @@ from temporalio.api.common.v1 import Payloads
 
 import console
 from connectors.catalogue import import_action_modules
-from hub import problems
+from hub import bounded, problems
 from hub.deps import AdminKey, HubDep
 from hub.idempotency import IdempotencyMiddleware
 from hub.problems import problem_response
+from hub.sessions import PREFIX as SESSION_PREFIX
 from hub.runtime import Hub, TemporalUnavailable
 from hub.settings import get_settings
 from hub.telemetry import RequestTelemetry
@@ -67,6 +69,48 @@ class BodySizeLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class EvaluationAdmission:
+    """ASGI middleware: a validation or dry-run that ``hub.bounded`` would refuse for its org (another in flight,
+    CPU budget spent) gets its 429 before its body is parsed, so a tenant flooding them costs no parsing. Only API
+    keys resolved from the key cache are judged here; anything else goes on to the route, which decides."""
+
+    PATHS = re.compile(r"/v1/(rules(/[^/]+)?:test|resources:validate|rules:validate)")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] == "http" and scope["method"] == "POST" and self.PATHS.fullmatch(scope["path"]):
+            refused = await self._refusal(scope)
+            if refused is not None:
+                await self._drain(receive, scope["app"].max_body_bytes)
+                response = problem_response(refused.status, refused.detail, headers=refused.headers)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _drain(receive, limit: int) -> None:  # noqa: ANN001
+        """Read the refused request's body unparsed (up to ``limit`` bytes), so its client reads the 429 on a
+        connection that stays open instead of meeting a reset while it still writes."""
+        seen = 0
+        while seen <= limit:
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+
+    @staticmethod
+    async def _refusal(scope) -> problems.Problem | None:  # noqa: ANN001
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or token.startswith(SESSION_PREFIX):
+            return None
+        hub: Hub = scope["app"].state.hub
+        principal = await hub.keys.resolve(hub.db, token)
+        return bounded.refusal(principal.org_id) if principal is not None else None
 
 
 class HubApp(FastAPI):
@@ -119,6 +163,7 @@ def create_app(hub: Hub | None = None) -> FastAPI:
     problems.install(app)
     app.add_middleware(IdempotencyMiddleware)  # inside the body-size limit
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(EvaluationAdmission)
     app.add_middleware(RequestTelemetry)
     for router in ROUTERS:
         app.include_router(router)

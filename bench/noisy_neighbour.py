@@ -5,7 +5,7 @@ Org B registers opportunities and moves them through a pipeline (``POST …/tran
 while signed Stripe webhooks are posted to its connection; that is measured twice in the same run:
 
 * quiet: nothing else happens;
-* noisy: org A (a viewer key) keeps ``--attackers`` requests in flight, each the costliest thing the hub
+* noisy: org A (a viewer key, from a process of its own) keeps ``--attackers`` requests in flight, each the costliest thing the hub
   accepts — ``rules:test`` with a draft rule whose condition is near the CEL cost budget and whose
   template is near the step budget, over an event at the input limits (1,000-item lists, 64 KiB
   strings), and ``resources:validate`` of the same rule.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import socket
 import sys
@@ -138,17 +139,34 @@ async def measure(http: httpx.AsyncClient, crm: str, connection: str, secret: st
             "accepted": len(ok) / max(len(hooks), 1), "hook_p99": percentile(ok, 0.99)}
 
 
-async def attack(http: httpx.AsyncClient, viewer: str, stop: asyncio.Event, answers: Counter) -> None:
+async def attack(port: int, viewer: str, stop, answers: Counter) -> None:  # noqa: ANN001 - a multiprocessing Event
     h = {"Authorization": f"Bearer {viewer}"}
     body = {"event": attack_event(), "rules": [attack_rule()]}
     i = 0
-    while not stop.is_set():
-        i += 1
-        if i % 2:
-            r = await http.post("/v1/rules:test", json=body, headers=h, timeout=60)
-        else:
-            r = await http.post("/v1/resources:validate", json=attack_rule(), headers=h, timeout=60)
-        answers[r.status_code] += 1
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+        while not stop.is_set():
+            i += 1
+            try:
+                if i % 2:
+                    r = await http.post("/v1/rules:test", json=body, headers=h)
+                else:
+                    r = await http.post("/v1/resources:validate", json=attack_rule(), headers=h)
+                answers[r.status_code] += 1
+            except httpx.HTTPError as exc:
+                answers[type(exc).__name__] += 1
+
+
+def attacker_process(port: int, viewer: str, attackers: int, stop, results) -> None:  # noqa: ANN001
+    """Org A, in a process of its own (an attacker does not share the hub's interpreter): ``attackers`` requests
+    in flight until ``stop``; puts what they were answered on ``results``."""
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    answers: Counter = Counter()
+
+    async def run() -> None:
+        await asyncio.gather(*(attack(port, viewer, stop, answers) for _ in range(attackers)))
+
+    asyncio.run(run())
+    results.put(dict(answers))
 
 
 async def main() -> None:
@@ -180,12 +198,15 @@ async def main() -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60) as http:
         await measure(http, crm, connection, secret, "warm")
         quiet = await measure(http, crm, connection, secret, "quiet")
-        stop, answers = asyncio.Event(), Counter()
-        attackers = [asyncio.create_task(attack(http, viewer, stop, answers)) for _ in range(ARGS.attackers)]
-        await asyncio.sleep(1)
+        spawn = multiprocessing.get_context("spawn")
+        stop, results = spawn.Event(), spawn.Queue()
+        attacker = spawn.Process(target=attacker_process, args=(port, viewer, ARGS.attackers, stop, results))
+        attacker.start()
+        await asyncio.sleep(3)  # the attacker process started and sending
         noisy = await measure(http, crm, connection, secret, "noisy")
         stop.set()
-        await asyncio.gather(*attackers)
+        answers = await asyncio.to_thread(results.get, timeout=120)
+        attacker.join()
     server.should_exit = True
     for w in workers:
         await w.shutdown()

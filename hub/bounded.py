@@ -62,15 +62,23 @@ def _charge(org_id: str, cpu_seconds: float) -> None:
         _budgets[org_id] = (left, now)
 
 
+def refusal(org_id: str) -> Problem | None:
+    """The 429 an evaluation of ``org_id`` would get now (another in flight, or its CPU budget spent), or None.
+    The API asks before it reads a request's body (``api.EvaluationAdmission``): a refused request costs no parsing."""
+    if _in_flight[org_id] >= PER_ORG:
+        return Problem(429, "another validation or dry-run of this org is still running; retry when it is done")
+    if (left := _available(org_id, time.monotonic())) < 0:
+        wait = math.ceil(-left / CPU_SHARE)
+        return Problem(429, f"this org's evaluation CPU budget is spent; retry in {wait} s",
+                       headers={"Retry-After": str(wait)})  # fmt: skip
+    return None
+
+
 async def evaluate(org_id: str, fn: Callable[..., T], *args: Any, deadline: float = DEADLINE_SECONDS) -> T:
     """``fn(*args)`` in the pool for an org; 429 if the org already has ``PER_ORG`` in flight, 503 if it
     has not finished (queue included) ``deadline`` seconds after the pool was ready to take it."""
-    if _in_flight[org_id] >= PER_ORG:
-        raise Problem(429, "another validation or dry-run of this org is still running; retry when it is done")
-    if (left := _available(org_id, time.monotonic())) < 0:
-        wait = math.ceil(-left / CPU_SHARE)
-        raise Problem(429, f"this org's evaluation CPU budget is spent; retry in {wait} s",
-                      headers={"Retry-After": str(wait)})  # fmt: skip
+    if (refused := refusal(org_id)) is not None:
+        raise refused
     _in_flight[org_id] += 1
     started = time.monotonic()
     try:

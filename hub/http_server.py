@@ -32,12 +32,14 @@ class HeadCappedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_head = True
         self._heads = 0  # request heads completed on this connection
+        self._messages = 0  # requests (head and body) completed on this connection
 
     def data_received(self, data: bytes) -> None:
-        """Feed the parser; a chunk that leaves a head incomplete (and completed none) was head bytes."""
-        heads = self._heads
+        """Feed the parser; a chunk that leaves a head incomplete and completed neither a head nor a message was
+        head bytes (a chunk that ends a body and starts the next head is not counted: the next chunk is)."""
+        heads, messages = self._heads, self._messages
         super().data_received(data)
-        if self._heads != heads or not self._in_head or self.transport.is_closing():
+        if self._heads != heads or self._messages != messages or not self._in_head or self.transport.is_closing():
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
@@ -50,7 +52,7 @@ class HeadCappedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._in_head = True
+        self._in_head, self._messages = True, self._messages + 1
 
 
 def server_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:

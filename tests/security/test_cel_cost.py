@@ -236,3 +236,19 @@ async def test_evaluation_yields_the_cpu_and_each_org_has_a_cpu_share(monkeypatc
     assert await evaluate("other", sum, [1, 2]) == 3  # other orgs keep their own budget
     await asyncio.sleep(int(spent.value.headers["Retry-After"]))
     assert await evaluate("greedy", sum, [1]) == 1  # refilled
+
+
+async def test_an_org_over_its_evaluation_budget_is_refused_before_its_body_is_parsed(
+    api: httpx.AsyncClient, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hub import bounded
+
+    spent, other = await key_for(hub, "spent", "viewer"), await key_for(hub, "other", "viewer")
+    monkeypatch.setitem(bounded._budgets, "spent", (-1.0, time.monotonic()))  # in debt
+    malformed = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
+    for path in ("/v1/rules:test", "/v1/rules/any:test", "/v1/resources:validate"):
+        refused = await api.post(path, content=malformed["content"], headers={**spent, **malformed["headers"]})
+        assert refused.status_code == 429 and "CPU budget" in refused.json()["detail"], path  # not parsed: no 4xx
+        assert int(refused.headers["Retry-After"]) >= 1
+    parsed = await api.post("/v1/rules:test", content=malformed["content"], headers={**other, **malformed["headers"]})
+    assert parsed.status_code in (400, 422)  # another org's request is read and judged as always

@@ -1,18 +1,22 @@
-"""Evaluation a request asks for (validate, dry-run): in worker processes, per-org capped, with a hard deadline.
+"""Evaluation a request asks for (validate, dry-run): in worker processes, per-org queued, with a hard deadline.
 
 Conditions and templates are bounded before they run (``rules.cost``, ``rules.templating``), so a
 call finishes soon; it still runs in a pool of ``WORKERS`` spawned processes, not in the API process,
 so no tenant's evaluation holds the API's event loop or its GIL. One org has at most ``PER_ORG``
-evaluations in flight (429 beyond: a tenant cannot fill the pool for the others). A call that has not
-finished ``DEADLINE_SECONDS`` after it was queued gets 503 and its pool is killed (processes can be,
-threads cannot) and started afresh; calls of other orgs in that pool at that moment get 503 too.
+evaluations running (a tenant cannot fill the pool for the others); up to ``QUEUE`` more wait their turn
+(waiting costs no CPU), and beyond that the org gets 429. A call that has not finished ``DEADLINE_SECONDS``
+after its turn came gets 503 and its pool is killed (processes can be, threads cannot) and started afresh;
+calls of other orgs in that pool at that moment get 503 too.
 
 Two things keep one org's evaluations from taking the CPU the other orgs' work needs:
 - the pool's processes run at the lowest OS priority (``NICE``): the API, the workers and Temporal
   preempt them whenever they have work, so evaluation only takes CPU nobody else wants;
 - each org has a CPU budget (``CPU_SHARE`` seconds of evaluation CPU per second, up to ``CPU_BURST``
-  saved): every evaluation's CPU time is charged to its org, and an org in debt gets 429 with a
-  ``Retry-After`` until its budget has refilled. Budgets are per API process.
+  saved): every evaluation's CPU time is charged to its org; an org in debt waits for its budget to refill
+  before its next evaluation runs, and gets 429 with a ``Retry-After`` if that would take more than
+  ``MAX_WAIT_SECONDS``. Budgets are per API process.
+So an org's evaluations go at its own pace whatever it sends: a client that keeps many requests in flight
+waits, it does not make the API parse a stream of refused ones.
 ``fn`` and its arguments cross a process boundary: module-level functions and picklable values.
 """
 
@@ -34,7 +38,9 @@ from hub.problems import Problem
 
 T = TypeVar("T")
 WORKERS = 2
-PER_ORG = 1
+PER_ORG = 1  # an org's evaluations running at once
+QUEUE = 4  # an org's evaluations waiting for their turn; 429 beyond
+MAX_WAIT_SECONDS = 10.0  # the longest an evaluation waits for its org's CPU budget (429 with Retry-After beyond)
 DEADLINE_SECONDS = 5.0
 STARTUP_SECONDS = 60.0  # a fresh pool's processes import the rules modules first
 NICE = 19  # the pool's processes yield the CPU to everything else
@@ -43,7 +49,9 @@ CPU_BURST = 2.0  # the most an org can save up (an idle org's first evaluations 
 
 _pool: ProcessPoolExecutor | None = None
 _ready: asyncio.Future | None = None
-_in_flight: Counter[str] = Counter()
+_admitted: Counter[str] = Counter()  # org → its evaluations running or waiting for their turn
+_turns: dict[str, asyncio.Semaphore] = {}  # org → its PER_ORG turns (of the loop in _turns_loop)
+_turns_loop: asyncio.AbstractEventLoop | None = None
 _budgets: dict[str, tuple[float, float]] = {}  # org → (CPU seconds available, monotonic time of that figure)
 
 
@@ -63,44 +71,75 @@ def _charge(org_id: str, cpu_seconds: float) -> None:
 
 
 def refusal(org_id: str) -> Problem | None:
-    """The 429 an evaluation of ``org_id`` would get now (another in flight, or its CPU budget spent), or None.
+    """The 429 an evaluation of ``org_id`` would get now (its queue full, or its CPU budget too far spent), or None.
     The API asks before it reads a request's body (``api.EvaluationAdmission``): a refused request costs no parsing."""
-    if _in_flight[org_id] >= PER_ORG:
-        return Problem(429, "another validation or dry-run of this org is still running; retry when it is done")
-    if (left := _available(org_id, time.monotonic())) < 0:
-        wait = math.ceil(-left / CPU_SHARE)
-        return Problem(429, f"this org's evaluation CPU budget is spent; retry in {wait} s",
-                       headers={"Retry-After": str(wait)})  # fmt: skip
+    if _admitted[org_id] >= PER_ORG + QUEUE:
+        return Problem(429, f"{_admitted[org_id]} validations or dry-runs of this org are running or waiting; "
+                            "retry when one is done")  # fmt: skip
+    if (wait := _budget_wait(org_id)) > MAX_WAIT_SECONDS:
+        return _spent(wait)
     return None
 
 
+def _budget_wait(org_id: str) -> float:
+    """Seconds until the org's evaluation CPU budget is out of debt (0 if it is not in debt)."""
+    return max(0.0, -_available(org_id, time.monotonic()) / CPU_SHARE)
+
+
+def _spent(wait: float) -> Problem:
+    seconds = math.ceil(wait)
+    return Problem(429, f"this org's evaluation CPU budget is spent; retry in {seconds} s",
+                   headers={"Retry-After": str(seconds)})  # fmt: skip
+
+
+def _turn(org_id: str) -> asyncio.Semaphore:
+    """The org's turns on this event loop."""
+    global _turns_loop
+    loop = asyncio.get_running_loop()
+    if _turns_loop is not loop:
+        _turns.clear()
+        _turns_loop = loop
+    return _turns.setdefault(org_id, asyncio.Semaphore(PER_ORG))
+
+
 async def evaluate(org_id: str, fn: Callable[..., T], *args: Any, deadline: float = DEADLINE_SECONDS) -> T:
-    """``fn(*args)`` in the pool for an org; 429 if the org already has ``PER_ORG`` in flight, 503 if it
-    has not finished (queue included) ``deadline`` seconds after the pool was ready to take it."""
+    """``fn(*args)`` in the pool for an org, when its turn comes and its CPU budget allows; 429 if ``QUEUE`` of
+    the org's evaluations already wait or its budget would take too long to refill, 503 if it has not finished
+    ``deadline`` seconds after its turn came (the pool's start not counted)."""
     if (refused := refusal(org_id)) is not None:
         raise refused
-    _in_flight[org_id] += 1
-    started = time.monotonic()
+    _admitted[org_id] += 1
     try:
-        pool = await _started()
-        future = asyncio.get_running_loop().run_in_executor(pool, functools.partial(_timed, fn, *args))
-        try:
-            failed, value, cpu_seconds = await asyncio.wait_for(future, deadline)
-        except TimeoutError:
-            _kill(pool)
-            _charge(org_id, time.monotonic() - started)  # at most a whole process for that long
-            raise Problem(503, f"evaluation did not finish within {deadline:g} s; retry later") from None
-        except BrokenProcessPool:
-            _kill(pool)
-            raise Problem(503, "evaluation was stopped (its pool was restarted); retry") from None
-        _charge(org_id, cpu_seconds)
-        if failed:
-            raise value
-        return value
+        async with _turn(org_id):
+            if (wait := _budget_wait(org_id)) > MAX_WAIT_SECONDS:
+                raise _spent(wait)  # the evaluations before it ran up a debt meanwhile
+            await asyncio.sleep(wait)
+            return await _run(org_id, fn, *args, deadline=deadline)
     finally:
-        _in_flight[org_id] -= 1
-        if _in_flight[org_id] <= 0:
-            del _in_flight[org_id]
+        _admitted[org_id] -= 1
+        if _admitted[org_id] <= 0:
+            del _admitted[org_id]
+            _turns.pop(org_id, None)
+
+
+async def _run(org_id: str, fn: Callable[..., T], *args: Any, deadline: float) -> T:
+    """``fn(*args)`` in the pool now, its CPU time charged to the org."""
+    pool = await _started()
+    started = time.monotonic()
+    future = asyncio.get_running_loop().run_in_executor(pool, functools.partial(_timed, fn, *args))
+    try:
+        failed, value, cpu_seconds = await asyncio.wait_for(future, deadline)
+    except TimeoutError:
+        _kill(pool)
+        _charge(org_id, time.monotonic() - started)  # at most a whole process for that long
+        raise Problem(503, f"evaluation did not finish within {deadline:g} s; retry later") from None
+    except BrokenProcessPool:
+        _kill(pool)
+        raise Problem(503, "evaluation was stopped (its pool was restarted); retry") from None
+    _charge(org_id, cpu_seconds)
+    if failed:
+        raise value
+    return value
 
 
 async def _started() -> ProcessPoolExecutor:

@@ -183,7 +183,10 @@ async def test_opportunity_beyond_the_limits_is_refused(api: httpx.AsyncClient, 
     assert r.status_code == 422 and r.json()["field"] == "opp.contacts", r.text
 
 
-async def test_evaluation_runs_elsewhere_per_org_capped_with_a_hard_deadline() -> None:
+async def test_evaluation_runs_elsewhere_per_org_capped_with_a_hard_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub import bounded
+
+    monkeypatch.setattr(bounded, "QUEUE", 0)  # nothing waits: the org's one turn taken is a 429
     ticks = 0
 
     async def ticker() -> None:
@@ -228,14 +231,38 @@ async def test_evaluation_yields_the_cpu_and_each_org_has_a_cpu_share(monkeypatc
     assert await evaluate("acme", os.getpriority, os.PRIO_PROCESS, 0) == bounded.NICE  # lowest priority
     monkeypatch.setattr(bounded, "CPU_BURST", 0.2)
     monkeypatch.setattr(bounded, "CPU_SHARE", 0.1)
+    monkeypatch.setattr(bounded, "MAX_WAIT_SECONDS", 1.0)
     await evaluate("greedy", burn, 0.4, deadline=60.0)  # within its saved budget when it started
-    with pytest.raises(Problem) as spent:  # now in debt: refused before it runs
+    with pytest.raises(Problem) as spent:  # now in debt for longer than it may wait: refused before it runs
         await evaluate("greedy", sum, [1])
     assert spent.value.status == 429 and "CPU budget" in spent.value.detail
-    assert 1 <= int(spent.value.headers["Retry-After"]) <= 3  # its debt ÷ the share, rounded up
+    assert 2 <= int(spent.value.headers["Retry-After"]) <= 3  # its debt ÷ the share, rounded up
     assert await evaluate("other", sum, [1, 2]) == 3  # other orgs keep their own budget
-    await asyncio.sleep(int(spent.value.headers["Retry-After"]))
-    assert await evaluate("greedy", sum, [1]) == 1  # refilled
+    await asyncio.sleep(int(spent.value.headers["Retry-After"]) - 1)
+    began = time.monotonic()
+    assert await evaluate("greedy", sum, [1]) == 1  # a debt it may wait out: it waits, then runs
+    assert 0 < time.monotonic() - began <= 2.5
+
+
+async def test_an_orgs_evaluations_wait_their_turn_and_a_full_queue_is_429(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub import bounded
+
+    monkeypatch.setattr(bounded, "QUEUE", 2)
+    assert await evaluate("acme", sum, [1]) == 1  # the pool is up
+    first = asyncio.create_task(evaluate("queued", time.sleep, 0.5))
+    await asyncio.sleep(0.05)
+    waiting = [asyncio.create_task(evaluate("queued", time.monotonic)) for _ in range(2)]  # wait for the turn
+    await asyncio.sleep(0.05)
+    with pytest.raises(Problem) as full:
+        await evaluate("queued", sum, [1])
+    assert full.value.status == 429 and "running or waiting" in full.value.detail
+    assert bounded.refusal("queued") is not None and bounded.refusal("acme") is None
+    assert await evaluate("acme", sum, [2]) == 2  # another org is not behind them
+    finished = time.monotonic()
+    await first
+    ran = await asyncio.gather(*waiting)
+    assert all(at >= finished for at in ran)  # they ran after the first had its turn, none refused
+    assert "queued" not in bounded._admitted and "queued" not in bounded._turns  # nothing kept for an idle org
 
 
 async def test_an_org_over_its_evaluation_budget_is_refused_before_its_body_is_parsed(
@@ -244,7 +271,8 @@ async def test_an_org_over_its_evaluation_budget_is_refused_before_its_body_is_p
     from hub import bounded
 
     spent, other = await key_for(hub, "spent", "viewer"), await key_for(hub, "other", "viewer")
-    monkeypatch.setitem(bounded._budgets, "spent", (-1.0, time.monotonic()))  # in debt
+    monkeypatch.setitem(bounded._budgets, "spent", (-bounded.CPU_SHARE * (bounded.MAX_WAIT_SECONDS + 5),
+                                                    time.monotonic()))  # in debt for longer than it may wait
     malformed = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
     for path in ("/v1/rules:test", "/v1/rules/any:test", "/v1/resources:validate"):
         refused = await api.post(path, content=malformed["content"], headers={**spent, **malformed["headers"]})

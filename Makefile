@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench lint typecheck constraints clean
+.PHONY: run test test-reverse install bench lint typecheck constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ run: $(STAMP)
 test: lint typecheck
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+test-reverse: $(STAMP)
+	$(PY) -m pytest -q --reverse
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -22,8 +22,8 @@ from hub import bounded, problems
 from hub.deps import AdminKey, HubDep
 from hub.idempotency import IdempotencyMiddleware
 from hub.problems import problem_response
-from hub.sessions import PREFIX as SESSION_PREFIX
 from hub.runtime import Hub, TemporalUnavailable
+from hub.sessions import PREFIX as SESSION_PREFIX
 from hub.settings import get_settings
 from hub.telemetry import RequestTelemetry
 from hub.vault import EncryptionCodec

@@ -139,7 +139,7 @@ async def measure(http: httpx.AsyncClient, crm: str, connection: str, secret: st
             "accepted": len(ok) / max(len(hooks), 1), "hook_p99": percentile(ok, 0.99)}
 
 
-async def attack(port: int, viewer: str, stop, answers: Counter) -> None:  # noqa: ANN001 - a multiprocessing Event
+async def attack(port: int, viewer: str, stop, answers: Counter) -> None:
     h = {"Authorization": f"Bearer {viewer}", "Content-Type": "application/json"}
     test = json.dumps({"event": attack_event(), "rules": [attack_rule()]}).encode()  # encoded once, sent again and
     validate = json.dumps(attack_rule()).encode()  # again: the attacker spends its CPU on requests, not on JSON
@@ -157,7 +157,7 @@ async def attack(port: int, viewer: str, stop, answers: Counter) -> None:  # noq
                 answers[type(exc).__name__] += 1
 
 
-def attacker_process(port: int, viewer: str, attackers: int, stop, results) -> None:  # noqa: ANN001
+def attacker_process(port: int, viewer: str, attackers: int, stop, results) -> None:
     """Org A, in a process of its own (an attacker does not share the hub's interpreter): ``attackers`` requests
     in flight until ``stop``; puts what they were answered on ``results``."""
     sys.path[0] = str(Path(__file__).resolve().parents[1])

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from app.runner import temporal_cli
@@ -82,6 +83,24 @@ def task_queue() -> str:
     return f"tq-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(autouse=True)
+async def _no_workflow_outlives_its_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Terminate what a test left running on its task queues (its own and the provider queues named after it):
+    workflow ids such as ``opportunity/acme/o1`` recur across tests, and the dev server is shared by the session."""
+    if not {"task_queue", "temporal_env"} <= set(request.fixturenames):
+        yield
+        return
+    queue = request.getfixturevalue("task_queue")
+    client = request.getfixturevalue("temporal_env").client
+    yield
+    running = client.list_workflows(f"TaskQueue STARTS_WITH '{queue}' AND ExecutionStatus = 'Running'")
+    async for execution in running:
+        try:
+            await client.get_workflow_handle(execution.id, run_id=execution.run_id).terminate("test over")
+        except RPCError:
+            pass  # it ended meanwhile
+
+
 async def _postgres_db() -> Database:
     """A fresh schema in the test PostgreSQL database."""
     import sqlalchemy as sa
@@ -107,6 +126,16 @@ async def _drop_postgres(db: Database) -> None:
     async with admin.begin() as conn:
         await conn.execute(sa.text(f"DROP SCHEMA {db.test_schema} CASCADE"))  # type: ignore[attr-defined]
     await admin.dispose()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--reverse", action="store_true", help="run the collected tests in reverse order "
+                     "(`make test-reverse`): no test may depend on what an earlier one left behind")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--reverse"):
+        items.reverse()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

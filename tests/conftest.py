@@ -128,16 +128,6 @@ async def _drop_postgres(db: Database) -> None:
     await admin.dispose()
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--reverse", action="store_true", help="run the collected tests in reverse order "
-                     "(`make test-reverse`): no test may depend on what an earlier one left behind")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--reverse"):
-        items.reverse()
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrise ``db`` (wherever a test uses it, directly or through ``hub``) by backend."""
     if "db" in metafunc.fixturenames:

@@ -101,24 +101,19 @@ def compile_condition(source: str, variables: frozenset[str], probes: tuple[dict
     ``variables`` are the names it may use; each of ``probes`` is a set of typed sample values
     it is evaluated against to find type errors (a missing field in a sample is not an error).
     """
-    condition = _compile(source)
-    _check_names(condition, variables)
-    for probe in probes:
-        try:
-            result = condition.program.execute(probe)
-        except (KeyError, ZeroDivisionError):
-            continue
-        except Exception as exc:  # noqa: BLE001
-            message = _first_line(str(exc))
-            raise ExpressionError(f"CEL type error: {message}") from None
-        if not isinstance(result, bool):
-            raise ExpressionError(f"CEL type error: the condition must be a boolean, not {_cel_type(result)}")
-    return condition
+    return _compile_typed(source, variables, probes, bool, "the condition must be a boolean")
 
 
 def compile_timestamp(source: str, variables: frozenset[str], probes: tuple[dict, ...] = ()) -> Condition:
     """Compile and check an expression whose value is a timestamp (``timestamp(opp.close_date + "T00:00:00Z")
     - duration("168h")``); raises ``ExpressionError``. Evaluate it with :func:`evaluate_timestamp`."""
+    return _compile_typed(source, variables, probes, datetime, "the expression must be a timestamp")
+
+
+def _compile_typed(source: str, variables: frozenset[str], probes: tuple[dict, ...], kind: type,
+                   must_be: str) -> Condition:
+    """Compile ``source``, check its names, and evaluate it against each probe: a type error, or a value that is not
+    a ``kind``, raises ``ExpressionError``."""
     condition = _compile(source)
     _check_names(condition, variables)
     for probe in probes:
@@ -128,8 +123,8 @@ def compile_timestamp(source: str, variables: frozenset[str], probes: tuple[dict
             continue
         except Exception as exc:  # noqa: BLE001
             raise ExpressionError(f"CEL type error: {_first_line(str(exc))}") from None
-        if not isinstance(result, datetime):
-            raise ExpressionError(f"CEL type error: the expression must be a timestamp, not {_cel_type(result)}")
+        if not isinstance(result, kind):
+            raise ExpressionError(f"CEL type error: {must_be}, not {_cel_type(result)}")
     return condition
 
 

@@ -136,7 +136,8 @@ def wrk(url: str, pool: Path, seconds: int, args: argparse.Namespace, server: in
     figures = {k: int(v) for k, v in (pair.split("=") for pair in line.group(1).split())}
     ok = figures["requests"] - figures["non2xx"]
     cpu_us = (cpu_seconds(server) - cpu) * 1e6 / max(figures["requests"], 1)
-    return {**figures, "ok": ok, "cpu_us": cpu_us, "rps": ok / (figures["duration_us"] / 1e6),
+    rss = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{server}/status").read_text()).group(1)) / 1024
+    return {**figures, "ok": ok, "cpu_us": cpu_us, "rss_mb": rss, "rps": ok / (figures["duration_us"] / 1e6),
             "p50_ms": figures["p50_us"] / 1000, "p99_ms": figures["p99_us"] / 1000}  # fmt: skip
 
 
@@ -171,7 +172,7 @@ def spawn(cmd: list[str], env: dict) -> subprocess.Popen:
 
 def report(name: str, unit: str, r: dict) -> str:
     return (f"{name}: {r['rps']:.0f} {unit}  p50={r['p50_ms']:.1f} ms  p99={r['p99_ms']:.1f} ms  "
-            f"cpu={r['cpu_us']:.0f} µs/request  "
+            f"cpu={r['cpu_us']:.0f} µs/request  rss={r['rss_mb']:.0f} MiB  "
             f"requests={r['requests']} non-2xx={r['non2xx']} socket errors={r['socket_errors']} "
             f"timeouts={r['timeouts']}")  # fmt: skip
 

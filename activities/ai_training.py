@@ -1,7 +1,7 @@
 """``ai.train_model``: train a model on an uploaded CSV in a child process, recording the job's progress.
 
 The activity runs on its own task queue (``{main}-ai-training``, one job at a time per worker). Training
-itself runs in a fresh child process (``spawn``), under the same upload limits the API checked: whatever it
+itself runs in a fresh child process (``spawn``) at the lowest CPU priority, under the same upload limits the API checked: whatever it
 allocates is freed when the child exits, and the worker's event loop keeps heartbeating meanwhile. Bad data
 ends the job ``failed`` with the reason (no retry); an unexpected error is retried, and the last attempt
 marks the job failed.
@@ -19,6 +19,7 @@ from activities.ai_types import TRAIN_ATTEMPTS, TRAIN_MODEL, TrainModelInput, Tr
 from ai import artifacts, service
 from ai.tabular import DataError
 from ai.upload import UploadLimits, UploadTooLarge, train_upload
+from hub.bounded import lowest_priority
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store.ai import AiTrainingJob
@@ -79,7 +80,7 @@ class AiTraining:
     async def _in_child(self, kind: str, raw: bytes, mapping: dict | None) -> bytes:
         """``train_upload`` in a fresh process, killed when it ends or the activity is cancelled."""
         limits = upload_limits(self.hub.settings)
-        pool = multiprocessing.get_context("spawn").Pool(1)
+        pool = multiprocessing.get_context("spawn").Pool(1, initializer=lowest_priority)
         try:
             pending = pool.apply_async(train_upload, (kind, raw, mapping, limits))
             waited = 0.0

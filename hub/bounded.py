@@ -169,10 +169,16 @@ def _timed(fn: Callable[..., T], *args: Any) -> tuple[bool, Any, float]:
     return (*result, time.process_time() - cpu)
 
 
-def _warm() -> None:
-    """Start a pool process: lowest priority, the rules modules imported."""
+def lowest_priority() -> None:
+    """Make this process yield the CPU to everything else (nice ``NICE``): for tenant-sized work in child processes
+    (evaluations here, model training)."""
     if os.getpriority(os.PRIO_PROCESS, 0) < NICE:
         os.nice(NICE - os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def _warm() -> None:
+    """Start a pool process: lowest priority, the rules modules imported."""
+    lowest_priority()
     import rules.engine
     import rules.loader  # noqa: F401
 

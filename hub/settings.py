@@ -42,6 +42,8 @@ class Settings(BaseSettings):
                                      description="largest training CSV once decompressed (413 past it)")
     ai_upload_max_rows: int = Field(default=100_000, description="most data rows in a training CSV (422 past it)")
     ai_upload_max_columns: int = Field(default=200, description="most columns in a training CSV (422 past it)")
+    ai_training_max_active: int = Field(default=2, ge=1, description="an org's training jobs queued or running at "
+                                        "once (429 past it: one org's uploads cannot queue up the others')")
     webhook_relay: bool = Field(default=True, description="run the webhook inbox relay inside the API process")
     webhook_max_attempts: int = Field(default=5, description="failed processing attempts before dead-letter")
     http_allowlist: list[str] = Field(

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ai_retraining import ensure_retraining
@@ -112,6 +112,12 @@ async def train_model(
 ) -> TrainingJobPublic:
     """Check the upload and start training the org's model of ``kind`` on it (a job, trained off the API)."""
     parsed = _parse_mapping(kind, mapping)
+    async with hub.db.session() as session:
+        active = await session.scalar(select(func.count()).select_from(AiTrainingJob).where(
+            AiTrainingJob.org_id == key.org_id, AiTrainingJob.status.in_(("queued", "running"))))
+    if active and active >= hub.settings.ai_training_max_active:
+        raise Problem(429, f"this org has {active} training jobs queued or running; retry when one has ended",
+                      headers={"Retry-After": "30"})
     raw = await file.read()
     limits = upload_limits(hub.settings)
     try:

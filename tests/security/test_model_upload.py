@@ -127,6 +127,7 @@ async def test_training_runs_as_a_job_on_its_own_queue(api: httpx.AsyncClient, h
     scheduled = [e.activity_task_scheduled_event_attributes for e in history.events
                  if e.HasField("activity_task_scheduled_event_attributes")]
     assert [s.task_queue.name for s in scheduled] == [ai_training_queue(hub.settings.task_queue)]
+    assert scheduled[0].priority.fairness_key == "org:acme"  # the queue serves orgs in turn, not in upload order
     async with hub.db.session() as session:
         kept = await session.scalar(select(AiTrainingJob.upload).where(AiTrainingJob.id == job["id"]))
     assert kept is None  # the file is not kept once trained
@@ -139,3 +140,20 @@ async def other_admin(hub: Hub) -> str:
 
     async with hub.db.session() as session:
         return await create_key(session, "globex", "admin")
+
+
+async def test_an_org_has_at_most_its_cap_of_training_jobs_queued_or_running(
+    api: httpx.AsyncClient, hub: Hub, admin_key: str
+) -> None:
+    data = gzip.compress(to_csv(lead_rows(50), LEAD_HEADER))  # no training worker: the jobs stay queued
+    first, second = await upload(api, admin_key, data), await upload(api, admin_key, data)
+    assert (first.status_code, second.status_code) == (202, 202)
+    third = await upload(api, admin_key, data)
+    assert third.status_code == 429 and "2 training jobs queued or running" in third.json()["detail"]
+    assert third.headers["retry-after"]
+    assert (await upload(api, await other_admin(hub), data)).status_code == 202  # another org has its own cap
+    async with hub.db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(AiTrainingJob)) == 3  # nothing stored for it
+        job = await session.get(AiTrainingJob, first.json()["id"])
+        job.status = "failed"  # one ended: room again
+    assert (await upload(api, admin_key, data)).status_code == 202

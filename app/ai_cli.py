@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -55,6 +57,21 @@ def _register(org: str, model) -> None:  # noqa: ANN001 - LeadModel | DealModel
     typer.echo(f"active {model.version} for org {org} (model {asyncio.run(main())})")
 
 
+def _train_and_save(train: Callable[[], Any], out: Path, org: str | None, summary: Callable[[dict], str]) -> None:
+    """Train (bad data is a clear CLI error), save the model to ``out``, say what it is, and make it ``org``'s."""
+    from ai import artifacts
+    from ai.tabular import DataError
+
+    try:
+        model = train()
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    artifacts.save(model, out)
+    typer.echo(f"{model.version}: {summary(model.metrics)} -> {out}")
+    if org:
+        _register(org, model)
+
+
 @ai_app.command("train-leads")
 def train_leads_cmd(
     csv_path: Path = CsvOpt,
@@ -63,20 +80,14 @@ def train_leads_cmd(
     org: str | None = OrgOpt,
 ) -> None:
     """Train a lead model on historical leads with an outcome column."""
-    from ai import artifacts
     from ai.leads import LeadMapping, train_leads
-    from ai.tabular import DataError, read_csv
+    from ai.tabular import read_csv
 
-    try:
-        model = train_leads(read_csv(csv_path), LeadMapping.model_validate(_mapping(mapping)))
-    except (DataError, ValueError) as exc:
-        _fail(str(exc))
-    artifacts.save(model, out)
-    m = model.metrics
-    typer.echo(f"{model.version}: {m['rows']} leads, out-of-fold AUC {m['oof_auc']:.4f}, Brier {m['oof_brier']:.4f},"
-               f" mean interval width {m['mean_interval_width']:.1f} -> {out}")
-    if org:
-        _register(org, model)
+    _train_and_save(
+        lambda: train_leads(read_csv(csv_path), LeadMapping.model_validate(_mapping(mapping))), out, org,
+        lambda m: f"{m['rows']} leads, out-of-fold AUC {m['oof_auc']:.4f}, Brier {m['oof_brier']:.4f}, "
+                  f"mean interval width {m['mean_interval_width']:.1f}",
+    )
 
 
 @ai_app.command("score-leads")
@@ -111,21 +122,13 @@ def train_deals_cmd(
     org: str | None = OrgOpt,
 ) -> None:
     """Train a deal win/loss model on historical opportunities (``products.csv`` alongside supplies prices)."""
-    from ai import artifacts
     from ai.deals import DealMapping, read_deals, train_deals
-    from ai.tabular import DataError
 
-    try:
-        deals, used = read_deals(csv_path, DealMapping.model_validate(_mapping(mapping)))
-        model = train_deals(deals, used)
-    except (DataError, ValueError) as exc:
-        _fail(str(exc))
-    artifacts.save(model, out)
-    m = model.metrics
-    typer.echo(f"{model.version}: {m['deals']} closed deals ({m['snapshots']} snapshots), base rate "
-               f"{m['base_rate']:.3f}, C={m['C']}, shrink λ={m['shrink']} -> {out}")
-    if org:
-        _register(org, model)
+    _train_and_save(
+        lambda: train_deals(*read_deals(csv_path, DealMapping.model_validate(_mapping(mapping)))), out, org,
+        lambda m: f"{m['deals']} closed deals ({m['snapshots']} snapshots), base rate {m['base_rate']:.3f}, "
+                  f"C={m['C']}, shrink λ={m['shrink']}",
+    )
 
 
 @ai_app.command("score-deals")

@@ -8,7 +8,6 @@ import base64
 import json
 import uuid
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,13 +24,6 @@ from tests.workflows.opportunity_kit import apply, rule
 from tests.workflows.test_rule_matrix import OPEN_PIPELINE, Receiver
 from webhooks.relay import Relay
 from worker import build_workers
-
-
-@pytest.fixture
-def settings(tmp_path: Path, vault_keys: str, task_queue: str) -> Settings:
-    """The test settings, with the loopback receiver of ``http.post`` allowed."""
-    return Settings(data_dir=tmp_path / "data", vault_keys=vault_keys, task_queue=task_queue,
-                    http_allowlist=["127.0.0.1/32"])
 
 
 async def until(api: httpx.AsyncClient, key: str, path: str, check, timeout: float = 60) -> dict:

@@ -6,17 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import httpx
-import pytest
 from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
 from activities.opportunity_types import OpportunityInput, PinnedPipeline, body_hash, workflow_id
 from connectors.catalogue import import_action_modules
 from hub.runtime import Hub
-from hub.settings import Settings
 from hub.store.connections import secret_owner
 from hub.store.opportunities import RuleRunRecord
 from hub.store.secrets import put_secret
@@ -35,12 +32,6 @@ from workflows.opportunity import OpportunityWorkflow
 
 STRIPE_KEY = "sk_test_fake"
 
-
-@pytest.fixture
-def settings(tmp_path: Path, vault_keys: str, task_queue: str) -> Settings:
-    """The test settings, with the loopback receiver of ``http.post`` allowed."""
-    return Settings(data_dir=tmp_path / "data", vault_keys=vault_keys, task_queue=task_queue,
-                    http_allowlist=["127.0.0.1/32"])
 
 
 BAD_STEPS = """\

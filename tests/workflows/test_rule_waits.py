@@ -9,7 +9,6 @@ import json
 import uuid
 from contextlib import AsyncExitStack
 from datetime import datetime
-from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
@@ -18,7 +17,6 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHistory
 from temporalio.worker import Replayer
 
 from hub.runtime import Hub
-from hub.settings import Settings
 from hub.store.connections import secret_owner
 from hub.store.secrets import put_secret
 from hub.temporal import data_converter
@@ -65,12 +63,6 @@ async def test_replay_kept_rule_run_histories() -> None:
         doc = json.loads(path.read_text())
         await rule_run_replayer().replay_workflow(WorkflowHistory.from_json(doc["workflow_id"], doc["history"]))
 
-
-@pytest.fixture
-def settings(tmp_path: Path, vault_keys: str, task_queue: str) -> Settings:
-    """The test settings, with the loopback receiver of ``http.post`` allowed."""
-    return Settings(data_dir=tmp_path / "data", vault_keys=vault_keys, task_queue=task_queue,
-                    http_allowlist=["127.0.0.1/32"])
 
 
 BAD_WAITS = """\

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from hub.runtime import Hub
 from hub.store import Database
 from hub.store.base import utcnow
-from hub.store.inbox import NewEvent, WebhookEvent
+from hub.store.inbox import NewEvent, WebhookEvent, new_event_id
 from tests.webhooks.conftest import make_connection
 from webhooks import inbox
 from webhooks.inbox import CredentialCache, InboxWriter, insert_rows
@@ -130,3 +131,13 @@ async def test_concurrent_requests_for_one_connection_read_its_credentials_once(
     assert await cache.get(con) == (results[0][0], False)  # cached now
     fresh, reloaded = await cache.get(con, reload=True)  # younger than a second: not read again
     assert reads == 1 and not reloaded
+
+
+def test_inbox_ids_are_unique_and_ordered_by_the_time_they_were_made() -> None:
+    ids = []
+    for _ in range(3):
+        ids += [new_event_id() for _ in range(5_000)]
+        time.sleep(0.002)
+    assert len(set(ids)) == len(ids) and all(len(i) <= 32 for i in ids)  # the column holds 32
+    stamps = [i[4:15] for i in ids]
+    assert stamps == sorted(stamps) and stamps[0] < stamps[-1]  # side by side in the primary key's index

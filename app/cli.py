@@ -334,15 +334,25 @@ def orgs_delete(
     yes: bool = typer.Option(False, "--yes", help="confirm: this cannot be undone"),
 ) -> None:
     """Delete an org's access and crypto-shred its Temporal data: every API key is revoked and its data keys
-    are deleted, so no payload sealed for it (history, /codec) can be read again. Running processes drop the
-    key from memory within hub.org_keys.CACHE_SECONDS."""
+    are deleted, so no payload sealed for it (history, /codec) can be read again (running processes drop the
+    key from memory within hub.org_keys.CACHE_SECONDS); then its schedules are deleted and its running
+    workflows terminated. Run it again if Temporal could not be reached."""
+    from temporalio.service import RPCError
+
+    from app.org_removal import check_org_id, stop_org_work
     from hub.auth import list_keys, revoke_key
     from hub.org_keys import OrgKeyring
+    from hub.temporal import connect
     from hub.vault import Vault
 
     if not yes:
         fail("deleting an org cannot be undone: pass --yes")
-    vault = Vault.from_settings(load_settings())
+    try:
+        check_org_id(org)
+    except ValueError as exc:
+        fail(str(exc))
+    settings = load_settings()
+    vault = Vault.from_settings(settings)
 
     async def delete(db) -> tuple[int, int]:  # noqa: ANN001
         async with db.session() as session:
@@ -353,6 +363,16 @@ def orgs_delete(
 
     revoked, shredded = _with_db(delete)
     typer.echo(f"org {org}: revoked {revoked} API keys, shredded {shredded} data keys")
+
+    async def stop() -> tuple[int, int]:
+        return await stop_org_work(await connect(settings, vault), org)
+
+    try:
+        schedules, workflows = asyncio.run(stop())
+    except (RuntimeError, OSError, RPCError) as exc:  # the client's connection error is a RuntimeError
+        fail(f"could not reach Temporal at {settings.temporal_address} to stop org {org}'s workflows ({exc}); "
+             "run this again when it is up")
+    typer.echo(f"org {org}: deleted {schedules} schedules, terminated {workflows} workflows")
 
 
 @secrets_app.command("rotate")

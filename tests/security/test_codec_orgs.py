@@ -153,15 +153,18 @@ async def test_kept_histories_replay_with_the_per_org_converter(hub: Hub) -> Non
         await replayer.replay_workflow(WorkflowHistory.from_json(doc["workflow_id"], doc["history"]))
 
 
-def test_deleting_an_org_from_the_cli_revokes_its_keys_and_shreds_its_data_key(cli_env: Path) -> None:  # noqa: F811
+def test_deleting_an_org_from_the_cli_revokes_its_keys_and_shreds_its_data_key(
+    cli_env: Path, temporal_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
     import asyncio
 
     from typer.testing import CliRunner
 
     from app.cli import app as cli
-    from hub.settings import Settings
+    from hub.settings import Settings, get_settings
     from hub.store import Database
 
+    monkeypatch.setenv("HUB_TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)
     runner = CliRunner()
     assert runner.invoke(cli, ["keys", "create", "--org", "acme", "--role", "admin"]).exit_code == 0
     settings = Settings()
@@ -181,6 +184,12 @@ def test_deleting_an_org_from_the_cli_revokes_its_keys_and_shreds_its_data_key(c
     assert runner.invoke(cli, ["orgs", "delete", "acme"]).exit_code == 1  # needs --yes
     done = runner.invoke(cli, ["orgs", "delete", "acme", "--yes"])
     assert done.exit_code == 0 and "revoked 1 API keys, shredded 1 data keys" in done.stdout
+    assert "org acme: deleted" in done.stdout  # and its Temporal work stopped (test_deleting_an_org_stops_…)
+    assert runner.invoke(cli, ["orgs", "delete", "a/b", "--yes"]).exit_code == 1
+    monkeypatch.setenv("HUB_TEMPORAL_ADDRESS", "127.0.0.1:9")  # nothing listens: keys done, says to run it again
+    get_settings.cache_clear()
+    again = runner.invoke(cli, ["orgs", "delete", "acme", "--yes"])
+    assert again.exit_code == 1 and "run this again when it is up" in again.stderr
 
     async def reopen(codec: EncryptionCodec) -> None:
         with pytest.raises(VaultError, match="shredded"):
@@ -200,3 +209,29 @@ async def test_the_temporal_ui_may_call_the_codec_from_its_origin_only(api: http
     for response in (await api.options("/codec/decode", headers={"Origin": stranger}),
                      await api.post("/codec/decode", content=body, headers={**bearer(admin_key), "Origin": stranger})):
         assert "access-control-allow-origin" not in response.headers
+
+
+async def test_deleting_an_org_stops_its_schedules_and_workflows_and_nothing_of_others(client: Client) -> None:
+    from temporalio.client import Schedule, ScheduleActionStartWorkflow, ScheduleIntervalSpec, ScheduleSpec
+
+    from app.org_removal import stop_org_work
+
+    org, other, queue = f"doomed{uuid.uuid4().hex[:6]}", None, f"nowhere-{uuid.uuid4().hex[:6]}"
+    other = f"{org}2"  # an org whose id starts with the deleted one's
+    runs = {wid: await client.start_workflow("Idle", id=wid, task_queue=queue) for wid in (
+        f"opportunity/{org}/o1", f"connection/{org}/c1", f"sync/{org}/c1/m", f"ai-retrain/{org}-2026-12-03T09:00:00Z",
+        f"opportunity/{other}/o1", f"ai-retrain/{other}-2026-12-03T09:00:00Z")}
+    every = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(days=7))])
+    for sid in (f"rule/{org}/weekly", f"ai-retrain/{org}", f"ai-retrain/{other}", f"rule/{other}/weekly"):
+        await client.create_schedule(sid, Schedule(action=ScheduleActionStartWorkflow(
+            "Idle", id=sid, task_queue=queue), spec=every))
+    try:
+        assert await stop_org_work(client, org) == (2, 4)
+        for wid, handle in runs.items():
+            status = (await handle.describe()).status.name
+            assert status == ("RUNNING" if other in wid else "TERMINATED"), wid
+        left = [s.id async for s in await client.list_schedules() if org in s.id]
+        assert sorted(left) == [f"ai-retrain/{other}", f"rule/{other}/weekly"]
+        assert await stop_org_work(client, org) == (0, 0)  # again: nothing left
+    finally:
+        await stop_org_work(client, other)

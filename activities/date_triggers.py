@@ -18,9 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.opportunity_types import DATE_RULES_SIGNAL, DateRules
+from activities.rule_runs import current_rules
 from hub.runtime import Hub, TemporalUnavailable
 from hub.store.opportunities import OpportunityRecord
-from hub.store.resources import ResourceVersion, current_versions, get_version
+from hub.store.resources import ResourceVersion, get_version
 from rules.engine import RuleSet, compile_rules
 from rules.model import DATE_TRIGGERS
 
@@ -66,13 +67,15 @@ async def rule_changed(hub: Hub, session: AsyncSession, org_id: str, name: str, 
 
 
 async def broadcast(hub: Hub, session: AsyncSession, org_id: str) -> int:
-    """Signal the org's current date rules (as ``session`` sees them) to every opportunity of the org that is
+    """Signal the org's date rules that may run (current versions, both sides of a rollout; as ``session`` sees
+    them) to every opportunity of the org that is
     not archived; returns how many were signalled."""
     ids = list(await session.scalars(select(OpportunityRecord.workflow_id).where(
         OpportunityRecord.org_id == org_id, OpportunityRecord.archived.is_(False))))  # fmt: skip
     if not ids:
         return 0
-    rules = date_rules(compile_rules(await current_versions(session, org_id, "Rule")), hub.settings.day_seconds)
+    runnable = (await current_rules(session, org_id)).runnable  # both sides of a rollout, as opportunity.prepare
+    rules = date_rules(compile_rules(runnable), hub.settings.day_seconds)
     client = await hub.temporal()
     limit = asyncio.Semaphore(CONCURRENCY)
 

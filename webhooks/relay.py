@@ -37,6 +37,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.rule_runs import current_rules
 from activities.rule_types import approval_target
 from activities.webhook_types import MappedEvent, WebhookEventInput
 from connectors.events import MalformedEvent, Mapped, map_stored
@@ -44,7 +45,6 @@ from hub.runtime import Hub, TemporalUnavailable
 from hub.store import inbox
 from hub.store.base import utcnow
 from hub.store.inbox import WebhookEvent
-from hub.store.resources import current_versions
 from webhooks import metrics
 from webhooks.router import app_intake
 from workflows.webhook_event import WebhookEventWorkflow, workflow_id
@@ -164,8 +164,7 @@ class Relay:
         if cached is not None and now - cached[0] < RULES_TTL:
             return cached[1]
         async with self.hub.db.session() as session:
-            versions = await current_versions(session, org_id, "Rule")
-        triggers = frozenset(str((v.spec.get("spec") or {}).get("on")) for v in versions)
+            triggers = (await current_rules(session, org_id)).triggers  # both sides of a rollout: either may run
         self._rules[org_id] = (now, triggers)
         return triggers
 

@@ -130,3 +130,29 @@ async def test_runs_record_their_version_and_promote_and_rollback_are_audited(
     assert {k: back["detail"][k] for k in ("stable", "candidate", "percent", "released", "version")} == {
         "stable": 2, "candidate": 3, "percent": 50.0, "released": 2, "version": 4}  # fmt: skip
     assert back["actor"].startswith("key:")
+
+
+async def test_under_a_rollout_the_relay_and_the_date_rules_know_both_versions(
+    api: httpx.AsyncClient, hub: Hub, admin_key: str, task_queue: str
+) -> None:
+    from activities.date_triggers import date_rules
+    from activities.rule_runs import current_rules
+    from activities.webhook_types import MappedEvent
+    from rules.engine import compile_rules
+    from webhooks.relay import Relay
+
+    h = bearer(admin_key)
+    paid = rule("watch", "payment.received", [{"opportunity.add_task": {"title": "paid"}}])
+    stale = rule("watch", "opportunity.stale", [{"opportunity.add_task": {"title": "stale"}}])
+    stale["spec"]["days"] = 30
+    for doc in (paid, stale):
+        assert (await api.put("/v1/rules/watch", json=doc, headers=h)).status_code in (200, 201)
+    started = await api.post("/v1/rules/watch:rollout", json={"version": 2, "percent": 10}, headers=h)
+    assert started.status_code == 200, started.text
+    relay = Relay(hub, task_queue=task_queue)
+    # 90% of opportunities (and the org's own events) still run version 1, on payment.received: the relay must not
+    # drop an org-level payment as "no rule listens" because the newest version listens to something else
+    assert await relay._needs_workflow("acme", [MappedEvent(type="payment.received")])
+    async with hub.db.session() as session:
+        runnable = (await current_rules(session, "acme")).runnable
+    assert date_rules(compile_rules(runnable), 86400).days == {"opportunity.stale": [30]}  # what broadcast signals

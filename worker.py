@@ -46,7 +46,10 @@ def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> li
             workflows=WORKFLOWS,
             activities=build_activities(hub),
             workflow_runner=WORKFLOW_RUNNER,
-            disable_eager_activity_execution=True,  # eager activities would bypass task-queue fairness
+            # eager: a main-queue activity a workflow task schedules (a transition's ``opportunity.prepare``) comes back
+            # with the task's completion and starts at once, with no matching round trip or write of its own; only
+            # activities of this queue run eagerly, so the provider queues keep their fairness and per-key rates
+            disable_eager_activity_execution=False,
         ),
         *provider_workers(client, queue, ConnectionActivities(hub)),
         Worker(client, task_queue=ai_training_queue(queue),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Awaitable, Callable
 
@@ -13,6 +14,7 @@ from temporalio.client import (
     ScheduleUpdate,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, SerializationContext, WithSerializationContext
 from temporalio.service import RPCError, RPCStatusCode
 
 from hub.settings import Settings
@@ -50,10 +52,33 @@ async def delete_schedule(client: Client, schedule_id: str) -> bool:
     return True
 
 
-def data_converter(vault: Vault, keys: DataKeys | None = None):  # noqa: ANN201 - temporalio DataConverter
+@dataclasses.dataclass(frozen=True)
+class ContextCopyingConverter(DataConverter):
+    """A ``DataConverter`` whose ``with_context`` copies it with the parts that take the context, as temporalio's
+    does, but without building a payload and a failure converter first only to replace them (its
+    ``dataclasses.replace`` runs ``__post_init__``): a worker asks for it for every activity's payloads, which
+    here is every transition's, to let the codec learn the workflow's org."""
+
+    def with_context(self, context: SerializationContext) -> ContextCopyingConverter:
+        changed = {}
+        for name in ("payload_converter", "payload_codec", "failure_converter", "external_storage"):
+            part = getattr(self, name)
+            if isinstance(part, WithSerializationContext) and (new := part.with_context(context)) is not part:
+                changed[name] = new
+        if not changed:
+            return self
+        cloned = copy.copy(self)  # no __init__, so no __post_init__
+        for name, part in changed.items():
+            object.__setattr__(cloned, name, part)
+        return cloned
+
+
+def data_converter(vault: Vault, keys: DataKeys | None = None) -> DataConverter:
     """Pydantic-aware converter whose payloads are encrypted: an org's under its data key (``keys``), the rest by
     the vault."""
-    return dataclasses.replace(pydantic_data_converter, payload_codec=EncryptionCodec(vault, keys))
+    return ContextCopyingConverter(payload_converter_class=pydantic_data_converter.payload_converter_class,
+                                   failure_converter_class=pydantic_data_converter.failure_converter_class,
+                                   payload_codec=EncryptionCodec(vault, keys))
 
 
 async def connect(settings: Settings, vault: Vault, address: str | None = None, keys: DataKeys | None = None) -> Client:
@@ -68,8 +93,10 @@ async def connect(settings: Settings, vault: Vault, address: str | None = None, 
 
 #: What the Temporal server needs switched on (dynamic config) for the hub's provider queues: the new matcher
 #: with task-queue fairness (per-connection keys, per-key rate limits, priority keys), and one partition per
-#: queue, so that one partition sees every task of a key (rate and priority are kept per partition).
+#: queue, so that one partition sees every task of a key (rate and priority are kept per partition); and eager
+#: activities (the main worker's, see ``worker.build_workers``; the dev server has them on already).
 SERVER_DYNAMIC_CONFIG = {
+    "system.enableActivityEagerExecution": "true",
     "matching.useNewMatcher": "true",
     "matching.enableFairness": "true",
     "matching.numTaskqueueReadPartitions": "1",

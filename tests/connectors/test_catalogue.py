@@ -108,7 +108,8 @@ def test_sync_models_are_declared_with_cursor_page_size_and_interval() -> None:
 
 async def test_provider_queues_limit_each_connection_on_the_server_not_the_queue(hub: Hub, client: Client) -> None:
     """No queue-wide rate (one org's burst would hold every other org back): the server hands out each
-    fairness key's (connection's) tasks at the provider's published limit; no eager activities."""
+    fairness key's (connection's) tasks at the provider's published limit. Eager activities only on the main
+    queue: a provider activity is on a queue of its own, so it is never executed eagerly."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -117,7 +118,8 @@ async def test_provider_queues_limit_each_connection_on_the_server_not_the_queue
 
     workers = build_workers(hub, client)
     main, providers = workers[0], workers[1:]
-    assert main.config()["disable_eager_activity_execution"] is True
+    assert main.config()["disable_eager_activity_execution"] is False
+    assert all(w.config()["task_queue"] != main.config()["task_queue"] for w in providers)
     assert all(w.config()["max_task_queue_activities_per_second"] is None for w in providers)
     await configure_provider_queues(client, hub.settings.task_queue)
     for entry in catalogue().providers.values():

@@ -74,3 +74,52 @@ async def test_rotation_reencrypts_every_secret_under_newest_key(db: Database, t
         assert key_ids == {rotated.current_key_id}
         assert await get_secret(s, rotated, "connection:c3", "api_key") == "value-3"
     assert await rotate_secrets(db.sessions, rotated) == 0
+
+
+class _OneOrgKeys:
+    """Data keys of one org whose workflow ids start with ``opportunity/acme/``."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.key = AESGCM(AESGCM.generate_key(bit_length=256))
+
+    async def sealing_key(self, org_id: str):
+        return "k1", self.key
+
+    async def opening_key(self, org_id: str, key_id: str):
+        return self.key if (org_id, key_id) == ("acme", "k1") else None
+
+    async def org_of(self, workflow_id: str | None) -> str | None:
+        return "acme" if (workflow_id or "").startswith("opportunity/acme/") else None
+
+
+async def test_converter_in_a_workflows_context_seals_for_its_org_and_reuses_its_converters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker asks for the converter in each activity's context: the copy's codec seals for the workflow's org,
+    while the payload and failure converters (and their caches) are the same objects, none built on the way."""
+    from temporalio.converter import ActivitySerializationContext, WorkflowSerializationContext
+
+    from hub.temporal import data_converter
+    from hub.vault import ORG_METADATA
+
+    converter = data_converter(Vault(parse_keys(new_key_line("a"))), _OneOrgKeys())
+    built = []
+    original_init = converter.payload_converter_class.__init__
+    monkeypatch.setattr(converter.payload_converter_class, "__init__",
+                        lambda self, *a, **k: built.append(self) or original_init(self, *a, **k))
+    context = ActivitySerializationContext(namespace="default", workflow_id="opportunity/acme/o1",
+                                           workflow_type="OpportunityWorkflow", activity_type="opportunity.prepare",
+                                           activity_id="1", activity_task_queue="hub", is_local=False)
+    scoped = converter.with_context(context)
+    assert scoped is not converter and type(scoped) is type(converter)
+    assert scoped.payload_converter is converter.payload_converter
+    assert scoped.failure_converter is converter.failure_converter
+    assert scoped.with_context(context) is scoped  # the same workflow: nothing to change
+    assert built == []
+    [sealed] = await scoped.encode([{"stage": "s1"}])
+    assert sealed.metadata[ORG_METADATA] == b"acme"
+    assert await converter.decode([sealed], [dict]) == [{"stage": "s1"}]
+    [plain] = await converter.with_context(WorkflowSerializationContext(namespace="default", workflow_id="other")).encode(["x"])
+    assert ORG_METADATA not in plain.metadata  # no org: sealed by the vault

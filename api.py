@@ -77,6 +77,7 @@ class EvaluationAdmission:
     keys resolved from the key cache are judged here; anything else goes on to the route, which decides."""
 
     PATHS = re.compile(r"/v1/(rules(/[^/]+)?:test|resources:validate|rules:validate)")
+    REFUSAL_DELAY = 1.0  # seconds a refusal is held (waiting costs the hub nothing)
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -86,6 +87,7 @@ class EvaluationAdmission:
             refused = await self._refusal(scope)
             if refused is not None:
                 await self._drain(receive, scope["app"].max_body_bytes)
+                await asyncio.sleep(self.REFUSAL_DELAY)  # a client that resends at once cannot make a stream of them
                 response = problem_response(refused.status, refused.detail, headers=refused.headers)
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)

@@ -270,12 +270,17 @@ async def test_an_org_over_its_evaluation_budget_is_refused_before_its_body_is_p
 ) -> None:
     from hub import bounded
 
+    from api import EvaluationAdmission
+
+    monkeypatch.setattr(EvaluationAdmission, "REFUSAL_DELAY", 0.3)
     spent, other = await key_for(hub, "spent", "viewer"), await key_for(hub, "other", "viewer")
     monkeypatch.setitem(bounded._budgets, "spent", (-bounded.CPU_SHARE * (bounded.MAX_WAIT_SECONDS + 5),
                                                     time.monotonic()))  # in debt for longer than it may wait
     malformed = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
     for path in ("/v1/rules:test", "/v1/rules/any:test", "/v1/resources:validate"):
+        began = time.monotonic()
         refused = await api.post(path, content=malformed["content"], headers={**spent, **malformed["headers"]})
+        assert time.monotonic() - began >= 0.3  # held: a client resending at once gets a refusal per 0.3 s at most
         assert refused.status_code == 429 and "CPU budget" in refused.json()["detail"], path  # not parsed: no 4xx
         assert int(refused.headers["Retry-After"]) >= 1
     parsed = await api.post("/v1/rules:test", content=malformed["content"], headers={**other, **malformed["headers"]})

@@ -69,10 +69,18 @@ def provider_task_queue(main_task_queue: str, provider: str) -> str:
     return f"{main_task_queue}-{provider}"
 
 
+def org_priority(org_id: str) -> Priority:
+    """An org's work on a shared queue: its fairness key is the org, so the server hands each org's tasks out in
+    turn with the others' (one org's backlog, e.g. a bulk import, does not hold up another's). A workflow's
+    activities inherit it."""
+    return Priority(fairness_key=f"org:{org_id}"[:64])
+
+
 def provider_priority(org_id: str, connection_id: str | None, priority_key: int) -> Priority:
     """A provider task's priority: its fairness key is its connection (the server hands each key's tasks out at
     the provider's per-connection rate, fairly between keys), or its org when the task names no connection."""
-    return Priority(priority_key=priority_key, fairness_key=connection_id or f"org:{org_id}"[:64])
+    return Priority(priority_key=priority_key,
+                    fairness_key=connection_id or org_priority(org_id).fairness_key)  # fmt: skip
 
 
 def connection_workflow_id(org_id: str, connection_id: str) -> str:

@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.ai_retraining import ensure_retraining
 from activities.ai_training import upload_limits
 from activities.ai_types import TrainModelInput, ai_retrain_schedule_id, ai_training_workflow_id
+from activities.connector_types import org_priority
 from ai.tabular import DataError
 from ai.upload import UploadTooLarge, mapping_for, read_upload
 from hub.auth import ensure_org
@@ -135,6 +136,7 @@ async def train_model(
         await client.start_workflow(
             AiTrainingWorkflow.run, TrainModelInput(org_id=key.org_id, job_id=job.id),
             id=ai_training_workflow_id(key.org_id, job.id), task_queue=hub.settings.task_queue,
+            priority=org_priority(key.org_id),
         )
     except RPCError as exc:
         async with hub.db.session() as session:

@@ -27,6 +27,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.connector_types import org_priority
 from activities.opportunity_types import (
     Actor,
     ChecklistRequest,
@@ -210,6 +211,7 @@ async def put_opportunity(
         ),
         id=workflow_id(key.org_id, opportunity_id),
         task_queue=hub.settings.task_queue,
+        priority=org_priority(key.org_id),  # orgs in turn on the shared queue: one org's import holds up no other
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
     try:

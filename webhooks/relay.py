@@ -37,6 +37,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.connector_types import org_priority
 from activities.rule_runs import current_rules
 from activities.rule_types import approval_target
 from activities.webhook_types import MappedEvent, WebhookEventInput
@@ -257,7 +258,7 @@ class Relay:
             try:
                 await client.start_workflow(
                     WebhookEventWorkflow.run, payload, id=wid, task_queue=self.task_queue,
-                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                    priority=org_priority(row.org_id), id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                     rpc_timeout=self.rpc_timeout,
                 )  # fmt: skip

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import Priority, RetryPolicy
+from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.ai_retraining import AiRetraining
@@ -28,16 +28,11 @@ with workflow.unsafe.imports_passed_through():
         TrainModelResult,
         ai_training_queue,
     )
+    from activities.connector_types import org_priority
 
 TRAIN_TIMEOUT = timedelta(minutes=30)
 TRAIN_HEARTBEAT = timedelta(seconds=60)
 TRAIN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=5), maximum_attempts=TRAIN_ATTEMPTS)
-
-
-def org_turn(org_id: str) -> Priority:
-    """The training queue hands its tasks out fairly by org (Temporal fairness): one org's queued jobs do not go
-    before another org's."""
-    return Priority(fairness_key=f"org:{org_id}"[:64])
 
 
 @workflow.defn(name=AI_TRAINING_WORKFLOW)
@@ -48,7 +43,7 @@ class AiTrainingWorkflow:
     async def run(self, input: TrainModelInput) -> TrainModelResult:
         return await workflow.execute_activity_method(
             AiTraining.train_model, input,
-            task_queue=ai_training_queue(workflow.info().task_queue), priority=org_turn(input.org_id),
+            task_queue=ai_training_queue(workflow.info().task_queue), priority=org_priority(input.org_id),
             start_to_close_timeout=TRAIN_TIMEOUT, heartbeat_timeout=TRAIN_HEARTBEAT, retry_policy=TRAIN_RETRY,
         )  # fmt: skip
 
@@ -61,5 +56,5 @@ class AiRetrainWorkflow:
     async def run(self, input: RetrainInput) -> RetrainResult:
         return await workflow.execute_activity_method(
             AiRetraining.retrain, input, task_queue=ai_training_queue(workflow.info().task_queue),
-            priority=org_turn(input.org_id), start_to_close_timeout=TRAIN_TIMEOUT, retry_policy=TRAIN_RETRY,
+            priority=org_priority(input.org_id), start_to_close_timeout=TRAIN_TIMEOUT, retry_policy=TRAIN_RETRY,
         )  # fmt: skip

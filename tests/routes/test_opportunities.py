@@ -267,6 +267,8 @@ async def test_reads_fall_back_to_the_projection_when_no_worker_runs(
     assert stored["stage"] == "engage" and stored["revision"] == live["revision"]
     assert stored["history"] == live["history"]
     assert (await api.get("/v1/opportunities/nope", headers=h)).status_code == 404
+    described = await client.get_workflow_handle(workflow_id("acme", oid)).describe()
+    assert described.raw_description.workflow_execution_info.priority.fairness_key == "org:acme"  # orgs in turn
 
 
 async def test_put_validates_and_another_orgs_opportunity_is_404(

@@ -268,9 +268,8 @@ async def test_an_orgs_evaluations_wait_their_turn_and_a_full_queue_is_429(monke
 async def test_an_org_over_its_evaluation_budget_is_refused_before_its_body_is_parsed(
     api: httpx.AsyncClient, hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hub import bounded
-
     from api import EvaluationAdmission
+    from hub import bounded
 
     monkeypatch.setattr(EvaluationAdmission, "REFUSAL_DELAY", 0.3)
     spent, other = await key_for(hub, "spent", "viewer"), await key_for(hub, "other", "viewer")

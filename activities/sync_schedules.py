@@ -59,12 +59,15 @@ _DURATION = TypeAdapter(Duration)
 
 
 def connection_models(connection: Connection) -> dict[str, timedelta]:
-    """The sync models of a connection's provider and the interval each runs at for this connection."""
+    """The sync models a connection is offered — its provider's, less those needing config it does not set — and
+    the interval each runs at for this connection."""
     entry = catalogue().providers.get(connection.provider)
     if entry is None:
         return {}
-    overrides = (connection.config or {}).get(INTERVALS_KEY) or {}
-    return {name: interval_of(overrides.get(name), model.interval) for name, model in declared_models(entry).items()}
+    config = connection.config or {}
+    overrides = config.get(INTERVALS_KEY) or {}
+    return {name: interval_of(overrides.get(name), model.interval) for name, model in declared_models(entry).items()
+            if all(config.get(key) for key in model.required_config)}
 
 
 def interval_of(value: object, default: timedelta) -> timedelta:

@@ -125,6 +125,7 @@ class SyncModel(_Strict):
     cursor: Literal["timestamp", "id", "page_token", "delta_link"]
     page_size: PositiveInt = 100
     interval: Duration = timedelta(hours=1)
+    required_config: list[str] = []  # config keys a connection must set to be offered this model (e.g. its path)
 
 
 class Endpoints(BaseModel):

@@ -9,9 +9,14 @@ Errors are ``400 {"error": ..., "error_description": ...}``. ``/api/...`` is a p
 ``401`` for an unknown or expired bearer token, ``429`` + ``Retry-After`` above ``limit_per_second``.
 
 Knobs: ``expires_in``, ``rotate``, ``token_delay`` (seconds the token endpoint takes, to widen races),
-``refuse(error)`` (the next token requests answer that OAuth error), ``expire_all()``, and the
-failure injection of ``FakeServer`` (``fail``, ``rate_limit``). Counters: ``token_calls`` (grant per
-call), ``api_times`` (monotonic time of every served API request), ``arrivals`` (every request).
+``refuse(error)`` (the next token requests answer that OAuth error), ``expire_all()``, ``serve_list(path,
+rows)`` (a cursor-paged list at ``/api/<path>``: ``?limit=&cursor=&updated_since=`` → ``{"data", "next_cursor"}``),
+``respond_after(path, seconds)`` (matching API requests are answered that late, after taking effect), and the
+failure injection of ``FakeServer`` (``fail``, ``rate_limit``). A request with an ``Idempotency-Key`` takes effect
+once (``applied``: key → path); the key again is answered as the first time, with ``Idempotent-Replayed: true``
+(``replayed``: those keys).
+Counters: ``token_calls`` (grant per call), ``api_times`` (monotonic time of every served API request),
+``arrivals`` (every request).
 
     with OAuthFake() as idp:
         idp.register_client("cid", "csecret")
@@ -19,10 +24,12 @@ call), ``api_times`` (monotonic time of every served API request), ``arrivals`` 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
 import ipaddress
+import re
 import secrets
 import threading
 import time
@@ -105,6 +112,10 @@ class OAuthFake(FakeServer):
         self.api_times: list[float] = []
         self.throttled = 0  # API requests answered 429 for exceeding limit_per_second
         self.arrivals: list[tuple[float, str]] = []  # (monotonic time, path) of every request, faults included
+        self.lists: dict[str, list[dict[str, Any]]] = {}  # path under /api/ -> rows of a paged list
+        self.applied: dict[str, str] = {}  # idempotency key -> path of the request that took effect
+        self.replayed: list[str] = []  # idempotency keys sent again after taking effect (answered as the first time)
+        self.slow: list[tuple[re.Pattern[str], float]] = []  # API paths answered late, and how late
         self._refusals: deque[str] = deque()
         self._recent: deque[float] = deque()
         self._token_lock = threading.Lock()
@@ -129,6 +140,14 @@ class OAuthFake(FakeServer):
     def refuse(self, error: str = "invalid_grant", times: int = 1) -> None:
         """The next ``times`` token requests answer ``400 {"error": error}``."""
         self._refusals.extend([error] * times)
+
+    def serve_list(self, path: str, rows: list[dict[str, Any]]) -> None:
+        """Serve ``rows`` (each with an ``id``) as a cursor-paged list at ``GET /api/<path>``."""
+        self.lists[path.strip("/")] = rows
+
+    def respond_after(self, path: str, seconds: float) -> None:
+        """Answer API requests whose path matches the regex ``path`` ``seconds`` late (they take effect at once)."""
+        self.slow.append((re.compile(path), seconds))
 
     def expire_all(self) -> None:
         """Every access token issued so far is now expired (API calls with them get 401)."""
@@ -277,6 +296,28 @@ class OAuthFake(FakeServer):
                     return self.rate_limit_error(1)
                 self._recent.append(now)
             self.api_times.append(now)
+        rest = request.path_params["rest"]
+        if request.method == "GET" and rest.strip("/") in self.lists:
+            return self._list_page(self.lists[rest.strip("/")], request)
+        key = request.headers.get("idempotency-key")
+        with self._lock:
+            replayed = key is not None and key in self.applied
+            if replayed:
+                self.replayed.append(key)
+            elif key is not None:
+                self.applied[key] = request.url.path
         body = await body_params(request) if request.method != "GET" else {}
-        return JSONResponse({"ok": True, "method": request.method, "path": request.path_params["rest"],
-                             "received": body, "idempotency_key": request.headers.get("idempotency-key")})
+        for pattern, seconds in self.slow:
+            if pattern.search(request.url.path):
+                await asyncio.sleep(seconds)
+        return JSONResponse({"ok": True, "method": request.method, "path": rest, "received": body,
+                             "idempotency_key": key}, headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+    @staticmethod
+    def _list_page(rows: list[dict[str, Any]], request: Request) -> Response:
+        q = request.query_params
+        if since := q.get("updated_since"):
+            rows = [r for r in rows if str(r.get("updated_at", "")) >= since]
+        start, limit = int(q.get("cursor") or 0), int(q.get("limit") or 100)
+        more = start + limit < len(rows)
+        return JSONResponse({"data": rows[start:start + limit], "next_cursor": str(start + limit) if more else None})

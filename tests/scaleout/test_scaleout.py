@@ -1,12 +1,18 @@
 """Scale-out, as production runs it: PostgreSQL, one Temporal server, 2 × ``fulqrun-hub api`` and
 3 × ``fulqrun-hub worker``, started as processes, against one fake OAuth2 provider limited per connection.
 
-Two orgs each connect their own account at the fake. Org A sends a burst of webhooks, through both API
-processes, whose rule calls the provider once each; org B sends one. The fake had dropped both tokens, and one
-worker is killed (SIGKILL) while A's actions run. Shown:
+Three orgs each connect their own account at the fake. Org C's connection backfills a long paged list (the
+generic provider's sync model) and, while it runs, one of C's opportunities moves to a stage whose rule calls the
+provider. Org A then sends a burst of webhooks, through both API processes, whose rule calls the provider once
+each (answered 2 s late, so that every worker has some at the provider); org B sends one. The fake had
+dropped every token, and the worker running one of C's page fetches is killed (SIGKILL) while A's actions run.
+Shown:
+- C's transition's action overtakes the backfill on the same connection: it reaches the provider within about a
+  request interval of being queued (priorities, across worker processes);
 - B's action is not queued behind A's burst (each connection has its own budget);
 - no connection ever exceeds the provider's limit in any one-second window, measured at the fake on its clock;
-- every inbox event was relayed exactly once, every action ran, none twice (idempotency keys at the fake);
+- every inbox event was relayed exactly once; every action ran and took effect once at the provider (a retried
+  one on the killed worker re-sent its idempotency key); the backfill finished with every page stored once;
 - the many concurrent callers of A's dropped token, spread over 3 workers, caused exactly one refresh.
 """
 
@@ -21,19 +27,26 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow
 from temporalio.testing import WorkflowEnvironment
 
+from activities.connector_types import RUN_ACTION
+from activities.sync_types import SYNC_FETCH_PAGE, sync_schedule_id
 from connectors.signing import sign_generic
+from connectors.sync_generic import PATH_KEY
 from hub.auth import create_key
 from hub.runtime import Hub
 from hub.settings import Settings
 from hub.store.inbox import WebhookEvent
+from hub.store.sync import SyncedRecord, SyncPage, SyncState
 from tests.conftest import POSTGRES_URL, _drop_postgres, _postgres_db, bearer
 from tests.connectors.support import CLIENT_ID, CLIENT_SECRET, seed_connection
 from tests.fakes.oauth_server import OAuthFake
@@ -42,6 +55,8 @@ pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="the scale-out proof ru
 
 BURST = 100  # org A's actions: 100 concurrent callers of one dropped token
 RATE = 10.0  # generic_oauth2's published limit per connection (the catalogue's)
+MODEL = "generic_oauth2.records"
+PAGE_SIZE = 100  # the catalogue's page size of the model
 SECRET = "whsec_" + "c2NhbGUtb3V0LXNlY3JldC0wMTIzNDU2Nzg5"  # Standard Webhooks secret of both connections
 RULE = """apiVersion: fulqrun.io/v1
 kind: Rule
@@ -125,16 +140,32 @@ async def cluster(tmp_path: Path, temporal_env: WorkflowEnvironment, vault_keys:
         await _drop_postgres(db)
 
 
-async def _org(hub: Hub, idp: OAuthFake, org: str, prefix: str, http: httpx.AsyncClient, api: str) -> str:
+async def _org(hub: Hub, idp: OAuthFake, org: str, prefix: str, http: httpx.AsyncClient, api: str,
+               config: dict | None = None) -> tuple[str, dict[str, str]]:
+    """The org's connection to the fake and its rule; returns the connection id and an admin key's headers."""
     access, refresh = idp.issue(CLIENT_ID)
     conn = await seed_connection(hub, idp.url, org_id=org, access_token=access, refresh_token=refresh,
-                                 extra_secrets={"webhook_secrets": SECRET})
+                                 extra_secrets={"webhook_secrets": SECRET}, config=config)
     async with hub.db.session() as session:
         key = await create_key(session, org, "admin")
     answer = await http.put(f"{api}/v1/rules/call-provider", content=RULE.format(prefix=prefix),
                             headers={**bearer(key), "Content-Type": "application/yaml"})
     assert answer.status_code in (200, 201), answer.text
-    return conn.id
+    return conn.id, bearer(key)
+
+
+async def _engage_calls_provider(http: httpx.AsyncClient, api: str, headers: dict[str, str], prefix: str) -> None:
+    """A two-stage pipeline whose ``stage.entered`` rule for Engage calls the provider once."""
+    pipeline = {"apiVersion": "fulqrun.io/v1", "kind": "Pipeline", "metadata": {"name": "simple"}, "spec": {
+        "stages": [{"key": "prospect", "name": "Prospect", "color": "#6B7280", "probability": 0.1},
+                   {"key": "engage", "name": "Engage", "color": "#2563EB", "probability": 0.3}],
+        "transitions": [{"from": "prospect", "to": "engage", "roles": ["ae"]}]}}
+    rule = {"apiVersion": "fulqrun.io/v1", "kind": "Rule", "metadata": {"name": "call-on-engage"}, "spec": {
+        "on": "stage.entered", "stage": "engage", "do": [{"generic_oauth2.request": {
+            "method": "POST", "path": f"/{prefix}/engaged/{{{{ opp.id }}}}", "idempotent": True}}]}}
+    for kind, doc in (("pipelines", pipeline), ("rules", rule)):
+        answer = await http.put(f"{api}/v1/{kind}/{doc['metadata']['name']}", json=doc, headers=headers)
+        assert answer.status_code in (200, 201), answer.text
 
 
 async def _send(http: httpx.AsyncClient, api: str, connection_id: str, n: int) -> None:
@@ -154,6 +185,48 @@ def busiest(times: list[float], seconds: float) -> int:
     return max(sum(1 for other in times if start <= other < start + seconds) for start in times)
 
 
+async def _until(what: str, check: Callable[[], bool], tries: int = 600) -> None:
+    for _ in range(tries):
+        if check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _fetching_worker(client: Client, org: str, connection_id: str,
+                           workers: list[subprocess.Popen]) -> subprocess.Popen:
+    """A worker process running one of the sync's page fetches right now (by its Temporal identity, pid@host)."""
+    for _ in range(100):
+        schedule = await client.get_schedule_handle(sync_schedule_id(org, connection_id, MODEL)).describe()
+        running = [r for r in schedule.info.running_actions if isinstance(r, ScheduleActionExecutionStartWorkflow)]
+        assert running, "the backfill is over before the kill"
+        desc = await client.get_workflow_handle(running[0].workflow_id).describe()
+        pids = {int(p.last_worker_identity.split("@")[0]) for p in desc.raw_description.pending_activities
+                if p.activity_type.name == SYNC_FETCH_PAGE
+                and p.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED}
+        if busy := [w for w in workers if w.pid in pids]:
+            return busy[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError("no worker is running a fetch of the backfill")
+
+
+async def _queued_at(client: Client, workflow_id: str) -> float:
+    """When the workflow scheduled its provider action, on the fake's (monotonic) clock."""
+    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+        scheduled = event.activity_task_scheduled_event_attributes
+        if event.HasField("activity_task_scheduled_event_attributes") and scheduled.activity_type.name == RUN_ACTION:
+            return event.event_time.ToDatetime(tzinfo=UTC).timestamp() - (time.time() - time.monotonic())
+    raise AssertionError(f"{workflow_id} scheduled no provider action")
+
+
+async def _keep_growing(idp: OAuthFake, rows: list[dict]) -> None:
+    """Records keep being created at the provider: the list stays 20 pages ahead of the backfill's requests."""
+    while True:
+        while len(rows) < (len(idp.calls(r"^/api/c/records")) + 20) * PAGE_SIZE:
+            rows.append({"id": f"c{len(rows):06d}", "updated_at": "2026-01-01T00:00:00Z"})
+        await asyncio.sleep(0.1)
+
+
 async def _statuses(hub: Hub) -> Counter:
     async with hub.db.session() as session:
         rows = (await session.scalars(select(WebhookEvent))).all()
@@ -161,38 +234,92 @@ async def _statuses(hub: Hub) -> Counter:
 
 
 @pytest.mark.timeout(900)  # a killed worker's running actions are retried after their 2-minute start-to-close timeout
-async def test_two_orgs_three_workers_two_apis(cluster: dict, idp: OAuthFake) -> None:
+async def test_three_orgs_three_workers_two_apis(cluster: dict, idp: OAuthFake, temporal_env: WorkflowEnvironment
+                                                 ) -> None:
     hub, apis, workers = cluster["hub"], cluster["apis"], cluster["workers"]
+    client = temporal_env.client
+    rows: list[dict] = []
+    idp.serve_list("c/records", rows)
+    idp.respond_after(r"^/api/a/", 2.0)  # A's actions stay at the provider 2 s: every worker has some there
     async with httpx.AsyncClient(timeout=30) as http:
-        conn_a = await _org(hub, idp, "org-a", "a", http, apis[0])
-        conn_b = await _org(hub, idp, "org-b", "b", http, apis[1])
-        idp.expire_all()  # both tokens are dead at the provider: the first callers meet a 401 and ask for one refresh
+        conn_a, _ = await _org(hub, idp, "org-a", "a", http, apis[0])
+        conn_b, _ = await _org(hub, idp, "org-b", "b", http, apis[1])
+        conn_c, admin_c = await _org(hub, idp, "org-c", "c", http, apis[0], config={PATH_KEY: "/c/records"})
+        await _engage_calls_provider(http, apis[1], admin_c, "c")
+        opp = f"opp-{uuid.uuid4().hex[:8]}"
+        answer = await http.put(f"{apis[1]}/v1/opportunities/{opp}", headers=admin_c,
+                                json={"name": "Deal", "branch": "emea", "owner_role": "ae", "amount": 1000.0})
+        assert answer.status_code == 200, answer.text
+
+        # C's backfill runs (its list keeps growing until the kill); C's transition's action overtakes it
+        growing = asyncio.create_task(_keep_growing(idp, rows))
+        answer = await http.post(f"{apis[0]}/v1/connections/{conn_c}/syncs/{MODEL}:run", headers=admin_c)
+        assert answer.status_code == 202, answer.text
+        await _until("the backfill's pages", lambda: len(idp.calls(r"^/api/c/records")) >= 10)
+        answer = await http.post(f"{apis[1]}/v1/opportunities/{opp}/transitions", headers=admin_c,
+                                 json={"to": "engage", "actor": {"id": "u1", "role": "ae"}})
+        assert answer.status_code == 200, answer.text
+        await _until("C's action", lambda: bool(idp.calls(r"^/api/c/engaged/")))
+        action_at = idp.calls(r"^/api/c/engaged/")[0].at
+        queued_at = await _queued_at(client, f"opportunity/org-c/{opp}")
+
+        # A's burst of actions on dropped tokens; one worker killed mid-sync and mid-action; then B's one action
+        idp.expire_all()  # every token is dead at the provider: the first callers meet a 401 and ask for one refresh
         await asyncio.gather(*(_send(http, apis[n % 2], conn_a, n) for n in range(BURST)))
-        for _ in range(600):  # A's actions have started reaching the provider
-            if len(idp.calls(r"^/api/a/")) >= 10:
-                break
-            await asyncio.sleep(0.2)
-        workers[2].send_signal(signal.SIGKILL)  # mid-action
+        await _until("A's actions", lambda: sum(p.startswith("/api/a/") for p in idp.applied.values()) >= 10,
+                     tries=3000)  # past the refresh: A's actions are at the provider
+        victim = await _fetching_worker(client, "org-c", conn_c, workers)
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        growing.cancel()
         sent_b = time.monotonic()
         await _send(http, apis[1], conn_b, 0)
         for _ in range(400):
             statuses = await _statuses(hub)
-            if statuses[("org-a", "done", 0)] == BURST and statuses[("org-b", "done", 0)] == 1:
+            synced = await _sync_state(hub, conn_c)
+            if (statuses[("org-a", "done", 0)] == BURST and statuses[("org-b", "done", 0)] == 1
+                    and synced is not None and synced.last_success_at is not None):
                 break
             await asyncio.sleep(1)
 
-    assert statuses == {("org-a", "done", 0): BURST, ("org-b", "done", 0): 1}  # each relayed once, by 2 APIs
+    # C: the action went before the backfill's queued pages, within about one request interval of being queued
+    pages = [t for t, path in idp.arrivals if path.startswith("/api/c/records")]
+    overtaken = sum(queued_at < t < action_at for t in pages)  # at the connection's rate: ≈ 1 per request interval
+    assert overtaken <= 2, f"{overtaken} backfill pages reached the provider between C's action being queued " \
+                           f"and its request ({action_at - queued_at:.3f} s)"
+    assert sum(t > action_at for t in pages) >= 10  # ... while the backfill had many pages to go
+
+    # relayed once by 2 APIs; every action took effect once at the provider, a retried one under its own key
+    assert statuses == {("org-a", "done", 0): BURST, ("org-b", "done", 0): 1}
     a_calls, b_calls = idp.calls(r"^/api/a/"), idp.calls(r"^/api/b/")
     b_at = min(c.at for c in b_calls)
     a_left = sum(c.at > b_at for c in a_calls)
     assert b_at - sent_b < 8.0, "B's one action waited behind A's burst"
     assert a_left >= BURST // 4  # ... while A's burst still had seconds to go at its own budget
+    keys = {c.headers.get("idempotency-key") for c in a_calls}
+    effects = Counter(idp.applied.values())
+    assert len(keys) == BURST and keys & set(idp.replayed)  # the killed worker's actions at the provider: re-sent
+    assert sorted(effects) == sorted({c.path for c in a_calls} | {c.path for c in b_calls}
+                                     | {f"/api/c/engaged/{opp}"}) and set(effects.values()) == {1}
 
-    times_a = [t for t, path in idp.arrivals if path.startswith("/api/a/")]
-    # across 3 workers, on the provider's clock (401s included). Two-second windows: on an overloaded machine
-    # (load ≈ 20 on 2 cores) processes send up to a few hundred ms after their slot and the fake stamps late,
-    # which bunches neighbours in one second (measured: 17 at 10/s) without raising the rate over two.
-    assert busiest(times_a, 2.0) <= 2 * RATE
-    keys = Counter(c.headers.get("idempotency-key") for c in a_calls)
-    assert len({c.path for c in a_calls}) == len(keys) == BURST  # every action ran; a retried one (on the killed
-    assert idp.token_calls.count("refresh_token") == 2  # worker) reused its key. One refresh per connection.
+    # the backfill: every page stored once, nothing left staged, though a fetch was killed mid-run
+    assert any(t > killed_at for t in pages), "the backfill was over before the kill"
+    async with hub.db.session() as session:
+        stored = await session.scalar(select(func.count()).select_from(SyncedRecord)
+                                      .where(SyncedRecord.connection_id == conn_c))
+        staged = await session.scalar(select(func.count()).select_from(SyncPage)
+                                      .where(SyncPage.connection_id == conn_c))
+    assert synced is not None and synced.last_success_at is not None, "the backfill did not finish"
+    assert (synced.run_pages, synced.run_records, synced.records_seen) == (len(rows) // PAGE_SIZE, len(rows), len(rows))
+    assert (stored, staged, synced.consecutive_failures) == (len(rows), 0, 0)
+
+    # across 3 workers, on the provider's clock (401s included): no connection above its limit in any second
+    for prefix in ("/api/a/", "/api/b/", "/api/c/"):
+        times = [t for t, path in idp.arrivals if path.startswith(prefix)]
+        assert busiest(times, 1.0) <= RATE, prefix
+    assert idp.token_calls.count("refresh_token") == 3  # one refresh per connection
+
+
+async def _sync_state(hub: Hub, connection_id: str) -> SyncState | None:
+    async with hub.db.session() as session:
+        return await session.get(SyncState, (connection_id, MODEL))

@@ -8,12 +8,16 @@ import uuid
 import httpx
 from temporalio.client import Client
 
+from activities.sync_schedules import connection_models
 from connectors.catalogue import RateLimit
 from connectors.events import map_event
+from connectors.sync_generic import PATH_KEY
 from hub.runtime import Hub
+from tests.connectors import support as connectors_support
 from tests.fakes.docusign_server import ACCOUNT_ID, DocuSignFake
 from tests.fakes.gong_server import ACCESS_KEY, ACCESS_SECRET, GongFake
 from tests.fakes.graph_server import DRIVE_ID, GraphFake
+from tests.fakes.oauth_server import OAuthFake
 from tests.fakes.stripe_server import StripeFake
 from tests.sync.support import (
     inbox_rows,
@@ -180,3 +184,30 @@ async def test_sharepoint_documents_follow_the_delta_link_and_raise_document_cha
     assert sorted(r.event_type for r in rows) == ["change.created", "change.deleted"]
     assert all(domain_types(r) == ["document.changed"] for r in rows)
     assert any(new["id"] in r.body.decode() for r in rows)
+
+
+async def test_generic_list_pages_by_cursor_then_reads_only_what_changed_since_the_newest_record(
+    client: Client, hub: Hub
+) -> None:
+    rows = [{"id": f"t{n}", "updated_at": f"2026-01-0{n + 1}T00:00:00Z", "n": n} for n in range(7)]
+    with OAuthFake() as fake:
+        fake.register_client(connectors_support.CLIENT_ID, connectors_support.CLIENT_SECRET)
+        fake.serve_list("things", rows)
+        access, refresh = fake.issue(connectors_support.CLIENT_ID)
+        bare = await connectors_support.seed_connection(hub, fake.url, access_token=access, refresh_token=refresh)
+        conn = await connectors_support.seed_connection(hub, fake.url, access_token=access, refresh_token=refresh,
+                                                        config={PATH_KEY: "/things"})
+        assert connection_models(bare) == {}  # offered only to a connection that names its list
+        assert list(connection_models(conn)) == ["generic_oauth2.records"]
+        async with sync_workers(client, hub, "generic_oauth2"):
+            first = await run_sync(client, hub, conn, "generic_oauth2.records", workflow_id=wid(), page_size=3)
+            rows[2]["n"] = 20
+            rows[2]["updated_at"] = "2026-02-01T00:00:00Z"
+            rows.append({"id": "t7", "updated_at": "2026-02-02T00:00:00Z", "n": 7})
+            second = await run_sync(client, hub, conn, "generic_oauth2.records", workflow_id=wid(), page_size=3)
+        asked = [{k: v[0] for k, v in c.query.items()} for c in fake.calls("^/api/things$", "GET")]
+    assert (first.pages, first.records, first.changed) == (3, 7, 7)
+    assert asked[:3] == [{"limit": "3"}, {"limit": "3", "cursor": "3"}, {"limit": "3", "cursor": "6"}]
+    assert asked[3:] == [{"limit": "3", "updated_since": "2026-01-07T00:00:00Z"}]  # the newest record seen
+    assert (second.pages, second.records, second.changed) == (1, 3, 2)  # t6 again (unchanged), t2 changed, t7 new
+    assert (await stored(hub, conn, "generic_oauth2.records"))["t2"]["n"] == 20

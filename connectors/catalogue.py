@@ -97,6 +97,12 @@ class RateLimit(_Strict):
         """Seconds between two requests drawn from one budget."""
         return 1.0 / self.queue_per_second
 
+    @property
+    def slack(self) -> float:
+        """How late after its slot a request may leave and still keep every window of the provider's under the
+        limit: ``1 / headroom - 1`` of the window (53 ms at 0.95 on a per-second limit)."""
+        return (1.0 / self.headroom - 1.0) * self._window[1]
+
 
 class RetrySpec(_Strict):
     """Which response header says when to retry after a 429, and in what format."""

@@ -35,7 +35,8 @@ from tests.routes.test_resources import RULE_YAML
 EXAMPLES = 12  # valid and invalid cases mixed
 ROLES = ("admin", "crm", "viewer")
 SKIP = {
-    ("POST", "/v1/ai/models"),  # trains a model in the request: the upload bomb is helper i19's (finding 3)
+    ("POST", "/v1/ai/models"),  # multipart uploads that start training jobs: tests/security/test_model_upload.py
+    ("GET", "/readyz"),  # its 503 is its answer when Temporal is slow to answer (a loaded machine): tests/hub/test_api_auth.py
 }
 
 

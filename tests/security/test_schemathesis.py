@@ -36,7 +36,7 @@ EXAMPLES = 12  # valid and invalid cases mixed
 ROLES = ("admin", "crm", "viewer")
 SKIP = {
     ("POST", "/v1/ai/models"),  # multipart uploads that start training jobs: tests/security/test_model_upload.py
-    ("GET", "/readyz"),  # its 503 is its answer when Temporal is slow to answer (a loaded machine): tests/hub/test_api_auth.py
+    ("GET", "/readyz"),  # 503 is its answer to a slow Temporal (a loaded machine); see tests/hub/test_api_auth.py
 }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from pydantic import BaseModel
-from sklearn.metrics import brier_score_loss
+from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from ai.deals import Deal, DealMapping, DealModel, closed_deals, snapshot, train_deals
 from ai.leads import LeadMapping, LeadModel, train_leads
@@ -24,7 +24,8 @@ WINDOW = 0.2
 
 
 class Decision(BaseModel):
-    """One challenge: the window, the three Brier scores on it, and whether the challenger was promoted."""
+    """One challenge: the window, the three Brier scores (and the AUCs) on it, and whether the challenger was
+    promoted."""
 
     kind: str
     promoted: bool
@@ -36,6 +37,8 @@ class Decision(BaseModel):
     challenger_brier: float
     champion_brier: float | None
     base_rate_brier: float
+    challenger_auc: float | None = None  # None where the window holds one outcome only
+    champion_auc: float | None = None
 
 
 def _decide(kind: str, y: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, base: float,
@@ -52,7 +55,12 @@ def _decide(kind: str, y: np.ndarray, challenger: np.ndarray, champion: np.ndarr
     return Decision(kind=kind, promoted=reason.startswith("better"), reason=reason, train_rows=train_rows,
                     window_rows=len(y), window_from=window[0], window_until=window[1],
                     challenger_brier=round(chal, 5), champion_brier=None if champ is None else round(champ, 5),
-                    base_rate_brier=round(base_brier, 5))
+                    base_rate_brier=round(base_brier, 5), challenger_auc=_auc(y, challenger),
+                    champion_auc=None if champion is None else _auc(y, champion))
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    return round(float(roc_auc_score(y, p)), 4) if len(set(y.tolist())) == 2 else None
 
 
 def challenge_deals(deals: Sequence[Deal], champion: DealModel | None,

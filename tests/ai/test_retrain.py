@@ -29,9 +29,11 @@ def test_a_challenger_with_signal_is_promoted_over_no_model_and_a_weaker_one() -
     assert first.promoted and first.champion_brier is None
     assert first.challenger_brier < first.base_rate_brier and first.window_rows > 0
     assert first.window_from <= first.window_until and model.metrics["deals"] == 600
+    assert first.challenger_auc is not None and first.challenger_auc > 0.75 and first.champion_auc is None
     weak = train_deals([Deal(**{**d.__dict__, "product": "same"}) for d in deals])  # knows no product
     _, second = challenge_deals(deals, weak)
     assert second.promoted and second.challenger_brier < second.champion_brier
+    assert second.champion_auc is not None and second.champion_auc < second.challenger_auc
 
 
 def test_the_maven_history_never_promotes_a_model_worse_than_the_base_rate() -> None:

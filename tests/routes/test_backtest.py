@@ -110,6 +110,7 @@ async def test_backtest_counts_renders_and_diffs_without_running_anything(
     monkeypatch.setattr(backtest_module, "CHUNK", 2)
     monkeypatch.setattr(bounded, "CPU_BURST", 0.0)
     monkeypatch.setattr(bounded, "CPU_SHARE", 0.01)  # a chunk's CPU takes a second or more to earn back
+    monkeypatch.setattr(bounded, "MAX_WAIT_SECONDS", 0.0)  # more than an evaluation waits for itself: 429s
     monkeypatch.setattr(bounded, "_budgets", {})
     refused: list[int] = []
 

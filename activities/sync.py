@@ -138,13 +138,17 @@ class SyncFetcher:
         """Fetch the run's pages from its stored cursor up to page ``last_page`` (or the provider's last), each
         request drawn from the connection's budget while the page before it is stored, and heartbeat the stored
         cursor after each page. A retry (after a 429, a worker crash) resumes from the stored cursor, which
-        moves in the transaction that stores the page: nothing is fetched or stored twice."""
+        moves in the transaction that stores the page (a heartbeat can lag it): nothing is stored twice, and no
+        page is requested again once stored."""
         hub, t, spec = self.connections.hub, inp.target, _spec(inp.target.model)
         async with hub.db.session() as session:
             state = await store.get_state(session, t.connection_id, t.model)
         if state is None or state.run_id != inp.run_id or state.run_finished_at is not None:
             raise ApplicationError(f"run {inp.run_id} of {t.model} is not the sync's current run",
                                    type=ERR_SYNC_CONFLICT, non_retryable=True)
+        beat = activity.info().heartbeat_details  # an earlier attempt's last heartbeat, if any
+        if beat and (last := SegmentResult.model_validate(beat[0])).done and last.pages == state.run_pages:
+            return last  # that attempt stored the run's last page, and ended before it could return
         result = _segment_result(state, done=False)
         page_no, cursor = state.run_pages + 1, state.cursor
         fetch = asyncio.ensure_future(self.source(t, cursor, inp.page_size)) if page_no <= inp.last_page else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 
 import pytest
@@ -244,6 +245,9 @@ async def test_a_segment_heartbeats_the_stored_cursor_and_goes_on_from_it(hub: H
     rest = await env.run(fetcher.fetch_segment, SegmentInput(target=target, run_id="r1", last_page=9, page_size=3))
     assert (rest.cursor, rest.pages, rest.records, rest.changed, rest.done) == ("8", 3, 8, 8, True)
     assert pager.calls == [None, "3", "6"] and await record_count(hub, conn) == 8
+    env.info = dataclasses.replace(env.info, heartbeat_details=[rest.model_dump()])  # retried after the last page
+    again = await env.run(fetcher.fetch_segment, SegmentInput(target=target, run_id="r1", last_page=9, page_size=3))
+    assert again == rest and pager.calls == [None, "3", "6"]  # ended, as its last heartbeat says
     with pytest.raises(ApplicationError) as refused:  # another run took the sync over
         await env.run(fetcher.fetch_segment, SegmentInput(target=target, run_id="r0", last_page=9, page_size=3))
     assert refused.value.type == ERR_SYNC_CONFLICT and pager.calls == [None, "3", "6"]

@@ -59,7 +59,7 @@ def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> li
 
 def provider_workers(client: Client, main_queue: str, connectors: ConnectionActivities) -> list[Worker]:
     """One worker per catalogue provider on its own task queue (``{main}-{action prefix}``), running its
-    ``connector.run_action`` and ``sync.fetch_page`` tasks.
+    ``connector.run_action`` and sync fetch tasks.
 
     No rate is set here: a provider's limit belongs to each connection, not to the queue. The server hands
     each connection's tasks out at its rate and interactive ones first (task-queue fairness, set up by
@@ -70,7 +70,7 @@ def provider_workers(client: Client, main_queue: str, connectors: ConnectionActi
         Worker(
             client,
             task_queue=provider_task_queue(main_queue, entry.action_prefix),
-            activities=[connectors.run_action, fetcher.fetch_page],
+            activities=[connectors.run_action, *fetcher.provider_queue()],
         )
         for entry in catalogue().providers.values()
     ]

@@ -1,14 +1,14 @@
-"""Sync activities: fetch a page from a provider, store it (records, change events, cursor), book runs.
+"""Sync activities: fetch and store a run's pages (records, change events, cursor), book runs.
 
-``sync.fetch_page`` runs on the provider's rate-limited task queue with the connection's credentials,
-exactly as an action does (401 → one fresh token from the ConnectionWorkflow and one re-run; 429 →
-retried after the provider's retry header; other 4xx → not retryable); a chained fetch first waits for
-the run's previous page to be fetched. The others run on the main queue. ``sync.store_page`` is one
-transaction for one or more consecutive pages: upsert their records, write the change events of
-new/changed records into the webhook inbox (the path webhooks take; unique on provider + connection +
-event id, so a fact that also arrived by webhook stays one event) and move the cursor past them, each page
-checked to have been fetched from where the one before it ends. Storing the same pages twice changes
-nothing.
+``sync.fetch_segment`` runs on the provider's task queue with the connection's credentials, each request
+exactly as an action's (drawn from the connection's budget as bulk work; 401 → one fresh token from the
+ConnectionWorkflow and one re-run; 429 → the attempt fails and is retried after the provider's retry header;
+other 4xx → not retryable). It stores every page it fetches in one transaction: upsert its records, write the
+change events of new/changed records into the webhook inbox (the path webhooks take; unique on provider +
+connection + event id, so a fact that also arrived by webhook stays one event) and move the cursor past it,
+the page checked to have been fetched from the stored cursor. The others run on the main queue.
+``sync.fetch_page`` and ``sync.store_page`` serve the runs from before segments: a page staged in
+``sync_pages``, then stored; storing the same pages twice changes nothing.
 """
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
 
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -35,6 +32,7 @@ from activities.sync_types import (
     SYNC_BEGIN,
     SYNC_FAIL,
     SYNC_FETCH_PAGE,
+    SYNC_FETCH_SEGMENT,
     SYNC_FINISH,
     SYNC_STORE_PAGE,
     BeginInput,
@@ -47,6 +45,8 @@ from activities.sync_types import (
     PageRef,
     ProviderEventData,
     RecordData,
+    SegmentInput,
+    SegmentResult,
     StoreInput,
     StoreResult,
     SyncTarget,
@@ -58,7 +58,6 @@ from hub.runtime import Hub
 from hub.store import inbox
 from hub.store import sync as store
 from hub.store.connections import Connection
-from hub.store.sync import SyncPage
 
 log = logging.getLogger("activities.sync")
 
@@ -78,11 +77,6 @@ RUN_RATE = Gauge("hub_sync_run_records_per_second", "Records/s of the sync's cur
 LAST_SUCCESS = Gauge("hub_sync_last_success_timestamp_seconds", "When the sync last completed a run",
                      ["connection", "model"])
 FAILURES = Gauge("hub_sync_consecutive_failures", "Failed runs in a row", ["connection", "model"])
-CHAIN_POLL = 0.2  # seconds between looks in sync_pages for a predecessor another worker process fetches
-ENDS_KEPT = 256  # fetched pages' ends kept for chained fetches in this process (each is taken within a page or so)
-CHAIN_SECONDS = 0.5  # a run's fetches in flight cover this long at the provider's rate: from a fetch's end to the
-# fetch the workflow schedules then running takes a workflow round trip (~0.1-0.4 s on a busy 2-core machine)
-MAX_CHAIN = 25  # fetches in flight per run, at most (each holds an activity slot of the worker while it waits)
 
 
 def _observe(state: store.SyncState) -> None:
@@ -123,67 +117,76 @@ def _raises_domain_event(provider: str, event: ProviderEvent, body: bytes) -> bo
     return scheme is not None and bool(scheme.map(event.type, body, "application/json").events)
 
 
-class PageEnd(NamedTuple):
-    """Where a staged page ends: the cursor after it, and whether it completed the run."""
-
-    next_cursor: str | None
-    done: bool
-
-
-PageSource = Callable[[FetchInput, str | None], Awaitable[PageData]]
+PageSource = Callable[[SyncTarget, str | None, int], Awaitable[PageData]]  # (sync, cursor, page size) → page
 
 
 class SyncFetcher:
-    """``sync.fetch_page``, on every provider's task queue: a provider call exactly like an action's — the
-    same connection context, pacing and failure mapping as ``connector.run_action`` (shared ``connections``).
-
-    A chained fetch waits for the previous page — told as soon as it is fetched when this process fetched it,
-    else found staged in ``sync_pages`` (another worker process fetched it) — and then makes its one request
-    from where that page ends, so a run's requests follow each other at the provider's pace, not a workflow
-    round trip apart. Each fetch tells the workflow how many fetches to keep in flight (``PageRef.chain``), so that
-    the run's requests keep coming at the provider's rate. ``source`` stands in for the provider request (tests).
-    """
+    """The sync's provider requests, on every provider's task queue: each exactly like an action's — the same
+    connection context, budget and failure mapping as ``connector.run_action`` (shared ``connections``).
+    ``source`` stands in for the provider request (tests)."""
 
     def __init__(self, connections: ConnectionActivities, source: PageSource | None = None) -> None:
         self.connections = connections
         self.source = source or self.request
-        self._ends: dict[tuple[str, int], asyncio.Future[PageEnd]] = {}  # (run, page no) → fetched page's end
-        self._fetching: set[tuple[str, int | None]] = set()  # (run, page no) of the fetches running here
+
+    def provider_queue(self) -> list:
+        """Activities of the provider queues."""
+        return [self.fetch_segment, self.fetch_page]
+
+    @activity.defn(name=SYNC_FETCH_SEGMENT)
+    async def fetch_segment(self, inp: SegmentInput) -> SegmentResult:
+        """Fetch the run's pages from its stored cursor up to page ``last_page`` (or the provider's last), each
+        request drawn from the connection's budget while the page before it is stored, and heartbeat the stored
+        cursor after each page. A retry (after a 429, a worker crash) resumes from the stored cursor, which
+        moves in the transaction that stores the page (a heartbeat can lag it): nothing is stored twice, and no
+        page is requested again once stored."""
+        hub, t, spec = self.connections.hub, inp.target, _spec(inp.target.model)
+        async with hub.db.session() as session:
+            state = await store.get_state(session, t.connection_id, t.model)
+        if state is None or state.run_id != inp.run_id or state.run_finished_at is not None:
+            raise ApplicationError(f"run {inp.run_id} of {t.model} is not the sync's current run",
+                                   type=ERR_SYNC_CONFLICT, non_retryable=True)
+        beat = activity.info().heartbeat_details  # an earlier attempt's last heartbeat, if any
+        if beat and (last := SegmentResult.model_validate(beat[0])).done and last.pages == state.run_pages:
+            return last  # that attempt stored the run's last page, and ended before it could return
+        result = _segment_result(state, done=False)
+        page_no, cursor = state.run_pages + 1, state.cursor
+        fetch = asyncio.ensure_future(self.source(t, cursor, inp.page_size)) if page_no <= inp.last_page else None
+        try:
+            while fetch is not None:
+                page = await fetch
+                more = not page.done and page_no < inp.last_page
+                fetch = asyncio.ensure_future(self.source(t, page.next_cursor, inp.page_size)) if more else None
+                async with hub.db.session() as session:
+                    state = await store.lock_state(session, t.org_id, t.connection_id, t.model)
+                    stored = await _store(session, state, t, inp.run_id, inp.quiet, spec, page_no, cursor, page)
+                _count(spec, t.model, 1, stored)
+                _observe(state)
+                result = _segment_result(state, done=page.done)
+                activity.heartbeat(result.model_dump())
+                page_no, cursor = page_no + 1, page.next_cursor
+        finally:
+            if fetch is not None:  # the segment failed or was cancelled before the page after it was needed
+                fetch.cancel()
+                fetch.add_done_callback(_retrieved)
+        return result
 
     @activity.defn(name=SYNC_FETCH_PAGE)
     async def fetch_page(self, inp: FetchInput) -> PageRef:
-        """One provider request (none when a chained fetch has nothing to follow); the page is staged."""
-        self._fetching.add((inp.run_id, inp.page_no))
-        try:
-            cursor = inp.cursor
-            if inp.chained:
-                end = await self._end_of_previous(inp)
-                if end is None or end.done:
-                    if end is not None:  # past the end of the run: so is the next page
-                        self._tell((inp.run_id, inp.page_no), end)
-                    return PageRef(page_id="", records=0)
-                cursor = end.next_cursor
-            page = await self.source(inp, cursor)
-            if inp.page_no is not None:  # the next page's fetch need not wait for this one to be staged
-                self._tell((inp.run_id, inp.page_no), PageEnd(page.next_cursor, page.done))
-            ref = await stage(self.connections.hub, inp, cursor, page)
-            ref.chain = self.chain(inp.target.model)
-            return ref
-        finally:
-            self._fetching.discard((inp.run_id, inp.page_no))
+        """For runs from before segments: the page from ``cursor`` staged for ``sync.store_page``. A chained fetch
+        fetches nothing (its run then fetches that page from the cursor)."""
+        if inp.chained:
+            return PageRef(page_id="", records=0)
+        return await stage(self.connections.hub, inp, inp.cursor,
+                           await self.source(inp.target, inp.cursor, inp.page_size))
 
-    def chain(self, model: str) -> int:
-        """Fetches in flight that cover ``CHAIN_SECONDS`` at the rate this process gives the model's provider."""
-        rate = self.connections.limit(_spec(model).provider).queue_per_second
-        return min(MAX_CHAIN, math.ceil(rate * CHAIN_SECONDS))
-
-    async def request(self, inp: FetchInput, cursor: str | None) -> PageData:
+    async def request(self, target: SyncTarget, cursor: str | None, page_size: int) -> PageData:
         """The provider's page from ``cursor``: one request with the connection's credentials."""
-        spec = _spec(inp.target.model)
+        spec = _spec(target.model)
         started = time.perf_counter()
         page, _ = await self.connections.call_provider(
-            spec.provider, inp.target.org_id, inp.target.connection_id, "",
-            lambda ctx: spec.fetch(ctx, cursor, inp.page_size),
+            spec.provider, target.org_id, target.connection_id, "",
+            lambda ctx: spec.fetch(ctx, cursor, page_size),
         )
         FETCH_SECONDS.labels(spec.provider.key, spec.name).observe(time.perf_counter() - started)
         return PageData(
@@ -197,41 +200,16 @@ class SyncFetcher:
             done=page.done,
         )
 
-    def _tell(self, key: tuple[str, int], end: PageEnd) -> None:
-        """Hand a fetched page's end to the chained fetch waiting for it here (or arriving soon)."""
-        told = self._ends.get(key)
-        if told is None or told.done():
-            told = self._ends[key] = asyncio.get_running_loop().create_future()
-            while len(self._ends) > ENDS_KEPT:  # ends nobody waits for: a run's last page, another process's fetch
-                del self._ends[next(iter(self._ends))]
-        told.set_result(end)
 
-    async def _end_of_previous(self, inp: FetchInput) -> PageEnd | None:
-        """The end of the run's previous page once it is fetched; None if it was stored before this fetch saw it,
-        or the run is over (then the workflow fetches this page from the cursor, if it still needs it)."""
-        key = (inp.run_id, (inp.page_no or 1) - 1)
-        told = self._ends.get(key)
-        if told is None:
-            told = self._ends[key] = asyncio.get_running_loop().create_future()
-        try:
-            while True:
-                try:
-                    return await asyncio.wait_for(asyncio.shield(told), CHAIN_POLL)
-                except TimeoutError:
-                    activity.heartbeat()  # so that the workflow's cancellation reaches us
-                if key in self._fetching:  # it will tell us
-                    continue
-                async with self.connections.hub.db.session() as session:
-                    state = await store.get_state(session, inp.target.connection_id, inp.target.model)
-                    if (state is None or state.run_id != inp.run_id or state.run_finished_at is not None
-                            or state.run_pages >= key[1]):
-                        return None
-                    found = await staged_end(session, state, key[1])
-                if found is not None:
-                    return found
-        finally:
-            if self._ends.get(key) is told:
-                del self._ends[key]
+def _segment_result(state: store.SyncState, done: bool) -> SegmentResult:
+    return SegmentResult(cursor=state.cursor, pages=state.run_pages, records=state.run_records,
+                         changed=state.run_changed, events=state.run_events, done=done)
+
+
+def _retrieved(fetch: asyncio.Future) -> None:
+    """A cancelled fetch's outcome, read only so that asyncio does not report it as never retrieved."""
+    if not fetch.cancelled():
+        fetch.exception()
 
 
 async def stage(hub: Hub, inp: FetchInput, cursor: str | None, page: PageData) -> PageRef:
@@ -244,26 +222,9 @@ async def stage(hub: Hub, inp: FetchInput, cursor: str | None, page: PageData) -
                    cursor=cursor)
 
 
-async def staged_end(session: AsyncSession, state: store.SyncState, page_no: int) -> PageEnd | None:
-    """The end of page ``page_no`` of the sync's current run, following its staged pages from the stored cursor
-    (another process fetched them); None while it is not staged."""
-    rows = await session.execute(
-        select(SyncPage.cursor, SyncPage.page)
-        .where(SyncPage.connection_id == state.connection_id, SyncPage.model == state.model,
-               SyncPage.run_id == state.run_id)
-        .order_by(SyncPage.created_at))
-    ends = {cursor: PageEnd(page.get("next_cursor"), page.get("done", True)) for cursor, page in rows}
-    end, cursor = None, state.cursor
-    for _ in range(page_no - state.run_pages):
-        end = ends.get(cursor)
-        if end is None or end.done:
-            return end
-        cursor = end.next_cursor
-    return end
-
-
 class SyncActivities:
-    """The sync bookkeeping of the main task queue: begin a run, store a page, finish or fail a run."""
+    """The sync bookkeeping of the main task queue: begin a run, finish or fail it (and store the pages of runs
+    from before segments)."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -294,8 +255,8 @@ class SyncActivities:
 
     @activity.defn(name=SYNC_STORE_PAGE)
     async def store_page(self, inp: StoreInput) -> StoreResult:
-        """Upsert the pages in order, write their change events to the inbox and move the cursor past them, in
-        one transaction."""
+        """For runs from before segments: store the staged pages in order (records, change events, the cursor
+        past them) in one transaction."""
         t = inp.target
         spec = _spec(t.model)
         refs = [inp.page, *inp.more]
@@ -303,55 +264,23 @@ class SyncActivities:
             state = await store.lock_state(session, t.org_id, t.connection_id, t.model)
             if store.page_applied(state, inp.run_id, inp.page_no + len(refs) - 1):
                 return StoreResult(replayed=True)
-            try:
-                store.ensure_follows(state, inp.run_id, inp.page_no, inp.cursor)
-            except store.CursorConflict as exc:
-                raise ApplicationError(str(exc), type=ERR_SYNC_CONFLICT, non_retryable=True) from None
-            results = [await self._store(session, state, inp, spec, page_no, ref)
-                       for page_no, ref in enumerate(refs, inp.page_no)]
+            _ensure_follows(state, inp.run_id, inp.page_no, inp.cursor)
+            results = []
+            for page_no, ref in enumerate(refs, inp.page_no):
+                staged = await store.take_page(session, ref.page_id, t.connection_id, t.model)
+                if staged is None:
+                    raise ApplicationError(f"staged page {ref.page_id} of {t.model} is gone", type=ERR_SYNC_CONFLICT,
+                                           non_retryable=True)
+                if staged.cursor != state.cursor:
+                    raise ApplicationError(f"staged page {ref.page_id} of {t.model} was not fetched from the stored "
+                                           "cursor", type=ERR_SYNC_CONFLICT, non_retryable=True)
+                results.append(await _store(session, state, t, inp.run_id, inp.quiet, spec, page_no, staged.cursor,
+                                            PageData.model_validate(staged.page)))
         total = StoreResult(**{n: sum(getattr(r, n) for r in results)
                                for n in ("new", "changed", "unchanged", "stale", "events")})
-        provider = spec.provider.key
-        PAGES.labels(provider, t.model).inc(len(refs))
-        for outcome in ("new", "changed", "unchanged", "stale"):
-            if n := getattr(total, outcome):
-                RECORDS.labels(provider, t.model, outcome).inc(n)
-        if total.events:
-            EVENTS.labels(provider, t.model).inc(total.events)
+        _count(spec, t.model, len(refs), total)
         _observe(state)
         return total
-
-    @staticmethod
-    async def _store(session: AsyncSession, state: store.SyncState, inp: StoreInput, spec: SyncModelSpec,
-                     page_no: int, ref: PageRef) -> StoreResult:
-        """Page ``page_no`` of the run: its records upserted, its change events in the inbox, the cursor past it."""
-        t = inp.target
-        provider = spec.provider.key
-        staged = await store.take_page(session, ref.page_id, t.connection_id, t.model)
-        if staged is None:
-            raise ApplicationError(f"staged page {ref.page_id} of {t.model} is gone", type=ERR_SYNC_CONFLICT,
-                                   non_retryable=True)
-        if staged.cursor != state.cursor:
-            raise ApplicationError(f"staged page {ref.page_id} of {t.model} was not fetched from the stored cursor",
-                                   type=ERR_SYNC_CONFLICT, non_retryable=True)
-        page = PageData.model_validate(staged.page)
-        versions = [store.RecordVersion(r.id, r.payload, r.changed_at) for r in page.records]
-        upserted = await store.upsert_records(session, t.org_id, t.connection_id, t.model, versions)
-        written = 0
-        if not inp.quiet:
-            new_events = []
-            for event in change_events(spec, page, upserted.changes):
-                body = json.dumps(event.body, separators=(",", ":"), ensure_ascii=False).encode()
-                if _raises_domain_event(provider, event, body):
-                    new_events.append(inbox.NewEvent(
-                        org_id=t.org_id, connection_id=t.connection_id, provider=provider,
-                        event_id=event.id, event_type=event.type, headers={SOURCE_HEADER: f"sync:{t.model}"},
-                        body=body, content_type="application/json"))
-            written = len(await inbox.insert_new(session, new_events))
-        store.advance_cursor(state, inp.run_id, page_no, state.cursor, page.next_cursor,
-                             seen=len(versions), changed=len(upserted.changes), events=written)
-        return StoreResult(new=upserted.new, changed=upserted.changed, unchanged=upserted.unchanged,
-                           stale=upserted.stale, events=written)
 
     @activity.defn(name=SYNC_FINISH)
     async def finish(self, inp: FinishInput) -> dict:
@@ -381,6 +310,50 @@ class SyncActivities:
         _observe(state)
         return FailResult(consecutive_failures=state.consecutive_failures,
                           unhealthy=recorded and state.consecutive_failures == FAILURES_BEFORE_UNHEALTHY)
+
+
+def _ensure_follows(state: store.SyncState, run_id: str, page_no: int, cursor: str | None) -> None:
+    """``ERR_SYNC_CONFLICT`` unless page ``page_no`` of ``run_id``, fetched from ``cursor``, is the next to store."""
+    try:
+        store.ensure_follows(state, run_id, page_no, cursor)
+    except store.CursorConflict as exc:
+        raise ApplicationError(str(exc), type=ERR_SYNC_CONFLICT, non_retryable=True) from None
+
+
+async def _store(session: AsyncSession, state: store.SyncState, t: SyncTarget, run_id: str, quiet: bool,
+                 spec: SyncModelSpec, page_no: int, cursor: str | None, page: PageData) -> StoreResult:
+    """Page ``page_no`` of the run, fetched from ``cursor``: its records upserted, its change events in the inbox
+    (unless ``quiet``), the cursor past it — in the caller's transaction, which holds the locked ``state``."""
+    _ensure_follows(state, run_id, page_no, cursor)
+    provider = spec.provider.key
+    versions = [store.RecordVersion(r.id, r.payload, r.changed_at) for r in page.records]
+    upserted = await store.upsert_records(session, t.org_id, t.connection_id, t.model, versions)
+    written = 0
+    if not quiet:
+        new_events = []
+        for event in change_events(spec, page, upserted.changes):
+            body = json.dumps(event.body, separators=(",", ":"), ensure_ascii=False).encode()
+            if _raises_domain_event(provider, event, body):
+                new_events.append(inbox.NewEvent(
+                    org_id=t.org_id, connection_id=t.connection_id, provider=provider,
+                    event_id=event.id, event_type=event.type, headers={SOURCE_HEADER: f"sync:{t.model}"},
+                    body=body, content_type="application/json"))
+        written = len(await inbox.insert_new(session, new_events))
+    store.advance_cursor(state, run_id, page_no, cursor, page.next_cursor,
+                         seen=len(versions), changed=len(upserted.changes), events=written)
+    return StoreResult(new=upserted.new, changed=upserted.changed, unchanged=upserted.unchanged,
+                       stale=upserted.stale, events=written)
+
+
+def _count(spec: SyncModelSpec, model: str, pages: int, stored: StoreResult) -> None:
+    """Count stored pages, records by outcome and change events."""
+    provider = spec.provider.key
+    PAGES.labels(provider, model).inc(pages)
+    for outcome in ("new", "changed", "unchanged", "stale"):
+        if n := getattr(stored, outcome):
+            RECORDS.labels(provider, model, outcome).inc(n)
+    if stored.events:
+        EVENTS.labels(provider, model).inc(stored.events)
 
 
 async def _enabled(session: AsyncSession, t: SyncTarget) -> bool:

@@ -12,9 +12,10 @@ from pydantic import BaseModel, Field
 
 # Workflow type and activity names.
 SYNC_WORKFLOW = "SyncWorkflow"
-SYNC_FETCH_PAGE = "sync.fetch_page"  # on the provider's rate-limited task queue
+SYNC_FETCH_SEGMENT = "sync.fetch_segment"  # on the provider's task queue
+SYNC_FETCH_PAGE = "sync.fetch_page"  # on the provider's task queue; runs from before segments
 SYNC_BEGIN = "sync.begin"
-SYNC_STORE_PAGE = "sync.store_page"
+SYNC_STORE_PAGE = "sync.store_page"  # runs from before segments
 SYNC_FINISH = "sync.finish"
 SYNC_FAIL = "sync.fail"
 
@@ -88,10 +89,33 @@ class BeginResult(BaseModel):
     skipped: str | None = None
 
 
+class SegmentInput(BaseModel):
+    """Activity ``sync.fetch_segment``: fetch and store the pages of run ``run_id`` from its stored cursor, up to
+    page ``last_page`` or the run's end, ``page_size`` records each; ``quiet``: raise no change events."""
+
+    target: SyncTarget
+    run_id: str
+    last_page: int
+    page_size: int
+    quiet: bool = False
+
+
+class SegmentResult(BaseModel):
+    """The run after a segment: its stored cursor, pages, records, changed records, change events, and whether
+    the provider has no more pages (``done``)."""
+
+    cursor: str | None
+    pages: int
+    records: int
+    changed: int
+    events: int
+    done: bool
+
+
 class FetchInput(BaseModel):
-    """Activity ``sync.fetch_page``: one provider request for page ``page_no`` of run ``run_id`` from ``cursor`` —
-    or, a chained fetch, from where page ``page_no - 1`` ends: scheduled while that page is still being fetched,
-    it waits for it. (Histories from before chained fetches have no ``page_no``.)"""
+    """Activity ``sync.fetch_page`` (runs from before segments): one provider request for page ``page_no`` of run
+    ``run_id`` from ``cursor`` — or, a chained fetch, from where page ``page_no - 1`` ends (histories from before
+    chained fetches have no ``page_no``)."""
 
     target: SyncTarget
     run_id: str
@@ -119,7 +143,8 @@ class RecordData(BaseModel):
 
 
 class PageData(BaseModel):
-    """A fetched page as staged in ``sync_pages`` (never through Temporal: records stay out of histories)."""
+    """A fetched page, stored by the segment that fetched it (or staged in ``sync_pages`` by a run from before
+    segments); never through Temporal: records stay out of histories."""
 
     records: list[RecordData] = Field(default_factory=list)
     next_cursor: str | None = None
@@ -128,19 +153,19 @@ class PageData(BaseModel):
 
 class PageRef(BaseModel):
     """Result of ``sync.fetch_page``: the staged page's id, the cursor it was fetched from, its size and where the
-    provider goes on. A chained fetch that found nothing to follow (its predecessor ended the run, or was stored
-    before it looked) fetches nothing: ``page_id`` is empty."""
+    provider goes on. A chained fetch fetches nothing (``page_id`` empty): its run fetches that page from the
+    cursor."""
 
     page_id: str
     records: int
     next_cursor: str | None = None
     done: bool = True
     cursor: str | None = None
-    chain: int = 0  # fetches the run should keep in flight at the provider's rate (0: the workflow's default)
+    chain: int = 0  # fetches the run should keep in flight (recorded in histories; 0: the workflow's default)
 
 
 class StoreInput(BaseModel):
-    """Activity ``sync.store_page``: upsert staged page ``page`` as page ``page_no`` of the run, fetched from
+    """Activity ``sync.store_page`` (runs from before segments): upsert staged page ``page`` as page ``page_no`` of the run, fetched from
     ``cursor``, then the pages ``more`` that follow it; the cursor moves past the last in the same transaction."""
 
     target: SyncTarget

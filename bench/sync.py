@@ -1,9 +1,9 @@
 """Benchmark: a sync of 10,000 records through a fake provider limited to R requests/s, page size P.
 
 The real path end to end — a ``SyncWorkflow`` on the Temporal dev server (workers configured as
-``worker.py`` configures them), chained ``sync.fetch_page`` activities on the provider's task queue
-(Temporal's task-queue limit + the worker's pacer at headroom × R), the ``stripe.customers`` model over
-HTTP, ``sync.store_page`` upserting into SQLite — against the Stripe fake holding N customers in its own
+``worker.py`` configures them), its ``sync.fetch_segment`` activity on the provider's task queue requesting
+the ``stripe.customers`` model over HTTP at the connection's budget (headroom × R) and upserting each page
+into SQLite — against the Stripe fake holding N customers in its own
 process (as a provider is), answering 429 to any request above R in a one-second window. The baseline is
 R itself (the provider's limit); the run also reports how close the sync came to the rate it was given
 (headroom × R), the busiest one-second window, the 429s, records/s and the process's peak memory.

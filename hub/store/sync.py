@@ -108,7 +108,8 @@ def new_page_id() -> str:
 
 
 class SyncPage(Base):
-    """A page fetched from the provider and not yet stored: written by the fetch, consumed by the store.
+    """A page fetched from the provider and not yet stored, for runs from before segments (a segment stores the
+    pages it fetches itself): written by ``sync.fetch_page``, consumed by ``sync.store_page``.
 
     Pages stay out of Temporal histories this way; a page whose run ends without storing it is dropped
     when that run ends (or when the next run of the sync begins).

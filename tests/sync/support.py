@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -13,9 +14,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.connections import ConnectionActivities
-from activities.connector_types import provider_task_queue
+from activities.connector_types import ERR_RATE_LIMITED, provider_task_queue
 from activities.sync import PageSource, SyncActivities, SyncFetcher
-from activities.sync_types import FetchInput, PageData, RecordData, SyncInput, SyncTarget
+from activities.sync_types import PageData, RecordData, SyncInput, SyncTarget
 from connectors.catalogue import RateLimit
 from hub.auth import ensure_org
 from hub.runtime import Hub
@@ -47,30 +48,35 @@ async def seed_connection(
 
 
 class PagerStandIn:
-    """A provider behind the real ``sync.fetch_page`` (a ``SyncFetcher`` page source): ``records`` in pages,
-    the cursor an offset.
+    """A provider behind the real sync fetches (a ``SyncFetcher`` page source): ``records`` in pages, the cursor
+    an offset.
 
     A finished run's cursor is the end offset, so the next run reads only records appended since. ``calls``
     holds the cursor of every request; ``hold`` makes the first request from that cursor wait until cancelled
-    (a worker stopped mid-fetch); ``fail`` makes every request fail with a provider error.
+    (a worker stopped mid-fetch); ``fail`` makes every request fail with a provider error, ``fail_once`` the
+    first request from that cursor fail with a retryable one.
     """
 
-    def __init__(self, records: list[dict[str, Any]], *, hold: str | None = None, fail: str | None = None) -> None:
+    def __init__(self, records: list[dict[str, Any]], *, hold: str | None = None, fail: str | None = None,
+                 fail_once: str | None = None) -> None:
         self.records = records
         self.calls: list[str | None] = []
-        self.hold, self.fail = hold, fail
+        self.hold, self.fail, self.fail_once = hold, fail, fail_once
         self.holding = asyncio.Event()
 
-    async def fetch(self, inp: FetchInput, cursor: str | None) -> PageData:
+    async def fetch(self, target: SyncTarget, cursor: str | None, page_size: int) -> PageData:
         self.calls.append(cursor)
         if self.fail:
             raise ApplicationError(self.fail, type="ProviderError", non_retryable=True)
+        if self.fail_once is not None and cursor == self.fail_once:
+            self.fail_once = None
+            raise ApplicationError("rate limited", type=ERR_RATE_LIMITED, next_retry_delay=timedelta(0))
         if self.hold is not None and cursor == self.hold:
             self.hold = None
             self.holding.set()
             await asyncio.Event().wait()  # until the worker stops and cancels us
         start = int(cursor or 0)
-        chunk = self.records[start:start + inp.page_size]
+        chunk = self.records[start:start + page_size]
         end = start + len(chunk)
         return PageData(records=[RecordData(id=r["id"], payload=r) for r in chunk], next_cursor=str(end),
                         done=end >= len(self.records))
@@ -81,7 +87,7 @@ async def sync_workers(client: Client, hub: Hub, prefix: str, source: PageSource
                        limit: RateLimit | None = None,
                        fetcher: type[SyncFetcher] = SyncFetcher) -> AsyncIterator[SyncActivities]:
     """The main queue (SyncWorkflow, sync bookkeeping, connection.mark_failed) and ``prefix``'s provider queue
-    running ``fetcher``'s ``sync.fetch_page`` (its pages from ``source`` if given, else from the provider) under
+    running ``fetcher``'s sync fetches (their pages from ``source`` if given, else from the provider) under
     ``limit`` (the catalogue's if None), configured as ``worker.py`` configures them."""
     limits = {prefix: limit} if limit else None
     connections = ConnectionActivities(hub, limits)
@@ -94,7 +100,7 @@ async def sync_workers(client: Client, hub: Hub, prefix: str, source: PageSource
                    activities=[*acts.main_queue(), connections.mark_failed], workflow_runner=CHECKED_RUNNER,
                    disable_eager_activity_execution=True),
             Worker(client, task_queue=provider_task_queue(main, prefix),
-                   activities=[fetcher(connections, source).fetch_page]),
+                   activities=fetcher(connections, source).provider_queue()),
         ):
             yield acts
     finally:

@@ -1,7 +1,8 @@
-"""Determinism: today's SyncWorkflow code replays the histories it records now (chained fetches, pages stored
-together, a continue-as-new, fetches past the end cancelled) and those kept in ``tests/histories/`` — recorded
-before chained fetches existed (one fetch and one store per page), and with three chained fetches in flight
-whatever the provider's rate (before ``CHAIN_AT_RATE``) — so runs in flight during a deploy go on."""
+"""Determinism: today's SyncWorkflow code replays the histories it records now (one segment per execution, a
+continue-as-new) and those kept in ``tests/histories/`` — recorded before chained fetches existed (one fetch and
+one store per page), with three chained fetches in flight whatever the provider's rate (before
+``CHAIN_AT_RATE``), with as many as the fetcher asked (before segments), and with segments — so runs in flight
+during a deploy go on."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ async def test_histories_recorded_now_replay(temporal_env: WorkflowEnvironment, 
 
 async def test_histories_kept_from_earlier_versions_replay() -> None:
     files = sorted(HISTORIES.glob("sync-*.json"))
-    assert len(files) >= 4, f"the kept SyncWorkflow histories are missing from {HISTORIES}"
+    assert len(files) >= 8, f"the kept SyncWorkflow histories are missing from {HISTORIES}"
     for path in files:
         doc = json.loads(path.read_text())
         await replayer().replay_workflow(WorkflowHistory.from_json(doc["workflow_id"], doc["history"]))

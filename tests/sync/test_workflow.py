@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 
 import pytest
 from sqlalchemy import select
-from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -15,18 +15,18 @@ from temporalio.worker import Worker
 
 from activities.connections import ConnectionActivities
 from activities.connector_types import provider_task_queue
-from activities.sync import MAX_CHAIN, SyncActivities, SyncFetcher, stage
+from activities.sync import SyncActivities, SyncFetcher, stage
 from activities.sync_types import (
-    SYNC_FETCH_PAGE,
+    ERR_SYNC_CONFLICT,
+    SYNC_FETCH_SEGMENT,
     BeginInput,
     FetchInput,
     PageData,
-    PageRef,
     RecordData,
+    SegmentInput,
     StoreInput,
     SyncTarget,
 )
-from connectors.catalogue import RateLimit
 from hub.runtime import Hub
 from hub.store.connections import Connection
 from hub.store.orgs import AuditEntry
@@ -40,7 +40,8 @@ from tests.sync.support import (
     stored,
     sync_workers,
 )
-from workflows.sync import CHAIN, SyncWorkflow
+from tests.workflows.test_opportunity_replay import _histories
+from workflows.sync import SyncWorkflow
 
 MODEL = "stripe.customers"  # a declared model without change events: the pager decides what it holds
 
@@ -58,11 +59,15 @@ async def test_pages_through_several_pages_with_continue_as_new_then_runs_increm
 ) -> None:
     conn = await seed_connection(hub, "stripe")
     pager = PagerStandIn(customers(23))
+    workflow_id = wid()
     async with sync_workers(client, hub, "stripe", pager.fetch):
-        summary = await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=5, pages_per_execution=2)
+        summary = await run_sync(client, hub, conn, MODEL, workflow_id=workflow_id, page_size=5, pages_per_execution=2)
         assert (summary.pages, summary.records, summary.changed, summary.status) == (5, 23, 23, "completed")
-        # every page fetched exactly once, in order, across three executions (continue-as-new every 2 pages)
+        # every page fetched exactly once, in order, across three executions (continue-as-new every 2 pages),
+        # each execution one sync.fetch_segment for its pages
         assert pager.calls == [None, "5", "10", "15", "20"]
+        assert await _activities(client, workflow_id) == [["sync.begin", SYNC_FETCH_SEGMENT], [SYNC_FETCH_SEGMENT],
+                                                          [SYNC_FETCH_SEGMENT, "sync.finish"]]
         assert len(await stored(hub, conn, MODEL)) == 23
         state = await state_of(hub, conn, MODEL)
         assert (state.state, state.cursor, state.run_pages, state.records_seen) == ("idle", "23", 5, 23)
@@ -177,63 +182,6 @@ async def test_storing_a_page_twice_counts_once_and_a_page_off_the_cursor_is_ref
     assert (await state_of(hub, conn, MODEL)).cursor == "3"
 
 
-class MissingOnce(SyncFetcher):
-    """The real fetch, except that the first chained fetch finds nothing to follow, as one does when its page's
-    predecessor was stored before it looked."""
-
-    missed = False
-
-    @activity.defn(name=SYNC_FETCH_PAGE)
-    async def fetch_page(self, inp: FetchInput) -> PageRef:
-        if inp.chained and not MissingOnce.missed:
-            MissingOnce.missed = True
-            return PageRef(page_id="", records=0)
-        return await super().fetch_page(inp)
-
-
-async def test_a_chained_fetch_that_finds_nothing_to_follow_has_its_page_fetched_again_from_the_cursor(
-    client: Client, hub: Hub
-) -> None:
-    MissingOnce.missed = False
-    conn = await seed_connection(hub, "stripe")
-    pager = PagerStandIn(customers(12))
-    async with sync_workers(client, hub, "stripe", pager.fetch, fetcher=MissingOnce):
-        summary = await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=3)
-    assert MissingOnce.missed
-    assert pager.calls == [None, "3", "6", "9"]  # each page requested once, in order
-    assert (summary.pages, summary.records, summary.changed) == (4, 12, 12)
-    assert (await state_of(hub, conn, MODEL)).cursor == "12"
-    assert await staged_pages(hub, conn) == 0
-
-
-async def test_a_chained_fetch_follows_a_page_another_process_staged_and_fetches_nothing_past_the_end(
-    hub: Hub
-) -> None:
-    conn = await seed_connection(hub, "stripe")
-    target = SyncTarget(org_id=conn.org_id, connection_id=conn.id, model=MODEL)
-    await SyncActivities(hub).begin(BeginInput(target=target, run_id="r1"))
-    pager = PagerStandIn(customers(5))
-    one, two = (SyncFetcher(ConnectionActivities(hub), pager.fetch) for _ in range(2))  # two worker processes
-    env = ActivityEnvironment()
-
-    def page(no: int, chained: bool = True) -> FetchInput:
-        return FetchInput(target=target, run_id="r1", cursor=None, page_size=3, page_no=no, chained=chained)
-
-    first = await env.run(one.fetch_page, page(1, chained=False))
-    second = await env.run(two.fetch_page, page(2))  # page 1's end: found in sync_pages
-    assert (first.cursor, first.next_cursor, second.cursor, second.records, second.done) == (None, "3", "3", 2, True)
-    past = await env.run(one.fetch_page, page(3))  # page 2's end, through the staged pages: the run's last
-    assert past.page_id == "" and pager.calls == [None, "3"]
-
-    stored = await SyncActivities(hub).store_page(
-        StoreInput(target=target, run_id="r1", page_no=1, cursor=None, page=first, more=[second]))
-    assert stored.new == 5 and await record_count(hub, conn) == 5
-    state = await state_of(hub, conn, MODEL)
-    assert (state.cursor, state.run_pages) == ("5", 2)
-    late = await env.run(SyncFetcher(ConnectionActivities(hub), pager.fetch).fetch_page, page(2))
-    assert late.page_id == "" and pager.calls == [None, "3"]  # page 1 was stored before it looked
-
-
 async def test_pages_stored_together_must_each_continue_where_the_one_before_ends(hub: Hub) -> None:
     conn, acts, target, fetched = await _run_begun(hub)
     first = await stage(hub, fetched, None, PageData(records=[RecordData(id=c["id"], payload=c) for c in customers(3)],
@@ -248,18 +196,18 @@ async def test_pages_stored_together_must_each_continue_where_the_one_before_end
     assert await record_count(hub, conn) == 0 and await staged_pages(hub, conn) == 2
 
 
-async def test_two_worker_processes_share_a_runs_chained_fetches_each_page_requested_once_in_order(
+async def test_two_worker_processes_on_the_provider_queue_request_each_page_once_in_order(
     client: Client, hub: Hub
 ) -> None:
     conn = await seed_connection(hub, "stripe")
     pager = PagerStandIn(customers(20))
-    other = SyncFetcher(ConnectionActivities(hub), pager.fetch)  # a second process: its own fetched pages' ends
+    other = SyncFetcher(ConnectionActivities(hub), pager.fetch)  # a second worker process
     other_client = await Client.connect(client.service_client.config.target_host, namespace=client.namespace,
                                         data_converter=client.data_converter)
     async with (
         sync_workers(client, hub, "stripe", pager.fetch),
         Worker(other_client, task_queue=provider_task_queue(hub.settings.task_queue, "stripe"),
-               activities=[other.fetch_page]),
+               activities=other.provider_queue()),
     ):
         summary = await run_sync(client, hub, conn, MODEL, workflow_id=wid(), page_size=2, pages_per_execution=4)
     assert pager.calls == [str(n) if n else None for n in range(0, 20, 2)]
@@ -268,39 +216,63 @@ async def test_two_worker_processes_share_a_runs_chained_fetches_each_page_reque
     assert await staged_pages(hub, conn) == 0
 
 
-async def test_a_fast_providers_run_keeps_as_many_fetches_in_flight_as_the_fetcher_asks(
-    client: Client, hub: Hub
-) -> None:
+async def test_a_segment_retried_after_a_429_resumes_from_the_stored_cursor(client: Client, hub: Hub) -> None:
     conn = await seed_connection(hub, "stripe")
-    pager = PagerStandIn(customers(40))
+    pager = PagerStandIn(customers(20), fail_once="10")  # page 3's first request: 429
     workflow_id = wid()
-    async with sync_workers(client, hub, "stripe", pager.fetch, limit=RateLimit(per_second=50)):
-        summary = await run_sync(client, hub, conn, MODEL, workflow_id=workflow_id, page_size=1)
-    assert (summary.pages, summary.records) == (40, 40)
-    assert pager.calls == [str(n) if n else None for n in range(40)]  # each page requested once, in order
-    assert CHAIN < await _most_fetches_in_flight(client, workflow_id) <= 24  # 0.95 × 50 requests/s × 0.5 s
+    async with sync_workers(client, hub, "stripe", pager.fetch):
+        summary = await run_sync(client, hub, conn, MODEL, workflow_id=workflow_id, page_size=5)
+    assert pager.calls == [None, "5", "10", "10", "15"]  # pages 1-2, stored, were not requested again
+    assert (summary.pages, summary.records, summary.changed) == (4, 20, 20)
+    assert sorted(await stored(hub, conn, MODEL)) == [c["id"] for c in customers(20)]
+    assert await _activities(client, workflow_id) == [["sync.begin", SYNC_FETCH_SEGMENT, "sync.finish"]]
+    assert (await state_of(hub, conn, MODEL)).cursor == "20"
 
 
-async def test_the_fetcher_asks_for_the_fetches_that_cover_half_a_second_at_its_providers_rate(hub: Hub) -> None:
-    def chain(per_second: float) -> int:
-        return SyncFetcher(ConnectionActivities(hub, {"stripe": RateLimit(per_second=per_second)})).chain(MODEL)
+async def test_a_segment_heartbeats_the_stored_cursor_and_goes_on_from_it(hub: Hub) -> None:
+    conn, _, target, _ = await _run_begun(hub)
+    pager = PagerStandIn(customers(8))
+    fetcher = SyncFetcher(ConnectionActivities(hub), pager.fetch)
+    beats: list[tuple] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
 
-    assert (chain(2), chain(20), chain(50), chain(1000)) == (1, 10, 24, MAX_CHAIN)
+    first = await env.run(fetcher.fetch_segment, SegmentInput(target=target, run_id="r1", last_page=2, page_size=3))
+    assert (first.cursor, first.pages, first.records, first.done) == ("6", 2, 6, False)
+    assert [(d[0]["cursor"], d[0]["pages"]) for d in beats] == [("3", 1), ("6", 2)]
+    assert (await state_of(hub, conn, MODEL)).cursor == "6"  # stored page by page
+
+    rest = await env.run(fetcher.fetch_segment, SegmentInput(target=target, run_id="r1", last_page=9, page_size=3))
+    assert (rest.cursor, rest.pages, rest.records, rest.changed, rest.done) == ("8", 3, 8, 8, True)
+    assert pager.calls == [None, "3", "6"] and await record_count(hub, conn) == 8
+    env.info = dataclasses.replace(env.info, heartbeat_details=[rest.model_dump()])  # retried after the last page
+    again = await env.run(fetcher.fetch_segment, SegmentInput(target=target, run_id="r1", last_page=9, page_size=3))
+    assert again == rest and pager.calls == [None, "3", "6"]  # ended, as its last heartbeat says
+    with pytest.raises(ApplicationError) as refused:  # another run took the sync over
+        await env.run(fetcher.fetch_segment, SegmentInput(target=target, run_id="r0", last_page=9, page_size=3))
+    assert refused.value.type == ERR_SYNC_CONFLICT and pager.calls == [None, "3", "6"]
 
 
-async def _most_fetches_in_flight(client: Client, workflow_id: str) -> int:
-    """The most ``sync.fetch_page`` activities scheduled and not yet closed at once, from the run's history."""
-    in_flight: set[int] = set()
-    most = 0
-    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
-        scheduled = event.activity_task_scheduled_event_attributes
-        if event.HasField("activity_task_scheduled_event_attributes") and scheduled.activity_type.name == SYNC_FETCH_PAGE:
-            in_flight.add(event.event_id)
-            most = max(most, len(in_flight))
-        for closed in ("completed", "canceled", "failed", "timed_out"):
-            if event.HasField(f"activity_task_{closed}_event_attributes"):
-                in_flight.discard(getattr(event, f"activity_task_{closed}_event_attributes").scheduled_event_id)
-    return most
+async def test_runs_from_before_segments_still_fetch_stage_and_store_pages(hub: Hub) -> None:
+    conn, acts, target, fetched = await _run_begun(hub)
+    pager = PagerStandIn(customers(5))
+    fetcher = SyncFetcher(ConnectionActivities(hub), pager.fetch)
+    env = ActivityEnvironment()
+    chained = await env.run(fetcher.fetch_page, fetched.model_copy(update={"page_no": 2, "chained": True}))
+    assert chained.page_id == "" and pager.calls == []  # the run fetches that page from the cursor instead
+    page = await env.run(fetcher.fetch_page, fetched)
+    assert (page.cursor, page.records, page.next_cursor) == (None, 3, "3") and await staged_pages(hub, conn) == 1
+    await acts.store_page(StoreInput(target=target, run_id="r1", page_no=1, cursor=None, page=page))
+    assert (await state_of(hub, conn, MODEL)).cursor == "3" and await staged_pages(hub, conn) == 0
+
+
+async def _activities(client: Client, workflow_id: str) -> list[list[str]]:
+    """The activities each execution of the run scheduled, in order, following its continue-as-new chain."""
+    first_run = (await client.get_workflow_handle(workflow_id).describe()).raw_description \
+        .workflow_execution_info.first_run_id
+    return [[event.activity_task_scheduled_event_attributes.activity_type.name for event in history.events
+             if event.HasField("activity_task_scheduled_event_attributes")]
+            for history in await _histories(client, workflow_id, first_run)]
 
 
 def _input(conn: Connection, page_size: int):

@@ -40,14 +40,14 @@ STATE = "graph-upkeep-client-state"
 @asynccontextmanager
 async def upkeep_workers(hub: Hub, client: Client, task_queue: str) -> AsyncIterator[None]:
     """The upkeep workflow (and the documents sync the connection's activation also starts) with their main
-    queue activities; the sharepoint queue running ``connector.run_action`` and ``sync.fetch_page``."""
+    queue activities; the sharepoint queue running ``connector.run_action`` and the sync fetches."""
     connections = ConnectionActivities(hub)
     try:
         async with (
             Worker(client, task_queue=task_queue, workflows=[GraphSubscriptionWorkflow, SyncWorkflow],
                    activities=[*connections.lifecycle(), *SyncActivities(hub).main_queue()], workflow_runner=RUNNER),
             Worker(client, task_queue=provider_task_queue(task_queue, "sharepoint"),
-                   activities=[connections.run_action, SyncFetcher(connections).fetch_page]),
+                   activities=[connections.run_action, *SyncFetcher(connections).provider_queue()]),
         ):
             yield
     finally:

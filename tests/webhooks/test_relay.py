@@ -95,7 +95,7 @@ async def graph_workers(
     hub: Hub, client: Client, task_queue: str, workflows: tuple[type, ...] = (), activities: list | None = None
 ) -> AsyncIterator[None]:
     """WebhookEventWorkflow (and ``workflows``) with every webhook activity and ``activities`` (default: the rule
-    activities) on ``task_queue``; its sharepoint queue running ``connector.run_action`` and ``sync.fetch_page``."""
+    activities) on ``task_queue``; its sharepoint queue running ``connector.run_action`` and the sync fetches."""
     hooks, connections, rules = WebhookActivities(hub), ConnectionActivities(hub), RuleActivities(hub)
     try:
         async with (
@@ -103,7 +103,7 @@ async def graph_workers(
                    activities=[*hooks.all(), *(activities or [rules.plan, rules.record_runs])],
                    workflow_runner=RUNNER),
             Worker(client, task_queue=provider_task_queue(task_queue, "sharepoint"),
-                   activities=[connections.run_action, SyncFetcher(connections).fetch_page]),
+                   activities=[connections.run_action, *SyncFetcher(connections).provider_queue()]),
         ):
             yield
     finally:

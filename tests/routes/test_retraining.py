@@ -13,6 +13,7 @@ from activities.ai_types import RetrainResult, ai_retrain_schedule_id
 from hub.auth import ensure_org
 from hub.runtime import Hub
 from hub.store.ai import Lead
+from hub.temporal import delete_schedule
 from tests.ai.synthetic import lead_rows
 from tests.ai.training import training_workers
 from tests.conftest import bearer
@@ -45,6 +46,8 @@ async def run_once(api: httpx.AsyncClient, client: Client, key: str, org: str) -
 async def test_retraining_promotes_pins_and_rolls_back(api: httpx.AsyncClient, hub: Hub, client: Client,
                                                        admin_key: str) -> None:
     h = bearer(admin_key)
+    # the Temporal server is the session's: another test may have left acme's schedule there
+    await delete_schedule(client, ai_retrain_schedule_id("acme"))
     assert (await api.post("/v1/ai/retraining:run", headers=h)).status_code == 404
     await store_leads(hub, "acme")
     put = await api.put("/v1/ai/retraining", headers=h, json={"every_hours": 168, "paused": True})

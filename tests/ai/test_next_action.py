@@ -93,7 +93,8 @@ def prov_candidates(result: dict) -> list[dict]:
     return result["provenance"]["inputs"]["user"]["candidates"]
 
 
-def with_fake(fake: OpenAIFake, timeout: float = 2.0, api: str = "chat", **kw) -> dict:
+def with_fake(fake: OpenAIFake, timeout: float = 30.0, api: str = "chat", **kw) -> dict:
+    """``recommend`` against the fake; the default timeout covers the SDK's first use on a loaded machine."""
     async def main() -> dict:
         async with httpx.AsyncClient() as http:
             ctx = action_context("openai", fake.url + "/v1", http)

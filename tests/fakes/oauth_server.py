@@ -11,7 +11,8 @@ Errors are ``400 {"error": ..., "error_description": ...}``. ``/api/...`` is a p
 Knobs: ``expires_in``, ``rotate``, ``token_delay`` (seconds the token endpoint takes, to widen races),
 ``refuse(error)`` (the next token requests answer that OAuth error), ``expire_all()``, ``serve_list(path,
 rows)`` (a cursor-paged list at ``/api/<path>``: ``?limit=&cursor=&updated_since=`` → ``{"data", "next_cursor"}``),
-``respond_after(path, seconds)`` (matching API requests are answered that late, after taking effect), and the
+``respond_after(path, seconds)`` (matching API requests are answered that late, after taking effect; ``answering``: the keys
+of those not answered yet), and the
 failure injection of ``FakeServer`` (``fail``, ``rate_limit``). A request with an ``Idempotency-Key`` takes effect
 once (``applied``: key → path); the key again is answered as the first time, with ``Idempotent-Replayed: true``
 (``replayed``: those keys).
@@ -116,6 +117,7 @@ class OAuthFake(FakeServer):
         self.applied: dict[str, str] = {}  # idempotency key -> path of the request that took effect
         self.replayed: list[str] = []  # idempotency keys sent again after taking effect (answered as the first time)
         self.slow: list[tuple[re.Pattern[str], float]] = []  # API paths answered late, and how late
+        self.answering: set[str] = set()  # idempotency keys of requests that took effect and wait to be answered
         self._refusals: deque[str] = deque()
         self._recent: deque[float] = deque()
         self._token_lock = threading.Lock()
@@ -309,7 +311,11 @@ class OAuthFake(FakeServer):
         body = await body_params(request) if request.method != "GET" else {}
         for pattern, seconds in self.slow:
             if pattern.search(request.url.path):
-                await asyncio.sleep(seconds)
+                self.answering.add(key or "")
+                try:
+                    await asyncio.sleep(seconds)
+                finally:
+                    self.answering.discard(key or "")
         return JSONResponse({"ok": True, "method": request.method, "path": rest, "received": body,
                              "idempotency_key": key}, headers={"Idempotent-Replayed": "true"} if replayed else None)
 

@@ -212,7 +212,7 @@ class ConnectionActivities:
         egress policy (connection URLs are the tenant's), and every request it sends first passes the provider
         call's request gate (its draw from the connection's budget)."""
         if self._http is None:
-            self._http = provider_http_client(transport=self.hub.egress.httpx_transport(),
+            self._http = provider_http_client(self.hub.egress,
                                               timeout=httpx.Timeout(30, connect=10))
         return self._http
 

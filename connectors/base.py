@@ -79,8 +79,9 @@ REQUEST_GATE: ContextVar[Callable[[httpx.Request | None], Awaitable[object]] | N
 
 async def before_request(request: httpx.Request | None = None) -> None:
     """Pass the current provider call's request gate: once before each request. ``ctx.http`` does it for every
-    request it sends (as its request hook); an SDK client with its own transport calls ``ctx.before_request()``
-    before each SDK call (each makes one request: the SDKs' own retries are off)."""
+    request it sends (in its transport, right after the destination check); an SDK client with its own
+    transport calls ``ctx.before_request()`` before each SDK call (each makes one request: the SDKs' own
+    retries are off)."""
     gate = REQUEST_GATE.get()
     if gate is not None:
         await gate(request)
@@ -105,9 +106,27 @@ def action(
     return register
 
 
-def provider_http_client(**kwargs: Any) -> httpx.AsyncClient:
-    """The HTTP client handed to actions as ``ctx.http``: every request it sends passes ``before_request``."""
-    return httpx.AsyncClient(event_hooks={"request": [before_request]}, **kwargs)
+class GatedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that passes ``before_request`` just before it sends: under the egress policy's
+    transport, after the destination's addresses are resolved and checked, so a request leaves as close to its
+    drawn slot as this process can make it (a resolution between slot and socket would make it late)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self.inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await before_request(request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def provider_http_client(egress: EgressPolicy | None = None, **kwargs: Any) -> httpx.AsyncClient:
+    """The HTTP client handed to actions as ``ctx.http``: every request it sends (through ``egress`` when given)
+    passes ``before_request`` (``GatedTransport``)."""
+    gated = GatedTransport()
+    return httpx.AsyncClient(transport=egress.httpx_transport(inner=gated) if egress else gated, **kwargs)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from connectors.openai import CompleteJson, complete_json
 from connectors.sharepoint import EnsureFolders, ensure_folders
 from connectors.slack import PostMessage, post_message
 from connectors.stripe import CreateInvoice, create_invoice
+from hub.egress import DestinationRefused, EgressPolicy
 from tests.connectors import test_docusign, test_sharepoint, test_slack, test_stripe
 from tests.fakes.context import action_context
 from tests.fakes.docusign_server import DocuSignFake
@@ -76,3 +77,32 @@ async def test_sdk_clients_draw_once_per_call(http: httpx.AsyncClient) -> None:
                             CompleteJson.model_validate({"messages": [{"role": "user", "content": "hi"}],
                                                          "schema": {"type": "object"}}))
     assert len(passed) == len(openai.requests) == 1
+
+
+async def test_ctx_http_draws_after_the_destination_is_resolved_and_checked() -> None:
+    """``ctx.http`` on the egress policy: the address is resolved and checked first, the slot drawn last, so
+    the resolution's time is not spent between the slot and the socket (a request refused draws nothing)."""
+    order: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        order.append(f"resolve {host}")
+        return ["127.0.0.1"] if host == "provider.test" else ["10.0.0.1"]
+
+    async def gate(request: httpx.Request | None) -> None:
+        order.append("draw")
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        order.append(f"send {request.url.host}")
+        return httpx.Response(200)
+
+    client = provider_http_client(EgressPolicy(["127.0.0.1/32"], resolver=resolver))
+    client._transport.inner.inner = httpx.MockTransport(answer)  # the socket: the egress and gate layers stay real
+    passing = REQUEST_GATE.set(gate)
+    try:
+        async with client:
+            assert (await client.get("http://provider.test/api/x")).status_code == 200
+            with pytest.raises(DestinationRefused):
+                await client.get("http://internal.test/admin")
+    finally:
+        REQUEST_GATE.reset(passing)
+    assert order == ["resolve provider.test", "draw", "send 127.0.0.1", "resolve internal.test"]

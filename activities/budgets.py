@@ -26,7 +26,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from connectors.catalogue import Provider, RateLimit
 from hub.store import Database
@@ -40,6 +40,10 @@ REDRAWS = 5  # new slots a request takes after waking late, before it leaves any
 BUDGET_WAIT = Histogram(
     "hub_provider_budget_wait_seconds", "How long a provider request waited for its budget", ["provider", "kind"],
     buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LATE_WAKES = Counter(
+    "hub_provider_budget_late_wakes_total",
+    "Slots spent unused because the request's process woke too late to leave on them", ["provider"],
 )
 
 
@@ -60,12 +64,13 @@ class Budgets:
     async def draw(self, key: str, limit: RateLimit, *, interactive: bool, provider: str = "") -> float:
         """Return when one request may leave under budget ``key``: when its slot (returned) has come."""
         started = self._clock()
-        for _ in range(REDRAWS + 1):
+        for redraw in range(REDRAWS + 1):
             slot = await self._take(key, limit, interactive)
             if (pause := slot - self._clock()) > 0:
                 await self._sleep(pause)
-            if self._clock() - slot <= min(limit.interval * LATE, limit.slack * WAKE_SHARE):
-                break  # on time (else: woke late, the slot is spent; take another)
+            if self._clock() - slot <= min(limit.interval * LATE, limit.slack * WAKE_SHARE) or redraw == REDRAWS:
+                break  # on time, or out of redraws (else: woke late, the slot is spent; take another)
+            LATE_WAKES.labels(provider).inc()
         BUDGET_WAIT.labels(provider, "interactive" if interactive else "bulk").observe(self._clock() - started)
         return slot
 

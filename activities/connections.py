@@ -69,7 +69,20 @@ from hub.store.oauth import load_secrets, store_tokens
 from hub.store.orgs import record_audit
 
 log = logging.getLogger("activities.connections")
+K = TypeVar("K")
 T = TypeVar("T")
+WEIGHT_RETRY = 5.0  # seconds before a process asks the server again for a fairness weight it refused
+
+
+def single_flight(pending: dict[K, asyncio.Future[T]], key: K, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+    """Concurrent callers with the same ``key`` share one ``call`` (kept in ``pending`` while it runs); a
+    caller's cancellation does not cancel it for the others."""
+    future = pending.get(key)
+    if future is None:
+        future = pending[key] = asyncio.ensure_future(call())
+        future.add_done_callback(lambda _: pending.pop(key, None))
+    return asyncio.shield(future)
+
 
 SECRETS_TTL = 60.0  # seconds a connection's decrypted secrets are reused while its token version holds
 CONNECTION_TTL = 5.0  # seconds provider calls reuse a connection's row (status and config changes apply within)
@@ -188,6 +201,8 @@ class ConnectionActivities:
         self._http: httpx.AsyncClient | None = None
         self._limits = limits or {}
         self._weights: dict[tuple[str, str], float] = {}  # (task queue, fairness key) → weight set on the server
+        self._weighing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._weigh_after: dict[tuple[str, str], float] = {}  # → monotonic time before which a refused one waits
         self._renewals: dict[tuple[str, int], asyncio.Future[TokenState]] = {}
         self._latest: dict[str, int] = {}  # connection id → the newest token version this process was handed
         self._secret_cache: dict[str, _CachedSecrets] = {}
@@ -355,23 +370,35 @@ class ConnectionActivities:
 
     async def _weigh(self, info: activity.Info, provider: Provider, limit: RateLimit) -> None:
         """A connection whose own limit differs from its provider's gets a matching fairness weight on the
-        provider's task queue (the server's per-key rate is the provider's, scaled by the key's weight)."""
+        provider's task queue (the server's per-key rate is the provider's, scaled by the key's weight): set once
+        per process, however many of its tasks start together (the server rate-limits configuration updates)."""
         fairness_key = info.priority.fairness_key
         weight = round(limit.per_second / self.limit(provider).per_second, 4)  # over the queue's per-key rate
-        if not fairness_key or self._weights.get((info.task_queue, fairness_key), 1.0) == weight:
+        slot = (info.task_queue, fairness_key)
+        if not fairness_key or self._weights.get(slot, 1.0) == weight or time.monotonic() < self._weigh_after.get(
+                slot, 0.0):
             return
-        await hub_temporal.configure_fairness(activity.client(), info.task_queue, weights={fairness_key: weight})
-        self._weights[(info.task_queue, fairness_key)] = weight
+        await single_flight(self._weighing, slot, lambda: self._set_weight(slot, weight))
+
+    async def _set_weight(self, slot: tuple[str, str], weight: float) -> None:
+        """Set one fairness key's weight on the server. A refusal (its rate limit on configuration updates, say)
+        does not fail the action: its requests still draw from the connection's budget, which holds the limit;
+        this process tries again with a task that starts ``WEIGHT_RETRY`` seconds later."""
+        queue, fairness_key = slot
+        try:
+            await hub_temporal.configure_fairness(activity.client(), queue, weights={fairness_key: weight})
+        except RPCError as exc:
+            log.warning("fairness weight of %s on %s not set (%s); retried in %g s", fairness_key, queue,
+                        exc.message, WEIGHT_RETRY)
+            self._weigh_after[slot] = time.monotonic() + WEIGHT_RETRY
+            return
+        self._weights[slot] = weight
 
     async def request_fresh_token(self, conn: Connection, seen_version: int) -> TokenState:
         """A token state newer than ``seen_version``. Concurrent callers in this process share one request
         to the connection's workflow, which serialises the requests of every process: one refresh."""
-        key = (conn.id, seen_version)
-        pending = self._renewals.get(key)
-        if pending is None:
-            pending = self._renewals[key] = asyncio.ensure_future(self._ask_workflow(conn, seen_version))
-            pending.add_done_callback(lambda _: self._renewals.pop(key, None))
-        state = await asyncio.shield(pending)
+        state = await single_flight(self._renewals, (conn.id, seen_version),
+                                    lambda: self._ask_workflow(conn, seen_version))
         self._latest[conn.id] = max(self._latest.get(conn.id, 0), state.version)
         self._conn_cache = {k: c for k, c in self._conn_cache.items()
                             if c.conn.id != conn.id or c.conn.token_version >= state.version}

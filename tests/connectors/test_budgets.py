@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from activities.budgets import BULK_HORIZON, LATE, WAKE_SHARE, Budgets, budget_key
+from activities.budgets import BULK_HORIZON, LATE, LATE_WAKES, WAKE_SHARE, Budgets, budget_key
 from connectors.catalogue import RateLimit, catalogue
 from hub.store import Database
 
@@ -96,8 +96,10 @@ async def test_at_low_rates_lateness_is_bounded_by_the_windows_slack(db: Databas
         now[0] += seconds + late.pop() if late else seconds  # the first sleep wakes 40 ms late
 
     budgets = Budgets(db, clock=lambda: now[0], sleep=sleep)
-    first = await budgets.draw("generic_oauth2:slow", r2, interactive=True)
-    second = await budgets.draw("generic_oauth2:slow", r2, interactive=True)
+    spent = LATE_WAKES.labels("generic_oauth2")._value.get()
+    first = await budgets.draw("generic_oauth2:slow", r2, interactive=True, provider="generic_oauth2")
+    second = await budgets.draw("generic_oauth2:slow", r2, interactive=True, provider="generic_oauth2")
+    assert LATE_WAKES.labels("generic_oauth2")._value.get() == spent + 1  # counted: operators see spent slots
     assert r2.slack * WAKE_SHARE < 0.04 < r2.slack < r2.interval * LATE
     assert second == pytest.approx(first + 2 * r2.interval)  # its slot was spent unused; it left on the next one
     assert now[0] - second <= r2.slack * WAKE_SHARE

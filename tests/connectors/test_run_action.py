@@ -3,15 +3,18 @@ idempotency keys stable across retries, and which connection an action runs on."
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities import connections
 from activities.connector_types import ActionCall
 from connectors.catalogue import RateLimit, catalogue
+from hub import temporal as hub_temporal
 from hub.runtime import Hub
 from hub.store.connections import Connection
 from tests.connectors.support import CLIENT_ID, CLIENT_SECRET, RunActions, connection_workers, seed_connection
@@ -152,6 +155,32 @@ async def test_a_connection_with_its_own_limit_gets_its_weight_on_the_server(
         task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, report_config=True))
     assert dict(described.config.fairness_weight_overrides) == {conn.id: 2.5}
     assert acts.limit(catalogue().get("generic_oauth2"), conn).interval == 1 / (0.95 * 25)
+
+
+async def test_a_weight_is_asked_for_once_and_a_refused_one_fails_no_action(
+    client: Client, hub: Hub, idp: OAuthFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten actions of a connection with its own limit starting together ask the server for its weight once (the
+    server rate-limits configuration updates: under load, hundreds of such calls failed their actions); when it
+    refuses, every action still runs under the connection's budget, and a task that starts later sets it."""
+    calls: list[dict | None] = []
+    configure = hub_temporal.configure_fairness
+
+    async def slow_then_refusing(client: Client, queue: str, **kwargs) -> None:
+        calls.append(kwargs.get("weights"))
+        await asyncio.sleep(0.5)  # a busy server: the other tasks start meanwhile
+        if len(calls) == 1:
+            raise RPCError("service rate limit exceeded", RPCStatusCode.RESOURCE_EXHAUSTED, b"")
+        await configure(client, queue, **kwargs)
+
+    monkeypatch.setattr(hub_temporal, "configure_fairness", slow_then_refusing)
+    monkeypatch.setattr(connections, "WEIGHT_RETRY", 0.0)
+    conn = await _connection(hub, idp, config={"rate_limit": {"per_second": 25}})
+    async with connection_workers(client, hub):
+        first = await _run(client, hub, [_call(conn, f"/w/{i}") for i in range(10)])
+        second = await _run(client, hub, [_call(conn, f"/x/{i}") for i in range(10)])
+    assert all(not isinstance(r, str) for r in first + second)
+    assert calls == [{conn.id: 2.5}, {conn.id: 2.5}]  # refused (shared by those waiting), then set: no more asks
 
 
 async def test_which_connection_an_action_runs_on(client: Client, hub: Hub, idp: OAuthFake) -> None:

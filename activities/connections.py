@@ -324,9 +324,12 @@ class ConnectionActivities:
         async def gate(request: httpx.Request | None = None) -> None:
             while True:  # the token first: waiting for a refresh after its slot would bunch requests up
                 await tokens.current(request)
-                await self.budgets.draw(key, limit, interactive=interactive, provider=provider.key)
+                slot = await self.budgets.draw(key, limit, interactive=interactive, provider=provider.key)
                 if not tokens.outdated():  # else a refresh began while it waited: its slot is spent unused
-                    return
+                    break
+            if request is not None:  # ctx.http: checked again once its connection is open (see sending_hook)
+                request.extensions["trace"] = self.budgets.sending_hook(key, limit, slot, interactive=interactive,
+                                                                        provider=provider.key)
 
         passing = REQUEST_GATE.set(gate)
         try:

@@ -339,12 +339,10 @@ async def test_three_orgs_three_workers_two_apis(cluster: dict, idp: OAuthFake, 
     assert (synced.run_pages, synced.run_records, synced.records_seen) == (len(rows) // PAGE_SIZE, len(rows), len(rows))
     assert (stored, staged, synced.consecutive_failures) == (len(rows), 0, 0)
 
-    # across 3 workers, on the provider's clock (401s included): no connection above its limit over any two seconds,
-    # and at most one request over it in any one second — a request leaves its worker's event loop up to tens of
-    # ms after its slot on this loaded 2-core machine, more than the 53 ms the 95% draw leaves (README, budgets)
+    # across 3 workers, on the provider's clock (401s included): no connection above its limit in any second
     for prefix in ("/api/a/", "/api/b/", "/api/c/"):
         times = [t for t, path in idp.arrivals if path.startswith(prefix)]
-        assert busiest(times, 2.0) <= 2 * RATE and busiest(times, 1.0) <= RATE + 1, prefix
+        assert busiest(times, 1.0) <= RATE, prefix
     assert idp.token_calls.count("refresh_token") == 3  # one refresh per connection
 
 

@@ -63,26 +63,15 @@ from connectors.oauth import ClientAuth, TokenEndpointError, next_refresh_at, ob
 from hub import temporal as hub_temporal
 from hub.egress import DestinationRefused
 from hub.runtime import Hub
+from hub.single_flight import single_flight
 from hub.store.base import utcnow
 from hub.store.connections import Connection
 from hub.store.oauth import load_secrets, store_tokens
 from hub.store.orgs import record_audit
 
 log = logging.getLogger("activities.connections")
-K = TypeVar("K")
 T = TypeVar("T")
 WEIGHT_RETRY = 5.0  # seconds before a process asks the server again for a fairness weight it refused
-
-
-def single_flight(pending: dict[K, asyncio.Future[T]], key: K, call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
-    """Concurrent callers with the same ``key`` share one ``call`` (kept in ``pending`` while it runs); a
-    caller's cancellation does not cancel it for the others."""
-    future = pending.get(key)
-    if future is None:
-        future = pending[key] = asyncio.ensure_future(call())
-        future.add_done_callback(lambda _: pending.pop(key, None))
-    return asyncio.shield(future)
-
 
 SECRETS_TTL = 60.0  # seconds a connection's decrypted secrets are reused while its token version holds
 CONNECTION_TTL = 5.0  # seconds provider calls reuse a connection's row (status and config changes apply within)

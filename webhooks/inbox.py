@@ -14,6 +14,7 @@ import orjson
 import sqlalchemy as sa
 
 from connectors.events import Credentials, for_provider
+from hub.single_flight import single_flight
 from hub.store import Database, _sqlite_pragmas
 from hub.store.connections import Connection, secret_owner
 from hub.store.inbox import NewEvent, WebhookEvent, insert_statement, new_rows
@@ -55,11 +56,7 @@ class CredentialCache:
         hit = self._entries.get(connection_id)
         if hit is not None and time.monotonic() - hit.loaded < (RELOAD_AFTER if reload else self.ttl):
             return hit.creds, False
-        read = self._reads.get(connection_id)
-        if read is None:
-            read = self._reads[connection_id] = asyncio.ensure_future(self._read(connection_id))
-            read.add_done_callback(lambda _: self._reads.pop(connection_id, None))
-        return await asyncio.shield(read), True
+        return await single_flight(self._reads, connection_id, lambda: self._read(connection_id)), True
 
     def forget(self, connection_id: str) -> None:
         """Drop a connection's cached credentials (it was just deleted or changed)."""

@@ -37,7 +37,7 @@ from ai.next_action import apply_refinement, recommend_local
 from ai.risk import RULES_VERSION, assess
 from hub.flags import flag_enabled
 from hub.runtime import Hub
-from hub.store.ai import record_insight
+from hub.store.ai import write_insight
 from hub.store.connections import Connection
 
 DEFAULT_LLM_MODEL = "gpt-4o-mini"
@@ -142,13 +142,12 @@ class AiActivities:
                                model_version=score.model_version, source=score.source)
 
     async def _store(self, input: OpportunityInsightInput, kind: str, insight: Insight) -> None:
-        async with self.hub.db.session() as session:
-            await record_insight(
-                session, input.org_id, "opportunity", input.opportunity_id, kind, insight.model_version,
-                insight.source, inputs=input.model_dump(mode="json"),
-                output=insight.model_dump(mode="json", exclude={"provenance", "refinement"}),
-                provenance=insight.provenance,
-            )
+        await self.hub.db.write(write_insight, {
+            "org_id": input.org_id, "subject_type": "opportunity", "subject_id": input.opportunity_id, "kind": kind,
+            "model_version": insight.model_version, "source": insight.source, "inputs": input.model_dump(mode="json"),
+            "output": insight.model_dump(mode="json", exclude={"provenance", "refinement"}),
+            "provenance": insight.provenance,
+        })  # fmt: skip
 
 
 def _observe(org_id: str, kind: str, insight: Insight, model: DealModel | None, seconds: float) -> None:

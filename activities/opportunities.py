@@ -27,7 +27,7 @@ from hub.egress import DestinationRefused
 from hub.flags import flag_enabled
 from hub.runtime import Hub
 from hub.store.connections import Connection
-from hub.store.opportunities import upsert_projection
+from hub.store.opportunities import write_projection
 from hub.store.orgs import Org
 from hub.store.secrets import get_secret, put_secret
 from rules.engine import compile_rules
@@ -130,8 +130,7 @@ class OpportunityActivities:
             }
             for i, v in enumerate(state.visits)
         ]
-        async with self.hub.db.session() as session:
-            return await upsert_projection(session, row, visits)
+        return await self.hub.db.write(write_projection, row, visits, rows=1 + len(visits))
 
     @activity.defn(name=SEND_CRM_EVENT)
     async def send_crm_event(self, input: CrmEventInput) -> CrmDelivery:

@@ -18,7 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import Connection, delete, insert, update
 from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -75,16 +75,27 @@ def _context(org_id: str, key: str) -> str:
     return f"idempotency/{org_id}/{key}"
 
 
+def _insert_claim(conn: Connection, org_id: str, key: str, fingerprint: str) -> None:
+    conn.execute(insert(IdempotencyRecord).values(org_id=org_id, key=key, request_hash=fingerprint,
+                                                  status_code=IN_FLIGHT, response={}))
+
+
+def _keep_answer(conn: Connection, org_id: str, key: str, status: int, response: dict | None) -> None:
+    """The first answer kept for replays (``response``), or the claim released (None)."""
+    mine = (IdempotencyRecord.org_id == org_id) & (IdempotencyRecord.key == key)
+    if response is None:
+        conn.execute(delete(IdempotencyRecord).where(mine))
+    else:
+        conn.execute(update(IdempotencyRecord).where(mine).values(status_code=status, response=response))
+
+
 async def claim(hub: Hub, org_id: str, key: str, fingerprint: str, ttl: timedelta) -> Stored | None:
-    """Claim the key for this request (None), or return the stored first answer; KeyConflict if unusable."""
+    """Claim the key for this request (None), or return the stored first answer; KeyConflict if unusable.
+
+    The claim and the answer are one short write each (``Database.write``): they are on every write request's path."""
     for _ in range(2):
         try:
-            async with hub.db.session() as session:
-                session.add(
-                    IdempotencyRecord(
-                        org_id=org_id, key=key, request_hash=fingerprint, status_code=IN_FLIGHT, response={}
-                    )
-                )
+            await hub.db.write(_insert_claim, org_id, key, fingerprint)
             return None
         except IntegrityError:
             pass
@@ -107,18 +118,11 @@ async def claim(hub: Hub, org_id: str, key: str, fingerprint: str, ttl: timedelt
 
 async def finish(hub: Hub, org_id: str, key: str, status: int, content_type: str, body: bytes) -> None:
     """Keep the first answer (< 500) for replays, or release the claim so the request can be retried."""
-    async with hub.db.session() as session:
-        row = await session.get(IdempotencyRecord, (org_id, key))
-        if row is None:
-            return
-        if status >= 500:
-            await session.execute(
-                delete(IdempotencyRecord).where(IdempotencyRecord.org_id == org_id, IdempotencyRecord.key == key)
-            )
-            return
+    response = None
+    if status < 500:
         sealed = hub.vault.encrypt(body.decode("utf-8", errors="replace"), context=_context(org_id, key))
-        row.status_code = status
-        row.response = {"content_type": content_type, "body": sealed}
+        response = {"content_type": content_type, "body": sealed}
+    await hub.db.write(_keep_answer, org_id, key, status, response)
 
 
 class IdempotencyMiddleware:

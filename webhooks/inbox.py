@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from connectors.events import Credentials, for_provider
 from hub.single_flight import single_flight
-from hub.store import Database, _sqlite_pragmas
+from hub.store import Database
 from hub.store.connections import Connection, secret_owner
 from hub.store.inbox import NewEvent, WebhookEvent, insert_statement, new_rows
 from hub.store.secrets import get_secret
@@ -25,9 +25,6 @@ log = logging.getLogger("hub.webhooks")
 CACHE_TTL = 10.0
 RELOAD_AFTER = 1.0
 CACHE_SIZE = 10_000
-LOCK_RETRY = 0.001
-LOCK_WAIT = 10.0
-CHECKPOINT_ROWS = 1000
 
 
 @dataclass
@@ -124,8 +121,7 @@ class InboxWriter:
     def __init__(self, db: Database, max_batch: int = 500) -> None:
         self.db, self.max_batch = db, max_batch
         self.max_inflight = 1 if db.is_sqlite else 4
-        on_file = db.is_sqlite and db.engine.url.database not in (None, "", ":memory:")
-        self._sqlite = SqliteWriter(db) if on_file else None  # an in-memory database is the engine's alone
+        self._sqlite = SqliteWriter(db) if db.inline is not None else None  # in-memory SQLite: the engine's alone
         self._queue: deque[tuple[Sequence[NewEvent], asyncio.Future]] = deque()
         self._committers = 0
         self._tasks: set[asyncio.Task] = set()
@@ -192,57 +188,22 @@ def insert_rows(conn: sa.Connection, events: Sequence[NewEvent]) -> set[tuple[st
 
 
 class SqliteWriter:
-    """The inbox's inserts on SQLite, run on the event loop itself on a connection of their own.
-
-    aiosqlite runs every call on its thread: a batch there takes six hand-offs (cursor, execute,
-    fetch, close, commit, reset), each waiting for the GIL behind request work, which cost more
-    than the insert itself (``bench/webhooks.py``: about 1.4x the accepted rate this way). The
-    insert is a few milliseconds of CPU at most, and its commit writes the WAL to the page cache
-    (``synchronous=NORMAL`` as on every hub connection: durable across a crash of the process).
-    Nothing in it may block the loop: the connection never waits for SQLite's lock (its
-    transactions begin with ``BEGIN IMMEDIATE``; another writer holding the lock makes the batch
-    try again a millisecond later, for up to ``LOCK_WAIT``), and
-    the WAL checkpoints, which fsync, run in the background through the async engine every
-    ``CHECKPOINT_ROWS`` rows instead of inside a commit.
-
-    The rows go in one ``INSERT … ON CONFLICT DO NOTHING`` per event on the DBAPI cursor (its
-    ``rowcount`` says whether the event was new), each value encoded by its column type's own bind
-    processor (JSON through orjson): SQLAlchemy's multi-row insert spent as long preparing a batch's
-    parameters as SQLite spent storing them, while the whole event loop waited.
+    """The inbox's inserts on SQLite: one ``INSERT … ON CONFLICT DO NOTHING`` per event on the DBAPI cursor of
+    ``Database.write``'s connection (its ``rowcount`` says whether the event was new), run on the event loop
+    (``hub.store.writer``: aiosqlite's hand-offs, each waiting for the GIL behind request work, cost more than
+    the insert itself: about 1.4x the accepted rate in ``bench/webhooks.py``). Each value is encoded by its
+    column type's own bind processor (JSON through orjson): SQLAlchemy's multi-row insert spent as long
+    preparing a batch's parameters as SQLite spent storing them, while the whole event loop waited.
     """
 
     def __init__(self, db: Database) -> None:
+        assert db.inline is not None
         self.db = db
-        self.engine = sa.create_engine(
-            db.engine.url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0,
-            connect_args={"check_same_thread": False}, json_serializer=_json_text,
-        )  # fmt: skip
-        self._encoders = _encoders(self.engine.dialect)
-        sa.event.listen(self.engine, "connect", _sqlite_pragmas)  # the hub's, then the ones below
-        sa.event.listen(self.engine, "connect", _never_block)
-        sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-        sa.event.listen(db.engine.sync_engine, "engine_disposed", lambda _: self.engine.dispose())
-        self._unchecked = 0
-        self._checkpoint: asyncio.Task | None = None
+        self._encoders = _encoders(db.inline.engine.dialect)
 
     async def insert(self, events: Sequence[NewEvent]) -> set[tuple[str, str, str]]:
         """Insert and commit ``events``; the keys inserted."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOCK_WAIT
-        while True:
-            try:
-                with self.engine.begin() as conn:
-                    inserted = self._insert_rows(conn, events)
-                break
-            except sa.exc.OperationalError as exc:
-                if not _locked(exc) or loop.time() > deadline:
-                    raise
-            await asyncio.sleep(LOCK_RETRY)
-        self._unchecked += len(events)
-        if self._unchecked >= CHECKPOINT_ROWS and (self._checkpoint is None or self._checkpoint.done()):
-            self._unchecked = 0
-            self._checkpoint = asyncio.create_task(self._wal_checkpoint())
-        return inserted
+        return await self.db.write(self._insert_rows, events, rows=len(events))
 
     def _insert_rows(self, conn: sa.Connection, events: Sequence[NewEvent]) -> set[tuple[str, str, str]]:
         cursor = conn.connection.cursor()
@@ -259,13 +220,6 @@ class SqliteWriter:
             cursor.close()
         return inserted
 
-    async def _wal_checkpoint(self) -> None:
-        try:
-            async with self.db.engine.connect() as conn:
-                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        except Exception:  # the next one catches up; other connections checkpoint too
-            log.warning("inbox WAL checkpoint failed", exc_info=True)
-
 
 _COLUMNS = tuple(new_rows([NewEvent("", "", "", "", "", {}, b"", "")])[0])  # the columns a new row sets
 SQLITE_INSERT = (
@@ -277,7 +231,8 @@ SQLITE_INSERT = (
 def _encoders(dialect: sa.Dialect) -> list[tuple[str, Callable[[object], object]]]:
     """For each column of ``SQLITE_INSERT``: its name and its type's bind processor on ``dialect``."""
     columns = WebhookEvent.__table__.columns
-    return [(name, columns[name].type.dialect_impl(dialect).bind_processor(dialect) or _as_is) for name in _COLUMNS]
+    return [(name, _json_text if isinstance(columns[name].type, sa.JSON) else
+             columns[name].type.dialect_impl(dialect).bind_processor(dialect) or _as_is) for name in _COLUMNS]
 
 
 def _as_is(value: object) -> object:
@@ -286,18 +241,3 @@ def _as_is(value: object) -> object:
 
 def _json_text(value: object) -> str:
     return orjson.dumps(value).decode()
-
-
-def _never_block(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI hook signature
-    dbapi_conn.isolation_level = (
-        None  # transactions begin as the "begin" hook says: taking the write lock or failing
-    )
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=0")
-    cur.execute("PRAGMA wal_autocheckpoint=0")
-    cur.close()
-
-
-def _locked(exc: sa.exc.OperationalError) -> bool:
-    code = getattr(exc.orig, "sqlite_errorcode", None)
-    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

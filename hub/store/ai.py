@@ -9,7 +9,19 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Boolean, Float, Index, Integer, LargeBinary, String, UniqueConstraint, select, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
@@ -117,6 +129,12 @@ async def record_insight(
     session.add(row)
     await session.flush()
     return row
+
+
+def write_insight(conn: Connection, values: dict) -> None:
+    """Append one insight row (``values``: ``AiInsight``'s columns): Core on a sync connection, for
+    ``Database.write``, as an insight is stored on every transition."""
+    conn.execute(insert(AiInsight).values(**values))
 
 
 async def latest_insights(session: AsyncSession, org_id: str, subject_type: str, subject_id: str,

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, UniqueConstraint, delete, func, select
+from sqlalchemy import Boolean, Connection, Index, Integer, String, UniqueConstraint, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -101,24 +101,27 @@ def _insert(session: AsyncSession):  # noqa: ANN202 - dialect-specific insert co
     return pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
 
 
-async def upsert_projection(session: AsyncSession, row: dict, visits: list[dict]) -> bool:
-    """Write an opportunity's projection unless a newer revision is already stored; True if written."""
-    insert = _insert(session)
+def write_projection(conn: Connection, row: dict, visits: list[dict]) -> bool:
+    """Write an opportunity's projection unless a newer revision is already stored; True if written.
+
+    Core on a sync connection, for ``Database.write``: the projection is written on every transition."""
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(OpportunityRecord).values(**row)
     stmt = stmt.on_conflict_do_update(
         index_elements=["org_id", "id"],
         set_={k: stmt.excluded[k] for k in row if k not in ("org_id", "id", "created_at")},
         where=OpportunityRecord.revision < stmt.excluded.revision,
     ).returning(OpportunityRecord.revision)
-    written = (await session.execute(stmt)).first() is not None
-    if written:
-        await session.execute(
-            delete(StageVisitRecord).where(
-                StageVisitRecord.org_id == row["org_id"], StageVisitRecord.opportunity_id == row["id"]
-            )
-        )
-        session.add_all(StageVisitRecord(org_id=row["org_id"], opportunity_id=row["id"], **v) for v in visits)
-    return written
+    if conn.execute(stmt).first() is None:
+        return False
+    conn.execute(delete(StageVisitRecord).where(StageVisitRecord.org_id == row["org_id"],
+                                                StageVisitRecord.opportunity_id == row["id"]))  # fmt: skip
+    if visits:
+        conn.execute(insert(StageVisitRecord), [
+            {"org_id": row["org_id"], "opportunity_id": row["id"], "idx": v["idx"], "pipeline_name": v["pipeline_name"],
+             "stage": v["stage"], "entered_at": v["entered_at"], "exited_at": v.get("exited_at")} for v in visits
+        ])  # fmt: skip
+    return True
 
 
 async def get_projection(session: AsyncSession, org_id: str, opportunity_id: str) -> OpportunityRecord | None:

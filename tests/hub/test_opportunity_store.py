@@ -13,7 +13,7 @@ from hub.store.opportunities import (
     pipeline_metrics,
     record_rule_runs,
     save_rule_run,
-    upsert_projection,
+    write_projection,
 )
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -32,14 +32,14 @@ def visits(*stays: tuple[str, int, int | None]) -> list[dict]:
 
 async def test_projection_keeps_the_newest_revision(db: Database) -> None:
     async with db.session() as s:
-        assert await upsert_projection(s, row("o1", "prospect", 2), visits(("prospect", 0, None)))
+        assert await db.write(write_projection, row("o1", "prospect", 2), visits(("prospect", 0, None)))
     async with db.session() as s:
-        assert not await upsert_projection(s, row("o1", "engage", 1), visits(("engage", 0, None)))  # older: ignored
-        assert not await upsert_projection(s, row("o1", "engage", 2), [])  # same revision: ignored
+        assert not await db.write(write_projection, row("o1", "engage", 1), visits(("engage", 0, None)))  # older: ignored
+        assert not await db.write(write_projection, row("o1", "engage", 2), [])  # same revision: ignored
     async with db.session() as s:
         stored = await get_projection(s, "acme", "o1")
         assert (stored.stage, stored.revision, stored.state) == ("prospect", 2, {"r": 2})
-        assert await upsert_projection(s, row("o1", "engage", 3), visits(("prospect", 0, 5), ("engage", 5, None)))
+        assert await db.write(write_projection, row("o1", "engage", 3), visits(("prospect", 0, 5), ("engage", 5, None)))
     async with db.session() as s:
         assert (await get_projection(s, "acme", "o1")).stage == "engage"
 
@@ -76,9 +76,9 @@ async def test_a_run_going_on_after_a_wait_is_saved_over_its_record(db: Database
 
 async def test_pipeline_metrics_counts_conversion_and_median_time(db: Database) -> None:
     async with db.session() as s:
-        await upsert_projection(s, row("a", "engage", 1), visits(("prospect", 0, 2), ("engage", 2, None)))
-        await upsert_projection(s, row("b", "prospect", 1), visits(("prospect", 0, None)))
-        await upsert_projection(s, row("c", "acquire", 1),
+        await db.write(write_projection, row("a", "engage", 1), visits(("prospect", 0, 2), ("engage", 2, None)))
+        await db.write(write_projection, row("b", "prospect", 1), visits(("prospect", 0, None)))
+        await db.write(write_projection, row("c", "acquire", 1),
                                 visits(("prospect", 0, 4), ("engage", 4, 10), ("acquire", 10, None)))
     async with db.session() as s:
         m = await pipeline_metrics(s, "acme", "peak", ["prospect", "engage", "acquire", "keep"])

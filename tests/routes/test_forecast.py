@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 
 from hub.runtime import Hub
-from hub.store.opportunities import upsert_projection
+from hub.store.opportunities import write_projection
 from tests.conftest import bearer
 
 STAGES = ["prospect", "engage", "acquire", "keep"]
@@ -22,20 +22,19 @@ def at(day: date) -> datetime:
 async def store_history(hub: Hub, org: str, n: int = 400, seed: int = 7) -> None:
     """Eight opportunities a week through 2025; about half reach Keep (won) after 2–8 weeks."""
     rng = random.Random(seed)
-    async with hub.db.session() as session:
-        for i in range(n):
-            created = date(2025, 1, 6) + timedelta(days=i * 7 // 8)
-            won = created + timedelta(days=rng.randint(14, 56))
-            stage = "keep" if rng.random() < 0.5 and won < date(2025, 12, 1) else rng.choice(STAGES[:3])
-            visits = [{"idx": 0, "pipeline_name": "peak", "stage": "prospect", "entered_at": at(created),
-                       "exited_at": at(won) if stage == "keep" else None}]
-            if stage == "keep":
-                visits.append({"idx": 1, "pipeline_name": "peak", "stage": "keep", "entered_at": at(won)})
-            await upsert_projection(session, {
-                "org_id": org, "id": f"o{i}", "workflow_id": f"opportunity/{org}/o{i}", "pipeline_name": "peak",
-                "pipeline_version": 1, "stage": stage, "body_hash": "h", "revision": 1, "created_at": at(created),
-                "state": {"pipeline": PIPELINE, "opp": {"amount": 2000}},
-            }, visits)
+    for i in range(n):
+        created = date(2025, 1, 6) + timedelta(days=i * 7 // 8)
+        won = created + timedelta(days=rng.randint(14, 56))
+        stage = "keep" if rng.random() < 0.5 and won < date(2025, 12, 1) else rng.choice(STAGES[:3])
+        visits = [{"idx": 0, "pipeline_name": "peak", "stage": "prospect", "entered_at": at(created),
+                   "exited_at": at(won) if stage == "keep" else None}]
+        if stage == "keep":
+            visits.append({"idx": 1, "pipeline_name": "peak", "stage": "keep", "entered_at": at(won)})
+        await hub.db.write(write_projection, {
+            "org_id": org, "id": f"o{i}", "workflow_id": f"opportunity/{org}/o{i}", "pipeline_name": "peak",
+            "pipeline_version": 1, "stage": stage, "body_hash": "h", "revision": 1, "created_at": at(created),
+            "state": {"pipeline": PIPELINE, "opp": {"amount": 2000}},
+        }, visits)
 
 
 async def test_forecast_per_month_and_quarter(api: httpx.AsyncClient, hub: Hub, admin_key: str) -> None:

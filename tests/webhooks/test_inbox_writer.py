@@ -12,10 +12,10 @@ from sqlalchemy.exc import OperationalError
 
 from hub.runtime import Hub
 from hub.store import Database
+from hub.store import writer as writer_module
 from hub.store.base import utcnow
 from hub.store.inbox import NewEvent, WebhookEvent, new_event_id
 from tests.webhooks.conftest import make_connection
-from webhooks import inbox
 from webhooks.inbox import CredentialCache, InboxWriter, insert_rows
 
 BODY = b'{"id": "evt", "pad": "' + b"x" * 4000 + b'"}'
@@ -101,7 +101,7 @@ async def test_a_failing_sqlite_insert_raises_as_sqlalchemy_does(db: Database) -
 async def test_sqlite_wal_is_checkpointed_in_the_background(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     if not db.is_sqlite:
         pytest.skip("SQLite's write-ahead log")
-    monkeypatch.setattr(inbox, "CHECKPOINT_ROWS", 20)
+    monkeypatch.setattr(writer_module, "CHECKPOINT_ROWS", 20)
     writer = InboxWriter(db)
     wal = Path(db.engine.url.database + "-wal")
     for n in range(40):

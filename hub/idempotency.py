@@ -18,7 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection, delete, insert, update
+from sqlalchemy import Connection, bindparam, delete, insert, update
 from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -75,18 +75,23 @@ def _context(org_id: str, key: str) -> str:
     return f"idempotency/{org_id}/{key}"
 
 
+_MINE = (IdempotencyRecord.org_id == bindparam("b_org")) & (IdempotencyRecord.key == bindparam("b_key"))
+_CLAIM = insert(IdempotencyRecord)  # statements built once: they run on every write request
+_ANSWER = update(IdempotencyRecord).where(_MINE)
+_RELEASE = delete(IdempotencyRecord).where(_MINE)
+
+
 def _insert_claim(conn: Connection, org_id: str, key: str, fingerprint: str) -> None:
-    conn.execute(insert(IdempotencyRecord).values(org_id=org_id, key=key, request_hash=fingerprint,
-                                                  status_code=IN_FLIGHT, response={}))
+    conn.execute(_CLAIM, {"org_id": org_id, "key": key, "request_hash": fingerprint, "status_code": IN_FLIGHT,
+                          "response": {}})  # fmt: skip
 
 
 def _keep_answer(conn: Connection, org_id: str, key: str, status: int, response: dict | None) -> None:
     """The first answer kept for replays (``response``), or the claim released (None)."""
-    mine = (IdempotencyRecord.org_id == org_id) & (IdempotencyRecord.key == key)
     if response is None:
-        conn.execute(delete(IdempotencyRecord).where(mine))
+        conn.execute(_RELEASE, {"b_org": org_id, "b_key": key})
     else:
-        conn.execute(update(IdempotencyRecord).where(mine).values(status_code=status, response=response))
+        conn.execute(_ANSWER, {"b_org": org_id, "b_key": key, "status_code": status, "response": response})
 
 
 async def claim(hub: Hub, org_id: str, key: str, fingerprint: str, ttl: timedelta) -> Stored | None:

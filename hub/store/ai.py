@@ -131,10 +131,13 @@ async def record_insight(
     return row
 
 
+_INSERT_INSIGHT = insert(AiInsight)
+
+
 def write_insight(conn: Connection, values: dict) -> None:
     """Append one insight row (``values``: ``AiInsight``'s columns): Core on a sync connection, for
     ``Database.write``, as an insight is stored on every transition."""
-    conn.execute(insert(AiInsight).values(**values))
+    conn.execute(_INSERT_INSIGHT, values)
 
 
 async def latest_insights(session: AsyncSession, org_id: str, subject_type: str, subject_id: str,

@@ -6,11 +6,25 @@ The workflow is the source of truth; these rows are written by activities (``opp
 
 from __future__ import annotations
 
+import functools
 import statistics
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Boolean, Connection, Index, Integer, String, UniqueConstraint, delete, func, select
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Index,
+    Insert,
+    Integer,
+    String,
+    UniqueConstraint,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -101,26 +115,34 @@ def _insert(session: AsyncSession):  # noqa: ANN202 - dialect-specific insert co
     return pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
 
 
+_VISIT_COLUMNS = ("idx", "pipeline_name", "stage", "entered_at", "exited_at")
+_MINE = (StageVisitRecord.org_id == bindparam("b_org")) & (StageVisitRecord.opportunity_id == bindparam("b_id"))
+_DELETE_VISITS = delete(StageVisitRecord).where(_MINE)
+_INSERT_VISITS = insert(StageVisitRecord)
+
+
+@functools.cache
+def _upsert(dialect: str, columns: tuple[str, ...]) -> Insert:
+    """The revision-guarded upsert of a projection row with ``columns`` (built once per dialect and columns)."""
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(OpportunityRecord)
+    return stmt.on_conflict_do_update(
+        index_elements=["org_id", "id"],
+        set_={k: stmt.excluded[k] for k in columns if k not in ("org_id", "id", "created_at")},
+        where=OpportunityRecord.revision < stmt.excluded.revision,
+    ).returning(OpportunityRecord.revision)
+
+
 def write_projection(conn: Connection, row: dict, visits: list[dict]) -> bool:
     """Write an opportunity's projection unless a newer revision is already stored; True if written.
 
-    Core on a sync connection, for ``Database.write``: the projection is written on every transition."""
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(OpportunityRecord).values(**row)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["org_id", "id"],
-        set_={k: stmt.excluded[k] for k in row if k not in ("org_id", "id", "created_at")},
-        where=OpportunityRecord.revision < stmt.excluded.revision,
-    ).returning(OpportunityRecord.revision)
-    if conn.execute(stmt).first() is None:
+    Core on a sync connection, for ``Database.write``: the projection is written on every transition, so its
+    statements are built once and take the values as parameters."""
+    if conn.execute(_upsert(conn.dialect.name, tuple(sorted(row))), row).first() is None:
         return False
-    conn.execute(delete(StageVisitRecord).where(StageVisitRecord.org_id == row["org_id"],
-                                                StageVisitRecord.opportunity_id == row["id"]))  # fmt: skip
+    conn.execute(_DELETE_VISITS, {"b_org": row["org_id"], "b_id": row["id"]})
     if visits:
-        conn.execute(insert(StageVisitRecord), [
-            {"org_id": row["org_id"], "opportunity_id": row["id"], "idx": v["idx"], "pipeline_name": v["pipeline_name"],
-             "stage": v["stage"], "entered_at": v["entered_at"], "exited_at": v.get("exited_at")} for v in visits
-        ])  # fmt: skip
+        conn.execute(_INSERT_VISITS, [{"org_id": row["org_id"], "opportunity_id": row["id"],
+                                       **{c: v.get(c) for c in _VISIT_COLUMNS}} for v in visits])  # fmt: skip
     return True
 
 

@@ -42,6 +42,13 @@ def _never_block(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI hook sign
     cur.close()
 
 
+def _begin_immediate(conn: sa.Connection) -> None:
+    try:  # on the driver itself: SQLAlchemy's execution machinery cost more than the statement
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:  # as SQLAlchemy would raise it ("database is locked" is retried)
+        raise sa.exc.DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
+
+
 def locked(exc: sa.exc.OperationalError) -> bool:
     """Whether ``exc`` is SQLite's "database is locked" (or busy)."""
     code = getattr(exc.orig, "sqlite_errorcode", None)
@@ -59,7 +66,7 @@ class InlineWriter:
         )  # fmt: skip
         sa.event.listen(self.engine, "connect", pragmas)  # the hub's, then the ones below
         sa.event.listen(self.engine, "connect", _never_block)
-        sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        sa.event.listen(self.engine, "begin", _begin_immediate)
         sa.event.listen(db.engine.sync_engine, "engine_disposed", lambda _: self.engine.dispose())
         self._unchecked = 0
         self._checkpoint: asyncio.Task | None = None

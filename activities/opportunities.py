@@ -73,6 +73,7 @@ class OpportunityActivities:
         relative-date rules to arm timers for;
         and, when asked, the AI insight (a failure of which is returned, not raised: the workflow then runs
         ``ai.next_action`` with its own retries)."""
+        input = input.whole()
         provider = catalogue().for_action(input.provider_action).key
         async with self.hub.db.session() as session:
             ruleset = await current_rules(session, input.org_id)

@@ -281,11 +281,12 @@ class OpportunityWorkflow:
         event per transition."""
         batch = list(itertools.takewhile(lambda e: e.kind == "transition", self._state.pending))
         own_events = [self._transition_events(e.data["from"], e.data["to"]) for e in batch]
-        request = self._insight_input()
+        request = self._insight_input()  # its opp, like every event's, is the current one: sent once
         prep: Preparation = await workflow.execute_activity_method(
             OpportunityActivities.prepare,
-            PrepareInput(org_id=self._state.org_id, events=[e for own in own_events for e in own],
-                         insight=request),
+            PrepareInput(org_id=self._state.org_id, opp=request.opp,
+                         events=[{k: v for k, v in e.items() if k != "opp"} for own in own_events for e in own],
+                         insight=request.model_copy(update={"opp": {}})),
             start_to_close_timeout=INSIGHT_TIMEOUT,
             retry_policy=STORE_RETRY,
         )  # fmt: skip

@@ -14,6 +14,7 @@ from activities.opportunity_types import (
     ChecklistRequest,
     OpportunityInput,
     PinnedPipeline,
+    PrepareInput,
     TransitionRequest,
     body_hash,
     workflow_id,
@@ -203,6 +204,11 @@ async def test_queued_transitions_share_one_preparation(client: Client, hub: Hub
     prepared = [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")
                 and e.activity_task_scheduled_event_attributes.activity_type.name == "opportunity.prepare"]
     assert len(prepared) == 2  # the registration's, then one for both transitions
+    [sent] = await client.data_converter.decode(
+        prepared[-1].activity_task_scheduled_event_attributes.input.payloads, [PrepareInput])
+    assert sent.opp is not None and sent.opp["stage"] == "acquire"  # the opportunity goes into history once ...
+    assert sent.insight is not None and sent.insight.opp == {} and all("opp" not in e for e in sent.events)
+    assert ai.calls[-1].opp == sent.opp  # ... and the activity puts it back where the plan and the insight read it
     assert [c.stage for c in ai.calls] == ["prospect", "acquire"]  # no built-in action ran: no second insight
     assert state.insight is not None and state.insight["next_actions"][0]["title"].endswith("beyond acquire")
     assert [r.key for r in state.rule_runs] == [f"{wid}/{seq}/{event}.stage.entered/huge"

@@ -36,6 +36,7 @@ BOTH_DATABASES = {
     "tests/hub/test_migrations.py",
     "tests/hub/test_opportunity_store.py",
     "tests/hub/test_secret_canary.py",
+    "tests/hub/test_store_writes.py",
     "tests/hub/test_vault.py",
     "tests/routes/test_idempotency.py",
     "tests/rules/test_store.py",

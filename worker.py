@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorAutoscaling, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities
@@ -50,6 +50,7 @@ def build_workers(hub: Hub, client: Client, task_queue: str | None = None) -> li
             # with the task's completion and starts at once, with no matching round trip or write of its own; only
             # activities of this queue run eagerly, so the provider queues keep their fairness and per-key rates
             disable_eager_activity_execution=False,
+            workflow_task_poller_behavior=PollerBehaviorAutoscaling(),  # the server says when more polls would help
         ),
         *provider_workers(client, queue, ConnectionActivities(hub)),
         Worker(client, task_queue=ai_training_queue(queue),

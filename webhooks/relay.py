@@ -1,8 +1,9 @@
 """The relay: feeds pending inbox rows to Temporal at its own pace.
 
-Each round leases a batch of due ``pending`` rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL and a
-conditional lease update everywhere, so several API processes never relay a row twice) and maps
-each with its provider's ``WebhookScheme`` (``connectors.events``):
+Each round leases a batch of due ``pending`` rows, the orgs taking turns (``inbox.claim``: one org's flood
+does not hold up the others' events; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and a conditional lease update
+everywhere, so several API processes never relay a row twice) and maps each with its provider's
+``WebhookScheme`` (``connectors.events``):
 
 - nothing to do (the mapping ignores it, or it touches no opportunity, asks for no follow-up and no
   current rule listens to its domain events) → the row is finished as ``ignored`` without a workflow;

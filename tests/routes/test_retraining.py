@@ -38,6 +38,8 @@ async def run_once(api: httpx.AsyncClient, client: Client, key: str, org: str) -
         actions = (await handle.describe()).info.recent_actions
         if len(actions) > before:
             started = actions[-1].action.workflow_id
+            run = await client.get_workflow_handle(started).describe()  # the org's turn on the shared queue
+            assert run.raw_description.workflow_execution_info.priority.fairness_key == f"org:{org}"
             return await client.get_workflow_handle(started, result_type=RetrainResult).result()
         await asyncio.sleep(0.1)
     raise AssertionError("the schedule started no run")

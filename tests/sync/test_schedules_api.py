@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import httpx
-from temporalio.client import Client
+from temporalio.client import Client, ScheduleActionStartWorkflow
 
 from activities import sync_schedules
 from hub.auth import create_key
@@ -182,3 +182,35 @@ def test_interval_overrides_parse_and_never_go_below_a_minute() -> None:
     assert sync_schedules.interval_of("15m", hour) == timedelta(minutes=15)
     assert sync_schedules.interval_of(120, hour) == timedelta(minutes=2)
     assert sync_schedules.interval_of("5s", hour) == timedelta(minutes=1)
+
+
+async def test_scheduled_syncs_take_their_orgs_turn_on_the_shared_queue(client: Client, hub: Hub) -> None:
+    """Every schedule's runs carry the org's fairness key (one org's hundred syncs wait their turn with another
+    org's one), and a schedule made before the key had it is brought up to date by the next ensure."""
+    from temporalio.common import Priority
+
+    from activities.sync_types import sync_schedule_id
+
+    conn = await seed_connection(hub, "stripe")
+    older = sync_schedules._schedule(conn, "stripe.customers", timedelta(hours=1), hub.settings.task_queue)
+    assert isinstance(older.action, ScheduleActionStartWorkflow)
+    older.action.priority = Priority()  # as made before: no fairness key
+    await client.create_schedule(sync_schedule_id("acme", conn.id, "stripe.customers"), older)
+    pager = PagerStandIn([{"id": "cus_1", "object": "customer"}])
+    async with sync_workers(client, hub, "stripe", pager.fetch):
+        try:
+            created = await sync_schedules.ensure_schedules(client, conn, hub.settings.task_queue, run_now=True)
+            assert created == {"stripe.customers": False, "stripe.invoices": True, "stripe.subscriptions": True}
+            for model in MODELS:
+                handle = client.get_schedule_handle(sync_schedule_id("acme", conn.id, model))
+                action = (await handle.describe()).schedule.action
+                assert isinstance(action, ScheduleActionStartWorkflow)
+                assert action.priority.fairness_key == "org:acme", model
+                for _ in range(150):  # ... and so do the runs they started
+                    if (recent := (await handle.describe()).info.recent_actions):
+                        break
+                    await asyncio.sleep(0.2)
+                run = await client.get_workflow_handle(recent[0].action.workflow_id).describe()
+                assert run.raw_description.workflow_execution_info.priority.fairness_key == "org:acme", model
+        finally:
+            await sync_schedules.remove_schedules(client, conn)

@@ -189,6 +189,8 @@ async def test_a_pending_connection_has_the_schedule_but_its_runs_skip_until_it_
             assert await sync_schedules.ensure_graph_upkeep(client, hub.settings, conn, run_now=True) is True
             desc = await client.get_schedule_handle(graph_subscription_id(ORG, conn.id)).describe()
             assert desc.info.recent_actions == [] and desc.info.next_action_times  # no run now, one tomorrow
+            assert isinstance(desc.schedule.action, ScheduleActionStartWorkflow)
+            assert desc.schedule.action.priority.fairness_key == f"org:{ORG}"  # the org's turn on the shared queue
             async with upkeep_workers(hub, client, task_queue):
                 result = await client.execute_workflow(
                     GraphSubscriptionWorkflow.run,

@@ -102,6 +102,7 @@ async def test_a_schedule_rule_has_a_temporal_schedule_that_follows_its_versions
     described = await handle.describe()
     action = described.schedule.action
     assert isinstance(action, ScheduleActionStartWorkflow) and action.workflow == "ScheduledRuleWorkflow"
+    assert action.priority.fairness_key == "org:acme"  # its runs take the org's turn on the shared queue
     assert described.schedule.spec.cron_expressions == ["0 9 * * 1"] or described.schedule.spec.calendars
     assert "v1" in described.schedule.state.note
 

@@ -136,6 +136,33 @@ def _view(state: OpportunityState, source: str = "workflow") -> OpportunityView:
     return build_view(state, utcnow(), source)
 
 
+#: Pinned pipeline versions never change: their specs by (org, name, version, content hash), for the views of
+#: Updates' answers, which leave the spec out (``OpportunityWorkflow._answer``); the oldest goes past SPECS_KEPT.
+_SPECS: dict[tuple[str, str, int, str], dict] = {}
+SPECS_KEPT = 512
+
+
+async def _answer_view(hub, client: Client, state: OpportunityState) -> OpportunityView:  # noqa: ANN001
+    """The view of an Update's answer, its pipeline's spec put back: from this process's cache, else the pinned
+    version's row, else (the row gone or changed, as after a restore elsewhere) the workflow's own state."""
+    pinned = state.pipeline
+    key = (state.org_id, pinned.name, pinned.version, pinned.content_hash)
+    if not pinned.spec:  # (else a worker from before answers left it out)
+        if key not in _SPECS:
+            async with hub.db.session() as session:
+                row = await get_version(session, state.org_id, "Pipeline", pinned.name, pinned.version)
+            if row is not None and row.content_hash == pinned.content_hash:
+                _SPECS[key] = row.spec
+            else:
+                whole = await _handle(client, state.org_id, state.opportunity_id).query(
+                    OpportunityWorkflow.state, rpc_timeout=QUERY_TIMEOUT)
+                _SPECS[key] = whole.pipeline.spec
+            if len(_SPECS) > SPECS_KEPT:
+                del _SPECS[next(iter(_SPECS))]
+        pinned.spec = _SPECS[key]
+    return _view(state)
+
+
 def _workflow_error(exc: BaseException, opportunity_id: str) -> ApplicationError:
     """The workflow's own error behind a client error; 404/503 problems for a missing or silent workflow."""
     if isinstance(exc, WorkflowUpdateFailedError) and isinstance(exc.cause, ApplicationError):
@@ -225,7 +252,7 @@ async def put_opportunity(
         if _workflow_error(exc, opportunity_id).type != UNCHANGED:
             raise
         return await _state(client, hub, key.org_id, opportunity_id)
-    return _view(state)
+    return await _answer_view(hub, client, state)
 
 
 class OpportunityPage(BaseModel):
@@ -303,22 +330,24 @@ async def check_transition(
     return TransitionCheck(to=to, allowed=not unmet, unmet=[u.model_dump() for u in unmet])
 
 
-async def _close(client: Client, org_id: str, opportunity_id: str, req: CloseRequest) -> OpportunityView:
-    return _view(await _update(_handle(client, org_id, opportunity_id), OpportunityWorkflow.close, req,
-                               opportunity_id))
+async def _close(hub, client: Client, org_id: str, opportunity_id: str, req: CloseRequest) -> OpportunityView:  # noqa: ANN001
+    state = await _update(_handle(client, org_id, opportunity_id), OpportunityWorkflow.close, req, opportunity_id)
+    return await _answer_view(hub, client, state)
 
 
 @router.post("/v1/opportunities/{opportunity_id}:close-lost")
-async def close_lost(opportunity_id: str, body: CloseIn, client: TemporalDep, key: WriterKey) -> OpportunityView:
+async def close_lost(
+    opportunity_id: str, body: CloseIn, hub: HubDep, client: TemporalDep, key: WriterKey
+) -> OpportunityView:
     """Close the opportunity lost with a reason; no transition is accepted afterwards (422 if already closed)."""
-    return await _close(client, key.org_id, opportunity_id,
+    return await _close(hub, client, key.org_id, opportunity_id,
                         CloseRequest(outcome="lost", reason=body.reason, actor=body.actor))
 
 
 @router.post("/v1/opportunities/{opportunity_id}:archive")
-async def archive(opportunity_id: str, client: TemporalDep, key: WriterKey) -> OpportunityView:
+async def archive(opportunity_id: str, hub: HubDep, client: TemporalDep, key: WriterKey) -> OpportunityView:
     """Archive the opportunity: kept, readable, out of ``GET /v1/opportunities`` unless ``archived=true``."""
-    return await _close(client, key.org_id, opportunity_id,
+    return await _close(hub, client, key.org_id, opportunity_id,
                         CloseRequest(actor=Actor(id=f"key:{key.key_id}", role="api"), archive=True))
 
 
@@ -332,6 +361,7 @@ async def get_opportunity(opportunity_id: str, hub: HubDep, client: TemporalDep,
 async def transition(
     opportunity_id: str,
     body: TransitionIn,
+    hub: HubDep,
     client: TemporalDep,
     key: WriterKey,
     idempotency_key: str | None = Header(default=None),
@@ -345,11 +375,13 @@ async def transition(
         opportunity_id,
         update_id,
     )
-    return _view(state)
+    return await _answer_view(hub, client, state)
 
 
 @router.post("/v1/opportunities/{opportunity_id}/checklist")
-async def checklist(opportunity_id: str, body: ChecklistIn, client: TemporalDep, key: WriterKey) -> OpportunityView:
+async def checklist(
+    opportunity_id: str, body: ChecklistIn, hub: HubDep, client: TemporalDep, key: WriterKey
+) -> OpportunityView:
     """Mark checklist items done or undone (422 naming unknown items)."""
     state = await _update(
         _handle(client, key.org_id, opportunity_id),
@@ -357,7 +389,7 @@ async def checklist(opportunity_id: str, body: ChecklistIn, client: TemporalDep,
         ChecklistRequest(items=body.items, actor=body.actor),
         opportunity_id,
     )
-    return _view(state)
+    return await _answer_view(hub, client, state)
 
 
 @router.post("/v1/opportunities/{opportunity_id}/documents", status_code=202)

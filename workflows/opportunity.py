@@ -569,7 +569,13 @@ class OpportunityWorkflow:
             if unmet:
                 raise _refusal(REFUSED, f"transition to {req.to!r} refused", unmet)
             self._move(req)
-            return self._state
+            return self._answer()
+
+    def _answer(self) -> OpportunityState:
+        """The state as an Update answers it: the pinned pipeline without its spec, which the API has (a pinned
+        version never changes) — a third less of every answer's bytes in history, encrypted and sent."""
+        s = self._state
+        return s.model_copy(update={"pipeline": s.pipeline.model_copy(update={"spec": {}})})
 
     def _move(self, req: TransitionRequest) -> int:
         """Record an accepted transition and queue its effects; returns its sequence number."""
@@ -623,7 +629,7 @@ class OpportunityWorkflow:
         async with self._lock:
             s = self._state
             if self._registered_by(req):
-                return s
+                return self._answer()
             if req.body_hash == s.body_hash:
                 raise ApplicationError("unchanged", type=UNCHANGED, non_retryable=True)
             changed = sorted(k for k in set(s.opp) | set(req.opp) if s.opp.get(k) != req.opp.get(k))
@@ -637,7 +643,7 @@ class OpportunityWorkflow:
                 s.date_fired = {k: v for k, v in s.date_fired.items() if not k.startswith(CLOSE_DATE_APPROACHING)}
             self._active()  # (re-arms the timers)
             self._queue("updated", {"changed": changed, **({"conflicts": conflicts} if conflicts else {})})
-            return s
+            return self._answer()
 
     @upsert.validator
     def _validate_upsert(self, req: UpsertRequest) -> None:
@@ -663,7 +669,7 @@ class OpportunityWorkflow:
                 s.checklist.update(req.items)
                 self._active()
                 self._queue("project")
-            return s
+            return self._answer()
 
     @set_checklist.validator
     def _validate_checklist(self, req: ChecklistRequest) -> None:
@@ -696,7 +702,7 @@ class OpportunityWorkflow:
             self._state.pipeline = req.pipeline
             self._compiled = compile_pipeline(req.pipeline.spec)
             self._queue("project")
-            return self._state
+            return self._answer()
 
     @migrate_pipeline.validator
     def _validate_migration(self, req: MigrateRequest) -> None:
@@ -780,7 +786,7 @@ class OpportunityWorkflow:
             s.archived = s.archived or req.archive
             self._rearm = True  # closed or archived: no more date timers
             self._queue("project")
-            return s
+            return self._answer()
 
     @close.validator
     def _validate_close(self, req: CloseRequest) -> None:

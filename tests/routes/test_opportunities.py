@@ -355,3 +355,39 @@ async def test_registration_is_answered_by_the_workflow_it_starts(
         changed = await api.put(f"/v1/opportunities/{oid}", json=opportunity_body(amount=5.0), headers=h)
         assert changed.status_code == 200 and changed.json()["opportunity"]["amount"] == 5.0
         assert accepted_updates(await handle.fetch_history()) == 2
+
+
+async def test_updates_answer_without_the_pipeline_spec_and_the_views_have_it_back(
+    api: httpx.AsyncClient, hub: Hub, client: Client, task_queue: str, admin_key: str, oid: str
+) -> None:
+    """An Update's answer leaves the pinned pipeline's spec out of history (the API has the version); the API's
+    view puts it back from its cache, the version's row, or — the row gone or changed — the workflow's state."""
+    from sqlalchemy import update
+
+    from activities.opportunity_types import ChecklistRequest, TransitionRequest
+    from hub.store.resources import ResourceVersion
+    from routes import opportunities as routes
+
+    h = bearer(admin_key)
+    await apply(hub, simple_pipeline())
+    stage_names = [("prospect", "Prospect"), ("engage", "Engage"), ("acquire", "Acquire")]
+    async with workers(hub, client, task_queue, AiStandIn(), providers=()):
+        routes._SPECS.clear()
+        put = await api.put(f"/v1/opportunities/{oid}", json=opportunity_body(), headers=h)
+        assert [(s["stage"], s["name"]) for s in put.json()["stages"]] == stage_names  # (from the version's row)
+        handle = client.get_workflow_handle_for(OpportunityWorkflow.run, workflow_id("acme", oid))
+        answer = await handle.execute_update(OpportunityWorkflow.set_checklist, ChecklistRequest(items={}, actor=AE))
+        assert (answer.pipeline.name, answer.pipeline.spec) == ("simple", {})  # what history holds
+        assert (await handle.query(OpportunityWorkflow.state)).pipeline.spec["spec"]["stages"][1]["name"] == "Engage"
+
+        routes._SPECS.clear()  # a process without it, whose database holds other content under that version
+        async with hub.db.session() as session:
+            await session.execute(update(ResourceVersion).where(ResourceVersion.org_id == "acme",
+                                                                ResourceVersion.name == "simple")
+                                  .values(content_hash="restored-elsewhere"))  # fmt: skip
+        moved = await api.post(f"/v1/opportunities/{oid}/transitions", json={"to": "engage", "actor": AE}, headers=h)
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["stage_name"] == "Engage"
+        assert [(s["stage"], s["name"]) for s in moved.json()["stages"]] == stage_names  # (from the workflow)
+        again = await handle.execute_update(OpportunityWorkflow.transition, TransitionRequest(to="acquire", actor=AE))
+        assert again.pipeline.spec == {}

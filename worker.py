@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -17,6 +22,11 @@ from connectors.catalogue import RateLimit, catalogue
 from hub.runtime import Hub
 from hub.temporal import configure_fairness
 from workflows import WORKFLOWS
+
+log = logging.getLogger("hub.worker")
+
+CONFIG_TRIES = 6  # attempts at each provider queue's fairness configuration (the server rate-limits the updates)
+CONFIG_PAUSE = 0.1  # seconds before the second attempt; doubled each time, with as much again at random
 
 #: The sandbox re-imports every non-passthrough module for each workflow run; the hub's own packages are
 #: deterministic at import and hold no mutable module state, so passing them through lifts one worker from
@@ -80,8 +90,24 @@ def provider_workers(client: Client, main_queue: str, connectors: ConnectionActi
 async def configure_provider_queues(client: Client, main_queue: str, limits: dict[str, RateLimit] | None = None) -> None:
     """On the server, each provider queue's per-fairness-key rate (a key is a connection) is the provider's
     published limit (``limits`` overrides by action prefix); a connection with a limit of its own gets a
-    matching weight when its first task runs (``ConnectionActivities``)."""
+    matching weight when its first task runs (``ConnectionActivities``).
+
+    Workers starting together meet the server's rate limit on these updates (60 sent at once: 43 refused): a
+    refused one is sent again after a growing, jittered pause; one still refused after ``CONFIG_TRIES`` is logged
+    and left (the queue keeps what another worker set; every request still draws from its connection's budget,
+    which holds the limit), so a worker never fails to start over it."""
     for entry in catalogue().providers.values():
         limit = (limits or {}).get(entry.action_prefix) or entry.rate_limit
-        await configure_fairness(client, provider_task_queue(main_queue, entry.action_prefix),
-                                 key_rate=limit.per_second)
+        queue = provider_task_queue(main_queue, entry.action_prefix)
+        for attempt in range(CONFIG_TRIES):
+            try:
+                await configure_fairness(client, queue, key_rate=limit.per_second)
+                break
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                if attempt == CONFIG_TRIES - 1:
+                    log.warning("fairness of task queue %s not set, the server refused %d times: %s", queue,
+                                CONFIG_TRIES, exc.message)
+                else:
+                    await asyncio.sleep(CONFIG_PAUSE * 2**attempt * (1 + random.random()))

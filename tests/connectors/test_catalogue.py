@@ -3,6 +3,7 @@ and the worker's per-provider queues at ~90% of the published rate."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 
@@ -129,3 +130,21 @@ async def test_provider_queues_limit_each_connection_on_the_server_not_the_queue
         rate = described.config.fairness_keys_rate_limit_default.rate_limit.requests_per_second
         assert rate == pytest.approx(entry.rate_limit.per_second, rel=1e-6)
         assert not described.config.HasField("queue_rate_limit")
+
+async def test_workers_starting_together_all_configure_the_provider_queues(hub: Hub, client: Client) -> None:
+    """Ten workers starting at once send 60 fairness updates: the server refuses most of them at first (its rate
+    limit on these updates); each is sent again until it lands, and no worker's start fails."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    from worker import configure_provider_queues
+
+    main = f"{hub.settings.task_queue}-together"
+    await asyncio.gather(*(configure_provider_queues(client, main) for _ in range(10)))
+    for entry in catalogue().providers.values():
+        described = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+            namespace="default", task_queue=TaskQueue(name=f"{main}-{entry.action_prefix}"),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, report_config=True))
+        rate = described.config.fairness_keys_rate_limit_default.rate_limit.requests_per_second
+        assert rate == pytest.approx(entry.rate_limit.per_second, rel=1e-6), entry.key

@@ -148,3 +148,19 @@ async def test_workers_starting_together_all_configure_the_provider_queues(hub: 
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, report_config=True))
         rate = described.config.fairness_keys_rate_limit_default.rate_limit.requests_per_second
         assert rate == pytest.approx(entry.rate_limit.per_second, rel=1e-6), entry.key
+
+
+async def test_a_worker_the_server_keeps_refusing_still_starts(
+    hub: Hub, client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With one try each, the refusals of a burst are not sent again: each is logged with its queue, and every
+    worker's start goes on (the queue keeps what another worker set)."""
+    import worker
+    from worker import configure_provider_queues
+
+    monkeypatch.setattr(worker, "CONFIG_TRIES", 1)
+    main = f"{hub.settings.task_queue}-refused"
+    with caplog.at_level("WARNING", logger="hub.worker"):
+        await asyncio.gather(*(configure_provider_queues(client, main) for _ in range(20)))
+    refused = [r.getMessage() for r in caplog.records if "not set, the server refused" in r.getMessage()]
+    assert refused and all(f"task queue {main}-" in m for m in refused)

@@ -17,7 +17,7 @@ from connectors.events import Credentials, for_provider
 from hub.single_flight import single_flight
 from hub.store import Database
 from hub.store.connections import Connection, secret_owner
-from hub.store.inbox import NewEvent, WebhookEvent, insert_statement, new_rows
+from hub.store.inbox import NewEvent, WebhookEvent, insert_statement, new_row_values, new_rows
 from hub.store.secrets import get_secret
 from hub.vault import Vault
 
@@ -192,25 +192,28 @@ class SqliteWriter:
     ``Database.write``'s connection (its ``rowcount`` says whether the event was new), run on the event loop
     (``hub.store.writer``: aiosqlite's hand-offs, each waiting for the GIL behind request work, cost more than
     the insert itself: about 1.4x the accepted rate in ``bench/webhooks.py``). Each value is encoded by its
-    column type's own bind processor (JSON through orjson): SQLAlchemy's multi-row insert spent as long
-    preparing a batch's parameters as SQLite spent storing them, while the whole event loop waited.
+    column type's own bind processor (JSON through orjson), the values a batch's rows share once for the batch:
+    SQLAlchemy's multi-row insert spent as long preparing a batch's parameters as SQLite spent storing them, while
+    the whole event loop waited.
     """
 
     def __init__(self, db: Database) -> None:
         assert db.inline is not None
         self.db = db
-        self._encoders = _encoders(db.inline.engine.dialect)
+        self._shared, self._own = (_encoders(db.inline.engine.dialect, names) for names in (_SHARED, _OWN))
 
     async def insert(self, events: Sequence[NewEvent]) -> set[tuple[str, str, str]]:
         """Insert and commit ``events``; the keys inserted."""
         return await self.db.write(self._insert_rows, events, rows=len(events))
 
     def _insert_rows(self, conn: sa.Connection, events: Sequence[NewEvent]) -> set[tuple[str, str, str]]:
+        shared, own = new_row_values(events)
+        head = [encode(shared[name]) for name, encode in self._shared]  # once for the batch
         cursor = conn.connection.cursor()
         inserted = set()
         try:
-            for new, row in zip(events, new_rows(events), strict=True):
-                params = [encode(row[name]) for name, encode in self._encoders]
+            for new, row in zip(events, own, strict=True):
+                params = head + [encode(row[name]) for name, encode in self._own]
                 cursor.execute(SQLITE_INSERT, params)
                 if cursor.rowcount == 1:
                     inserted.add(new.key)
@@ -221,18 +224,24 @@ class SqliteWriter:
         return inserted
 
 
-_COLUMNS = tuple(new_rows([NewEvent("", "", "", "", "", {}, b"", "")])[0])  # the columns a new row sets
+def _columns() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The columns a new row sets: those its batch shares, and its own."""
+    shared, own = new_row_values([NewEvent("", "", "", "", "", {}, b"", "")])
+    return tuple(shared), tuple(own[0])
+
+
+_SHARED, _OWN = _columns()
 SQLITE_INSERT = (
-    f"INSERT INTO {WebhookEvent.__tablename__} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-    "ON CONFLICT (provider, connection_id, event_id) DO NOTHING"
+    f"INSERT INTO {WebhookEvent.__tablename__} ({', '.join(_SHARED + _OWN)}) "
+    f"VALUES ({', '.join('?' * len(_SHARED + _OWN))}) ON CONFLICT (provider, connection_id, event_id) DO NOTHING"
 )
 
 
-def _encoders(dialect: sa.Dialect) -> list[tuple[str, Callable[[object], object]]]:
-    """For each column of ``SQLITE_INSERT``: its name and its type's bind processor on ``dialect``."""
+def _encoders(dialect: sa.Dialect, names: Sequence[str]) -> list[tuple[str, Callable[[object], object]]]:
+    """For each of the columns ``names``: its name and its type's bind processor on ``dialect``."""
     columns = WebhookEvent.__table__.columns
     return [(name, _json_text if isinstance(columns[name].type, sa.JSON) else
-             columns[name].type.dialect_impl(dialect).bind_processor(dialect) or _as_is) for name in _COLUMNS]
+             columns[name].type.dialect_impl(dialect).bind_processor(dialect) or _as_is) for name in names]
 
 
 def _as_is(value: object) -> object:

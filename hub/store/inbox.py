@@ -127,18 +127,27 @@ def insert_statement(dialect: str):  # noqa: ANN201 - dialect-specific Insert
     return stmt
 
 
-def new_rows(events: Sequence[NewEvent]) -> list[dict]:
-    """The column values of new pending rows for ``events``."""
+def new_row_values(events: Sequence[NewEvent]) -> tuple[dict, list[dict]]:
+    """The column values of new pending rows for ``events``: those every row of the batch shares (its moment, the
+    initial state), and each event's own."""
     now = utcnow()
-    return [
+    shared = {"status": "pending", "attempts": 0, "generation": 0, "errors": [], "domain_types": [], "outcome": {},
+              "received_at": now, "available_at": now}  # fmt: skip
+    own = [
         {
             "id": new_event_id(), "org_id": e.org_id, "connection_id": e.connection_id, "provider": e.provider,
             "event_id": e.event_id, "event_type": e.event_type, "headers": e.headers, "body": e.body,
-            "content_type": e.content_type, "status": "pending", "attempts": 0, "generation": 0,
-            "errors": [], "domain_types": [], "outcome": {}, "received_at": now, "available_at": now,
+            "content_type": e.content_type,
         }
         for e in events
     ]  # fmt: skip
+    return shared, own
+
+
+def new_rows(events: Sequence[NewEvent]) -> list[dict]:
+    """The column values of new pending rows for ``events``."""
+    shared, own = new_row_values(events)
+    return [{**row, **shared} for row in own]
 
 
 async def insert_new(session: AsyncSession, events: Sequence[NewEvent]) -> set[tuple[str, str, str]]:

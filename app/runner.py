@@ -22,7 +22,7 @@ from hub.datadir import PRIVATE_UMASK, make_private
 from hub.http_server import server_config
 from hub.runtime import Hub
 from hub.settings import Settings
-from hub.temporal import dev_server_args
+from hub.temporal import dev_server_args, dev_server_file_args
 
 PR_SET_PDEATHSIG = 1
 
@@ -70,7 +70,7 @@ def start_temporal_dev_server(settings: Settings, port: int) -> subprocess.Popen
     log = open(log_fd, "ab")  # lives as long as the child
     cmd = [
         temporal_cli(), "server", "start-dev",
-        "--db-filename", str(settings.data_dir / "temporal.db"),
+        *dev_server_file_args(str(settings.data_dir / "temporal.db")),  # in WAL mode
         "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(settings.temporal_ui_port),
         "--namespace", settings.temporal_namespace, "--log-level", "warn",
         *dev_server_args(),  # fairness on, one partition per queue

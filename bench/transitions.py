@@ -273,14 +273,14 @@ async def stack(pipeline_doc: dict, in_memory: bool) -> AsyncIterator[Stack]:
     ``crm`` key and ``pipeline_doc``, and the baseline's worker in a process of its own."""
     from app.runner import temporal_cli
     from hub.settings import Settings
+    from hub.temporal import dev_server_file_args
     from hub.vault import new_key_line
 
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
         data_dir = Path(tmp)
-        extra = ["--log-level", "error"]
-        env_kwargs = {} if in_memory else {"dev_server_database_filename": str(data_dir / "temporal.db")}
+        extra = ["--log-level", "error", *([] if in_memory else dev_server_file_args(str(data_dir / "temporal.db")))]
         temporal = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(),
-                                                         dev_server_extra_args=extra, **env_kwargs)  # fmt: skip
+                                                         dev_server_extra_args=extra)  # as `make run` starts it
         address = temporal.client.service_client.config.target_host
         port = free_port()
         env = {**os.environ, "HUB_DATA_DIR": str(data_dir), "HUB_VAULT_KEYS": new_key_line("bench"),

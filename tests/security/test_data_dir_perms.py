@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import stat
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -60,18 +62,21 @@ async def test_database_wal_backup_and_existing_files_are_owner_only(
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
-def test_temporals_database_is_owner_only(tmp_path: Path, loose_umask: None) -> None:
+def test_temporals_database_is_owner_only_and_in_wal_mode(tmp_path: Path, loose_umask: None) -> None:
     settings = Settings(data_dir=tmp_path / "data", temporal_ui_port=_free_port())
     proc = start_temporal_dev_server(settings, _free_port())
+    wal = settings.data_dir / "temporal.db-wal"
     try:
         deadline = time.monotonic() + 60
-        while not (settings.data_dir / "temporal.db").exists() and time.monotonic() < deadline:
+        while not wal.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
-        time.sleep(1)  # let it create its WAL too
+        time.sleep(1)  # let it create the rest of its files too
+        modes = _modes(settings.data_dir)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    modes = _modes(settings.data_dir)
-    assert "temporal.db" in modes and "temporal.log" in modes
+    with closing(sqlite3.connect(settings.data_dir / "temporal.db")) as db:  # the embedded server's store: WAL mode
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert {"temporal.db", "temporal.db-wal", "temporal.log"} <= set(modes)
     assert {name: mode for name, mode in modes.items() if mode != 0o600} == {}
     assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700

@@ -34,7 +34,6 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
-from temporalio.common import Priority
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.connector_types import org_priority
@@ -102,13 +101,12 @@ async def ensure_schedules(
     Returns, by model, whether its schedule was created now.
     """
     active = connection.status == "active"
-    return {
-        model: await _ensure(client, sync_schedule_id(connection.org_id, connection.id, model),
-                             _schedule(connection, model, interval, task_queue), active=active, run_now=run_now,
-                             update=partial(_set_interval, interval=interval, task_queue=task_queue,
-                                            priority=org_priority(connection.org_id)))
-        for model, interval in connection_models(connection).items()
-    }
+    created = {}
+    for model, interval in connection_models(connection).items():
+        wanted = _schedule(connection, model, interval, task_queue)
+        created[model] = await _ensure(client, sync_schedule_id(connection.org_id, connection.id, model), wanted,
+                                       active=active, run_now=run_now, update=partial(_set_interval, wanted=wanted))
+    return created
 
 
 async def _ensure(
@@ -155,24 +153,26 @@ async def ensure_org_schedules(hub: Hub, org_id: str) -> int:
 async def set_interval(client: Client, connection: Connection, model: str, task_queue: str) -> None:
     """Apply the connection's current interval for ``model`` to its schedule (created if missing)."""
     await ensure_schedules(client, connection, task_queue)
-    interval = connection_models(connection)[model]
     await _set_interval(client.get_schedule_handle(sync_schedule_id(connection.org_id, connection.id, model)),
-                        interval, task_queue, org_priority(connection.org_id))
+                        _schedule(connection, model, connection_models(connection)[model], task_queue))
 
 
-async def _set_interval(handle: ScheduleHandle, interval: timedelta, task_queue: str, priority: Priority) -> None:
+async def _set_interval(handle: ScheduleHandle, wanted: Schedule) -> None:
+    """Bring the schedule's interval, and its action's queue and priority, to ``wanted``'s (the rest is kept)."""
+    target = wanted.action
+    assert isinstance(target, ScheduleActionStartWorkflow)
+
     def update(current: ScheduleUpdateInput) -> ScheduleUpdate | None:
         schedule = current.description.schedule
         spec, action = schedule.spec, schedule.action
-        same_action = (isinstance(action, ScheduleActionStartWorkflow) and action.task_queue == task_queue
-                       and action.priority == priority)  # fmt: skip
-        if [i.every for i in spec.intervals] == [interval] and same_action:
+        same_action = (isinstance(action, ScheduleActionStartWorkflow) and action.task_queue == target.task_queue
+                       and action.priority == target.priority)  # fmt: skip
+        if [i.every for i in spec.intervals] == [i.every for i in wanted.spec.intervals] and same_action:
             return None
-        spec.intervals = [ScheduleIntervalSpec(every=interval)]
-        spec.jitter = min(interval / 10, timedelta(minutes=1))
-        schedule.policy.catchup_window = max(interval, timedelta(minutes=1))
-        if isinstance(action, ScheduleActionStartWorkflow):
-            action.task_queue, action.priority = task_queue, priority  # (schedules made before they had it)
+        spec.intervals, spec.jitter = wanted.spec.intervals, wanted.spec.jitter
+        schedule.policy.catchup_window = wanted.policy.catchup_window
+        if isinstance(action, ScheduleActionStartWorkflow):  # (schedules made before they had a priority)
+            action.task_queue, action.priority = target.task_queue, target.priority
         return ScheduleUpdate(schedule=schedule)
 
     await handle.update(update)

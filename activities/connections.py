@@ -29,6 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities import connection_lifecycle
 from activities.budgets import Budgets, budget_key
 from activities.connector_types import (
+    ACTION_HEARTBEAT,
     BULK_PRIORITY,
     CONNECTION_FAILED,
     CONNECTION_FAILED_EVENT,
@@ -116,6 +117,13 @@ class _CachedSecrets(NamedTuple):
     version: int
     expires: float  # monotonic
     load: asyncio.Future[dict[str, str]]
+
+
+async def _heartbeat_every(seconds: float) -> None:
+    """Heartbeat the running activity every ``seconds`` (while it waits for a budget slot, a token, the provider)."""
+    while True:
+        await asyncio.sleep(seconds)
+        activity.heartbeat()
 
 
 class _StoredTokens:
@@ -287,10 +295,14 @@ class ConnectionActivities:
         except ValidationError as exc:
             raise ApplicationError(f"invalid params for {call.action}: {exc}", type=ERR_BAD_PARAMS,
                                    non_retryable=True) from None
-        output, connection_id = await self.call_provider(
-            catalogue().for_action(call.action), call.org_id, call.connection_id, call.idempotency_key,
-            lambda ctx: spec.fn(ctx, params),
-        )
+        beats = asyncio.create_task(_heartbeat_every(ACTION_HEARTBEAT.total_seconds() / 4))
+        try:
+            output, connection_id = await self.call_provider(
+                catalogue().for_action(call.action), call.org_id, call.connection_id, call.idempotency_key,
+                lambda ctx: spec.fn(ctx, params),
+            )
+        finally:
+            beats.cancel()
         return ActionResult(ok=True, output=output, connection_id=connection_id)
 
     async def call_provider(

@@ -50,6 +50,9 @@ ERR_RETRY_LATER = "RefreshUnavailable"  # the Update's "token endpoint failing, 
 INTERACTIVE_PRIORITY = 1
 BULK_PRIORITY = 4
 
+#: A running action reports to the server every quarter of this; silent this long (its worker died), it is retried
+#: on another worker then instead of after its whole start-to-close timeout.
+ACTION_HEARTBEAT = timedelta(seconds=20)
 ACTION_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,

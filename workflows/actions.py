@@ -10,6 +10,7 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from activities.connections import ConnectionActivities
     from activities.connector_types import (
+        ACTION_HEARTBEAT,
         ACTION_RETRY,
         INTERACTIVE_PRIORITY,
         ActionCall,
@@ -31,7 +32,8 @@ async def execute_action(
     ``provider_priority``), and return the result.
 
     The provider queue differs from the workflow's own queue, so the activity is never executed eagerly
-    (eager execution would bypass the task queue's fairness and per-key rate limits).
+    (eager execution would bypass the task queue's fairness and per-key rate limits). The action heartbeats: if
+    its worker dies, it runs again elsewhere ``ACTION_HEARTBEAT`` later.
     """
     return await workflow.execute_activity_method(
         ConnectionActivities.run_action,
@@ -39,6 +41,7 @@ async def execute_action(
         task_queue=provider_task_queue(workflow.info().task_queue, provider_of(call.action)),
         start_to_close_timeout=start_to_close_timeout,
         schedule_to_close_timeout=schedule_to_close_timeout,
+        heartbeat_timeout=ACTION_HEARTBEAT,
         retry_policy=retry_policy,
         priority=provider_priority(call.org_id, call.connection_id, INTERACTIVE_PRIORITY),
     )

@@ -1,18 +1,19 @@
 """``connector.run_action`` on a provider task queue: 429 + Retry-After, 4xx, 5xx, the configured rate,
-idempotency keys stable across retries, and which connection an action runs on."""
+idempotency keys stable across retries, which connection an action runs on, and its heartbeats."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import connections
-from activities.connector_types import ActionCall
+from activities.connector_types import ACTION_HEARTBEAT, ActionCall
 from connectors.catalogue import RateLimit, catalogue
 from hub import temporal as hub_temporal
 from hub.runtime import Hub
@@ -202,3 +203,26 @@ async def test_which_connection_an_action_runs_on(client: Client, hub: Hub, idp:
     assert needs == f"ConnectionUnavailable: connection {broken.id} is needs_reauth"
     assert other_org.startswith("ConnectionUnavailable: no generic_oauth2 connection")
     assert bad.startswith("InvalidActionParams: invalid params for generic_oauth2.request")
+
+
+async def test_an_action_heartbeats_while_the_provider_keeps_it_waiting(
+    client: Client, hub: Hub, idp: OAuthFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = await _connection(hub, idp)
+    idp.respond_after(r"^/api/slow", 2.0)
+    monkeypatch.setattr(connections, "ACTION_HEARTBEAT", timedelta(seconds=0.4))  # this worker: a beat every 0.1 s
+    async with connection_workers(client, hub):
+        handle = await client.start_workflow(RunActions.run, [_call(conn, "/slow")], id=f"run-{uuid.uuid4()}",
+                                             task_queue=hub.settings.task_queue)  # fmt: skip
+        beat, deadline = None, asyncio.get_running_loop().time() + 1.8  # before the provider answers
+        while beat is None and asyncio.get_running_loop().time() < deadline:
+            pending = (await handle.describe()).raw_description.pending_activities
+            if pending and pending[0].HasField("last_heartbeat_time"):
+                beat = pending[0].last_heartbeat_time
+            await asyncio.sleep(0.05)
+        [result] = await handle.result()
+    assert beat is not None, "no heartbeat reached the server while the action waited"
+    assert not isinstance(result, str) and result.output["status"] == 200
+    scheduled = [e.activity_task_scheduled_event_attributes async for e in handle.fetch_history_events()
+                 if e.HasField("activity_task_scheduled_event_attributes")]  # fmt: skip
+    assert [s.heartbeat_timeout.ToTimedelta() for s in scheduled] == [ACTION_HEARTBEAT]  # a dead worker's: retried

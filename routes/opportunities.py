@@ -59,6 +59,7 @@ from hub.store.opportunities import (
     list_opportunities,
     pipeline_metrics,
 )
+from hub.store.orgs import record_audit
 from hub.store.resources import ResourceVersion, get_version, select_pipeline
 from routes.paging import utc
 from rules import limits
@@ -366,15 +367,25 @@ async def transition(
     key: WriterKey,
     idempotency_key: str | None = Header(default=None),
 ) -> OpportunityView:
-    """Move to another stage: 200 with the new state, or 409 listing every unmet requirement."""
+    """Move to another stage: 200 with the new state, or 409 listing every unmet requirement (a refusal leaves no
+    history in the workflow: it is kept in the audit log, ``opportunity.transition_refused``)."""
     update_id = f"transition/{idempotency_key}" if idempotency_key else None
-    state = await _update(
-        _handle(client, key.org_id, opportunity_id),
-        OpportunityWorkflow.transition,
-        TransitionRequest(to=body.to, actor=body.actor, reason=body.reason),
-        opportunity_id,
-        update_id,
-    )
+    try:
+        state = await _update(
+            _handle(client, key.org_id, opportunity_id),
+            OpportunityWorkflow.transition,
+            TransitionRequest(to=body.to, actor=body.actor, reason=body.reason),
+            opportunity_id,
+            update_id,
+        )
+    except Problem as problem:
+        if problem.status == 409:
+            async with hub.db.session() as session:
+                await record_audit(session, key.org_id, key.key_id, "opportunity.transition_refused",
+                                   f"opportunity/{opportunity_id}",
+                                   {"to": body.to, "person": body.actor.model_dump(), "reason": body.reason,
+                                    "detail": problem.detail, "unmet": problem.extra.get("unmet", [])})  # fmt: skip
+        raise
     return await _answer_view(hub, client, state)
 
 

@@ -120,6 +120,15 @@ async def test_prospect_to_keep_through_the_api(
         assert codes(refused) == [("criteria_not_met", "when")]
         assert "identify_pain" in refused.json()["unmet"][0]["message"]
         assert (await api.get(f"/v1/opportunities/{oid}", headers=h)).json()["stage"] == "prospect"
+        # a refusal leaves no workflow history: the audit log keeps who asked, for what, and what was unmet
+        audit = await api.get("/v1/audit", params={"action": "opportunity.transition_refused",
+                                                   "resource": f"opportunity/{oid}"}, headers=h)  # fmt: skip
+        assert audit.status_code == 200, audit.text
+        kept = [(e["detail"]["to"], e["detail"]["person"], [u["code"] for u in e["detail"]["unmet"]])
+                for e in reversed(audit.json()["items"])]  # fmt: skip
+        assert kept == [("acquire", AE, ["transition_not_allowed"]),
+                        ("engage", AE, ["checklist_incomplete"] * 3 + ["criteria_not_met"]),
+                        ("engage", AE, ["criteria_not_met"])]  # fmt: skip
 
         # the CRM updates the opportunity: opportunity.updated rules run
         r = await api.put(f"/v1/opportunities/{oid}", json=opportunity_body(meddpicc={"identify_pain": 2}), headers=h)

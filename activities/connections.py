@@ -119,11 +119,12 @@ class _CachedSecrets(NamedTuple):
     load: asyncio.Future[dict[str, str]]
 
 
-async def _heartbeat_every(seconds: float) -> None:
-    """Heartbeat the running activity every ``seconds`` (while it waits for a budget slot, a token, the provider)."""
+async def heartbeat_every(seconds: float, details: Callable[[], tuple] = tuple) -> None:
+    """Heartbeat the running activity every ``seconds`` with ``details()``, while it waits (for a budget slot, a
+    token, the provider): its worker is known to be alive. Run as a task, cancelled when the activity ends."""
     while True:
         await asyncio.sleep(seconds)
-        activity.heartbeat()
+        activity.heartbeat(*details())
 
 
 class _StoredTokens:
@@ -295,7 +296,7 @@ class ConnectionActivities:
         except ValidationError as exc:
             raise ApplicationError(f"invalid params for {call.action}: {exc}", type=ERR_BAD_PARAMS,
                                    non_retryable=True) from None
-        beats = asyncio.create_task(_heartbeat_every(ACTION_HEARTBEAT.total_seconds() / 4))
+        beats = asyncio.create_task(heartbeat_every(ACTION_HEARTBEAT.total_seconds() / 4))
         try:
             output, connection_id = await self.call_provider(
                 catalogue().for_action(call.action), call.org_id, call.connection_id, call.idempotency_key,

@@ -24,11 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.connections import ConnectionActivities
+from activities.connections import ConnectionActivities, heartbeat_every
 from activities.sync_types import (
     ERR_SYNC_CONFLICT,
     ERR_UNKNOWN_MODEL,
     FAILURES_BEFORE_UNHEALTHY,
+    SEGMENT_HEARTBEAT,
     SYNC_BEGIN,
     SYNC_FAIL,
     SYNC_FETCH_PAGE,
@@ -137,7 +138,7 @@ class SyncFetcher:
     async def fetch_segment(self, inp: SegmentInput) -> SegmentResult:
         """Fetch the run's pages from its stored cursor up to page ``last_page`` (or the provider's last), each
         request drawn from the connection's budget while the page before it is stored, and heartbeat the stored
-        cursor after each page. A retry (after a 429, a worker crash) resumes from the stored cursor, which
+        cursor after each page and while waiting. A retry (after a 429, a worker crash) resumes from the stored cursor, which
         moves in the transaction that stores the page (a heartbeat can lag it): nothing is stored twice, and no
         page is requested again once stored."""
         hub, t, spec = self.connections.hub, inp.target, _spec(inp.target.model)
@@ -152,6 +153,8 @@ class SyncFetcher:
         result = _segment_result(state, done=False)
         page_no, cursor = state.run_pages + 1, state.cursor
         fetch = asyncio.ensure_future(self.source(t, cursor, inp.page_size)) if page_no <= inp.last_page else None
+        beats = asyncio.create_task(heartbeat_every(SEGMENT_HEARTBEAT.total_seconds() / 4,
+                                                    lambda: (result.model_dump(),)))  # the last stored cursor
         try:
             while fetch is not None:
                 page = await fetch
@@ -166,6 +169,7 @@ class SyncFetcher:
                 activity.heartbeat(result.model_dump())
                 page_no, cursor = page_no + 1, page.next_cursor
         finally:
+            beats.cancel()
             if fetch is not None:  # the segment failed or was cancelled before the page after it was needed
                 fetch.cancel()
                 fetch.add_done_callback(_retrieved)

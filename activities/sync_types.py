@@ -5,7 +5,7 @@ Pure (pydantic only): safe to import inside the workflow sandbox.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -87,6 +87,11 @@ class BeginResult(BaseModel):
     page_size: int = 100
     quiet: bool = False
     skipped: str | None = None
+
+
+#: A segment heartbeats its stored cursor after every page, and every quarter of this while it waits (a budget
+#: slot behind interactive work, the provider); silent this long (its worker died), it is retried from the cursor.
+SEGMENT_HEARTBEAT = timedelta(seconds=30)
 
 
 class SegmentInput(BaseModel):

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.sync_types import (
         ERR_SYNC_CONFLICT,
         ERR_UNKNOWN_MODEL,
+        SEGMENT_HEARTBEAT,
         SYNC_WORKFLOW,
         BeginInput,
         BeginResult,
@@ -57,7 +58,6 @@ SEGMENT_RETRY = RetryPolicy(
     maximum_attempts=12,
     non_retryable_error_types=[*NON_RETRYABLE_ERRORS, ERR_UNKNOWN_MODEL, ERR_SYNC_CONFLICT],
 )
-SEGMENT_HEARTBEAT = timedelta(minutes=2)  # a segment heartbeats after every page; silent this long: retried
 SEGMENT_ATTEMPT = timedelta(hours=1)  # one attempt at a segment, at most (pages_per_execution pages)
 BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 SEGMENTS = "sync-segments"  # patch: one sync.fetch_segment per execution (before: sync.fetch_page per page)

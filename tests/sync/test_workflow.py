@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
@@ -13,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 
+from activities import sync as sync_activities
 from activities.connections import ConnectionActivities
 from activities.connector_types import provider_task_queue
 from activities.sync import SyncActivities, SyncFetcher, stage
@@ -251,6 +253,29 @@ async def test_a_segment_heartbeats_the_stored_cursor_and_goes_on_from_it(hub: H
     with pytest.raises(ApplicationError) as refused:  # another run took the sync over
         await env.run(fetcher.fetch_segment, SegmentInput(target=target, run_id="r0", last_page=9, page_size=3))
     assert refused.value.type == ERR_SYNC_CONFLICT and pager.calls == [None, "3", "6"]
+
+
+async def test_a_segment_waiting_for_its_next_page_keeps_heartbeating_the_stored_cursor(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, _, target, _ = await _run_begun(hub)
+    monkeypatch.setattr(sync_activities, "SEGMENT_HEARTBEAT", timedelta(seconds=0.2))  # a beat every 0.05 s
+    pager = PagerStandIn(customers(8), hold="3")  # page 2 hangs at the provider (or behind the budget)
+    fetcher = SyncFetcher(ConnectionActivities(hub), pager.fetch)
+    beats: list[tuple] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+    segment = asyncio.create_task(
+        env.run(fetcher.fetch_segment, SegmentInput(target=target, run_id="r1", last_page=9, page_size=3)))
+    await asyncio.wait_for(pager.holding.wait(), 10)
+    await asyncio.sleep(0.5)
+    segment.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await segment
+    # page 1's own beat, then beats while page 2 is awaited, each with the cursor stored (a dead worker's segment
+    # is retried after SEGMENT_HEARTBEAT of silence, not while it waits)
+    assert [d[0]["cursor"] for d in beats][:1] == ["3"] and len(beats) >= 4
+    assert {(d[0]["cursor"], d[0]["pages"]) for d in beats} == {("3", 1)}
 
 
 async def test_runs_from_before_segments_still_fetch_stage_and_store_pages(hub: Hub) -> None:

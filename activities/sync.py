@@ -138,9 +138,9 @@ class SyncFetcher:
     async def fetch_segment(self, inp: SegmentInput) -> SegmentResult:
         """Fetch the run's pages from its stored cursor up to page ``last_page`` (or the provider's last), each
         request drawn from the connection's budget while the page before it is stored, and heartbeat the stored
-        cursor after each page and while waiting. A retry (after a 429, a worker crash) resumes from the stored cursor, which
-        moves in the transaction that stores the page (a heartbeat can lag it): nothing is stored twice, and no
-        page is requested again once stored."""
+        cursor after each page and while waiting. A retry (after a 429, a worker crash) resumes from the stored
+        cursor, which moves in the transaction that stores the page (a heartbeat can lag it): nothing is stored
+        twice, and no page is requested again once stored."""
         hub, t, spec = self.connections.hub, inp.target, _spec(inp.target.model)
         async with hub.db.session() as session:
             state = await store.get_state(session, t.connection_id, t.model)
